@@ -1,0 +1,207 @@
+"""DistillConfig: everything one distillation run needs, saved verbatim as ``config.json``.
+
+Standard library only: the server extension and the run-directory code read configs without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message says what was given and how to fix it."""
+
+
+@dataclass
+class DistillConfig:
+    # --- teacher -------------------------------------------------------------------------------------------
+    teacher: str = "minilm-l6"  # transformers id, local path, or packaged alias ("minilm-l6", "mpnet-base")
+    teacher_prep_steps: int = 300  # steps to fine-tune a head when the teacher is a bare encoder (0: refuse)
+    trust_remote_code: bool = False  # run model code from the hub; only for models you trust
+    # --- data ----------------------------------------------------------------------------------------------
+    dataset: str = "sst2"  # alias (sst2, trec6), datasets name, or a CSV/TSV/JSON/JSONL/Parquet file or dir
+    text_column: str = "sentence"  # column holding the text
+    label_column: str = "label"  # column holding integer (or string) labels
+    train_split: str = "train"  # split used for training
+    eval_split: str = "validation"  # split used for evaluation ("dev"/"test" are accepted aliases)
+    max_train_examples: int | None = None  # cap on training examples (None: all)
+    max_eval_examples: int | None = None  # cap on evaluation examples (None: all)
+    max_length: int = 128  # tokens per example; longer texts are truncated
+    # --- student -------------------------------------------------------------------------------------------
+    student_layers: int = 3  # transformer layers in the student
+    student_hidden: int | None = None  # hidden width (None: the teacher's)
+    student_heads: int | None = None  # attention heads (None: the teacher's)
+    student_ffn: int | None = None  # feed-forward width (None: 4 x hidden, or the teacher's at equal width)
+    student_init: str = "every_k"  # "every_k" (copy every k-th teacher layer), "random", or a model id/path
+    student_dropout: float | None = None  # dropout in the student (None: the teacher's)
+    # --- losses --------------------------------------------------------------------------------------------
+    temperature: float = 2.0  # softmax temperature of the soft-label KL (its loss is scaled by T^2)
+    alpha_kd: float = 1.0  # weight of soft-label KL against the teacher
+    alpha_ce: float = 0.0  # weight of hard-label cross-entropy against the gold labels
+    alpha_hidden: float = 0.0  # weight of the hidden-state loss
+    hidden_loss: str = "cosine"  # "cosine" or "mse"
+    layer_map: list[int] | None = None  # teacher layer for each student layer (None: every k-th, last to last)
+    alpha_attn: float = 0.0  # weight of attention-map transfer
+    # --- optimisation --------------------------------------------------------------------------------------
+    learning_rate: float = 5e-5  # AdamW peak learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_ratio: float = 0.1  # fraction of steps with linear warm-up
+    epochs: float = 1.0  # passes over the training data (ignored when max_steps is set)
+    max_steps: int | None = None  # total optimiser steps (None: from epochs)
+    batch_size: int = 32  # examples per optimiser step (over all processes)
+    eval_every: int = 100  # evaluate every N steps (and at the end)
+    checkpoint_every: int = 200  # checkpoint every N steps (and at stop and the end)
+    keep_checkpoints: int = 2  # checkpoints kept on disk
+    seed: int = 0  # seeds data order, init and dropout
+    # --- system --------------------------------------------------------------------------------------------
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
+    precision: str = "auto"  # "auto" (bf16/fp16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
+    cache_teacher_logits: bool = True  # run the teacher once per example (only with logit-only losses)
+    num_threads: int | None = None  # torch CPU threads (None: torch's default)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check values that can be checked without loading a model.
+
+        Raises:
+            ConfigError: naming the field, the value given and what to use instead.
+        """
+        positive = ["teacher_prep_steps", "student_layers", "max_length", "batch_size", "eval_every",
+                    "checkpoint_every", "keep_checkpoints"]
+        for name in positive:
+            value = getattr(self, name)
+            low = 0 if name == "teacher_prep_steps" else 1
+            if value < low:
+                raise ConfigError(f"{name}={value!r} is invalid: use an integer >= {low}.")
+        for name in ["student_hidden", "student_heads", "student_ffn", "max_steps",
+                     "max_train_examples", "max_eval_examples", "num_threads"]:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}={value!r} is invalid: use a positive integer or None.")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature={self.temperature!r} is invalid: use a value > 0 (1-4 is usual).")
+        weights = {n: getattr(self, n) for n in ["alpha_kd", "alpha_ce", "alpha_hidden", "alpha_attn"]}
+        negative = {n: w for n, w in weights.items() if w < 0}
+        if negative:
+            raise ConfigError(f"loss weights must be >= 0, got {negative}.")
+        if not any(weights.values()):
+            raise ConfigError("all loss weights are 0 (alpha_kd, alpha_ce, alpha_hidden, alpha_attn): "
+                              "set at least one > 0, e.g. alpha_kd=1.0.")
+        if self.hidden_loss not in ("cosine", "mse"):
+            raise ConfigError(f"hidden_loss={self.hidden_loss!r} is invalid: use 'cosine' or 'mse'.")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate={self.learning_rate!r} is invalid: use a value > 0 (e.g. 5e-5).")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio={self.warmup_ratio!r} is invalid: use a value in [0, 1).")
+        if self.epochs <= 0 and self.max_steps is None:
+            raise ConfigError(f"epochs={self.epochs!r} is invalid: use epochs > 0 or set max_steps.")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision={self.precision!r} is invalid: use 'auto', 'fp32', 'bf16' or 'fp16'.")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ConfigError(f"device={dev!r} is invalid: use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+        if self.student_dropout is not None and not 0 <= self.student_dropout < 1:
+            raise ConfigError(f"student_dropout={self.student_dropout!r} is invalid: use a value in [0, 1).")
+        if self.layer_map is not None:
+            if len(self.layer_map) != self.student_layers:
+                raise ConfigError(f"layer_map={self.layer_map!r} has {len(self.layer_map)} entries but the "
+                                  f"student has {self.student_layers} layers: give one teacher layer per "
+                                  "student layer, or None.")
+            if any(i < 0 for i in self.layer_map):
+                raise ConfigError(f"layer_map={self.layer_map!r} has a negative layer: use 0-based indices.")
+
+    # --- JSON io ---------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """Return the config as JSON; with ``path``, also write it there atomically."""
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            atomic_write_text(Path(path), text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
+        """Build a config from a dict, rejecting unknown keys and wrong types with a clear message."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}.")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; valid keys are: {', '.join(known)}.")
+        hints = typing.get_type_hints(cls)
+        for key, value in data.items():
+            if not _type_ok(value, hints[key]):
+                raise ConfigError(f"{key}={value!r} has type {type(value).__name__}, expected "
+                                  f"{_type_name(hints[key])}.")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, path_or_text: str | os.PathLike) -> DistillConfig:
+        """Read a config from a JSON file path or a JSON string."""
+        text = str(path_or_text)
+        if not text.lstrip().startswith("{"):
+            path = Path(path_or_text)
+            if not path.is_file():
+                raise ConfigError(f"config file {str(path)!r} does not exist: give the path of a JSON file "
+                                  "written by DistillConfig.to_json() or the Launcher's export.")
+            text = path.read_text(encoding="utf-8")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config is not valid JSON ({e}); check for trailing commas or quotes.") from e
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> DistillConfig:
+        """A copy with some fields changed (validated)."""
+        return DistillConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is Any:
+        return True
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
