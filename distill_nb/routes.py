@@ -1,0 +1,128 @@
+"""REST API for the JupyterLab sidebar: thin jupyter_server handlers over ``runs.py``.
+
+    GET  /distill-nb/runs                     list_runs()
+    GET  /distill-nb/runs/<id>                read_status()
+    GET  /distill-nb/runs/<id>/metrics?since=N  records with step > N
+    POST /distill-nb/runs/<id>/stop           ask the worker to stop (returns at once)
+    POST /distill-nb/runs/<id>/resume         continue a stopped/failed run in a subprocess
+    GET  /distill-nb/template                 the quickstart notebook (or a small starter)
+
+Only ``runs`` is imported (stdlib): the server loads this module, so torch must never come in with it.
+The runs folder is ``runs_root()`` unless the server sets ``tornado_settings={"distill_nb": {"runs_root": ...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import tornado.web
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado.ioloop import IOLoop
+
+from .runs import Run, RunNotFound, list_runs, read_metrics, read_status, run_dir, runs_root
+
+_PKG = Path(__file__).resolve().parent
+# an installed package carries no notebooks/; a source checkout has them beside the package
+QUICKSTART = [_PKG / "notebooks" / "00_quickstart.ipynb", _PKG.parent / "notebooks" / "00_quickstart.ipynb"]
+STARTER_CELLS = [
+    ("markdown", "# Distillation quickstart\n\nPick a teacher, shape a student, launch a run in the background."),
+    ("code", "import distill_nb\n\ndistill_nb.app()"),
+]
+
+
+class _Handler(APIHandler):
+    """Base: the runs folder, and the one place where exceptions become JSON errors."""
+
+    @property
+    def root(self) -> Path:
+        return runs_root(self.settings.get("distill_nb", {}).get("runs_root"))
+
+    async def reply(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` off the event loop (it reads files, may signal) and write its result as JSON."""
+        code = 200
+        try:
+            result = await IOLoop.current().run_in_executor(None, fn, *args)
+        except RunNotFound as e:
+            result, code = {"message": str(e)}, 404
+        except ValueError as e:  # bad run id, bad ?since=, resuming a completed run, ...
+            result, code = {"message": str(e)}, 400
+        except Exception as e:
+            self.log.exception("distill_nb: %s %s failed", self.request.method, self.request.path)
+            result, code = {"message": f"{type(e).__name__}: {e}"}, 500
+        self.set_status(code)
+        self.finish(json.dumps(result))
+
+
+class RunsHandler(_Handler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self.reply(list_runs, self.root)
+
+
+class RunHandler(_Handler):
+    @tornado.web.authenticated
+    async def get(self, run_id: str) -> None:
+        await self.reply(lambda: {**read_status(run_dir(run_id, self.root)), "run_id": run_id})
+
+
+class MetricsHandler(_Handler):
+    @tornado.web.authenticated
+    async def get(self, run_id: str) -> None:
+        since = self.get_query_argument("since", None)
+
+        def page() -> dict[str, Any]:
+            after = None if since in (None, "") else int(since)  # int("x") -> ValueError -> 400
+            records = read_metrics(run_dir(run_id, self.root), after)
+            last = max((r.get("step", 0) for r in records), default=after)
+            return {"run_id": run_id, "records": records, "next_since": last}
+
+        await self.reply(page)
+
+
+class StopHandler(_Handler):
+    @tornado.web.authenticated
+    async def post(self, run_id: str) -> None:
+        # wait=None: the worker checkpoints before stopping; the sidebar's poll shows the new state
+        await self.reply(lambda: Run(run_dir(run_id, self.root)).stop(wait=None))
+
+
+class ResumeHandler(_Handler):
+    @tornado.web.authenticated
+    async def post(self, run_id: str) -> None:
+        # a server is not a kernel: the worker always runs as a plain subprocess here
+        await self.reply(lambda: Run(run_dir(run_id, self.root)).resume(backend="subprocess").status())
+
+
+class TemplateHandler(_Handler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self.reply(template_notebook)
+
+
+def template_notebook() -> dict[str, Any]:
+    """The quickstart notebook as nbformat JSON, or a two-cell starter when it is not on disk."""
+    for path in QUICKSTART:
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+    cells = [{"cell_type": kind, "metadata": {}, "source": text,
+              **({"outputs": [], "execution_count": None} if kind == "code" else {})}
+             for kind, text in STARTER_CELLS]
+    return {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}
+
+
+def setup_handlers(web_app: Any) -> None:
+    """Register the routes under ``<base_url>/distill-nb/``."""
+    base = url_path_join(web_app.settings["base_url"], "distill-nb")
+    run = r"/runs/([^/]+)"  # tornado url-decodes the id, so %2F.. arrives as '/..' and validate_run_id rejects it
+    web_app.add_handlers(".*$", [
+        (base + "/runs", RunsHandler),
+        (base + run, RunHandler),
+        (base + run + "/metrics", MetricsHandler),
+        (base + run + "/stop", StopHandler),
+        (base + run + "/resume", ResumeHandler),
+        (base + "/template", TemplateHandler),
+    ])
