@@ -1,0 +1,261 @@
+"""Teacher vs student: ``compare()`` a few texts, ``sweep()`` a data set and rank where they diverge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .methods import Attribution, attribute, check_method, check_positive, check_targets, check_texts
+from .metrics import Faithfulness, agreement, align, faithfulness
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+
+@dataclass(frozen=True, eq=False)
+class Comparison:
+    """Teacher and student attributions of one text, aligned, with agreement metrics.
+
+    Attributes:
+        teacher, student: the two attributions (same target class).
+        alignment: "token" (identical tokenisation) or "word" (token scores summed per common word).
+        units: the aligned tokens or words, length U.
+        teacher_scores, student_scores: float arrays (U,).
+        metrics: spearman, kendall, topk_jaccard, sign_agreement, l1_distance, prediction_agree (1.0/0.0),
+            prob_diff (|teacher - student| probability of the target) and, when computed,
+            {teacher,student}_{comprehensiveness,sufficiency,deletion_auc}.
+        top_k: k used for the top-k overlap and faithfulness.
+        teacher_faithfulness, student_faithfulness: per-model faithfulness, or None.
+    """
+
+    teacher: Attribution
+    student: Attribution
+    alignment: str
+    units: tuple[str, ...]
+    teacher_scores: np.ndarray = field(repr=False)
+    student_scores: np.ndarray = field(repr=False)
+    metrics: dict[str, float]
+    top_k: int
+    teacher_faithfulness: Faithfulness | None = field(default=None, repr=False)
+    student_faithfulness: Faithfulness | None = field(default=None, repr=False)
+
+    @property
+    def text(self) -> str:
+        return self.teacher.text
+
+    def plot(self, ax: Any = None) -> Figure:
+        """Side-by-side heatmaps: teacher row, student row, teacher - student row. Returns the Figure."""
+        from .render import plot_comparison
+
+        return plot_comparison(self)
+
+    def scatter(self, ax: Any = None) -> Figure:
+        """Teacher vs student normalised attribution per unit. Returns the Figure."""
+        from .render import plot_scatter
+
+        return plot_scatter([self], ax=ax)
+
+    def to_html(self) -> str:
+        """Self-contained HTML table (teacher, student, diff rows; no scripts) for notebook display."""
+        from .render import comparison_html
+
+        return comparison_html(self)
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+
+def _same_vocab(a: Any, b: Any) -> bool:
+    return a is b or (type(a) is type(b) and a.get_vocab() == b.get_vocab())
+
+
+def compare(teacher: Any, student: Any, texts: Sequence[str] | str, *, teacher_tokenizer: Any,
+            student_tokenizer: Any = None, method: str = "integrated_gradients",
+            target: int | Sequence[int] | None = None, top_k: int = 5, n_steps: int = 32,
+            internal_batch_size: int = 256, batch_size: int = 16, faithfulness_steps: int | None = 10,
+            device: Any = None, max_length: int = 128) -> list[Comparison]:
+    """Attribute each text with both models for the same class and measure how they agree.
+
+    Args:
+        teacher, student: sequence classifiers with the same classes (see ``attribute``).
+        texts: N strings.
+        teacher_tokenizer: the teacher's fast tokenizer.
+        student_tokenizer: the student's; None = the teacher's. With a different vocabulary the
+            comparison is at word level.
+        method: one of ``METHODS``.
+        target: class to explain; None = the teacher's predicted class (used for both models).
+        top_k: units for the top-k overlap and tokens for comprehensiveness/sufficiency.
+        n_steps, internal_batch_size, batch_size, device, max_length: passed to ``attribute``.
+        faithfulness_steps: deletion-curve steps for per-model faithfulness; None skips faithfulness.
+
+    Returns:
+        N ``Comparison`` in the order of ``texts``.
+
+    Raises:
+        ValueError: empty texts, unknown method, models with different numbers of classes.
+    """
+    texts = check_texts(texts)
+    check_method(method)
+    check_positive(top_k=top_k, faithfulness_steps=faithfulness_steps)
+    student_tokenizer = teacher_tokenizer if student_tokenizer is None else student_tokenizer
+    kw = dict(n_steps=n_steps, internal_batch_size=internal_batch_size, batch_size=batch_size, device=device,
+              max_length=max_length)
+    t_attr = attribute(teacher, teacher_tokenizer, texts, method, target, **kw)
+    s_attr = attribute(student, student_tokenizer, texts, method, [a.target for a in t_attr], **kw)
+    if len(t_attr[0].probs) != len(s_attr[0].probs):
+        raise ValueError(f"teacher has {len(t_attr[0].probs)} classes but student has {len(s_attr[0].probs)}: "
+                         "they must predict the same labels")
+    t_faith: list[Faithfulness | None] = [None] * len(texts)
+    s_faith: list[Faithfulness | None] = [None] * len(texts)
+    if faithfulness_steps is not None:
+        fkw = dict(top_k=top_k, steps=faithfulness_steps, batch_size=batch_size,
+                   internal_batch_size=internal_batch_size, device=device)
+        t_faith = faithfulness(teacher, teacher_tokenizer, t_attr, **fkw)  # type: ignore[assignment]
+        s_faith = faithfulness(student, student_tokenizer, s_attr, **fkw)  # type: ignore[assignment]
+    token_level_ok = _same_vocab(teacher_tokenizer, student_tokenizer)
+    out = []
+    for ta, sa, tf, sf in zip(t_attr, s_attr, t_faith, s_faith):
+        if token_level_ok:
+            alignment, units, ts, ss = align(ta, sa)
+        else:  # same token ids from different vocabularies mean different tokens: force word level
+            alignment, units, ts, ss = align(ta, _renumbered(sa))
+        metrics = agreement(ts, ss, top_k)
+        metrics["prediction_agree"] = float(ta.label == sa.label)
+        metrics["prob_diff"] = float(abs(ta.probs[ta.target] - sa.probs[ta.target]))
+        for name, f in (("teacher", tf), ("student", sf)):
+            if f is not None:
+                metrics.update({f"{name}_comprehensiveness": f.comprehensiveness,
+                                f"{name}_sufficiency": f.sufficiency, f"{name}_deletion_auc": f.deletion_auc})
+        out.append(Comparison(ta, sa, alignment, tuple(units), ts, ss, metrics, top_k, tf, sf))
+    return out
+
+
+def _renumbered(a: Attribution) -> Attribution:
+    """A copy whose token ids can never equal another vocabulary's (forces word alignment)."""
+    from dataclasses import replace
+
+    return replace(a, token_ids=tuple(-1 - i for i in a.token_ids))
+
+
+# --------------------------------------------------------------------------- data-set sweep
+
+
+@dataclass(frozen=True, eq=False)
+class SweepResult:
+    """``compare`` over a data set, with examples ranked by divergence.
+
+    Attributes:
+        comparisons: one ``Comparison`` per text, in input order.
+        labels: gold labels (or None).
+        order: input indices, most divergent first: prediction disagreements first, then the lowest
+            attribution rank correlation (1 - spearman), then the largest probability difference.
+        method: attribution method used.
+    """
+
+    comparisons: tuple[Comparison, ...] = field(repr=False)
+    labels: tuple[int, ...] | None = field(repr=False)
+    order: tuple[int, ...] = field(repr=False)
+    method: str
+
+    def __len__(self) -> int:
+        return len(self.comparisons)
+
+    def __getitem__(self, i: int) -> Comparison:
+        return self.comparisons[i]
+
+    def __iter__(self) -> Iterator[Comparison]:
+        return iter(self.comparisons)
+
+    def most_divergent(self, n: int = 10) -> list[Comparison]:
+        """The ``n`` examples where teacher and student differ most."""
+        return [self.comparisons[i] for i in self.order[:n]]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per example (input order): text, label, predictions, probabilities, metrics, rank.
+
+        ``divergence_rank`` is 1 for the most divergent example; sort by it to review.
+        """
+        import pandas as pd
+
+        rank = np.empty(len(self.order), dtype=int)
+        rank[list(self.order)] = np.arange(1, len(self.order) + 1)
+        rows = []
+        for i, c in enumerate(self.comparisons):
+            rows.append({
+                "text": c.text, "label": None if self.labels is None else self.labels[i], "target": c.teacher.target,
+                "teacher_pred": c.teacher.label, "student_pred": c.student.label,
+                "teacher_prob": float(c.teacher.probs[c.teacher.target]),
+                "student_prob": float(c.student.probs[c.teacher.target]), "alignment": c.alignment,
+                **c.metrics, "divergence_rank": int(rank[i]),
+            })
+        return pd.DataFrame(rows)
+
+    def summary(self) -> dict[str, float]:
+        """Mean of each metric (NaN ignored) plus accuracies when labels are known."""
+        frame = self.to_frame()
+        out = {k: float(frame[k].mean()) for k in self.comparisons[0].metrics}
+        if self.labels is not None:
+            out["teacher_accuracy"] = float((frame["teacher_pred"] == frame["label"]).mean())
+            out["student_accuracy"] = float((frame["student_pred"] == frame["label"]).mean())
+        return out
+
+    def plot(self, metrics: Sequence[str] = ("spearman", "topk_jaccard")) -> Figure:
+        """Histogram of agreement over the data set, one panel per metric. Returns the Figure."""
+        from .render import plot_agreement_hist
+
+        return plot_agreement_hist(self, metrics)
+
+    def scatter(self, ax: Any = None) -> Figure:
+        """Teacher vs student normalised attributions pooled over all examples. Returns the Figure."""
+        from .render import plot_scatter
+
+        return plot_scatter(self.comparisons, ax=ax)
+
+
+def divergence_order(comparisons: Sequence[Comparison]) -> list[int]:
+    """Indices sorted most divergent first (disagreement, then 1 - spearman, then prob_diff)."""
+    agree = np.array([c.metrics["prediction_agree"] for c in comparisons])
+    rho = np.array([c.metrics["spearman"] for c in comparisons])
+    rho = np.where(np.isnan(rho), 0.0, rho)  # undefined correlation counts as "no agreement"
+    diff = np.array([c.metrics["prob_diff"] for c in comparisons])
+    return np.lexsort((-diff, rho, agree)).tolist()  # last key sorts first
+
+
+def sweep(teacher: Any, student: Any, texts: Sequence[str], labels: Sequence[int] | None = None, *,
+          teacher_tokenizer: Any, student_tokenizer: Any = None, method: str = "integrated_gradients",
+          target: int | Sequence[int] | None = None, top_k: int = 5, n_steps: int = 32,
+          internal_batch_size: int = 256, batch_size: int = 16, faithfulness_steps: int | None = 10,
+          device: Any = None, max_length: int = 128,
+          progress: Callable[[int, int], None] | None = None) -> SweepResult:
+    """``compare`` over a data set in batches and rank the examples by divergence.
+
+    Args:
+        texts: N strings; labels: N gold labels or None.
+        progress: called as ``progress(done, N)`` after each chunk (e.g. to update a widget).
+        Others: as for ``compare``.
+
+    Returns:
+        ``SweepResult``; ``.to_frame()`` for a table, ``.plot()`` for the agreement histogram.
+    """
+    texts = check_texts(texts)
+    if labels is not None and len(labels) != len(texts):
+        raise ValueError(f"labels has {len(labels)} entries for {len(texts)} texts: pass one label per text")
+    check_positive(batch_size=batch_size)
+    targets = check_targets(target, len(texts))
+    chunk = batch_size * 8  # several attribute() batches per compare call: length sorting pays off
+    comparisons: list[Comparison] = []
+    for start in range(0, len(texts), chunk):
+        part = targets[start:start + chunk]
+        comparisons += compare(
+            teacher, student, texts[start:start + chunk], teacher_tokenizer=teacher_tokenizer,
+            student_tokenizer=student_tokenizer, method=method, target=part,
+            top_k=top_k, n_steps=n_steps, internal_batch_size=internal_batch_size, batch_size=batch_size,
+            faithfulness_steps=faithfulness_steps, device=device, max_length=max_length)
+        if progress is not None:
+            progress(len(comparisons), len(texts))
+    return SweepResult(tuple(comparisons), None if labels is None else tuple(int(x) for x in labels),
+                       tuple(divergence_order(comparisons)), method)
+

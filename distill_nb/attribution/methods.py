@@ -1,0 +1,382 @@
+"""Token attributions for one model: ``attribute()`` and the frozen ``Attribution`` result.
+
+Every method goes through captum on the model's input-embedding layer (or, for the gradient-free ones,
+through batched forward passes), several examples per call, padded to the longest text of a
+length-sorted batch. Scores are in units of the target class *logit*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+METHODS = ("integrated_gradients", "saliency", "input_x_gradient", "occlusion", "leave_one_out")
+
+
+@dataclass(frozen=True, eq=False)
+class Attribution:
+    """Attribution of one text by one model.
+
+    Attributes:
+        text: the input text.
+        tokens: the model's tokens, specials included, padding excluded; length T.
+        token_ids: vocabulary ids, length T.
+        word_ids: word index of each token (None for specials), from the fast tokenizer's ``word_ids()``.
+        offsets: ``(start, end)`` character span of each token in ``text`` (``(0, 0)`` for specials).
+        scores: float array (T,), contribution of each token to the target logit (0 for specials).
+        label: the model's predicted class.
+        probs: float array (C,), the model's class probabilities.
+        target: the class whose logit was attributed.
+        delta: integrated-gradients convergence delta (sum of scores minus logit difference to the
+            baseline); None for other methods.
+        method: one of ``METHODS``.
+    """
+
+    text: str
+    tokens: tuple[str, ...]
+    token_ids: tuple[int, ...]
+    word_ids: tuple[int | None, ...]
+    offsets: tuple[tuple[int, int], ...]
+    scores: np.ndarray = field(repr=False)
+    label: int
+    probs: np.ndarray = field(repr=False)
+    target: int
+    delta: float | None
+    method: str
+
+    @property
+    def special(self) -> np.ndarray:
+        """Bool array (T,): True for special tokens ([CLS], [SEP], ...)."""
+        return np.array([w is None for w in self.word_ids], dtype=bool)
+
+    def word_spans(self) -> list[tuple[int, int]]:
+        """Character span ``(start, end)`` of each word, in word order."""
+        spans: dict[int, list[int]] = {}
+        for w, (s, e) in zip(self.word_ids, self.offsets):
+            if w is not None:
+                spans.setdefault(w, [s, e])[1] = e
+        return [tuple(spans[w]) for w in sorted(spans)]  # type: ignore[misc]
+
+    @property
+    def words(self) -> list[str]:
+        """The words of ``text`` as the tokenizer split them."""
+        return [self.text[s:e] for s, e in self.word_spans()]
+
+    @property
+    def word_scores(self) -> np.ndarray:
+        """Float array (n_words,): token scores summed per word."""
+        w = np.array([-1 if x is None else x for x in self.word_ids])
+        keep = w >= 0
+        if not keep.any():
+            return np.zeros(0)
+        _, inverse = np.unique(w[keep], return_inverse=True)
+        return np.bincount(inverse, weights=self.scores[keep])
+
+    def plot(self, ax: Any = None) -> Figure:
+        """Token heatmap (red = supports the target, blue = against). Returns the Figure."""
+        from .render import plot_attribution
+
+        return plot_attribution(self, ax=ax)
+
+    def to_html(self) -> str:
+        """Self-contained HTML snippet: tokens coloured by score (no scripts)."""
+        from .render import attribution_html
+
+        return attribution_html(self)
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def check_texts(texts: Sequence[str] | str) -> list[str]:
+    """Return ``texts`` as a list of str, or raise a ValueError/TypeError saying what is wrong."""
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts:
+        raise ValueError("texts is empty: pass a non-empty list of strings, e.g. ['a fine movie']")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected str")
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise ValueError(f"texts[{empty[0]}] is blank: every text needs at least one word")
+    return texts
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
+    return method
+
+
+def check_targets(target: int | Sequence[int | None] | None, n: int) -> list[int | None]:
+    if target is None:
+        return [None] * n
+    if isinstance(target, (int, np.integer)):
+        return [int(target)] * n
+    target = [None if t is None else int(t) for t in target]
+    if len(target) != n:
+        raise ValueError(f"target has {len(target)} entries for {n} texts: give one int, one per text, or None")
+    return target
+
+
+def check_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name}={value!r}: expected a positive int")
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized text (no padding)."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    word_ids: list[int | None]
+
+
+def encode(tokenizer: Any, texts: list[str], max_length: int) -> list[Encoded]:
+    """Tokenize ``texts`` with a fast tokenizer, keeping offsets and word ids (specials get None)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer: word alignment needs offsets; "
+                         "load it with AutoTokenizer.from_pretrained(path, use_fast=True)")
+    batch = tokenizer(texts, truncation=True, max_length=max_length, return_offsets_mapping=True,
+                      return_special_tokens_mask=True)
+    out = []
+    for i in range(len(texts)):
+        special = batch["special_tokens_mask"][i]
+        words = [None if s else w for w, s in zip(batch.word_ids(i), special)]
+        out.append(Encoded(list(batch["input_ids"][i]), [tuple(o) for o in batch["offset_mapping"][i]], words))
+    return out
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id used for padding and for the baseline/removed tokens ([PAD], else 0)."""
+    return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else 0
+
+
+def collate(items: list[Encoded], pad: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Right-pad a batch.
+
+    Returns:
+        input_ids (B, T) long, attention_mask (B, T) long, word_ids (B, T) long with -1 for specials and
+        padding, special (B, T) bool (True for specials, not padding).
+    """
+    width = max(len(e.ids) for e in items)
+    ids = np.full((len(items), width), pad, dtype=np.int64)
+    words = np.full((len(items), width), -1, dtype=np.int64)
+    mask = np.zeros((len(items), width), dtype=np.int64)
+    special = np.zeros((len(items), width), dtype=bool)
+    for b, e in enumerate(items):
+        n = len(e.ids)
+        ids[b, :n] = e.ids
+        mask[b, :n] = 1
+        w = np.array([-1 if x is None else x for x in e.word_ids], dtype=np.int64)
+        words[b, :n] = w
+        special[b, :n] = w < 0
+    to = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    return to(ids), to(mask), to(words), to(special)
+
+
+# --------------------------------------------------------------------------- model plumbing
+
+
+def logits_fn(model: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``f(input_ids (B,T), attention_mask (B,T)) -> logits (B,C)`` for HF and plain modules."""
+
+    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = model(input_ids=input_ids, attention_mask=attention_mask)
+        if hasattr(out, "logits"):
+            return out.logits
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    return forward
+
+
+def model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def prepared(model: Any, device: str | torch.device | None) -> Iterator[torch.device]:
+    """Eval mode and frozen parameters while attributing; restores both afterwards.
+
+    Freezing keeps captum's gradients to the embedding activations only: no ``.grad`` is left on
+    parameters and the forward saves less for backward.
+    """
+    if device is not None:
+        model.to(device)
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model_device(model)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+@torch.no_grad()
+def forward_rows(fn: Callable, ids: torch.Tensor, mask: torch.Tensor, rows: int) -> torch.Tensor:
+    """Logits (N, C) for N sequences, ``rows`` sequences per forward pass."""
+    return torch.cat([fn(ids[i:i + rows], mask[i:i + rows]) for i in range(0, len(ids), rows)])
+
+
+# --------------------------------------------------------------------------- the methods
+# Each takes the padded batch and returns (scores (B, T) float, delta (B,) or None).
+
+
+def _integrated_gradients(fn, layer, ids, mask, words, special, target, pad, n_steps, rows):
+    from captum.attr import LayerIntegratedGradients
+
+    baseline = torch.where(special, ids, torch.full_like(ids, pad))  # keep [CLS]/[SEP], rest -> [PAD]
+    attr, delta = LayerIntegratedGradients(fn, layer).attribute(
+        ids, baselines=baseline, target=target, additional_forward_args=(mask,), n_steps=n_steps,
+        internal_batch_size=max(rows, 2 * len(ids)), return_convergence_delta=True)
+    return attr.sum(-1), delta  # (B, T, H) -> (B, T)
+
+
+def _gradient(fn, layer, ids, mask, target, times_input: bool):
+    from captum.attr import LayerGradientXActivation
+
+    grads = LayerGradientXActivation(fn, layer, multiply_by_inputs=times_input).attribute(
+        ids, target=target, additional_forward_args=(mask,))
+    return grads.sum(-1) if times_input else grads.norm(dim=-1)  # (B, T, H) -> (B, T)
+
+
+def _saliency(fn, layer, ids, mask, words, special, target, pad, n_steps, rows):
+    return _gradient(fn, layer, ids, mask, target, times_input=False), None
+
+
+def _input_x_gradient(fn, layer, ids, mask, words, special, target, pad, n_steps, rows):
+    return _gradient(fn, layer, ids, mask, target, times_input=True), None
+
+
+def _word_sizes(words: torch.Tensor) -> torch.Tensor:
+    """Number of tokens in each token's word (B, T); 1 for specials and padding."""
+    idx = words.clamp(min=0)
+    counts = torch.zeros(words.shape, device=words.device).scatter_add_(1, idx, (words >= 0).float())
+    return counts.gather(1, idx).clamp(min=1)
+
+
+def _per_token(word_scores: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """Spread word scores (B, W) evenly over each word's tokens -> (B, T), so word sums are exact."""
+    per = word_scores.gather(1, words.clamp(min=0)) / _word_sizes(words)
+    return torch.where(words >= 0, per, torch.zeros_like(per))
+
+
+def _occlusion(fn, layer, ids, mask, words, special, target, pad, n_steps, rows):
+    from captum.attr import FeatureAblation
+
+    # Group 0 holds specials and padding (its score is discarded); word w is group w + 1.
+    attr = FeatureAblation(fn).attribute(
+        ids, baselines=pad, target=target, additional_forward_args=(mask,), feature_mask=words + 1,
+        perturbations_per_eval=max(1, rows // len(ids)))
+    # captum gives every token of a word the word's score: share it out so word sums are exact.
+    return attr.float() / _word_sizes(words), None
+
+
+def _leave_one_out(fn, layer, ids, mask, words, special, target, pad, n_steps, rows):
+    # Remove each word from attention (no replacement token at all): (B, W, T) variants.
+    n_b, n_t = ids.shape
+    n_words = max(int(words.max()) + 1, 1)
+    drop = words[:, None, :] == torch.arange(n_words, device=ids.device)[None, :, None]  # (B, W, T)
+    var_mask = (mask[:, None, :] * (~drop)).reshape(n_b * n_words, n_t)
+    var_ids = ids[:, None, :].expand(n_b, n_words, n_t).reshape(n_b * n_words, n_t)
+    full = forward_rows(fn, ids, mask, rows).gather(1, target[:, None])  # (B, 1)
+    logits = forward_rows(fn, var_ids, var_mask, rows).reshape(n_b, n_words, -1)
+    removed = logits.gather(2, target[:, None, None].expand(n_b, n_words, 1))[..., 0]  # (B, W)
+    return _per_token(full - removed, words), None
+
+
+_IMPL = {"integrated_gradients": _integrated_gradients, "saliency": _saliency,
+         "input_x_gradient": _input_x_gradient, "occlusion": _occlusion, "leave_one_out": _leave_one_out}
+
+
+# --------------------------------------------------------------------------- the verb
+
+
+def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: str = "integrated_gradients",
+              target: int | Sequence[int] | None = None, *, n_steps: int = 32, internal_batch_size: int = 256,
+              batch_size: int = 16, device: str | torch.device | None = None,
+              max_length: int = 128) -> list[Attribution]:
+    """Attribute each text's target logit to its tokens.
+
+    Texts are sorted by length and attributed ``batch_size`` at a time (one captum call per batch).
+
+    Args:
+        model: a sequence classifier, ``model(input_ids=, attention_mask=)`` -> logits (B, C) or an
+            output with ``.logits``; needs ``get_input_embeddings()`` for the gradient methods.
+        tokenizer: its fast tokenizer.
+        texts: N strings (a single str is taken as one text).
+        method: one of ``METHODS``: "integrated_gradients" (LayerIntegratedGradients on the input
+            embeddings, baseline = [PAD] everywhere except [CLS]/[SEP], attention mask unchanged),
+            "saliency" (gradient norm per token embedding), "input_x_gradient", "occlusion" (captum
+            FeatureAblation, each word replaced by [PAD]), "leave_one_out" (gradient-free: each word
+            dropped from the attention mask, batched forward passes).
+        target: class to explain: None = the model's prediction, an int, or one int per text.
+        n_steps: integration steps (integrated gradients only).
+        internal_batch_size: sequences per forward/backward pass inside captum.
+        batch_size: texts per captum call.
+        device: move the model there first; default: leave it where it is and use its device.
+        max_length: tokens kept per text (truncation).
+
+    Returns:
+        N ``Attribution`` in the order of ``texts``.
+
+    Raises:
+        ValueError: empty texts, unknown method, bad target, non-fast tokenizer.
+    """
+    texts = check_texts(texts)
+    check_method(method)
+    check_positive(n_steps=n_steps, internal_batch_size=internal_batch_size, batch_size=batch_size,
+                   max_length=max_length)
+    targets = check_targets(target, len(texts))
+    items = encode(tokenizer, texts, max_length)
+    pad = pad_id(tokenizer)
+    results: list[Attribution | None] = [None] * len(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(items[i].ids))  # length buckets: little padding
+    with prepared(model, device) as dev:
+        fn = logits_fn(model)
+        layer = model.get_input_embeddings() if method not in ("occlusion", "leave_one_out") else None
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            ids, mask, words, special = collate([items[i] for i in idx], pad, dev)
+            probs = forward_rows(fn, ids, mask, internal_batch_size).float().softmax(-1)  # (B, C)
+            tgt = [targets[i] if targets[i] is not None else int(p.argmax()) for i, p in zip(idx, probs)]
+            bad = [t for t in tgt if not 0 <= t < probs.shape[1]]
+            if bad:
+                raise ValueError(f"target {bad[0]} is out of range: the model has {probs.shape[1]} classes")
+            tgt_t = torch.tensor(tgt, device=dev)
+            scores, delta = _IMPL[method](fn, layer, ids, mask, words, special, tgt_t, pad, n_steps,
+                                          internal_batch_size)
+            scores = torch.where(words >= 0, scores, torch.zeros_like(scores)).detach().float().cpu().numpy()
+            probs_np = probs.cpu().numpy()
+            for b, i in enumerate(idx):
+                e, n = items[i], len(items[i].ids)
+                results[i] = Attribution(
+                    text=texts[i], tokens=tuple(tokenizer.convert_ids_to_tokens(e.ids)), token_ids=tuple(e.ids),
+                    word_ids=tuple(e.word_ids), offsets=tuple(e.offsets), scores=scores[b, :n].copy(),
+                    label=int(probs_np[b].argmax()), probs=probs_np[b].copy(), target=tgt[b],
+                    delta=None if delta is None else float(delta[b]), method=method)
+    return results  # type: ignore[return-value]

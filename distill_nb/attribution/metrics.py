@@ -1,0 +1,197 @@
+"""Aligning two attributions, agreement metrics between them, and faithfulness of one model.
+
+Alignment: token level when both models tokenised the text identically; otherwise word level, where
+words are the common character segments of both tokenisers' words and token scores are summed per word.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .methods import Attribution, Encoded, check_positive, collate, forward_rows, logits_fn, pad_id, prepared
+
+# --------------------------------------------------------------------------- alignment
+
+
+def common_segments(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The finest character segments that are unions of words on both sides.
+
+    Args:
+        a, b: word character spans ``(start, end)`` from two tokenisers of the same text.
+
+    Returns:
+        Sorted, disjoint spans; overlapping words from either side are merged into one segment
+        (e.g. ``it's`` as one word on one side and ``it ' s`` on the other gives one segment).
+    """
+    merged: list[list[int]] = []
+    for start, end in sorted(list(a) + list(b)):
+        if merged and start < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(s, e) for s, e in merged]
+
+
+def segment_scores(attr: Attribution, segments: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Token scores (T,) summed into ``segments`` by each token's start offset -> (n_segments,)."""
+    if not segments:
+        return np.zeros(0)
+    starts = np.array([s for s, _ in segments])
+    keep = ~attr.special
+    tok_start = np.array([s for s, _ in attr.offsets])[keep]
+    seg = np.clip(np.searchsorted(starts, tok_start, side="right") - 1, 0, None)
+    return np.bincount(seg, weights=attr.scores[keep], minlength=len(segments))
+
+
+def align(teacher: Attribution, student: Attribution) -> tuple[str, list[str], np.ndarray, np.ndarray]:
+    """Put two attributions of the same text on common units.
+
+    Returns:
+        (alignment, units, teacher_scores (U,), student_scores (U,)) with alignment "token" when the
+        token ids are identical (specials dropped) and "word" otherwise.
+    """
+    if teacher.token_ids == student.token_ids:
+        keep = ~teacher.special
+        return "token", [t for t, k in zip(teacher.tokens, keep) if k], teacher.scores[keep], student.scores[keep]
+    segments = common_segments(teacher.word_spans(), student.word_spans())
+    units = [teacher.text[s:e] for s, e in segments]
+    return "word", units, segment_scores(teacher, segments), segment_scores(student, segments)
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+def _l1_normalised(x: np.ndarray) -> np.ndarray:
+    norm = np.abs(x).sum()
+    return x / norm if norm > 0 else np.zeros_like(x)
+
+
+def top_indices(scores: np.ndarray, k: int) -> set[int]:
+    """Indices of the ``k`` largest (most target-supporting) scores."""
+    return set(np.argsort(-scores, kind="stable")[:k].tolist())
+
+
+def agreement(t: np.ndarray, s: np.ndarray, top_k: int) -> dict[str, float]:
+    """Agreement between two aligned score vectors (U,).
+
+    Returns:
+        spearman, kendall (NaN when fewer than 2 units or a constant vector), topk_jaccard (of the
+        ``top_k`` highest scores), sign_agreement (fraction of units with the same sign), l1_distance
+        (between L1-normalised vectors, in [0, 2]).
+    """
+    from scipy import stats
+
+    n = len(t)
+    rho = tau = math.nan
+    if n >= 2 and np.ptp(t) > 0 and np.ptp(s) > 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rho = float(stats.spearmanr(t, s).statistic)
+            tau = float(stats.kendalltau(t, s).statistic)
+    elif n >= 1 and np.array_equal(t, s):
+        rho = tau = 1.0
+    k = min(top_k, n)
+    a, b = top_indices(t, k), top_indices(s, k)
+    return {
+        "spearman": rho,
+        "kendall": tau,
+        "topk_jaccard": len(a & b) / len(a | b) if a | b else math.nan,
+        "sign_agreement": float(np.mean(np.sign(t) == np.sign(s))) if n else math.nan,
+        "l1_distance": float(np.abs(_l1_normalised(t) - _l1_normalised(s)).sum()),
+    }
+
+
+# --------------------------------------------------------------------------- faithfulness
+
+
+@dataclass(frozen=True, eq=False)
+class Faithfulness:
+    """How much one model's prediction depends on the tokens its attribution ranks highest.
+
+    Attributes:
+        comprehensiveness: p(target | x) - p(target | x with the top-k tokens replaced by [PAD]);
+            high = the top tokens were needed.
+        sufficiency: p(target | x) - p(target | only the top-k tokens kept, others [PAD]);
+            low = the top tokens alone are enough.
+        fractions: float array (S + 1,), fraction of tokens removed at each deletion step (0 ... 1).
+        deletion: float array (S + 1,), p(target) after removing that fraction of top tokens.
+        top_k: tokens removed/kept for the two scores.
+    """
+
+    comprehensiveness: float
+    sufficiency: float
+    fractions: np.ndarray = field(repr=False)
+    deletion: np.ndarray = field(repr=False)
+    top_k: int
+
+    @property
+    def deletion_auc(self) -> float:
+        """Area under the deletion curve (lower = more faithful ranking)."""
+        return float(np.trapezoid(self.deletion, self.fractions))
+
+
+def faithfulness(model: Any, tokenizer: Any, attributions: Sequence[Attribution], *, top_k: int = 5,
+                 steps: int = 10, batch_size: int = 16, internal_batch_size: int = 256,
+                 device: Any = None) -> list[Faithfulness]:
+    """Comprehensiveness, sufficiency and deletion curve of each attribution, batched.
+
+    All perturbations of ``batch_size`` texts (2 + steps + 1 per text) go through the model together,
+    ``internal_batch_size`` sequences per forward pass. Removed tokens become [PAD] (the integrated
+    gradients baseline); [CLS]/[SEP] and the attention mask are kept.
+
+    Args:
+        model, tokenizer: the model that produced ``attributions`` (their token ids are reused).
+        attributions: N results of ``attribute`` for this model.
+        top_k: tokens removed (comprehensiveness) or kept (sufficiency); capped at each text's length.
+        steps: deletion-curve steps; fractions ``0, 1/steps, ..., 1`` of the tokens removed, best first.
+
+    Returns:
+        N ``Faithfulness`` in the order of ``attributions``.
+    """
+    check_positive(top_k=top_k, steps=steps, batch_size=batch_size, internal_batch_size=internal_batch_size)
+    if not attributions:
+        raise ValueError("attributions is empty: pass the results of attribute()")
+    pad = pad_id(tokenizer)
+    fractions = np.linspace(0.0, 1.0, steps + 1)
+    out: list[Faithfulness] = []
+    with prepared(model, device) as dev:
+        fn = logits_fn(model)
+        for start in range(0, len(attributions), batch_size):
+            chunk = attributions[start:start + batch_size]
+            items = [Encoded(list(a.token_ids), list(a.offsets), list(a.word_ids)) for a in chunk]
+            ids, mask, words, _ = collate(items, pad, dev)
+            n_b, n_t = ids.shape
+            real = words >= 0  # (B, T)
+            scores = torch.full((n_b, n_t), -math.inf, device=dev)
+            for b, a in enumerate(chunk):
+                scores[b, :len(a.scores)] = torch.as_tensor(a.scores, dtype=torch.float32)
+            scores = torch.where(real, scores, torch.full_like(scores, -math.inf))
+            rank = scores.argsort(1, descending=True, stable=True).argsort(1)  # (B, T), 0 = best
+            n_real = real.sum(1)  # (B,)
+            k = n_real.clamp(max=top_k)
+            # Number of top tokens removed in each variant: (B, V) with V = 2 + steps + 1.
+            n_del = torch.round(torch.as_tensor(fractions, device=dev)[None, :] * n_real[:, None]).long()
+            remove = torch.cat([
+                (rank < k[:, None])[:, None, :],                       # comprehensiveness
+                ((rank >= k[:, None]) & real)[:, None, :],              # sufficiency
+                rank[:, None, :] < n_del[:, :, None],                   # deletion steps
+            ], dim=1) & real[:, None, :]  # (B, V, T)
+            n_v = remove.shape[1]
+            var_ids = torch.where(remove, torch.full_like(remove, pad, dtype=ids.dtype), ids[:, None, :])
+            var_mask = mask[:, None, :].expand(n_b, n_v, n_t)
+            probs = forward_rows(fn, var_ids.reshape(-1, n_t), var_mask.reshape(-1, n_t),
+                                 internal_batch_size).float().softmax(-1).reshape(n_b, n_v, -1)
+            target = torch.tensor([a.target for a in chunk], device=dev)
+            p = probs.gather(2, target[:, None, None].expand(n_b, n_v, 1))[..., 0].cpu().numpy()  # (B, V)
+            for b, a in enumerate(chunk):
+                full = p[b, 2]  # deletion step 0 = the unchanged text
+                out.append(Faithfulness(comprehensiveness=float(full - p[b, 0]),
+                                        sufficiency=float(full - p[b, 1]), fractions=fractions,
+                                        deletion=p[b, 2:].copy(), top_k=int(k[b])))
+    return out

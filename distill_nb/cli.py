@@ -1,0 +1,75 @@
+"""``distill-nb``: run a config headless, the offline demo, list runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .config import ConfigError, DistillConfig
+
+# The demo: a real packaged teacher (all-MiniLM-L6-v2, fine-tuned on SST-2 first), a 3-layer student made
+# from every other teacher layer, distilled on SST-2 and evaluated on the SST-2 dev set, on CPU.
+DEMO = dict(teacher="minilm-l6", dataset="sst2", student_layers=3, teacher_prep_steps=400,
+            max_train_examples=20000, max_steps=400, batch_size=32, max_length=64, alpha_kd=1.0, alpha_ce=0.5,
+            temperature=2.0, learning_rate=1e-4, eval_every=100, checkpoint_every=200)
+DEMO_SMALL = dict(DEMO, teacher_prep_steps=60, max_train_examples=2000, max_eval_examples=200, max_steps=60,
+                  eval_every=30, checkpoint_every=30)
+
+
+def _run(config: DistillConfig, run_dir: Path) -> int:
+    from .train import train
+
+    train(config, run_dir)
+    from .report import compare_run
+
+    print(compare_run(run_dir, repeats=3))
+    print(f"student saved in {run_dir / 'student'} (transformers.pipeline('text-classification', model=...))")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="distill-nb", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_run = sub.add_parser("run", help="run a config JSON headless (same file the Launcher exports)")
+    p_run.add_argument("config", help="path of a DistillConfig JSON file")
+    p_run.add_argument("--run-dir", help="run directory (default: <runs root>/<new id>)")
+    p_demo = sub.add_parser("demo", help="distil the packaged MiniLM-L6 teacher on SST-2, offline, on CPU")
+    p_demo.add_argument("--small", action="store_true", help="a 1-minute version (fewer steps and examples)")
+    p_demo.add_argument("--run-dir", help="run directory (default: <runs root>/demo-<time>)")
+    sub.add_parser("list", help="list runs and their state")
+    args = parser.parse_args(argv)
+    from .runs import create_run, list_runs, new_run_id, runs_root
+
+    try:
+        if args.cmd == "list":
+            for s in list_runs():
+                acc = (s.get("last_eval") or {}).get("accuracy")
+                print(f"{s['run_id']:<36} {s['state']:<10} step {s.get('step')}/{s.get('total_steps')}"
+                      f"  acc {acc if acc is None else round(acc, 4)}")
+            return 0
+        if args.cmd == "run":
+            config = DistillConfig.from_json(args.config)
+        else:
+            config = DistillConfig(**(DEMO_SMALL if args.small else DEMO))
+        if args.run_dir:
+            run_dir = Path(args.run_dir)
+            if not (run_dir / "config.json").exists():
+                config.to_json(run_dir / "config.json")  # resuming an existing run dir keeps its config
+        else:
+            run_dir = create_run(config, runs_root(), new_run_id("demo" if args.cmd == "demo" else "run"))
+        print(f"run directory: {run_dir}")
+        start = time.time()
+        code = _run(config, run_dir)
+        print(f"total time {time.time() - start:.0f} s")
+        return code
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
+        print(f"distill-nb: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Distillation losses as pure functions. Shapes: B batch, C classes, S tokens, H width, A heads, V vocab.
+
+Every loss returns a scalar tensor; a batch where everything is masked gives 0 (not NaN).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft-label KL(teacher ‖ student) at temperature T, times T² (Hinton et al.) so gradients keep scale.
+
+    Args:
+        student_logits: (B, C) or (N, C) rows to distil.
+        teacher_logits: same shape as ``student_logits``.
+        temperature: T > 0; higher T softens both distributions.
+        mask: optional (B,) bool/0-1, rows that count.
+
+    Returns:
+        scalar: mean over counted rows of sum_c p_t log(p_t / p_s) · T².
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be > 0.")
+    log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    per_row = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(-1)  # (B,)
+    return _masked_mean(per_row, mask) * temperature**2
+
+
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Hard-label cross-entropy. logits (B, C), labels (B,) with ``ignore_index`` rows skipped."""
+    if (labels != ignore_index).sum() == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+
+
+def hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor,
+                kind: str = "cosine", projection: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> torch.Tensor:
+    """Match one student layer's token states to one teacher layer's.
+
+    Args:
+        student_hidden: (B, S, Hs).
+        teacher_hidden: (B, S, Ht); Ht may differ from Hs only with a ``projection`` mapping Hs -> Ht.
+        attention_mask: (B, S), 1 for real tokens.
+        kind: "cosine" (1 - cosine similarity per token, as DistilBERT) or "mse".
+
+    Returns:
+        scalar: mean over real tokens.
+    """
+    if projection is not None:
+        student_hidden = projection(student_hidden)
+    if student_hidden.shape[-1] != teacher_hidden.shape[-1]:
+        raise ValueError(f"hidden widths differ (student {student_hidden.shape[-1]}, teacher "
+                         f"{teacher_hidden.shape[-1]}): pass a projection (train() adds a learned one).")
+    s, t = student_hidden.float(), teacher_hidden.float()
+    if kind == "cosine":
+        per_token = 1 - F.cosine_similarity(s, t, dim=-1)  # (B, S)
+    elif kind == "mse":
+        per_token = (s - t).pow(2).mean(-1)  # (B, S)
+    else:
+        raise ValueError(f"kind={kind!r}: use 'cosine' or 'mse'.")
+    return _masked_mean(per_token, attention_mask)
+
+
+def hidden_states_loss(student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],
+                       layer_map: Sequence[int], attention_mask: torch.Tensor, kind: str = "cosine",
+                       projections: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None
+                       ) -> torch.Tensor:
+    """Average :func:`hidden_loss` over student layers j ↔ teacher layers ``layer_map[j]``.
+
+    Args:
+        student_states: per-layer outputs, L_s tensors (B, S, Hs) (embeddings excluded).
+        teacher_states: per-layer outputs, L_t tensors (B, S, Ht).
+        layer_map: L_s teacher indices in [0, L_t).
+        projections: one callable per student layer when widths differ.
+    """
+    if len(layer_map) != len(student_states):
+        raise ValueError(f"layer_map has {len(layer_map)} entries for {len(student_states)} student layers.")
+    bad = [i for i in layer_map if not 0 <= i < len(teacher_states)]
+    if bad:
+        raise ValueError(f"layer_map {list(layer_map)} points at teacher layers {bad}, but the teacher has "
+                         f"layers 0..{len(teacher_states) - 1}.")
+    losses = [hidden_loss(s, teacher_states[i], attention_mask, kind, projections[j] if projections else None)
+              for j, (s, i) in enumerate(zip(student_states, layer_map))]
+    return torch.stack(losses).mean()
+
+
+def attention_loss(student_attn: torch.Tensor, teacher_attn: torch.Tensor,
+                   attention_mask: torch.Tensor) -> torch.Tensor:
+    """KL(teacher ‖ student) between attention distributions of real query tokens (MiniLM/TinyBERT style).
+
+    Args:
+        student_attn: (B, As, S, S) softmax attention of one student layer.
+        teacher_attn: (B, At, S, S); when As != At both are averaged over heads first.
+        attention_mask: (B, S).
+
+    Returns:
+        scalar: mean over heads and real query tokens of the KL over keys.
+    """
+    if student_attn.shape[1] != teacher_attn.shape[1]:
+        student_attn, teacher_attn = student_attn.mean(1, keepdim=True), teacher_attn.mean(1, keepdim=True)
+    eps = 1e-8
+    s, t = student_attn.float().clamp_min(eps), teacher_attn.float().clamp_min(eps)
+    per_query = (t * (t.log() - s.log())).sum(-1).mean(1)  # (B, S): KL over keys, mean over heads
+    return _masked_mean(per_query, attention_mask)
+
+
+def mlm_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, masked: torch.Tensor,
+                temperature: float = 2.0) -> torch.Tensor:
+    """Task-agnostic distillation: KD on the vocabulary distribution at masked positions.
+
+    Args:
+        student_logits: (B, S, V) masked-LM logits.
+        teacher_logits: (B, S, V).
+        masked: (B, S) bool, the positions that were masked.
+    """
+    b, s, v = student_logits.shape
+    return kd_loss(student_logits.reshape(b * s, v), teacher_logits.reshape(b * s, v), temperature,
+                   masked.reshape(b * s))  # (B*S, V) rows, masked positions only
+
+
+def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_id: int, special: torch.Tensor,
+                prob: float = 0.15, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT-style masking of real, non-special tokens. Returns (masked ids (B, S), masked positions (B, S))."""
+    chosen = (torch.rand(input_ids.shape, generator=generator) < prob) & attention_mask.bool() & ~special
+    return input_ids.masked_fill(chosen, mask_id), chosen
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return values.mean() if values.numel() else values.sum() * 0.0
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)

