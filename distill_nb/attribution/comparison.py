@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -101,8 +102,8 @@ def compare(teacher: Any, student: Any, texts: Sequence[str] | str, *, teacher_t
     check_method(method)
     check_positive(top_k=top_k, faithfulness_steps=faithfulness_steps)
     student_tokenizer = teacher_tokenizer if student_tokenizer is None else student_tokenizer
-    kw = dict(n_steps=n_steps, internal_batch_size=internal_batch_size, batch_size=batch_size, device=device,
-              max_length=max_length)
+    kw = {"n_steps": n_steps, "internal_batch_size": internal_batch_size, "batch_size": batch_size,
+          "device": device, "max_length": max_length}
     t_attr = attribute(teacher, teacher_tokenizer, texts, method, target, **kw)
     s_attr = attribute(student, student_tokenizer, texts, method, [a.target for a in t_attr], **kw)
     if len(t_attr[0].probs) != len(s_attr[0].probs):
@@ -111,8 +112,8 @@ def compare(teacher: Any, student: Any, texts: Sequence[str] | str, *, teacher_t
     t_faith: list[Faithfulness | None] = [None] * len(texts)
     s_faith: list[Faithfulness | None] = [None] * len(texts)
     if faithfulness_steps is not None:
-        fkw = dict(top_k=top_k, steps=faithfulness_steps, batch_size=batch_size,
-                   internal_batch_size=internal_batch_size, device=device)
+        fkw = {"top_k": top_k, "steps": faithfulness_steps, "batch_size": batch_size,
+               "internal_batch_size": internal_batch_size, "device": device}
         t_faith = faithfulness(teacher, teacher_tokenizer, t_attr, **fkw)  # type: ignore[assignment]
         s_faith = faithfulness(student, student_tokenizer, s_attr, **fkw)  # type: ignore[assignment]
     token_level_ok = _same_vocab(teacher_tokenizer, student_tokenizer)

@@ -8,8 +8,9 @@ length-sorted batch. Scores are in units of the target class *logit*.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -188,7 +189,7 @@ def collate(items: list[Encoded], pad: int, device: torch.device) -> tuple[torch
         w = np.array([-1 if x is None else x for x in e.word_ids], dtype=np.int64)
         words[b, :n] = w
         special[b, :n] = w < 0
-    to = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    to = lambda a: torch.from_numpy(a).to(device)
     return to(ids), to(mask), to(words), to(special)
 
 

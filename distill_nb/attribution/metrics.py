@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -172,7 +173,7 @@ def faithfulness(model: Any, tokenizer: Any, attributions: Sequence[Attribution]
             for b, a in enumerate(chunk):
                 scores[b, :len(a.scores)] = torch.as_tensor(a.scores, dtype=torch.float32)
             scores = torch.where(real, scores, torch.full_like(scores, -math.inf))
-            rank = scores.argsort(1, descending=True, stable=True).argsort(1)  # (B, T), 0 = best
+            rank = scores.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # (B, T), 0 = best
             n_real = real.sum(1)  # (B,)
             k = n_real.clamp(max=top_k)
             # Number of top tokens removed in each variant: (B, V) with V = 2 + steps + 1.

@@ -7,7 +7,8 @@ VS Code and offline JupyterLab.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -85,6 +86,11 @@ def plot_scatter(comparisons: Sequence[Comparison], ax: Any = None) -> Figure:
     return fig
 
 
+_RANGES = {"spearman": (-1.0, 1.0), "kendall": (-1.0, 1.0), "topk_jaccard": (0.0, 1.0),
+           "sign_agreement": (0.0, 1.0), "l1_distance": (0.0, 2.0), "prediction_agree": (0.0, 1.0),
+           "prob_diff": (0.0, 1.0)}
+
+
 def plot_agreement_hist(result: SweepResult, metrics: Sequence[str]) -> Figure:
     """One histogram per metric over the sweep's examples, prediction agreement in the title."""
     import matplotlib.pyplot as plt
@@ -94,7 +100,9 @@ def plot_agreement_hist(result: SweepResult, metrics: Sequence[str]) -> Figure:
     for ax, name in zip(axes[0], metrics):
         values = np.array([c.metrics[name] for c in result.comparisons], dtype=float)
         values = values[~np.isnan(values)]
-        ax.hist(values, bins=20, color="tab:blue", alpha=0.8)
+        low, high = _RANGES.get(name, (values.min(initial=0.0), values.max(initial=1.0)))
+        ax.hist(values, bins=20, range=(low, high) if high > low else (low - 0.5, low + 0.5),
+                color="tab:blue", alpha=0.8)
         ax.set(xlabel=name, ylabel="examples", title=f"mean {values.mean():.2f}" if len(values) else "no data")
     agree = np.mean([c.metrics["prediction_agree"] for c in result.comparisons])
     fig.suptitle(f"{result.method}: {len(result)} examples, predictions agree on {agree:.0%}", fontsize=10)

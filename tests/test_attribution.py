@@ -1,0 +1,301 @@
+"""Attribution: analytic checks on tiny offline models (completeness, self-agreement, a keyword model)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill_nb.attribution import (
+    METHODS,
+    Attribution,
+    align,
+    attribute,
+    common_segments,
+    compare,
+    faithfulness,
+    sweep,
+)
+
+TEXTS = ["the movie was good", "a very boring and dull plot , really", "it's great!",
+         "what a wonderful film", "the acting was awful"]
+
+
+def load(path: Path, sharpen_seed: int | None = 0):
+    """Model + fast tokenizer; re-draw weights with std 0.3 so logits are not all ~0 (random init is 0.02)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    if sharpen_seed is not None:
+        gen = torch.Generator().manual_seed(sharpen_seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_teacher):
+    return load(tiny_teacher)
+
+
+class KeywordModel(torch.nn.Module):
+    """logit1 - logit0 = 4 * (number of attended ``keyword`` tokens) - 2: the answer hinges on one token."""
+
+    def __init__(self, vocab_size: int, keyword_id: int):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab_size, 1)
+        with torch.no_grad():
+            self.emb.weight.zero_()
+            self.emb.weight[keyword_id] = 4.0
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.emb
+
+    def forward(self, input_ids, attention_mask):
+        z = (self.emb(input_ids)[..., 0] * attention_mask).sum(1) - 2.0  # (B,)
+        return torch.stack([torch.zeros_like(z), z], dim=-1)  # (B, 2)
+
+
+class FlipOn(torch.nn.Module):
+    """``model`` with its two logits swapped for texts containing ``token_id``: a forced disagreement."""
+
+    def __init__(self, model, token_id: int):
+        super().__init__()
+        self.model, self.token_id = model, token_id
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def forward(self, input_ids, attention_mask):
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        flip = ((input_ids == self.token_id) & attention_mask.bool()).any(1, keepdim=True)  # (B, 1)
+        return torch.where(flip, logits.flip(-1), logits)
+
+
+def letters_bert(folder: Path, seed: int = 1):
+    """A tiny BERT whose vocabulary has only letters and ##letters: every word splits differently."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", ".", "!", "?", "'"] + letters + [f"##{c}" for c in letters]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=128, num_labels=2)
+    BertForSequenceClassification(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return load(folder, sharpen_seed=seed)
+
+
+def test_self_comparison_agrees_perfectly(teacher):
+    model, tok = teacher
+    for method in ("integrated_gradients", "leave_one_out"):
+        for c in compare(model, model, TEXTS, teacher_tokenizer=tok, method=method, n_steps=8, top_k=3):
+            assert c.alignment == "token"
+            assert c.metrics["spearman"] == pytest.approx(1.0)
+            assert c.metrics["kendall"] == pytest.approx(1.0)
+            assert c.metrics["topk_jaccard"] == 1.0
+            assert c.metrics["sign_agreement"] == 1.0
+            assert c.metrics["l1_distance"] == pytest.approx(0.0, abs=1e-9)
+            assert c.metrics["prediction_agree"] == 1.0 and c.metrics["prob_diff"] == 0.0
+
+
+def test_integrated_gradients_completeness(teacher):
+    model, tok = teacher
+    attrs = attribute(model, tok, TEXTS, n_steps=64)
+    for a in attrs:
+        ids = torch.tensor([a.token_ids])
+        baseline = torch.where(torch.from_numpy(a.special)[None], ids, torch.full_like(ids, tok.pad_token_id))
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            gap = float(model(input_ids=ids, attention_mask=mask).logits[0, a.target]
+                        - model(input_ids=baseline, attention_mask=mask).logits[0, a.target])
+        assert abs(gap) > 0.05, "the check is only meaningful when the logit moves"
+        assert a.scores.sum() == pytest.approx(gap, abs=0.02 * max(1.0, abs(gap)))
+        assert abs(a.delta) < 0.02 * max(1.0, abs(gap))
+        assert a.scores[a.special].tolist() == [0.0] * int(a.special.sum())
+
+
+def test_batching_and_padding_do_not_change_scores(teacher):
+    model, tok = teacher
+    one = attribute(model, tok, TEXTS, n_steps=16, batch_size=1)
+    many = attribute(model, tok, TEXTS, n_steps=16, batch_size=8, internal_batch_size=20)
+    for a, b in zip(one, many):
+        assert a.text == b.text and a.tokens == b.tokens and a.target == b.target
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4 * max(1.0, np.abs(a.scores).max()))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_gives_one_finite_score_per_token(teacher, method):
+    model, tok = teacher
+    attrs = attribute(model, tok, TEXTS[:3], method, target=1, batch_size=2, n_steps=4)
+    for a in attrs:
+        assert a.method == method and a.target == 1 and a.scores.shape == (len(a.tokens),)
+        assert np.isfinite(a.scores).all() and (a.scores[a.special] == 0).all()
+        assert np.isclose(a.probs.sum(), 1.0) and a.label == int(a.probs.argmax())
+        assert (a.delta is not None) == (method == "integrated_gradients")
+        assert len(a.word_scores) == len(a.words)
+    if method == "saliency":
+        assert all((a.scores >= 0).all() for a in attrs)
+
+
+def test_model_left_in_eval_mode_without_parameter_grads(teacher):
+    model, tok = teacher
+    model.train()
+    frozen = model.classifier.bias
+    frozen.requires_grad_(False)
+    try:
+        attribute(model, tok, TEXTS[:2], n_steps=4)
+        assert model.training, "the caller's train/eval mode is restored"
+        assert all(p.grad is None for p in model.parameters())
+        assert not frozen.requires_grad and model.classifier.weight.requires_grad
+    finally:
+        model.eval()
+        frozen.requires_grad_(True)
+
+
+def test_common_segments_merge_overlapping_words():
+    assert common_segments([(0, 2), (2, 3), (3, 4), (5, 7)], [(0, 4), (5, 7)]) == [(0, 4), (5, 7)]
+    assert common_segments([(0, 3), (4, 9)], [(0, 3), (4, 6), (6, 9)]) == [(0, 3), (4, 9)]
+
+
+def test_word_alignment_sums_tokens_across_different_pretokenisers():
+    # teacher splits "it's" into it / ' / s, student keeps "it's" as one word of 4 letter tokens
+    text = "it's ok"
+
+    def make(tokens, words, offsets, scores):
+        return Attribution(text, tuple(tokens), tuple(range(len(tokens))), tuple(words), tuple(offsets),
+                           np.array(scores, float), 1, np.array([0.3, 0.7]), 1, None, "integrated_gradients")
+
+    t = make(["[CLS]", "it", "'", "s", "ok", "[SEP]"], [None, 0, 1, 2, 3, None],
+             [(0, 0), (0, 2), (2, 3), (3, 4), (5, 7), (0, 0)], [0, 1.0, 0.5, 0.25, -1.0, 0])
+    s = make(["[CLS]", "i", "##t", "##'", "##s", "o", "##k", "[SEP]"], [None, 0, 0, 0, 0, 1, 1, None],
+             [(0, 0), (0, 1), (1, 2), (2, 3), (3, 4), (5, 6), (6, 7), (0, 0)], [0, 1, 1, 1, 1, 2, 2, 0])
+    s = Attribution(**{**s.__dict__, "token_ids": tuple(range(100, 108))})
+    alignment, units, ts, ss = align(t, s)
+    assert alignment == "word" and units == ["it's", "ok"]
+    np.testing.assert_allclose(ts, [1.75, -1.0])
+    np.testing.assert_allclose(ss, [4.0, 4.0])
+
+
+def test_different_tokenizers_compare_at_word_level(teacher, tmp_path):
+    model, tok = teacher
+    student, student_tok = letters_bert(tmp_path / "letters")
+    comps = compare(model, student, TEXTS, teacher_tokenizer=tok, student_tokenizer=student_tok, n_steps=16)
+    for c in comps:
+        assert c.alignment == "word"
+        assert len(c.student.tokens) > len(c.teacher.tokens)  # letters: more tokens per word
+        assert list(c.units) == c.teacher.words == c.student.words
+        np.testing.assert_allclose(c.teacher_scores, c.teacher.word_scores, atol=1e-6)
+        np.testing.assert_allclose(c.student_scores, c.student.word_scores, atol=1e-6)
+        assert c.student.target == c.teacher.target  # default target: the teacher's prediction
+        assert -1.0 <= c.metrics["spearman"] <= 1.0
+    # the same vocabulary from a second tokenizer object still compares token by token, perfectly
+    from transformers import AutoTokenizer
+
+    again = AutoTokenizer.from_pretrained(tmp_path / "letters")
+    same = compare(student, student, TEXTS[:2], teacher_tokenizer=student_tok, student_tokenizer=again,
+                   n_steps=8, faithfulness_steps=None)
+    assert [c.alignment for c in same] == ["token", "token"]
+    assert all(c.metrics["spearman"] == pytest.approx(1.0) for c in same)
+
+
+def test_faithfulness_on_a_model_that_depends_on_one_token(teacher):
+    _, tok = teacher
+    keyword = tok.convert_tokens_to_ids("good")
+    model = KeywordModel(tok.vocab_size, keyword)
+    texts = ["the movie was really good fun", "good acting , a dull story and a slow plot"]
+    for method in ("integrated_gradients", "input_x_gradient", "occlusion", "leave_one_out"):
+        attrs = attribute(model, tok, texts, method, n_steps=16)
+        for a in attrs:
+            assert a.target == 1 and a.tokens[int(np.argmax(a.scores))] == "good", method
+            assert a.scores.sum() == pytest.approx(4.0, abs=1e-4), method  # linear model: exact
+    attrs = attribute(model, tok, texts, n_steps=16)
+    assert all(abs(a.delta) < 1e-5 for a in attrs)
+    p_with, p_without = 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(2))
+    for f in faithfulness(model, tok, attrs, top_k=1, steps=5):
+        assert f.comprehensiveness == pytest.approx(p_with - p_without, abs=1e-5)  # high: ~0.76
+        assert f.sufficiency == pytest.approx(0.0, abs=1e-5)  # keeping "good" alone is enough
+        assert f.deletion[0] == pytest.approx(p_with) and f.deletion[-1] == pytest.approx(p_without)
+        assert (np.diff(f.deletion) <= 1e-6).all()
+        assert f.deletion_auc < p_with
+
+
+def test_sweep_puts_forced_prediction_disagreement_first(teacher):
+    model, tok = teacher
+    student = FlipOn(model, tok.convert_tokens_to_ids("awful"))
+    labels = [1, 0, 1, 1, 0]
+    result = sweep(model, student, TEXTS, labels, teacher_tokenizer=tok, batch_size=2, n_steps=8, top_k=3)
+    flipped = TEXTS.index("the acting was awful")
+    assert result.order[0] == flipped
+    assert result.most_divergent(1)[0].text == TEXTS[flipped]
+    frame = result.to_frame()
+    assert list(frame["text"]) == TEXTS and len(result) == len(TEXTS)
+    assert frame.loc[flipped, "divergence_rank"] == 1 and frame.loc[flipped, "prediction_agree"] == 0.0
+    others = frame.drop(index=flipped)
+    assert (others["prediction_agree"] == 1.0).all() and np.allclose(others["spearman"], 1.0)
+    assert sorted(frame["divergence_rank"]) == list(range(1, len(TEXTS) + 1))
+    for column in ("label", "teacher_pred", "student_pred", "teacher_prob", "student_prob", "kendall",
+                   "topk_jaccard", "sign_agreement", "l1_distance", "prob_diff", "teacher_comprehensiveness",
+                   "student_sufficiency", "teacher_deletion_auc"):
+        assert column in frame.columns
+    assert 0.0 <= result.summary()["teacher_accuracy"] <= 1.0
+
+    swapped = copy.deepcopy(model)
+    with torch.no_grad():
+        swapped.classifier.weight.copy_(model.classifier.weight.flip(0))
+        swapped.classifier.bias.copy_(model.classifier.bias.flip(0))
+    every = sweep(model, swapped, TEXTS[:3], teacher_tokenizer=tok, n_steps=4, faithfulness_steps=None)
+    assert all(c.metrics["prediction_agree"] == 0.0 for c in every)
+
+
+def test_bad_inputs_raise_clear_errors(teacher):
+    model, tok = teacher
+    with pytest.raises(ValueError, match="texts is empty"):
+        attribute(model, tok, [])
+    with pytest.raises(ValueError, match="'shap'.*integrated_gradients.*leave_one_out"):
+        attribute(model, tok, TEXTS, method="shap")
+    with pytest.raises(ValueError, match="'lime'.*occlusion"):
+        compare(model, model, TEXTS, teacher_tokenizer=tok, method="lime")
+    with pytest.raises(ValueError, match="texts is empty"):
+        sweep(model, model, [], teacher_tokenizer=tok)
+    with pytest.raises(ValueError, match="labels has 1 entries for 5 texts"):
+        sweep(model, model, TEXTS, [1], teacher_tokenizer=tok)
+    with pytest.raises(ValueError, match="target 7 is out of range.*2 classes"):
+        attribute(model, tok, TEXTS, target=7)
+    with pytest.raises(ValueError, match="n_steps=0"):
+        attribute(model, tok, TEXTS, n_steps=0)
+    three = copy.deepcopy(model)
+    three.classifier = torch.nn.Linear(model.config.hidden_size, 3)
+    with pytest.raises(ValueError, match="teacher has 2 classes but student has 3"):
+        compare(model, three, TEXTS[:1], teacher_tokenizer=tok, n_steps=2)
+
+
+def test_plots_and_html(teacher):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    model, tok = teacher
+    result = sweep(model, model, TEXTS, teacher_tokenizer=tok, n_steps=4)
+    c = result[-1]
+    fig = c.plot()
+    assert isinstance(fig, Figure) and len(fig.axes) == 4  # teacher, student, diff + colorbar
+    assert isinstance(c.scatter(), Figure) and isinstance(c.teacher.plot(), Figure)
+    assert isinstance(result.plot(), Figure) and isinstance(result.scatter(), Figure)
+    page = c.to_html()
+    assert "<script" not in page
+    tricky = dataclasses.replace(c, units=("<b>x</b>",) + c.units[1:]).to_html()
+    assert "&lt;b&gt;x&lt;/b&gt;" in tricky and "<b>" not in tricky
+    assert page.count("<tr>") == 3 and "spearman" in page
+    assert "<script" not in c.teacher.to_html() and c._repr_html_() == page
