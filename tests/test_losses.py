@@ -1,0 +1,94 @@
+"""Analytic checks of the distillation losses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distill_nb import losses
+
+
+def test_kd_identical_logits_is_zero_and_matches_manual_kl():
+    torch.manual_seed(0)
+    t = torch.randn(5, 3)
+    assert losses.kd_loss(t, t, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    s = torch.randn(5, 3)
+    T = 3.0
+    p_t, p_s = torch.softmax(t / T, -1), torch.softmax(s / T, -1)
+    manual = (p_t * (p_t.log() - p_s.log())).sum(-1).mean() * T**2
+    assert losses.kd_loss(s, t, T).item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+def test_kd_gradient_flows_to_student_only_and_scales_with_t_squared():
+    t = torch.tensor([[2.0, -1.0]])
+    s = torch.zeros(1, 2, requires_grad=True)
+    losses.kd_loss(s, t, 1.0).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    # KL shrinks like 1/T^2 for large T; the T^2 factor keeps the loss (and gradients) on one scale
+    at_10, at_20 = (losses.kd_loss(torch.zeros(1, 2), t, T).item() for T in (10.0, 20.0))
+    assert at_20 / at_10 == pytest.approx(1.0, abs=0.02)
+
+
+def test_all_masked_gives_zero_not_nan():
+    x = torch.randn(4, 3)
+    assert losses.kd_loss(x, x + 1, 2.0, mask=torch.zeros(4)).item() == 0.0
+    h = torch.randn(2, 5, 8)
+    assert losses.hidden_loss(h, -h, torch.zeros(2, 5)).item() == 0.0
+    a = torch.softmax(torch.randn(2, 2, 5, 5), -1)
+    assert losses.attention_loss(a, a.flip(-1), torch.zeros(2, 5)).item() == 0.0
+    assert losses.ce_loss(x, torch.full((4,), -100)).item() == 0.0
+
+
+def test_hidden_loss_cosine_mse_and_padding_ignored():
+    h = torch.randn(2, 4, 6)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    assert losses.hidden_loss(h, h, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.hidden_loss(h, 3 * h, mask).item() == pytest.approx(0.0, abs=1e-6)  # cosine ignores scale
+    assert losses.hidden_loss(h, -h, mask).item() == pytest.approx(2.0, abs=1e-5)
+    garbage = h.clone()
+    garbage[0, 2:] = 100.0  # padding positions must not count
+    assert losses.hidden_loss(garbage, h, mask, kind="mse").item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_hidden_projection_when_widths_differ():
+    s, t = torch.randn(2, 3, 4), torch.randn(2, 3, 8)
+    with pytest.raises(ValueError, match="projection"):
+        losses.hidden_loss(s, t, torch.ones(2, 3))
+    proj = torch.nn.Linear(4, 8)
+    loss = losses.hidden_loss(s, t, torch.ones(2, 3), kind="mse", projection=proj)
+    loss.backward()
+    assert proj.weight.grad is not None and math.isfinite(loss.item())
+
+
+def test_layer_map_out_of_range_is_a_clear_error():
+    states = [torch.randn(1, 2, 4)] * 2
+    with pytest.raises(ValueError, match=r"layer_map .* teacher layers \[5\]"):
+        losses.hidden_states_loss(states, states, [0, 5], torch.ones(1, 2))
+
+
+def test_attention_loss_zero_for_same_maps_and_positive_otherwise():
+    a = torch.softmax(torch.randn(2, 4, 5, 5), -1)
+    b = torch.softmax(torch.randn(2, 4, 5, 5), -1)
+    mask = torch.ones(2, 5)
+    assert losses.attention_loss(a, a, mask).item() == pytest.approx(0.0, abs=1e-5)
+    assert losses.attention_loss(b, a, mask).item() > 0
+    # different head counts: compared after averaging heads
+    assert losses.attention_loss(a[:, :2], a, mask).item() >= 0
+
+
+def test_mlm_kd_only_counts_masked_positions():
+    t = torch.randn(2, 4, 10)
+    s = t.clone()
+    s[:, 0, 0] += 5.0  # differs only at position 0
+    masked = torch.zeros(2, 4, dtype=torch.bool)
+    masked[:, 1:] = True
+    assert losses.mlm_kd_loss(s, t, masked).item() == pytest.approx(0.0, abs=1e-6)
+    masked[:, 0] = True
+    assert losses.mlm_kd_loss(s, t, masked).item() > 0
+    ids = torch.arange(8).reshape(1, 8)
+    special = torch.zeros(1, 8, dtype=torch.bool)
+    special[0, 0] = True
+    new, where = losses.mask_tokens(ids, torch.ones(1, 8), 99, special, prob=1.0)
+    assert not where[0, 0] and (new[where] == 99).all()

