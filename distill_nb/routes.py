@@ -14,8 +14,9 @@ The runs folder is ``runs_root()`` unless the server sets ``tornado_settings={"d
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import tornado.web
 from jupyter_server.base.handlers import APIHandler

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-from tornado.httpclient import HTTPClientError
 
 from distill_nb import routes
 from distill_nb.config import DistillConfig
@@ -159,7 +158,7 @@ async def test_server_setting_overrides_runs_root(api, jp_serverapp, runs_root, 
     fabricate(other, "run-g", state="completed")
     jp_serverapp.web_app.settings["distill_nb"] = {"runs_root": str(other)}
     code, runs = await api("runs")
-    assert [r["run_id"] for r in runs] == ["run-g"]
+    assert (code, [r["run_id"] for r in runs]) == (200, ["run-g"])
 
 
 async def test_template_is_a_notebook(api):

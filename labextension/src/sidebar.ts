@@ -1,4 +1,5 @@
 import { showErrorMessage } from "@jupyterlab/apputils";
+import { Message } from "@lumino/messaging";
 import { Poll } from "@lumino/polling";
 import { Widget } from "@lumino/widgets";
 
@@ -29,8 +30,10 @@ export class RunsPanel extends Widget {
     header.className = "jp-DistillNb-header";
     const title = document.createElement("h2");
     title.textContent = "Distillation runs";
-    const newButton = button("New notebook", "jp-DistillNb-new", () =>
-      this._options.newNotebook(),
+    const newButton = button(
+      "New notebook",
+      "jp-mod-accept jp-DistillNb-new",
+      () => this._options.newNotebook(),
     );
     header.append(title, newButton);
 
@@ -45,8 +48,14 @@ export class RunsPanel extends Widget {
       // a rejected factory doubles the interval (up to max): a dead server is not hammered
       frequency: { interval: 3000, backoff: true, max: 60 * 1000 },
       name: "distill-nb:runs",
-      standby: "when-hidden",
+      // idle while the sidebar is collapsed or the browser tab is hidden
+      standby: () => !this.isVisible || "when-hidden",
     });
+  }
+
+  protected onAfterShow(msg: Message): void {
+    super.onAfterShow(msg);
+    void this.refresh();
   }
 
   /** Refresh now (after a Stop, or when the panel is shown). */
@@ -124,7 +133,7 @@ export class RunsPanel extends Widget {
     details.className = "jp-DistillNb-details";
     details.append(state, steps, accuracy);
 
-    const stop = button("Stop", "jp-DistillNb-stop", async () => {
+    const stop = button("Stop", "jp-mod-warn jp-DistillNb-stop", async () => {
       stop.disabled = true;
       await requestAPI(`runs/${encodeURIComponent(run.run_id)}/stop`, {
         method: "POST",
@@ -132,8 +141,10 @@ export class RunsPanel extends Widget {
       await this.refresh();
     });
     stop.disabled = !ACTIVE.has(run.state);
-    const open = button("Open in notebook", "jp-DistillNb-open", () =>
-      this._options.openMonitor(run.run_id),
+    const open = button(
+      "Open in notebook",
+      "jp-mod-reject jp-DistillNb-open",
+      () => this._options.openMonitor(run.run_id),
     );
     const actions = document.createElement("div");
     actions.className = "jp-DistillNb-actions";
@@ -150,7 +161,7 @@ export class RunsPanel extends Widget {
     message.textContent = `Could not load runs: ${
       (error as Error)?.message ?? error
     }. Retrying…`;
-    const retry = button("Retry now", "jp-DistillNb-retry", () =>
+    const retry = button("Retry now", "jp-mod-reject jp-DistillNb-retry", () =>
       this.refresh(),
     );
     this._body.append(message, retry);
@@ -168,7 +179,7 @@ function button(
   onClick: () => Promise<unknown>,
 ): HTMLButtonElement {
   const node = document.createElement("button");
-  node.className = `jp-Button jp-mod-styled jp-mod-reject ${className}`;
+  node.className = `jp-Button jp-mod-styled ${className}`;
   node.textContent = label;
   node.addEventListener("click", () => {
     onClick().catch((error) => showErrorMessage(`${label} failed`, error));
