@@ -14,9 +14,10 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
+if TYPE_CHECKING:  # torch loads in collate() only: preflight() reads data with this module, torch-free
+    import torch
 
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 EVAL_ALIASES = ("validation", "dev", "test", "valid", "val")
@@ -38,10 +39,22 @@ class TaskData:
     eval: TextSplit
     label_names: list[str]
     source: str  # where the data came from, for reports
+    named_labels: bool = False  # the source gave label names (strings), not integer ids
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    def relabel(self, names: Sequence[str]) -> TaskData:
+        """The same examples with label ids following ``names`` (e.g. a teacher's id2label order).
+
+        Names match case-insensitively; every current label name must be among ``names``.
+        """
+        index = {str(n).lower(): i for i, n in enumerate(names)}
+        new_id = [index[n.lower()] for n in self.label_names]  # KeyError: caller checked with match_labels()
+        remap = lambda split: TextSplit(split.texts, [new_id[y] for y in split.labels])  # noqa: E731
+        return TaskData(remap(self.train), remap(self.eval), [str(n) for n in names], self.source,
+                        self.named_labels)
 
     @classmethod
     def from_lists(cls, train_texts: Sequence[str], train_labels: Sequence[Any], eval_texts: Sequence[str],
@@ -156,6 +169,8 @@ def _read_table(path: Path, text_col: str, label_col: str) -> tuple[list[str], l
         raise ValueError(f"{str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as "
                          "UTF-8 (e.g. iconv -f latin1 -t utf-8).") from e
     except Exception as e:  # datasets wraps parse errors in several types
+        if "corresponds to no data" in str(e):
+            raise ValueError(f"{str(path)!r} is empty (no rows): give at least one example.") from e
         if isinstance(e.__cause__ or e.__context__, UnicodeDecodeError) or "utf-8" in str(e).lower():
             raise ValueError(f"{str(path)!r} is not UTF-8 text; re-save it as UTF-8.") from e
         raise
@@ -213,7 +228,8 @@ def _finish(raw: dict[str, tuple[list[str], list[Any]]], label_names: Sequence[s
             raise ValueError(f"{source}: labels {unknown[:10]} are not among {names}.")
         to_id = lambda ys: [index[str(y)] for y in ys]  # noqa: E731
     split = {k: TextSplit(list(t), to_id(y)) for k, (t, y) in raw.items()}
-    return TaskData(split["train"], split["eval"], names, source)
+    return TaskData(split["train"], split["eval"], names, source, named_labels=not all(
+        isinstance(y, int) and not isinstance(y, bool) for y in all_labels))
 
 
 def _cap(task: TaskData, max_train: int | None, max_eval: int | None, seed: int) -> TaskData:
@@ -222,7 +238,8 @@ def _cap(task: TaskData, max_train: int | None, max_eval: int | None, seed: int)
             return split
         idx = sorted(random.Random(seed + salt).sample(range(len(split)), n))  # a seeded, fixed subset
         return TextSplit([split.texts[i] for i in idx], [split.labels[i] for i in idx])
-    return TaskData(cap(task.train, max_train, 0), cap(task.eval, max_eval, 1), task.label_names, task.source)
+    return TaskData(cap(task.train, max_train, 0), cap(task.eval, max_eval, 1), task.label_names, task.source,
+                    task.named_labels)
 
 
 # --- tokens and batches ----------------------------------------------------------------------------------------
@@ -257,6 +274,8 @@ def length_batches(lengths: Sequence[int], batch_size: int, *, seed: int, shuffl
 
 def collate(encoded: Sequence[Sequence[int]], idx: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad the chosen examples to the longest of them: input_ids and attention_mask, both (B, S)."""
+    import torch
+
     longest = max(len(encoded[i]) for i in idx)
     ids = torch.full((len(idx), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(idx), longest), dtype=torch.long)
