@@ -1,26 +1,53 @@
-"""Teacher vs student, as the DistilBERT paper reported it: params, MB, latency, accuracy, retention."""
+"""Teacher vs student, as the DistilBERT paper reported it: params, MB, latency, throughput, accuracy, retention.
+
+Latencies of all models are measured interleaved (each repeat times one forward of every model in turn, in a
+rotating order) and summarised by the median, so background load on a shared machine hits every model alike.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .models import count_params, measure_latency
+from .compress import state_size_bytes
+from .models import count_params
 
 
 @dataclass(frozen=True)
 class ModelRow:
     name: str
-    params: int
-    mb: float  # size of the weights on disk (safetensors), or in memory when not saved
+    params: int  # weights (a quantized model counts its int8 weights too)
+    mb: float  # size of the weights on disk (safetensors files, or the serialised state dict)
     latency_b1_ms: float  # median forward time, batch of 1
     latency_b32_ms: float  # median forward time, batch of 32
     accuracy: float | None
+    note: str = ""  # what this model is (data, training, compression)
+
+    @property
+    def throughput(self) -> float:
+        """Examples per second at batch 32."""
+        return 32_000 / self.latency_b32_ms if self.latency_b32_ms else float("nan")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model to measure: the model, its tokenizer, and optionally its saved folder and a logical size."""
+
+    name: str
+    model: nn.Module
+    tokenizer: Any
+    folder: str | os.PathLike | None = None  # saved weights (safetensors) to size; else the state is serialised
+    params: int | None = None  # override (e.g. the fp32 count for a quantized model, whose Linear weights
+    # are no longer nn.Parameters)
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -28,6 +55,13 @@ class Report:
     rows: list[ModelRow]
     device: str
     data: str
+    latency_inputs: str = ""  # what the latency batches were
+    notes: list[str] = field(default_factory=list)
+
+    def retention(self, row: ModelRow) -> float | None:
+        """Accuracy of ``row`` as a percentage of the first row's (the teacher's)."""
+        base = self.rows[0].accuracy
+        return 100 * row.accuracy / base if row.accuracy is not None and base else None
 
     def to_frame(self) -> Any:
         import pandas as pd
@@ -35,32 +69,55 @@ class Report:
         frame = pd.DataFrame([asdict(r) for r in self.rows]).set_index("name")
         base = self.rows[0]
         frame["params_%"] = 100 * frame["params"] / base.params
+        frame["throughput_b32"] = [r.throughput for r in self.rows]
+        frame["speedup_b1"] = base.latency_b1_ms / frame["latency_b1_ms"]
         frame["speedup_b32"] = base.latency_b32_ms / frame["latency_b32_ms"]
         if base.accuracy:
-            frame["retention_%"] = 100 * frame["accuracy"] / base.accuracy
+            frame["retention_%"] = [self.retention(r) for r in self.rows]
         return frame
+
+    def to_dict(self) -> dict[str, Any]:
+        base = self.rows[0]
+        rows = [{**asdict(r), "throughput_b32": r.throughput, "params_%": 100 * r.params / base.params,
+                 "speedup_b1": base.latency_b1_ms / r.latency_b1_ms,
+                 "speedup_b32": base.latency_b32_ms / r.latency_b32_ms, "retention_%": self.retention(r)}
+                for r in self.rows]
+        return {"device": self.device, "data": self.data, "latency_inputs": self.latency_inputs,
+                "notes": list(self.notes), "rows": rows}
 
     def __str__(self) -> str:
         base = self.rows[0]
-        head = (f"{'model':<22}{'params':>12}{'MB':>9}{'b1 ms':>9}{'b32 ms':>9}{'speed-up':>10}{'accuracy':>10}"
-                f"{'retention':>11}")
-        lines = [f"device: {self.device}; data: {self.data}", head, "-" * len(head)]
+        width = max(22, *(len(r.name) + 2 for r in self.rows))
+        head = (f"{'model':<{width}}{'params':>12}{'params%':>9}{'MB':>8}{'b1 ms':>8}{'b32 ms':>9}{'ex/s':>8}"
+                f"{'speed-up':>10}{'accuracy':>10}{'retention':>11}")
+        lines = [f"device: {self.device}; data: {self.data}"]
+        if self.latency_inputs:
+            lines.append(f"latency: {self.latency_inputs}")
+        lines += [head, "-" * len(head)]
         for r in self.rows:
             acc = f"{r.accuracy:.4f}" if r.accuracy is not None else "-"
-            ret = f"{100 * r.accuracy / base.accuracy:.1f}%" if r.accuracy and base.accuracy else "-"
-            lines.append(f"{r.name:<22}{r.params:>12,}{r.mb:>9.1f}{r.latency_b1_ms:>9.1f}{r.latency_b32_ms:>9.1f}"
-                         f"{base.latency_b32_ms / r.latency_b32_ms:>9.2f}x{acc:>10}{ret:>11}")
+            ret = self.retention(r)
+            lines.append(f"{r.name:<{width}}{r.params:>12,}{100 * r.params / base.params:>8.1f}%{r.mb:>8.1f}"
+                         f"{r.latency_b1_ms:>8.1f}{r.latency_b32_ms:>9.1f}{r.throughput:>8.0f}"
+                         f"{base.latency_b32_ms / r.latency_b32_ms:>9.2f}x{acc:>10}"
+                         f"{f'{ret:.1f}%' if ret is not None else '-':>11}")
+        lines += [f"  {r.name}: {r.note}" for r in self.rows if r.note]
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         return self.to_frame().to_html(float_format=lambda v: f"{v:,.3f}")
 
 
+def _device(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
 @torch.inference_mode()
 def accuracy(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int], *,
              batch_size: int = 64, max_length: int = 128) -> float:
     """Accuracy over ``texts`` in length-sorted batches."""
-    device = next(model.parameters()).device
+    device = _device(model)
     model.eval()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     correct = 0
@@ -74,28 +131,81 @@ def accuracy(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Seq
 
 
 def disk_mb(folder: str | os.PathLike | None, model: nn.Module) -> float:
+    """MB of the safetensors files in ``folder``, else of the serialised state dict (quantized too)."""
     files = list(Path(folder).glob("*.safetensors")) if folder else []
     if files:
         return sum(f.stat().st_size for f in files) / 2**20
-    return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    return state_size_bytes(model)[0] / 2**20
 
 
-def measure(name: str, model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int] | None, *,
-            folder: str | os.PathLike | None = None, repeats: int = 5) -> ModelRow:
-    """One row: size, latency at batch 1 and 32, accuracy (when labels are given)."""
-    return ModelRow(
-        name=name, params=count_params(model), mb=disk_mb(folder, model),
-        latency_b1_ms=1000 * measure_latency(model, tokenizer, texts, batch_size=1, repeats=repeats),
-        latency_b32_ms=1000 * measure_latency(model, tokenizer, texts, batch_size=32, repeats=repeats),
-        accuracy=accuracy(model, tokenizer, texts, labels) if labels is not None else None)
+@torch.inference_mode()
+def interleaved_latency(models: Sequence[tuple[nn.Module, Any]], texts: Sequence[str], *, batch_size: int,
+                        repeats: int = 5, max_length: int = 128, warmup: int = 1) -> list[float]:
+    """Median seconds per forward of ``batch_size`` texts, for each (model, tokenizer), measured interleaved.
+
+    Each repeat times one forward of every model; the order rotates between repeats so no model always runs
+    first (or right after the same neighbour). Noise from other processes therefore lands on all models.
+    """
+    if not texts:
+        raise ValueError("latency needs at least one text.")
+    chosen = list(texts[:batch_size])
+    chosen += [chosen[i % len(chosen)] for i in range(batch_size - len(chosen))]  # fewer texts than the batch
+    inputs = []
+    for model, tok in models:
+        model.eval()
+        inputs.append(tok(chosen, padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt").to(_device(model)))
+    cuda = any(_device(m).type == "cuda" for m, _ in models)
+    for (model, _), batch in zip(models, inputs):
+        for _ in range(warmup):
+            model(**batch)
+    times: list[list[float]] = [[] for _ in models]
+    n = len(models)
+    for r in range(repeats):
+        for k in range(n):
+            i = (r + k) % n
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            models[i][0](**inputs[i])
+            if cuda:
+                torch.cuda.synchronize()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
-def compare(models: dict[str, tuple[nn.Module, Any, str | os.PathLike | None]], texts: Sequence[str],
-            labels: Sequence[int] | None, *, data: str = "", repeats: int = 5) -> Report:
-    """Measure each (model, tokenizer, folder) side by side; the first one is the reference (the teacher)."""
-    rows = [measure(n, m, tok, texts, labels, folder=f, repeats=repeats) for n, (m, tok, f) in models.items()]
-    device = str(next(next(iter(models.values()))[0].parameters()).device)
-    return Report(rows, device, data)
+def _candidates(models: dict[str, tuple] | Sequence[Candidate]) -> list[Candidate]:
+    if isinstance(models, dict):
+        return [Candidate(name, *value) for name, value in models.items()]
+    return list(models)
+
+
+def compare(models: dict[str, tuple[nn.Module, Any, str | os.PathLike | None]] | Sequence[Candidate],
+            texts: Sequence[str], labels: Sequence[int] | None, *, data: str = "", repeats: int = 5,
+            max_length: int = 128, notes: Sequence[str] = ()) -> Report:
+    """Measure models side by side; the first one is the reference (the teacher).
+
+    Args:
+        models: ``{name: (model, tokenizer, folder)}`` or a list of :class:`Candidate`.
+        texts, labels: evaluation data; latency uses the first 1 and 32 texts (padded to the longest).
+        repeats: timed forwards per model and batch size (interleaved across models; medians reported).
+    """
+    cands = _candidates(models)
+    if not cands:
+        raise ValueError("compare() needs at least one model.")
+    pairs = [(c.model, c.tokenizer) for c in cands]
+    b1 = interleaved_latency(pairs, texts, batch_size=1, repeats=repeats, max_length=max_length)
+    b32 = interleaved_latency(pairs, texts, batch_size=32, repeats=repeats, max_length=max_length)
+    rows = [ModelRow(name=c.name, params=c.params if c.params is not None else count_params(c.model),
+                     mb=disk_mb(c.folder, c.model), latency_b1_ms=1000 * t1, latency_b32_ms=1000 * t32,
+                     accuracy=(accuracy(c.model, c.tokenizer, texts, labels, max_length=max_length)
+                               if labels is not None else None), note=c.note)
+            for c, t1, t32 in zip(cands, b1, b32)]
+    tok = cands[0].tokenizer
+    n32 = tok(list(texts[:32]), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    lat = (f"median of {repeats} interleaved forwards; batch 1 = first text, batch 32 = first 32 texts padded to "
+           f"{n32['input_ids'].shape[1]} tokens; threads={torch.get_num_threads()}")
+    return Report(rows, str(_device(cands[0].model)), data, lat, list(notes))
 
 
 def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repeats: int = 5) -> Report:
@@ -105,6 +215,7 @@ def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repe
     from .config import DistillConfig
     from .data import load_task
     from .models import load_teacher
+    from .runs import read_status
 
     run_dir = Path(run_dir)
     config = DistillConfig.from_json(run_dir / "config.json")
@@ -112,13 +223,16 @@ def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repe
                      train_split=config.train_split, eval_split=config.eval_split,
                      max_train=config.max_train_examples, max_eval=max_eval or config.max_eval_examples,
                      seed=config.seed)
-    from .runs import read_status
-
     # a bare-encoder teacher was fine-tuned by train(); status.json says where that teacher was saved
     t_folder = read_status(run_dir).get("teacher_path")
     teacher, t_tok = load_teacher(t_folder or config.teacher, trust_remote_code=config.trust_remote_code)
     student = AutoModelForSequenceClassification.from_pretrained(run_dir / "student").eval()
     s_tok = AutoTokenizer.from_pretrained(run_dir / "student")
-    return compare({"teacher": (teacher, t_tok, t_folder), "student (distilled)": (student, s_tok,
-                                                                                   run_dir / "student")},
-                   task.eval.texts, task.eval.labels, data=task.source, repeats=repeats)
+    t_path = Path(t_folder or config.teacher)
+    return compare([Candidate("teacher", teacher, t_tok, t_folder if t_path.is_dir() else None,
+                              note=f"{config.teacher}" + (f" (fine-tuned: {t_folder})" if t_folder else "")),
+                    Candidate("student (distilled)", student, s_tok, run_dir / "student",
+                              note=f"{config.student_layers} layers, {config.student_init} init, "
+                                   f"{config.max_steps or config.epochs} {'steps' if config.max_steps else 'epochs'}")],
+                   task.eval.texts, task.eval.labels, data=task.source, repeats=repeats,
+                   max_length=config.max_length)

@@ -1,0 +1,282 @@
+"""Compress a trained student further: dynamic int8 quantization, magnitude pruning, attention-head pruning.
+
+Each function takes a model (left untouched: it works on a copy) and returns :class:`Compressed`, the new
+model plus a plain account of what was done. Sizes are measured by serialising the weights
+(:func:`state_size_bytes`), never estimated. Magnitude pruning zeroes weights but keeps dense tensors, so it
+does *not* shrink the file or speed up dense kernels on its own; head pruning removes rows and columns, so it
+shrinks both.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Compressed:
+    model: nn.Module
+    method: str  # "int8-dynamic", "magnitude", "heads"
+    summary: str  # one line for tables and logs: what was done
+    details: dict[str, Any] = field(default_factory=dict)  # numbers behind the summary (JSON-friendly)
+
+
+# --- sizes -----------------------------------------------------------------------------------------------------
+def state_size_bytes(model: nn.Module) -> tuple[int, str]:
+    """Bytes of the model's weights as they would be written to disk, and the format used.
+
+    safetensors for plain tensors (what ``save_pretrained`` writes); ``torch.save`` of the state dict for a
+    quantized model, whose packed int8 weights safetensors cannot hold.
+    """
+    state = model.state_dict()
+    plain = all(isinstance(v, torch.Tensor) and not v.is_quantized for v in state.values())
+    if plain:
+        from safetensors.torch import save
+
+        seen: dict[int, str] = {}
+        tensors = {}
+        for k, v in state.items():
+            ptr = v.untyped_storage().data_ptr() if v.numel() else id(v)
+            if ptr in seen:  # tied weights are stored once (as save_pretrained does)
+                continue
+            seen[ptr] = k
+            tensors[k] = v.detach().contiguous().cpu()
+        return len(save(tensors)), "safetensors"
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getbuffer().nbytes, "torch.save"
+
+
+def sparsity(model: nn.Module, *, only: Sequence[nn.Module] | None = None) -> float:
+    """Fraction of exactly-zero weights among ``only``'s Linear weights (default: every parameter)."""
+    tensors = [m.weight for m in only] if only is not None else list(model.parameters())
+    total = sum(t.numel() for t in tensors)
+    return sum(int((t == 0).sum()) for t in tensors) / max(total, 1)
+
+
+# --- int8 ------------------------------------------------------------------------------------------------------
+def quantize_int8(model: nn.Module) -> Compressed:
+    """Dynamic int8 quantization of every ``nn.Linear`` (weights int8, activations quantized per batch).
+
+    CPU only (the quantized kernels are fbgemm/x86/qnnpack). Embeddings and LayerNorms stay fp32, so a model
+    whose embeddings are a large share of its weights (MiniLM: about half) shrinks far less than 4x.
+    Uses ``torch.ao.quantization.quantize_dynamic``: deprecated in favour of torchao, but still the one API
+    with int8 CPU kernels in torch 2.x without an extra package.
+    """
+    source = copy.deepcopy(model).cpu().eval()
+    linear = [n for n, m in source.named_modules() if isinstance(m, nn.Linear)]
+    linear_params = sum(m.weight.numel() for m in source.modules() if isinstance(m, nn.Linear))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices, repeated per module
+        from torch.ao.quantization import quantize_dynamic
+
+        quantized = quantize_dynamic(source, {nn.Linear}, dtype=torch.qint8)
+    total = sum(p.numel() for p in model.parameters())
+    return Compressed(quantized, "int8-dynamic",
+                      f"int8 dynamic quantization of {len(linear)} Linear layers "
+                      f"({100 * linear_params / total:.0f}% of the weights; embeddings stay fp32)",
+                      {"linear_layers": len(linear), "quantized_params": linear_params, "total_params": total,
+                       "engine": torch.backends.quantized.engine})
+
+
+# --- magnitude pruning -----------------------------------------------------------------------------------------
+def encoder_linears(model: nn.Module) -> list[nn.Module]:
+    """The Linear layers inside the transformer blocks (not embeddings, pooler or classifier)."""
+    layers = _layers(model)
+    return [m for layer in layers for m in layer.modules() if isinstance(m, nn.Linear)]
+
+
+def magnitude_prune(model: nn.Module, amount: float, *, scope: str = "global") -> Compressed:
+    """Zero the ``amount`` fraction of smallest-|w| weights of the encoder's Linear layers, permanently.
+
+    Args:
+        amount: fraction in [0, 1) of those weights to zero.
+        scope: "global" ranks all encoder Linear weights together (torch's ``global_unstructured``);
+            "layer" prunes ``amount`` of each Linear separately.
+
+    The dense tensors keep their shape: the file size and dense-kernel speed are unchanged (a sparse format or
+    sparse kernels would be needed to cash in the zeros).
+    """
+    from torch.nn.utils import prune
+
+    if not 0 <= amount < 1:
+        raise ValueError(f"amount={amount!r} is invalid: give the fraction of weights to zero, in [0, 1).")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope={scope!r} is invalid: use 'global' or 'layer'.")
+    pruned = copy.deepcopy(model).eval()
+    targets = encoder_linears(pruned)
+    if scope == "global":
+        prune.global_unstructured([(m, "weight") for m in targets], pruning_method=prune.L1Unstructured,
+                                  amount=amount)
+    else:
+        for m in targets:
+            prune.l1_unstructured(m, "weight", amount=amount)
+    for m in targets:
+        prune.remove(m, "weight")  # fold the mask into the weight: a plain model again
+    achieved = sparsity(pruned, only=targets)
+    overall = sparsity(pruned)
+    return Compressed(pruned, "magnitude",
+                      f"magnitude pruning ({scope}): {100 * achieved:.1f}% of encoder Linear weights zeroed "
+                      f"({100 * overall:.1f}% of all weights); dense storage, so no smaller on disk",
+                      {"amount": amount, "scope": scope, "encoder_sparsity": achieved, "overall_sparsity": overall,
+                       "pruned_modules": len(targets)})
+
+
+# --- attention heads -------------------------------------------------------------------------------------------
+def _layers(model: nn.Module) -> nn.ModuleList:
+    """The list of transformer blocks (``encoder.layer`` in BERT-like models)."""
+    n = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layers", None)
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"could not find the transformer layers of {type(model).__name__}.")
+
+
+def _attention_parts(layer: nn.Module) -> tuple[nn.Module, list[nn.Linear], nn.Linear]:
+    """(self-attention module, [query, key, value], output projection) of one BERT-style block."""
+    attn = getattr(layer, "attention", None)
+    self_attn = getattr(attn, "self", None)
+    out = getattr(getattr(attn, "output", None), "dense", None)
+    qkv = [getattr(self_attn, n, None) for n in ("query", "key", "value")]
+    if self_attn is None or out is None or any(not isinstance(m, nn.Linear) for m in qkv):
+        raise ValueError(f"head pruning supports BERT-style blocks (attention.self.query/key/value and "
+                         f"attention.output.dense); {type(layer).__name__} has another layout.")
+    return self_attn, qkv, out
+
+
+def _head_size(model: nn.Module) -> int:
+    return model.config.hidden_size // model.config.num_attention_heads
+
+
+def heads_per_layer(model: nn.Module) -> list[int]:
+    """Attention heads left in each layer (reads the weights, so it is right after pruning)."""
+    d = _head_size(model)
+    return [_attention_parts(layer)[1][0].out_features // d for layer in _layers(model)]
+
+
+def head_importance(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int] | None = None,
+                    *, batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
+    """Importance of each attention head, (layers, heads): Michel et al. (2019), "Are sixteen heads ...".
+
+    A mask ``xi_h = 1`` multiplies each head's output; the score is the mean over examples of
+    ``|d loss / d xi_h|`` (the first-order change in loss when the head is removed), normalised per layer
+    by its L2 norm as in the paper. The loss is cross-entropy against ``labels``, or against the model's own
+    predictions when no labels are given. Computed in length-sorted batches.
+    """
+    layers = _layers(model)
+    device = next(model.parameters()).device
+    n_heads = heads_per_layer(model)
+    d = _head_size(model)
+    masks = [torch.ones(h, device=device, requires_grad=True) for h in n_heads]
+    hooks = []
+    for layer, mask in zip(layers, masks):
+        _, _, out = _attention_parts(layer)
+
+        def scale(module: nn.Module, args: tuple, mask: torch.Tensor = mask) -> tuple:
+            (x,) = args  # (B, S, heads * d): the heads' outputs side by side, before the output projection
+            b, s, _ = x.shape
+            return ((x.view(b, s, -1, d) * mask.view(1, 1, -1, 1)).view(b, s, -1),)
+        hooks.append(out.register_forward_pre_hook(scale))
+    was_training = model.training
+    model.eval()
+    scores = [torch.zeros(h, device=device) for h in n_heads]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt").to(device)
+            logits = model(**batch).logits
+            target = (torch.tensor([labels[i] for i in idx], device=device) if labels is not None
+                      else logits.argmax(-1).detach())
+            loss = nn.functional.cross_entropy(logits, target, reduction="sum")
+            grads = torch.autograd.grad(loss, masks)
+            for acc, g in zip(scores, grads):
+                acc += g.abs()
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    out = torch.zeros(len(n_heads), max(n_heads))
+    for i, s in enumerate(scores):
+        s = s / len(texts)
+        out[i, :len(s)] = (s / s.norm().clamp_min(1e-12)).cpu()
+    return out
+
+
+def remove_heads(model: nn.Module, heads: dict[int, Sequence[int]]) -> nn.Module:
+    """Remove attention heads in place: ``{layer: [head, ...]}``; at least one head stays in every layer.
+
+    Slices the query/key/value rows and the output projection's columns of the chosen heads, so the weights
+    (and the work) really shrink. transformers 5 dropped ``prune_heads``; its BERT attention infers the head
+    count from the projection width, so the sliced model runs unchanged. A model that still has
+    ``prune_heads`` (transformers 4) is pruned with it instead.
+    """
+    if hasattr(model, "prune_heads"):
+        model.prune_heads({int(k): list(v) for k, v in heads.items() if v})
+        return model
+    layers = _layers(model)
+    d = _head_size(model)
+    for li, drop in heads.items():
+        if not drop:
+            continue
+        self_attn, qkv, out = _attention_parts(layers[li])
+        n = qkv[0].out_features // d
+        bad = sorted(h for h in drop if not 0 <= h < n)
+        if bad:
+            raise ValueError(f"layer {li} has heads 0..{n - 1}; cannot remove {bad}.")
+        keep_heads = [h for h in range(n) if h not in set(drop)]
+        if not keep_heads:
+            raise ValueError(f"removing all {n} heads of layer {li} would cut the layer's attention: keep one.")
+        keep = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep_heads]).to(out.weight.device)
+        with torch.no_grad():
+            for lin in qkv:
+                lin.weight = nn.Parameter(lin.weight[keep].clone())
+                lin.bias = nn.Parameter(lin.bias[keep].clone()) if lin.bias is not None else None
+                lin.out_features = len(keep)
+            out.weight = nn.Parameter(out.weight[:, keep].clone())
+            out.in_features = len(keep)
+        self_attn.num_attention_heads = len(keep_heads)
+        self_attn.all_head_size = len(keep)
+    return model
+
+
+def prune_heads(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int] | None = None, *,
+                fraction: float = 0.25, batch_size: int = 32, max_length: int = 128) -> Compressed:
+    """Remove the ``fraction`` of heads with the lowest :func:`head_importance`, ranked over all layers.
+
+    Every layer keeps at least its most important head. Returns a copy; ``model`` is not changed.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction={fraction!r} is invalid: give the fraction of heads to remove, in [0, 1).")
+    pruned = copy.deepcopy(model).eval()
+    before = heads_per_layer(pruned)
+    scores = head_importance(pruned, tokenizer, texts, labels, batch_size=batch_size, max_length=max_length)
+    total = sum(before)
+    target = round(fraction * total)
+    ranked = sorted(((scores[li, h].item(), li, h) for li, n in enumerate(before) for h in range(n)))
+    drop: dict[int, list[int]] = {li: [] for li in range(len(before))}
+    for _, li, h in ranked:
+        if sum(len(v) for v in drop.values()) >= target:
+            break
+        if len(drop[li]) < before[li] - 1:  # never the last head of a layer
+            drop[li].append(h)
+    params_before = sum(p.numel() for p in pruned.parameters())
+    remove_heads(pruned, drop)
+    after = heads_per_layer(pruned)
+    params_after = sum(p.numel() for p in pruned.parameters())
+    removed = total - sum(after)
+    return Compressed(pruned, "heads",
+                      f"removed {removed}/{total} attention heads by importance (Michel et al.) over "
+                      f"{len(texts)} examples; heads per layer {before} -> {after}",
+                      {"fraction": fraction, "removed": removed, "total": total, "heads_before": before,
+                       "heads_after": after, "dropped": {str(k): v for k, v in drop.items()},
+                       "params_before": params_before, "params_after": params_after,
+                       "scores": scores.tolist(), "importance_examples": len(texts)})
