@@ -76,6 +76,11 @@ class DistillConfig:
         Raises:
             ConfigError: naming the field, the value given and what to use instead.
         """
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # DistillConfig(batch_size="32") gets here without from_dict
+            value = getattr(self, f.name)
+            if not _type_ok(value, hints[f.name]):
+                raise ConfigError(_type_message(f.name, value, hints[f.name]))
         positive = ["teacher_prep_steps", "student_layers", "max_length", "batch_size", "eval_every",
                     "checkpoint_every", "keep_checkpoints"]
         for name in positive:
@@ -93,7 +98,8 @@ class DistillConfig:
         weights = {n: getattr(self, n) for n in ["alpha_kd", "alpha_ce", "alpha_hidden", "alpha_attn"]}
         negative = {n: w for n, w in weights.items() if w < 0}
         if negative:
-            raise ConfigError(f"loss weights must be >= 0, got {negative}.")
+            raise ConfigError(f"loss weights must be >= 0, got {negative}: set them to 0 (off) or a positive "
+                              "weight.")
         if not any(weights.values()):
             raise ConfigError("all loss weights are 0 (alpha_kd, alpha_ce, alpha_hidden, alpha_attn): "
                               "set at least one > 0, e.g. alpha_kd=1.0.")
@@ -139,12 +145,12 @@ class DistillConfig:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ConfigError(f"unknown config keys {unknown}; valid keys are: {', '.join(known)}.")
+            raise ConfigError(f"unknown config keys {unknown}: remove them or use one of the valid keys: "
+                              f"{', '.join(known)}.")
         hints = typing.get_type_hints(cls)
         for key, value in data.items():
             if not _type_ok(value, hints[key]):
-                raise ConfigError(f"{key}={value!r} has type {type(value).__name__}, expected "
-                                  f"{_type_name(hints[key])}.")
+                raise ConfigError(_type_message(key, value, hints[key]))
         return cls(**data)
 
     @classmethod
@@ -189,7 +195,12 @@ def _type_ok(value: Any, hint: Any) -> bool:
 
 
 def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "")
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _type_message(key: str, value: Any, hint: Any) -> str:
+    return (f"{key}={value!r} has type {type(value).__name__}, expected {_type_name(hint)}: give a value of "
+            f"that type (in JSON: numbers and true/false without quotes, null for None).")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
