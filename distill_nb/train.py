@@ -31,6 +31,7 @@ from .config import DistillConfig, atomic_write_text
 from .data import TaskData, collate, encode, length_batches, load_task, steps_per_epoch
 from .models import (NotAClassifierError, default_layer_map, load_teacher, make_student, prepare_teacher,
                      shape)
+from .preflight import check_max_length, match_labels
 from .runs import Status, append_metrics, read_json, runs_root, truncate_metrics, write_status
 
 
@@ -101,10 +102,11 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             if main_proc:
                 write_status(run_dir, teacher_path=str(prepared))
         teacher = teacher.to(device).eval().requires_grad_(False)
-        if teacher.config.num_labels != task.num_labels:
-            raise ValueError(f"the teacher {config.teacher!r} predicts {teacher.config.num_labels} labels but "
-                             f"the data has {task.num_labels} ({task.label_names}); use a teacher trained on "
-                             "this task, or a bare encoder with teacher_prep_steps > 0.")
+        # named labels follow the teacher's id2label order (not sorted order); ids must match its label count
+        teacher_names = [str(teacher.config.id2label[i]) for i in range(teacher.config.num_labels)]
+        if (names := match_labels(task.label_names, task.named_labels, teacher_names, config.teacher)) is not None:
+            task = task.relabel(names)
+        check_max_length(config.max_length, teacher.config.to_dict(), config.teacher)
         # --- student -------------------------------------------------------------------------------------------
         student = make_student(teacher, n_layers=config.student_layers, hidden_size=config.student_hidden,
                                n_heads=config.student_heads, ffn_size=config.student_ffn, init=config.student_init,
@@ -251,8 +253,11 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         return record
     except BaseException as e:
         if main_proc:
-            write_status(run_dir, state=Status.FAILED, error=explain(e), traceback=traceback.format_exc(),
-                         finished_at=time.time())
+            try:
+                write_status(run_dir, state=Status.FAILED, error=explain(e, config),
+                             traceback=traceback.format_exc(), finished_at=time.time())
+            except OSError:  # e.g. the disk is still full: raise the real error, readers see a stale run
+                pass
         raise
     finally:
         if world > 1 and dist.is_initialized():
@@ -380,23 +385,33 @@ def _save_student(target: Path, student: nn.Module, tokenizer: Any) -> None:
     os.replace(tmp, target)
 
 
-def explain(e: BaseException) -> str:
+def explain(e: BaseException, config: DistillConfig | None = None) -> str:
     """One line a notebook user can act on."""
     if isinstance(e, torch.cuda.OutOfMemoryError):
-        return (f"CUDA out of memory ({str(e).splitlines()[0][:200]}). Halve batch_size or max_length, or pick "
-                "a smaller student, then resume().")
+        now = f" (now {config.batch_size} and {config.max_length})" if config else ""
+        return (f"CUDA out of memory ({(str(e).splitlines() or [''])[0][:200]}). Halve batch_size or "
+                f"max_length{now}, or pick a smaller student, then resume().")
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return "the disk is full while writing the run; free space (old runs/checkpoints), then resume()."
     if isinstance(e, KeyboardInterrupt):
         return "interrupted (KeyboardInterrupt); resume() continues from the last checkpoint."
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        return f"KeyError: {e.args[0]}"  # str(KeyError) wraps the message in quotes
     return f"{type(e).__name__}: {e}"
 
 
 def main(run_dir: str | os.PathLike) -> int:
     """Worker entry point: wait for the device (a simple queue), then train; status.json tells the outcome."""
     run_dir = Path(run_dir).resolve()
-    config = DistillConfig.from_json(run_dir / "config.json")
     rank = int(os.environ.get("RANK", "0"))
+    try:
+        config = DistillConfig.from_json(run_dir / "config.json")
+    except Exception as e:  # noqa: BLE001 — whatever it is, status.json must say why the worker stopped
+        if rank == 0:
+            write_status(run_dir, state=Status.FAILED, error=f"config.json cannot be used: {e}",
+                         finished_at=time.time())
+        traceback.print_exc()
+        return 1
     lock = None
     if rank == 0:  # one run per device at a time: the second waits here, with state "queued"
         name = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
