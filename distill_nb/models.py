@@ -124,11 +124,16 @@ def load_teacher(name: str, *, trust_remote_code: bool = False, device: str | to
     if not is_classifier(config):
         raise NotAClassifierError(
             f"{name!r} is a {config.model_type} model without a sequence-classification head "
-            f"(architectures={config.architectures}). Fine-tune one first: prepare_teacher({name!r}, task) "
-            "— train() and `distill-nb demo` do this automatically when teacher_prep_steps > 0.")
+            f"(architectures={config.architectures}). Fine-tune one first: use prepare_teacher({name!r}, task), "
+            "or set teacher_prep_steps > 0 so train() and launch() do it automatically.")
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                               **kwargs)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                                   **kwargs)
+    except OSError as e:  # config.json without weights, a partial download, ...
+        raise FileNotFoundError(f"cannot load the weights of {name!r} ({str(e)[:200]}): give a folder written by "
+                                "model.save_pretrained(folder) with its model.safetensors, or re-download "
+                                "the model.") from e
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model.to(device or "cpu").eval(), tokenizer
 
