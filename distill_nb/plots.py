@@ -1,0 +1,121 @@
+"""Matplotlib figures for notebooks and static snapshots: run curves, KD temperature, size trade-off, reports.
+
+matplotlib is imported inside each function (cheap ``import distill_nb``); figures are built with the
+object-oriented ``Figure`` API, so nothing is shown twice and no pyplot state leaks between cells.
+``to_png(fig)`` gives bytes for ``IPython.display.Image`` or an ``ipywidgets.Image``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def to_png(fig: Any, dpi: int = 100) -> bytes:
+    """PNG bytes of ``fig``."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def run_figure(records: Sequence[dict[str, Any]], title: str = "") -> Any:
+    """Training loss (and its KD / CE parts) and eval accuracy vs step, from ``Run.metrics()`` records."""
+    fig = _figure(9.0, 3.2)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    train = [r for r in records if r.get("split") == "train"]
+    evals = [r for r in records if r.get("split") == "eval"]
+    steps = [r["step"] for r in train]
+    for key, style in (("loss", "-"), ("kd", "--"), ("ce", ":")):
+        ys = [r.get(key) for r in train]
+        if any(y is not None for y in ys):
+            ax_loss.plot(steps, [float("nan") if y is None else y for y in ys], style, label=key)
+    ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
+    if train:
+        ax_loss.legend()
+    if evals:
+        es = [r["step"] for r in evals]
+        ax_acc.plot(es, [r["accuracy"] for r in evals], "o-", label="student accuracy")
+        ax_acc.plot(es, [r["agreement"] for r in evals], "s--", label="agreement with teacher")
+        ax_acc.axhline(evals[-1]["teacher_accuracy"], color="tab:red", ls=":", label="teacher accuracy")
+        ax_acc.legend(loc="lower right")
+    ax_acc.set(xlabel="step", ylabel="accuracy", title="evaluation", ylim=(0, 1.02))
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def temperature_figure(logits: Sequence[float], temperatures: Sequence[float] = (1, 2, 4, 8),
+                       labels: Sequence[str] | None = None) -> Any:
+    """Softmax of one logit vector at several temperatures: higher T shows the teacher's 'dark knowledge'."""
+    import numpy as np
+
+    z = np.asarray(logits, dtype=float)
+    names = list(labels) if labels is not None else [str(i) for i in range(len(z))]
+    fig = _figure(max(5.0, 1.2 * len(z) + 2), 3.0)
+    ax = fig.subplots()
+    width = 0.8 / len(temperatures)
+    for k, t in enumerate(temperatures):
+        p = np.exp((z - z.max()) / t)
+        p /= p.sum()
+        ax.bar(np.arange(len(z)) + k * width, p, width, label=f"T={t:g}")
+    ax.set_xticks(np.arange(len(z)) + width * (len(temperatures) - 1) / 2, names)
+    ax.set(ylabel="probability", title="softmax(z / T): soft targets get softer as T grows")
+    ax.legend()
+    return fig
+
+
+def loss_vs_temperature_figure(student_logits: Any, teacher_logits: Any,
+                               temperatures: Sequence[float] = (0.5, 1, 2, 4, 8)) -> Any:
+    """KD loss (KL * T^2) between fixed student and teacher logits as the temperature changes."""
+    from . import losses
+
+    values = [float(losses.kd_loss(student_logits, teacher_logits, t)) for t in temperatures]
+    fig = _figure(4.5, 3.0)
+    ax = fig.subplots()
+    ax.plot(list(temperatures), values, "o-")
+    ax.set(xscale="log", xlabel="temperature T", ylabel="KL x T²", title="KD loss vs temperature")
+    return fig
+
+
+def tradeoff_figure(rows: Sequence[dict[str, Any]], teacher: dict[str, Any] | None = None) -> Any:
+    """Estimated speed-up vs size for candidate students (``models.describe`` dicts with a 'name')."""
+    fig = _figure(5.5, 3.6)
+    ax = fig.subplots()
+    ax.scatter([r["mb"] for r in rows], [r["speedup"] for r in rows], c=[r["layers"] for r in rows], cmap="viridis")
+    for r in rows:
+        ax.annotate(r.get("name", ""), (r["mb"], r["speedup"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    if teacher:
+        ax.scatter([teacher["mb"]], [1.0], marker="*", s=160, color="tab:red", label="teacher")
+        ax.legend()
+    ax.set(xlabel="size (MB, fp32)", ylabel="estimated speed-up (FLOPs)", title="students: size vs speed")
+    return fig
+
+
+def report_figure(frame: Any) -> Any:
+    """Bar charts of a ``Report.to_frame()``: MB, batch-32 latency and accuracy per model."""
+    fig = _figure(9.5, 3.0)
+    axes = fig.subplots(1, 3)
+    names = [str(n) for n in frame.index]
+    colours = ["tab:red"] + ["tab:blue"] * (len(names) - 1)
+    for ax, col, label in ((axes[0], "mb", "size (MB)"), (axes[1], "latency_b32_ms", "latency, batch 32 (ms)"),
+                           (axes[2], "accuracy", "accuracy")):
+        values = [float(v) if v is not None else float("nan") for v in frame[col]]
+        ax.bar(names, values, color=colours)
+        ax.set_title(label)
+        ax.tick_params(axis="x", labelrotation=20)
+        for i, v in enumerate(values):
+            ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=8)
+    axes[2].set_ylim(0, 1.05)
+    return fig
+
+
+__all__ = ["loss_vs_temperature_figure", "report_figure", "run_figure", "temperature_figure",
+           "to_png", "tradeoff_figure"]

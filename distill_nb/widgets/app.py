@@ -1,0 +1,96 @@
+"""DistillApp: every widget as one tabbed app that shares state; ``distill_nb.app()`` in one line.
+
+Teacher chosen -> the designer's shape limits; designer + launcher -> the config; Start -> the monitor;
+a completed run -> explorer, error analysis and comparison.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as W
+import traitlets as T
+
+from ..config import DistillConfig
+from .attribution import AttributionExplorer
+from .comparison import Comparison
+from .errors import ErrorAnalysis
+from .launcher import Launcher
+from .monitor import RunMonitor
+from .student import StudentDesigner
+from .teacher import TeacherPicker
+
+TABS = ["Teacher", "Student", "Train", "Monitor", "Explain", "Errors", "Compare"]
+
+
+class DistillApp(W.VBox):
+    """Teacher -> Student -> Train -> Monitor -> Explain -> Errors -> Compare, as tabs.
+
+    Args:
+        config: the starting config (default ``DistillConfig()``: the offline MiniLM-L6 teacher on SST-2).
+        run_id: open an existing run (monitor, and explorer/comparison once it has completed).
+        backend: how Start runs the training ("auto", "subprocess", "kernel").
+        root: the runs folder (default ``$DISTILL_NB_RUNS``).
+    """
+
+    run_id = T.Unicode("")
+
+    def __init__(self, config: DistillConfig | None = None, *, run_id: str | None = None, backend: str = "auto",
+                 root: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        config = config or DistillConfig()
+        self.root = root
+        self.picker = TeacherPicker(config.teacher)
+        self.designer = StudentDesigner(self.picker.teacher_config, layers=config.student_layers,
+                                        init="every_k" if config.student_init == "every_k" else "random")
+        self.monitor = RunMonitor()
+        self.launcher = Launcher(config, picker=self.picker, designer=self.designer, monitor=self.monitor,
+                                 backend=backend, root=root)
+        self.explorer = AttributionExplorer()
+        self.errors = ErrorAnalysis(self.explorer)
+        self.comparison = Comparison()
+        self.tabs = W.Tab(children=[self.picker, self.designer, self.launcher, self.monitor, self.explorer,
+                                    self.errors, self.comparison], titles=TABS)
+        self.picker.observe(self._teacher_changed, names=["teacher_config"])
+        self.launcher.observe(self._started, names=["run_id"])
+        self.monitor.observe(self._state_changed, names=["state"])
+        self.errors.on_open = lambda _: setattr(self.tabs, "selected_index", TABS.index("Explain"))
+        self.children = [W.HTML("<h3 style='margin:4px 0'>distill_nb — distil a transformer classifier</h3>"),
+                         self.tabs]
+        if run_id:
+            self.open_run(run_id)
+
+    def _teacher_changed(self, change: dict[str, Any]) -> None:
+        if change["new"] is not None:
+            self.designer.teacher_config = change["new"]
+
+    def _started(self, change: dict[str, Any]) -> None:
+        self.run_id = change["new"]
+        self.tabs.selected_index = TABS.index("Monitor")
+
+    def _state_changed(self, change: dict[str, Any]) -> None:
+        if change["new"] in ("completed", "failed", "stopped"):
+            self.launcher.run_finished(change["new"])
+        if change["new"] == "completed" and self.monitor.run is not None:
+            run = self.monitor.run
+            self.explorer.set_run(run)
+            self.errors.set_run(run)
+            self.comparison.set_run(run)
+
+    def open_run(self, run_id: str) -> None:
+        """Show an existing run in the monitor (and, when completed, in the analysis tabs)."""
+        from ..runs import Run
+
+        run = Run.attach(run_id, self.root)
+        self.run_id = run.id
+        self.launcher.run_id = run.id
+        self.monitor.watch(run)
+        self.tabs.selected_index = TABS.index("Monitor")
+
+    def __repr__(self) -> str:
+        lines = ["DistillApp (tabs: " + ", ".join(TABS) + ")", "  " + repr(self.picker), "  " + repr(self.designer),
+                 "  " + repr(self.launcher), "  " + repr(self.monitor)]
+        return "\n".join(lines)
+
+
+__all__ = ["DistillApp"]

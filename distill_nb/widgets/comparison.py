@@ -1,0 +1,88 @@
+"""Comparison: the DistilBERT-style teacher-vs-student table (params, MB, latency, accuracy, retention) + bars."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as W
+import traitlets as T
+
+from ._util import Panel, esc, guarded, note_html
+
+
+class Comparison(Panel):
+    """Measure a finished run's teacher and student side by side (``report.compare_run``).
+
+    Traits:
+        report: the ``report.Report`` (None before Measure).
+    """
+
+    report = T.Any(None, allow_none=True)
+
+    def __init__(self, run: Any = None, *, max_eval: int | None = 200, repeats: int = 3, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.run_path: Any = None
+        self.repeats = repeats
+        self.max_eval = W.BoundedIntText(max_eval or 0, min=0, max=10**7, description="eval cap (0: all)",
+                                         style={"description_width": "110px"}, layout=W.Layout(width="230px"))
+        self.measure_button = W.Button(description="Measure", icon="tachometer", button_style="primary")
+        self.status = W.HTML(note_html("finish a run first, then press Measure"))
+        self.table = W.HTML()
+        self.chart = W.Image(format="png", layout=W.Layout(max_width="900px"))
+        self.measure_button.on_click(lambda _: self.measure())
+        self.children = [W.HTML("<b>7. Compare</b> — size, latency, accuracy and retention, as DistilBERT reports "
+                                "them"), W.HBox([self.max_eval, self.measure_button]), self.status, self.table,
+                         self.chart, *self._footer()]
+        if run is not None:
+            self.set_run(run)
+
+    def set_run(self, run: Any) -> None:
+        from .attribution import _run_path
+
+        self.run_path = _run_path(run)
+        self.status.value = note_html(f"run <code>{esc(self.run_path.name)}</code>: press Measure (loads both "
+                                      "models and times them on this machine)")
+
+    @guarded
+    def measure(self) -> Any:
+        from ..report import compare_run
+
+        if self.run_path is None:
+            raise ValueError("no run: finish a run (or set_run(run_id)) before measuring.")
+        self.status.value = note_html("measuring…")
+        report = compare_run(self.run_path, max_eval=self.max_eval.value or None, repeats=self.repeats)
+        self.show(report)
+        self.status.value = note_html(f"device {esc(report.device)}; data {esc(report.data)}")
+        return report
+
+    def show(self, report: Any) -> None:
+        from .. import plots
+
+        self.report = report
+        self.table.value = report_html(report)
+        self.chart.value = plots.to_png(plots.report_figure(report.to_frame()), dpi=80)
+
+    def __repr__(self) -> str:
+        return str(self.report) if self.report is not None else "Comparison(not measured yet)"
+
+
+def report_html(report: Any) -> str:
+    """The DistilBERT-style table with params %, speed-up and retention %."""
+    frame = report.to_frame()
+    cols = [("params", "params", lambda v: f"{v / 1e6:.2f}M"), ("params_%", "params %", lambda v: f"{v:.0f}%"),
+            ("mb", "MB", lambda v: f"{v:.1f}"), ("latency_b1_ms", "latency b1 (ms)", lambda v: f"{v:.1f}"),
+            ("latency_b32_ms", "latency b32 (ms)", lambda v: f"{v:.1f}"),
+            ("speedup_b32", "speed-up", lambda v: f"{v:.2f}x"), ("accuracy", "accuracy", lambda v: f"{v:.4f}"),
+            ("retention_%", "retention", lambda v: f"{v:.1f}%")]
+    cols = [c for c in cols if c[0] in frame.columns]
+    head = "<th></th>" + "".join(f"<th style='padding:3px 8px;border-bottom:1px solid #999'>{n}</th>"
+                                 for _, n, _ in cols)
+    rows = []
+    for name, r in frame.iterrows():
+        cells = "".join(f"<td style='padding:3px 8px;text-align:right'>{f(r[k]) if r[k] == r[k] else '-'}</td>"
+                        for k, _, f in cols)
+        rows.append(f"<tr><th style='text-align:left;padding:3px 8px'>{esc(name)}</th>{cells}</tr>")
+    return f"<table style='border-collapse:collapse'><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+__all__ = ["Comparison", "report_html"]

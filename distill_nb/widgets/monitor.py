@@ -1,0 +1,311 @@
+"""RunMonitor: live loss/accuracy curves, progress with ETA, state and errors of a run, read from its directory.
+
+Updates come from a poll of the run directory (``Run.status()`` and ``Run.metrics(since=...)``), scheduled as
+an asyncio task on the kernel's own event loop: the poll runs on the kernel thread between cells and sets
+widget values, which works the same on ipykernel 6 and 7 (a thread writing into an ``Output`` does not on 7,
+ipywidgets #4001/#4020). Outside a running loop (plain Python) a daemon thread polls instead; it only reads
+files and sets widget values. Training never waits for the monitor: it only appends lines to files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from typing import Any
+
+import ipywidgets as W
+import traitlets as T
+
+from ._util import Panel, error_html, esc, fmt_eta, svg_chart, table_html
+
+MAX_POINTS = 400  # points per SVG polyline; older points are thinned, never dropped from the record
+
+
+def _thin(xs: list[float], ys: list[float], n: int = MAX_POINTS) -> tuple[list[float], list[float]]:
+    if len(xs) <= n:
+        return xs, ys
+    stride = math.ceil(len(xs) / n)
+    keep = list(range(0, len(xs), stride)) + [len(xs) - 1]
+    return [xs[i] for i in keep], [ys[i] for i in keep]
+
+
+class RunMonitor(Panel):
+    """Watch a run: curves, progress, ETA, state, and the error text if it fails.
+
+    ``RunMonitor.attach("<run id>")`` re-attaches to an existing run (e.g. after a kernel restart); the
+    JupyterLab sidebar inserts exactly that line.
+
+    Traits:
+        run_id, state, step, total_steps, eta_s, examples_per_s: mirrored from status.json / metrics.jsonl.
+        accuracy, teacher_accuracy, retention, agreement: the last eval record (nan before one).
+        run_error: the run's error message when it failed.
+        polls: how many polls ran (tests and latency checks read it).
+    """
+
+    run_id = T.Unicode("")
+    state = T.Unicode("")
+    step = T.Int(0)
+    total_steps = T.Int(0)
+    eta_s = T.Float(float("nan"))
+    examples_per_s = T.Float(float("nan"))
+    accuracy = T.Float(float("nan"))
+    teacher_accuracy = T.Float(float("nan"))
+    retention = T.Float(float("nan"))
+    agreement = T.Float(float("nan"))
+    run_error = T.Unicode("")
+    polls = T.Int(0)
+    interval = T.Float(0.5, help="seconds between polls (2 Hz by default)")
+
+    def __init__(self, run: Any = None, *, interval: float = 0.5, autostart: bool = True, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.interval = interval
+        self.autostart = autostart
+        self.header = W.HTML()
+        self.progress = W.FloatProgress(value=0, min=0, max=1, layout=W.Layout(width="420px"))
+        self.progress_text = W.HTML()
+        self.loss_chart = W.HTML()
+        self.acc_chart = W.HTML()
+        self.last_eval = W.HTML()
+        self.run_error_box = W.HTML()
+        self.run_traceback = W.Output()
+        self.run_traceback_box = W.Accordion(children=[self.run_traceback], titles=("worker traceback",),
+                                             layout=W.Layout(display="none"))
+        self.children = [self.header, W.HBox([self.progress, self.progress_text]),
+                         W.HBox([self.loss_chart, self.acc_chart], layout=W.Layout(flex_flow="row wrap")),
+                         self.last_eval, self.run_error_box, self.run_traceback_box, *self._footer()]
+        self.run: Any = None
+        self._task: asyncio.Task | None = None
+        self._thread: threading.Thread | None = None
+        self._halt = threading.Event()
+        self._listeners: list[Any] = []
+        self._reset()
+        if run is not None:
+            self.watch(run)
+        else:
+            self.header.value = "<b>4. Monitor</b> — no run yet: press Start in the Train tab"
+
+    # --- attaching -------------------------------------------------------------------------------------------
+    @classmethod
+    def attach(cls, run_id: str, root: str | None = None, **kwargs: Any) -> RunMonitor:
+        """A monitor on the existing run ``run_id`` (under ``root`` or ``$DISTILL_NB_RUNS``)."""
+        from ..runs import Run
+
+        return cls(Run.attach(run_id, root), **kwargs)
+
+    def _reset(self) -> None:
+        self._train: dict[str, list[float]] = {"step": [], "loss": [], "kd": [], "ce": []}
+        self._eval: list[dict[str, Any]] = []
+        self._seen: set[tuple[int, str]] = set()
+        self._since: int | None = None
+        self._finished_reported = False
+
+    def watch(self, run: Any) -> None:
+        """Follow ``run`` (a ``Run``) from its first record; starts polling in the background."""
+        self.stop_polling()
+        self.run = run
+        self._reset()
+        self.run_id = run.id
+        self.state, self.step, self.total_steps = "", 0, 0
+        self.poll()
+        if self.autostart:
+            self.start_polling()
+
+    def on_finish(self, callback: Any) -> None:
+        """Call ``callback(monitor)`` once when the run leaves queued/running."""
+        self._listeners.append(callback)
+
+    # --- the poll: read the run dir, set widget values ------------------------------------------------------
+    def poll(self) -> bool:
+        """Read new status/metrics and update the widgets. Returns True while the run is queued/running."""
+        if self.run is None:
+            return False
+        try:
+            return self._poll()
+        except Exception as exc:  # noqa: BLE001 - shown in the widget, the poll keeps going
+            self.show_error(exc)
+            return True
+
+    def _poll(self) -> bool:
+        status = self.run.status()
+        new = self.run.metrics(since=self._since)
+        fresh = 0
+        for rec in new:
+            key = (int(rec.get("step", 0)), str(rec.get("split")))
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            fresh += 1
+            if rec.get("split") == "train":
+                for k in self._train:
+                    self._train[k].append(float(rec.get(k, float("nan"))))
+                if rec.get("examples_per_s") is not None:
+                    self.examples_per_s = float(rec["examples_per_s"])
+            elif rec.get("split") == "eval":
+                self._eval.append(rec)
+        if self._seen:
+            # records of the newest step may still be coming (train first, then eval): re-read that step
+            self._since = max(s for s, _ in self._seen) - 1
+        state = str(status.get("state", ""))
+        total = int(status.get("total_steps") or 0)
+        step = int(status.get("step") or 0)
+        if self._train["step"]:
+            step = max(step, int(self._train["step"][-1]))
+        with self.hold_trait_notifications():
+            self.state, self.total_steps, self.step = state, total, step
+            eta = status.get("eta_s")
+            self.eta_s = float(eta) if eta is not None and state == "running" else float("nan")
+            if self._eval:
+                last = self._eval[-1]
+                for k in ("accuracy", "teacher_accuracy", "retention", "agreement"):
+                    if last.get(k) is not None:
+                        setattr(self, k, float(last[k]))
+            elif status.get("teacher_accuracy") is not None:
+                self.teacher_accuracy = float(status["teacher_accuracy"])
+            self.run_error = str(status.get("error") or "") if state == "failed" else ""
+            self.polls += 1
+        self._render(status, charts=bool(fresh) or self.polls == 1)
+        active = state in ("queued", "running")
+        if not active and not self._finished_reported:
+            self._finished_reported = True
+            for callback in list(self._listeners):
+                try:
+                    callback(self)
+                except Exception as exc:  # noqa: BLE001
+                    self.show_error(exc)
+        return active
+
+    def _render(self, status: dict[str, Any], charts: bool) -> None:
+        colour = {"running": "#2a7ae2", "completed": "#2e8b57", "failed": "#c0392b", "stopped": "#b8860b",
+                  "queued": "#777"}.get(self.state, "#333")
+        self.header.value = (f"<b>Run <code>{esc(self.run_id)}</code></b> &nbsp; <span style='color:{colour};"
+                             f"font-weight:600'>{esc(self.state)}</span> &nbsp; "
+                             f"<span style='color:#555'>{esc(status.get('message') or '')}</span>")
+        self.progress.max = max(self.total_steps, 1)
+        self.progress.value = min(self.step, self.progress.max) if self.total_steps else 0
+        self.progress.bar_style = {"completed": "success", "failed": "danger", "stopped": "warning"}.get(
+            self.state, "info")
+        speed = f" · {self.examples_per_s:.0f} ex/s" if math.isfinite(self.examples_per_s) else ""
+        self.progress_text.value = (f"&nbsp;step {self.step}/{self.total_steps or '?'} · ETA {fmt_eta(self.eta_s)}"
+                                    f"{speed}")
+        if charts:
+            self.loss_chart.value = self.loss_svg()
+            self.acc_chart.value = self.accuracy_svg()
+            if self._eval:
+                e = self._eval[-1]
+                self.last_eval.value = table_html([
+                    ("last eval (step)", e.get("step")),
+                    ("student accuracy", f"{e.get('accuracy', float('nan')):.4f}"),
+                    ("teacher accuracy", f"{e.get('teacher_accuracy', float('nan')):.4f}"),
+                    ("retention", f"{100 * e.get('retention', float('nan')):.1f}%"),
+                    ("agreement with teacher", f"{100 * e.get('agreement', float('nan')):.1f}%")])
+        self.run_error_box.value = error_html(f"the run failed: {self.run_error}") if self.run_error else ""
+        tb = status.get("traceback") if self.state == "failed" else None
+        self.run_traceback_box.layout.display = "" if tb else "none"
+        if tb and not self.run_traceback.outputs:
+            self.run_traceback.outputs = ({"output_type": "stream", "name": "stderr", "text": str(tb)},)
+
+    def loss_svg(self) -> str:
+        xs = self._train["step"]
+        series = []
+        for name, colour in (("loss", "#2a7ae2"), ("kd", "#e67e22"), ("ce", "#27ae60")):
+            ys = self._train[name]
+            if any(math.isfinite(y) for y in ys):  # ce is absent (nan) when alpha_ce is 0
+                series.append((name, *_thin(xs, ys), colour))
+        return svg_chart(series, title="training loss")
+
+    def accuracy_svg(self) -> str:
+        xs = [float(e["step"]) for e in self._eval]
+        series = [("student acc", xs, [float(e.get("accuracy", float("nan"))) for e in self._eval], "#2a7ae2"),
+                  ("agreement", xs, [float(e.get("agreement", float("nan"))) for e in self._eval], "#8e44ad")]
+        hl = [(self.teacher_accuracy, "teacher", "#c0392b")] if math.isfinite(self.teacher_accuracy) else []
+        if not xs:
+            series = []
+        return svg_chart(series, title="eval accuracy", y_range=(0.0, 1.0), hlines=hl)
+
+    # --- scheduling -------------------------------------------------------------------------------------------
+    def start_polling(self) -> None:
+        """Poll every ``interval`` s until the run finishes: an asyncio task on the kernel's loop if one is
+        running on this thread, else a daemon thread."""
+        self.stop_polling()
+        self._halt.clear()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            try:
+                candidate = asyncio.get_event_loop()
+                loop = candidate if candidate.is_running() else None
+            except RuntimeError:
+                loop = None
+        if loop is not None:
+            self._task = loop.create_task(self._poll_forever())
+        else:
+            self._thread = threading.Thread(target=self._thread_loop, name=f"RunMonitor-{self.run_id}",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop_polling(self) -> None:
+        self._halt.set()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+
+    async def _poll_forever(self) -> None:
+        while not self._halt.is_set():
+            if not self.poll():
+                return
+            await asyncio.sleep(self.interval)
+
+    def _thread_loop(self) -> None:
+        while not self._halt.is_set():
+            if not self.poll():
+                return
+            self._halt.wait(self.interval)
+
+    @property
+    def polling(self) -> bool:
+        return (self._task is not None and not self._task.done()) or (
+            self._thread is not None and self._thread.is_alive())
+
+    async def wait_async(self, timeout: float | None = None) -> str:
+        """``await monitor.wait_async()`` in a cell: wait for the run while the widgets keep updating."""
+        deadline = None if timeout is None else time.time() + timeout
+        while self.poll() and (deadline is None or time.time() < deadline):
+            await asyncio.sleep(self.interval)
+        return self.state
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until the run finishes (widgets update when it returns); prefer ``await wait_async()``."""
+        deadline = None if timeout is None else time.time() + timeout
+        while self.poll() and (deadline is None or time.time() < deadline):
+            time.sleep(self.interval)
+        return self.state
+
+    # --- static snapshots -------------------------------------------------------------------------------------
+    def snapshot_html(self) -> str:
+        """Curves and numbers as self-contained HTML, to keep in a saved notebook."""
+        self.poll()
+        return (f"<div>{self.header.value}<div>{self.progress_text.value}</div>"
+                f"<div style='display:flex;flex-wrap:wrap;gap:8px'>{self.loss_svg()}{self.accuracy_svg()}</div>"
+                f"{self.last_eval.value}{self.run_error_box.value}</div>")
+
+    def figure(self) -> Any:
+        """The curves as a matplotlib Figure (``distill_nb.plots.run_figure``)."""
+        from .. import plots
+
+        return plots.run_figure(self.run.metrics())
+
+    def __repr__(self) -> str:
+        if self.run is None:
+            return "RunMonitor(no run)"
+        acc = f", accuracy {self.accuracy:.4f} (retention {100 * self.retention:.1f}%)" if math.isfinite(
+            self.accuracy) else ""
+        err = f", error: {self.run_error}" if self.run_error else ""
+        return (f"RunMonitor({self.run_id!r}: {self.state}, step {self.step}/{self.total_steps}, "
+                f"ETA {fmt_eta(self.eta_s)}{acc}{err})")
+
+
+__all__ = ["RunMonitor"]

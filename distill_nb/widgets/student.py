@@ -1,0 +1,257 @@
+"""StudentDesigner: shape a student with sliders that only offer valid shapes; live size and speed-up.
+
+Estimates come from configs (``models.student_config`` + ``models.describe``): no model is built per tick.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as W
+import traitlets as T
+
+from ._util import Panel, esc, fmt_params, guarded, note_html, table_html
+
+INITS = [("every_k: copy every k-th teacher layer (DistilBERT)", "every_k"), ("random init", "random"),
+         ("pretrained model (id or path)…", "pretrained")]
+
+
+def hidden_options(teacher_hidden: int) -> list[int]:
+    """Widths a student may take: multiples of 16 up to the teacher's width, plus the teacher's own."""
+    step = 16 if teacher_hidden >= 64 else 8
+    return sorted({h for h in range(step, teacher_hidden + 1, step)} | {teacher_hidden})
+
+
+def head_options(hidden: int) -> list[int]:
+    """Head counts that divide ``hidden`` (so every head gets an integer width), at most 32."""
+    return [h for h in range(1, min(hidden, 32) + 1) if hidden % h == 0]
+
+
+def ffn_options(hidden: int, teacher_hidden: int, teacher_ffn: int) -> list[int]:
+    """FFN widths: 1x to 4x the hidden width in half steps, plus the teacher's at equal width."""
+    opts = {hidden * k // 2 for k in range(2, 9)}
+    if hidden == teacher_hidden:
+        opts.add(teacher_ffn)
+    return sorted(opts)
+
+
+def _nearest(options: list[int], value: int) -> int:
+    return min(options, key=lambda o: (abs(o - value), -o))
+
+
+class StudentDesigner(Panel):
+    """Sliders for layers, hidden width, heads and FFN width, with live params/MB/speed-up estimates.
+
+    Traits:
+        teacher_config: the teacher's transformers config (set by TeacherPicker in the app).
+        layers, hidden, heads, ffn: the student shape (always valid for the current init).
+        init: "every_k", "random" or "pretrained" (then ``pretrained`` holds the id/path).
+        estimates: ``models.describe(student_config, teacher_config)`` of the current shape.
+    """
+
+    teacher_config = T.Any(None, allow_none=True)
+    layers = T.Int(3)
+    hidden = T.Int(0)
+    heads = T.Int(0)
+    ffn = T.Int(0)
+    init = T.Unicode("every_k")
+    pretrained = T.Unicode("")
+    estimates = T.Dict()
+    layer_map = T.List(T.Int())
+
+    def __init__(self, teacher_config: Any = None, *, layers: int = 3, init: str = "every_k", **kwargs: Any):
+        super().__init__(**kwargs)
+        style = {"description_width": "90px"}
+        wide = W.Layout(width="460px")
+        self.layers_slider = W.IntSlider(value=1, min=1, max=2, description="layers", style=style, layout=wide,
+                                         continuous_update=True)
+        self.hidden_slider = W.SelectionSlider(options=[0], description="hidden", style=style, layout=wide)
+        self.heads_slider = W.SelectionSlider(options=[0], description="heads", style=style, layout=wide)
+        self.ffn_slider = W.SelectionSlider(options=[0], description="FFN", style=style, layout=wide)
+        self.init_dropdown = W.Dropdown(options=INITS, value=init, description="init", style=style,
+                                        layout=W.Layout(width="460px"))
+        self.pretrained_text = W.Text(placeholder="e.g. a folder with a small BERT", description="pretrained",
+                                      style=style, layout=W.Layout(width="460px", display="none"))
+        self.estimate_box = W.HTML()
+        self.map_box = W.HTML()
+        self._syncing = False
+        for slider, name in [(self.layers_slider, "layers"), (self.hidden_slider, "hidden"),
+                             (self.heads_slider, "heads"), (self.ffn_slider, "ffn")]:
+            slider.observe(self._slider_moved(name), names=["value"])
+        self.init_dropdown.observe(lambda c: setattr(self, "init", c["new"]), names=["value"])
+        self.pretrained_text.on_submit(lambda _: setattr(self, "pretrained", self.pretrained_text.value.strip()))
+        self.observe(self._on_teacher, names=["teacher_config"])
+        self.observe(self._on_init, names=["init", "pretrained"])
+        self.observe(self._on_shape, names=["layers", "hidden", "heads", "ffn"])
+        self.children = [W.HTML("<b>2. Student</b> — only valid shapes can be chosen"), self.init_dropdown,
+                         self.pretrained_text, self.layers_slider, self.hidden_slider, self.heads_slider,
+                         self.ffn_slider, W.HBox([self.estimate_box, self.map_box],
+                                                 layout=W.Layout(gap="24px")), *self._footer()]
+        self._wanted_layers = layers
+        self.init = init
+        if teacher_config is not None:
+            self.teacher_config = teacher_config
+
+    # --- teacher shape ---------------------------------------------------------------------------------------
+    def teacher_shape(self) -> dict[str, int]:
+        from ..models import shape
+
+        return shape(self.teacher_config)
+
+    @guarded
+    def _on_teacher(self, change: dict[str, Any]) -> None:
+        if change["new"] is None:
+            self.estimate_box.value = note_html("pick a teacher first")
+            return
+        self._constrain(keep_layers=self._wanted_layers)
+
+    @guarded
+    def _on_init(self, change: dict[str, Any]) -> None:
+        if self.init_dropdown.value != self.init:
+            self.init_dropdown.value = self.init
+        self.pretrained_text.layout.display = "" if self.init == "pretrained" else "none"
+        if self.teacher_config is not None:
+            self._constrain(keep_layers=self.layers)
+
+    def _slider_moved(self, name: str):
+        def handler(change: dict[str, Any]) -> None:
+            if not self._syncing and change["new"] != getattr(self, name):
+                setattr(self, name, change["new"])
+        return handler
+
+    def _constrain(self, keep_layers: int) -> None:
+        """Set slider ranges/options for the teacher and init, clamping the current shape into them."""
+        t = self.teacher_shape()
+        locked = self.init == "every_k"
+        pretrained = self.init == "pretrained"
+        max_layers = t["layers"] if locked else max(2 * t["layers"], 12)
+        layers = min(max(keep_layers, 1), max_layers)
+        hidden_opts = [t["hidden"]] if locked else hidden_options(t["hidden"])
+        hidden = t["hidden"] if locked else _nearest(hidden_opts, self.hidden or t["hidden"])
+        heads_opts = [t["heads"]] if locked else head_options(hidden)
+        heads = t["heads"] if locked else _nearest(heads_opts, self.heads or t["heads"])
+        ffn_opts = [t["ffn"]] if locked else ffn_options(hidden, t["hidden"], t["ffn"])
+        ffn = t["ffn"] if locked else _nearest(ffn_opts, self.ffn or t["ffn"])
+        self._syncing = True
+        try:
+            self.layers_slider.max = max_layers
+            self.layers_slider.value = layers
+            self._set_options(self.hidden_slider, hidden_opts, hidden)
+            self._set_options(self.heads_slider, heads_opts, heads)
+            self._set_options(self.ffn_slider, ffn_opts, ffn)
+            for s in (self.hidden_slider, self.heads_slider, self.ffn_slider):
+                s.disabled = locked or pretrained
+            self.layers_slider.disabled = pretrained
+        finally:
+            self._syncing = False
+        with self.hold_trait_notifications():
+            self.layers, self.hidden, self.heads, self.ffn = layers, hidden, heads, ffn
+        self._refresh()
+
+    @staticmethod
+    def _set_options(slider: W.SelectionSlider, options: list[int], value: int) -> None:
+        if list(slider.options) != options:
+            slider.options = options
+        slider.value = value
+
+    @guarded
+    def _on_shape(self, change: dict[str, Any]) -> None:
+        if self._syncing or self.teacher_config is None:
+            return
+        if change["name"] == "hidden" and self.init != "every_k":
+            t = self.teacher_shape()
+            self._syncing = True  # re-derive heads and FFN options for the new width
+            try:
+                heads = _nearest(head_options(self.hidden), self.heads)
+                ffn = _nearest(ffn_options(self.hidden, t["hidden"], t["ffn"]), self.ffn)
+                self._set_options(self.heads_slider, head_options(self.hidden), heads)
+                self._set_options(self.ffn_slider, ffn_options(self.hidden, t["hidden"], t["ffn"]), ffn)
+                self.hidden_slider.value = self.hidden
+            finally:
+                self._syncing = False
+            self.heads, self.ffn = heads, ffn
+        else:
+            slider = {"layers": self.layers_slider, "hidden": self.hidden_slider, "heads": self.heads_slider,
+                      "ffn": self.ffn_slider}[change["name"]]
+            if slider.value != change["new"]:
+                slider.value = change["new"]  # raises (and shows) when the value is not an allowed option
+        self._refresh()
+
+    # --- estimates ---------------------------------------------------------------------------------------------
+    def student_config(self) -> Any:
+        """The transformers config of the current student shape (built from the teacher's config)."""
+        from ..models import student_config
+
+        if self.init == "pretrained":
+            from ..models import _load_config
+
+            if not self.pretrained:
+                raise ValueError("init='pretrained' needs a model id or folder in the 'pretrained' box.")
+            return _load_config(self.pretrained, False)[1]
+        return student_config(self.teacher_config, n_layers=self.layers, hidden_size=self.hidden,
+                              n_heads=self.heads, ffn_size=self.ffn)
+
+    def _refresh(self) -> None:
+        from ..models import default_layer_map, describe, every_k_layers
+
+        if self.teacher_config is None:
+            return
+        self.estimates = describe(self.student_config(), self.teacher_config)
+        e = self.estimates
+        t = self.teacher_shape()
+        self.estimate_box.value = table_html([
+            ("parameters", f"<b>{fmt_params(e['params'])}</b> ({100 * e['params_ratio']:.0f}% of the teacher)"),
+            ("size", f"<b>{e['mb']:.1f} MB</b> fp32"),
+            ("speed-up", f"<b>{e['speedup']:.2f}x</b> (estimated from FLOPs, an upper bound)"),
+            ("shape", f"{e['layers']} x {e['hidden']} wide, {e['heads']} heads, FFN {e['ffn']}")])
+        n = e["layers"]
+        imitated = default_layer_map(t["layers"], n) if n <= t["layers"] else []
+        copied = every_k_layers(t["layers"], n) if self.init == "every_k" else []
+        self.layer_map = imitated
+        self.map_box.value = layer_map_html(t["layers"], copied, imitated)
+
+    def config_fields(self) -> dict[str, Any]:
+        """The ``DistillConfig`` fields of this design (every_k leaves widths to the teacher's)."""
+        if self.init == "every_k":
+            return {"student_layers": self.layers, "student_hidden": None, "student_heads": None, "student_ffn": None,
+                        "student_init": "every_k"}
+        if self.init == "pretrained":
+            return {"student_layers": self.estimates.get("layers", self.layers), "student_hidden": None,
+                        "student_heads": None, "student_ffn": None, "student_init": self.pretrained}
+        return {"student_layers": self.layers, "student_hidden": self.hidden, "student_heads": self.heads,
+                    "student_ffn": self.ffn, "student_init": "random"}
+
+    def __repr__(self) -> str:
+        e = self.estimates
+        if not e:
+            return f"StudentDesigner(init={self.init!r}, no teacher yet)"
+        return (f"StudentDesigner(init={self.init!r}, {e['layers']} layers x {e['hidden']}, {e['heads']} heads, "
+                f"FFN {e['ffn']}: {fmt_params(e['params'])} params, {e['mb']:.1f} MB, "
+                f"~{e['speedup']:.2f}x faster than the teacher)")
+
+
+def layer_map_html(teacher_layers: int, copied: list[int], imitated: list[int]) -> str:
+    """Teacher layers as boxes: filled when a student layer copies it, outlined when one imitates it."""
+    boxes = []
+    for i in range(teacher_layers):
+        roles = []
+        if i in copied:
+            roles.append(f"copied by student {copied.index(i)}")
+        if i in imitated:
+            roles.append(f"imitated by student {imitated.index(i)}")
+        bg = "#4a90d9" if i in copied else "#fff"
+        border = "#d9534f" if i in imitated else "#bbb"
+        colour = "#fff" if i in copied else "#333"
+        boxes.append(f"<div title='{esc('; '.join(roles) or 'not used')}' style='display:inline-block;width:26px;"
+                     f"height:22px;margin:1px;text-align:center;line-height:20px;background:{bg};color:{colour};"
+                     f"border:2px solid {border};border-radius:3px;font-size:11px'>{i}</div>")
+    legend = ("<span style='color:#4a90d9'>■</span> copied at init &nbsp; <span style='color:#d9534f'>□</span> "
+              "imitated by the hidden-state loss (layer_map)")
+    rows = "".join(f"<li>student {j} ← teacher {c}" + (f", imitates {imitated[j]}" if j < len(imitated) else "")
+                   + "</li>" for j, c in enumerate(copied))
+    return (f"<div><div style='font-weight:600'>teacher layers</div><div>{''.join(boxes)}</div>"
+            f"<div style='font-size:0.85em;color:#555'>{legend}</div>"
+            + (f"<ul style='margin:2px 0;font-size:0.85em'>{rows}</ul>" if rows else "") + "</div>")
+
+
+__all__ = ["StudentDesigner", "ffn_options", "head_options", "hidden_options", "layer_map_html"]

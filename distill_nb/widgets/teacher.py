@@ -1,0 +1,130 @@
+"""TeacherPicker: choose a teacher (packaged offline models first) and see its shape, size and labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as W
+import traitlets as T
+
+from ._util import Panel, esc, fmt_params, guarded, note_html, table_html
+
+CUSTOM = "other (type an id or path)…"
+
+
+def teacher_options() -> list[tuple[str, str]]:
+    """(label, value) pairs: packaged aliases, then teachers already fine-tuned in the cache."""
+    from ..models import PACKAGED, cache_dir
+
+    options = [(f"{alias} — {desc}", alias) for alias, (_, desc) in PACKAGED.items()]
+    prepared = cache_dir() / "teachers"
+    if prepared.is_dir():
+        for folder in sorted(prepared.iterdir()):
+            if (folder / "config.json").is_file():
+                options.append((f"{folder.name} (prepared in cache)", str(folder)))
+    return options
+
+
+def teacher_info(name: str) -> tuple[Any, dict[str, Any]]:
+    """Load only the config of ``name`` (no weights) and summarise it.
+
+    Returns:
+        (transformers config, info dict with model_type, architecture, shape, params, mb, labels,
+        is_classifier, path).
+    """
+    from ..models import _load_config, describe, is_classifier
+
+    path, config = _load_config(name, False)
+    info = describe(config)
+    info.update(name=name, path=str(path), architecture=", ".join(config.architectures or [config.model_type]),
+                is_classifier=is_classifier(config),
+                labels=[config.id2label[i] for i in sorted(config.id2label)] if is_classifier(config) else [])
+    return config, info
+
+
+class TeacherPicker(Panel):
+    """Dropdown of offline teachers plus a text box for any transformers id or local folder.
+
+    Traits:
+        teacher: the chosen name (alias, id or path), as ``DistillConfig.teacher`` takes it.
+        info: shape/size/labels of the chosen teacher ({} while none is loaded).
+        teacher_config: its transformers config (None when loading failed).
+    """
+
+    teacher = T.Unicode("minilm-l6")
+    info = T.Dict()
+    teacher_config = T.Any(None, allow_none=True)
+
+    def __init__(self, teacher: str = "minilm-l6", **kwargs: Any):
+        super().__init__(**kwargs)
+        options = teacher_options()
+        values = [v for _, v in options]
+        self.dropdown = W.Dropdown(options=options + [(CUSTOM, CUSTOM)], description="Teacher",
+                                   value=teacher if teacher in values else CUSTOM,
+                                   layout=W.Layout(width="520px"), style={"description_width": "70px"})
+        self.text = W.Text(value="" if teacher in values else teacher, placeholder="model id or folder",
+                           description="id / path", style={"description_width": "70px"},
+                           layout=W.Layout(width="420px"))
+        self.load_button = W.Button(description="Load", icon="download", layout=W.Layout(width="90px"))
+        self.summary = W.HTML()
+        self.dropdown.observe(self._on_dropdown, names=["value"])
+        self.load_button.on_click(lambda _: self._set(self.text.value.strip()))
+        self.text.on_submit(lambda _: self._set(self.text.value.strip()))
+        self.observe(self._on_teacher, names=["teacher"])
+        self.children = [W.HTML("<b>1. Teacher</b> — a fine-tuned classifier, or a bare encoder (it is "
+                                "fine-tuned on your task first)"),
+                         self.dropdown, W.HBox([self.text, self.load_button]), self.summary, *self._footer()]
+        self.teacher = teacher
+        self._on_teacher({"new": teacher})
+
+    def _on_dropdown(self, change: dict[str, Any]) -> None:
+        if change["new"] != CUSTOM:
+            self._set(change["new"])
+
+    def _set(self, name: str) -> None:
+        if name == self.teacher:
+            self._on_teacher({"new": name})  # reload (e.g. after a failed attempt)
+        else:
+            self.teacher = name
+
+    @guarded
+    def _on_teacher(self, change: dict[str, Any]) -> None:
+        name = change["new"]
+        if not name:
+            raise ValueError("no teacher given: pick one from the list or type a transformers id or folder.")
+        self.summary.value = note_html(f"loading the config of {esc(name)}…")
+        try:
+            config, info = teacher_info(name)
+        except Exception:
+            self.teacher_config, self.info = None, {}
+            self.summary.value = ""
+            raise
+        self.teacher_config, self.info = config, info
+        self.summary.value = self.summary_html()
+
+    def summary_html(self) -> str:
+        i = self.info
+        if not i:
+            return ""
+        rows = [("architecture", esc(i["architecture"])),
+                ("shape", f"{i['layers']} layers, hidden {i['hidden']}, {i['heads']} heads, FFN {i['ffn']}"),
+                ("parameters", f"{fmt_params(i['params'])} ({i['mb']:.1f} MB fp32)"),
+                ("labels", esc(", ".join(map(str, i["labels"]))) if i["labels"] else "none (bare encoder)"),
+                ("folder", f"<code>{esc(i['path'])}</code>")]
+        html = table_html(rows)
+        if not i["is_classifier"]:
+            html += note_html("This is a bare encoder without a classification head: the run fine-tunes it "
+                              "(with a new head) on the task first, for <code>teacher_prep_steps</code> steps, "
+                              "and caches the result.", "#8a5a00")
+        return html
+
+    def __repr__(self) -> str:
+        i = self.info
+        if not i:
+            return f"TeacherPicker(teacher={self.teacher!r}, not loaded{': ' + self.error if self.error else ''})"
+        kind = "classifier" if i["is_classifier"] else "bare encoder (fine-tuned on the task first)"
+        return (f"TeacherPicker(teacher={self.teacher!r}: {i['model_type']} {kind}, {i['layers']} layers, "
+                f"hidden {i['hidden']}, {fmt_params(i['params'])} params, {i['mb']:.1f} MB)")
+
+
+__all__ = ["TeacherPicker", "teacher_info", "teacher_options"]

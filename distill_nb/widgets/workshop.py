@@ -1,0 +1,62 @@
+"""The run the workshop notebooks share: trained once by the first notebook that needs it, reused after.
+
+``DISTILL_NB_SMALL=1`` picks a small configuration (a minute or two on 2 CPU cores) so the notebooks run
+in tests; otherwise the full offline demo (``distill-nb demo``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..config import DistillConfig
+
+
+def small_mode() -> bool:
+    """True when ``$DISTILL_NB_SMALL`` is set to 1/true/yes."""
+    return os.environ.get("DISTILL_NB_SMALL", "").strip().lower() in ("1", "true", "yes")
+
+
+def workshop_config(small: bool | None = None) -> DistillConfig:
+    """The offline default: MiniLM-L6 (fine-tuned on SST-2 first) distilled into 3 layers, on CPU."""
+    from ..cli import DEMO, DEMO_SMALL
+
+    small = small_mode() if small is None else small
+    if small:  # smaller than DEMO_SMALL still: the notebooks' tests run all of them in a few minutes
+        return DistillConfig(**dict(DEMO_SMALL, teacher_prep_steps=40, max_train_examples=1200,
+                                    max_eval_examples=120, max_steps=40, eval_every=20, checkpoint_every=40,
+                                    max_length=48, device="cpu"))
+    return DistillConfig(**dict(DEMO, device="cpu"))
+
+
+def workshop_run_id(small: bool | None = None) -> str:
+    return "workshop-small" if (small_mode() if small is None else small) else "workshop"
+
+
+def workshop_run(small: bool | None = None, *, root: str | None = None, backend: str = "subprocess",
+                 wait: bool = True, timeout: float | None = None) -> Any:
+    """The shared workshop run: attach if it exists (resuming it if it stopped or failed), else launch it.
+
+    Returns:
+        the ``runs.Run``; with ``wait`` (default) it has finished.
+    """
+    from ..runs import Run, RunNotFound, Status, launch
+
+    run_id = workshop_run_id(small)
+    try:
+        run = Run.attach(run_id, root)
+        if run.state in (Status.FAILED, Status.STOPPED):
+            run.resume(backend=backend)
+    except RunNotFound:
+        run = launch(workshop_config(small), backend=backend, root=root, run_id=run_id)
+    if wait:
+        run.wait(timeout)
+        state = run.state
+        if state != Status.COMPLETED:
+            s = run.status()
+            raise RuntimeError(f"the workshop run {run_id!r} ended {state.value}: {s.get('error')} "
+                               f"(see {run.path / 'log.txt'})")
+    return run
+
+
+__all__ = ["small_mode", "workshop_config", "workshop_run", "workshop_run_id"]

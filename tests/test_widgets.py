@@ -1,0 +1,254 @@
+"""Widgets: live estimates equal models.describe, invalid shapes are not offered, exported configs round-trip,
+Start makes a run that finishes, the monitor's poll follows a run directory, the explorer renders, errors show."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import pytest
+
+pytest.importorskip("ipywidgets")
+
+from distill_nb import models  # noqa: E402
+from distill_nb.config import DistillConfig  # noqa: E402
+from distill_nb.runs import Run, append_metrics, create_run, write_status  # noqa: E402
+from distill_nb.widgets import (AttributionExplorer, Comparison, DistillApp, ErrorAnalysis, Launcher,  # noqa: E402
+                                RunMonitor, StudentDesigner, TeacherPicker)
+from distill_nb.widgets.student import head_options  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def teacher_config(tiny_teacher):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(tiny_teacher)
+
+
+def test_picker_shows_shape_and_labels(tiny_teacher):
+    picker = TeacherPicker(str(tiny_teacher))
+    assert picker.error == ""
+    assert picker.info["layers"] == 4 and picker.info["hidden"] == 32 and picker.info["is_classifier"]
+    assert picker.info["params"] == models.estimate_params(picker.teacher_config)
+    assert "LABEL_0" in picker.summary.value and "4 layers" in picker.summary.value
+    assert "4 layers" in repr(picker)
+
+
+def test_picker_bad_id_shows_error_not_traceback(tmp_path):
+    picker = TeacherPicker(str(tiny_path := tmp_path / "nope"))
+    assert "cannot load model" in picker.error and str(tiny_path) in picker.error
+    assert "cannot load model" in picker._error_box.value
+    assert picker.teacher_config is None and picker.info == {}
+    assert "not loaded" in repr(picker)
+
+
+def test_picker_bare_encoder_says_it_will_be_fine_tuned(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path / "enc")
+    picker = TeacherPicker(str(tmp_path / "enc"))
+    assert not picker.info["is_classifier"] and "fine-tunes it" in picker.summary.value
+
+
+def test_packaged_teachers_listed_first():
+    picker = TeacherPicker("minilm-l6")
+    values = [v for _, v in picker.dropdown.options]
+    assert values[: len(models.PACKAGED)] == list(models.PACKAGED)
+
+
+@pytest.mark.parametrize("init", ["random", "every_k"])
+def test_designer_live_estimates_match_describe(teacher_config, init):
+    d = StudentDesigner(teacher_config, init=init)
+    for layers in (1, 2, 3):
+        d.layers_slider.value = layers
+        if init == "random":
+            d.hidden_slider.value = 16
+            d.heads_slider.value = d.heads_slider.options[-1]
+            d.ffn_slider.value = d.ffn_slider.options[0]
+        scfg = models.student_config(teacher_config, n_layers=d.layers, hidden_size=d.hidden, n_heads=d.heads,
+                                     ffn_size=d.ffn)
+        expected = models.describe(scfg, teacher_config)
+        assert d.estimates == expected
+        assert f"{expected['mb']:.1f} MB" in d.estimate_box.value and f"{expected['speedup']:.2f}x" in \
+            d.estimate_box.value
+    assert d.error == ""
+
+
+def test_designer_offers_only_valid_shapes(teacher_config):
+    d = StudentDesigner(teacher_config, init="random")
+    for hidden in d.hidden_slider.options:
+        d.hidden_slider.value = hidden
+        assert list(d.heads_slider.options) == head_options(hidden)
+        assert all(hidden % h == 0 for h in d.heads_slider.options)
+        assert d.hidden % d.heads == 0
+        models.student_config(teacher_config, n_layers=d.layers, hidden_size=d.hidden, n_heads=d.heads,
+                              ffn_size=d.ffn)  # never raises
+    d.hidden_slider.value = 16
+    d.heads = 3  # not a divisor of 16: refused, shown in the widget, shape stays valid
+    assert d.error  # the refusal is shown in the widget
+    assert d.heads_slider.value in head_options(16)
+    # every_k: widths locked to the teacher's, layers capped at the teacher's
+    d.init_dropdown.value = "every_k"
+    assert (d.hidden, d.heads, d.ffn) == (32, 4, 64)
+    assert d.hidden_slider.disabled and d.heads_slider.disabled and d.ffn_slider.disabled
+    assert d.layers_slider.max == 4
+    d.layers_slider.value = 4
+    assert "copied by student" in d.map_box.value
+    assert d.config_fields() == {"student_layers": 4, "student_hidden": None, "student_heads": None,
+                                 "student_ffn": None, "student_init": "every_k"}
+
+
+def test_exported_config_round_trips(tmp_path, tiny_teacher, tiny_dataset):
+    picker = TeacherPicker(str(tiny_teacher))
+    designer = StudentDesigner(picker.teacher_config, layers=2)
+    base = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text")
+    launcher = Launcher(base, picker=picker, designer=designer)
+    launcher.fields["temperature"].value = 4.0
+    launcher.fields["alpha_ce"].value = 0.5
+    launcher.fields["max_steps"].value = 7
+    designer.layers_slider.value = 1
+    path = launcher.export(str(tmp_path / "cfg.json"))
+    loaded = DistillConfig.from_json(path)
+    assert loaded == launcher.build_config()
+    assert (loaded.temperature, loaded.alpha_ce, loaded.max_steps, loaded.student_layers) == (4.0, 0.5, 7, 1)
+    assert json.loads(launcher.preview.value) == loaded.to_dict()
+    launcher.fields["alpha_kd"].value = 0.0
+    launcher.fields["alpha_ce"].value = 0.0  # all weights 0: ConfigError shown in the widget
+    assert "all loss weights are 0" in launcher.error
+
+
+def test_start_runs_in_background_and_monitor_follows(tiny_teacher, tiny_dataset, runs_root):
+    base = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text", max_steps=6,
+                         batch_size=8, eval_every=3, checkpoint_every=3, max_length=16, device="cpu")
+    monitor = RunMonitor(autostart=False)
+    launcher = Launcher(base, monitor=monitor, backend="subprocess", root=str(runs_root))
+    launcher.start_button.click()
+    assert launcher.error == "" and launcher.run_id
+    assert (runs_root / launcher.run_id / "config.json").is_file()
+    assert launcher.start_button.disabled and not launcher.stop_button.disabled
+    state = Run.attach(launcher.run_id, runs_root).wait(180)
+    assert state.value == "completed", (runs_root / launcher.run_id / "log.txt").read_text()[-2000:]
+    monitor.poll()
+    assert monitor.state == "completed" and monitor.step == monitor.total_steps == 6
+    assert 0 <= monitor.accuracy <= 1 and "<polyline" in monitor.loss_chart.value
+    assert "completed" in repr(monitor)
+
+
+def test_monitor_poll_updates_from_run_dir(runs_root):
+    path = create_run(DistillConfig(teacher="tiny", max_steps=10), runs_root, "r1")
+    write_status(path, state="running", step=0, total_steps=10, pid=None)
+    mon = RunMonitor.attach("r1", autostart=False)
+    assert mon.state == "running" and mon.step == 0
+    for step in (1, 2, 3):
+        append_metrics(path, {"step": step, "split": "train", "loss": 1.0 / step, "kd": 0.5, "lr": 1e-4,
+                              "examples_per_s": 100.0})
+    write_status(path, step=3, eta_s=7.0)
+    mon.poll()
+    assert (mon.step, mon.eta_s, mon.progress.value) == (3, 7.0, 3)
+    assert "ETA 0:07" in mon.progress_text.value and "<polyline" in mon.loss_chart.value
+    append_metrics(path, {"step": 3, "split": "eval", "accuracy": 0.75, "teacher_accuracy": 0.8,
+                          "retention": 0.9375, "agreement": 0.9})  # same step as a train record already read
+    mon.poll()
+    assert mon.accuracy == 0.75 and mon.retention == 0.9375
+    assert len(mon._train["step"]) == 3  # no duplicates from re-reading the newest step
+    write_status(path, state="failed", error="CUDA out of memory. Halve batch_size", traceback="Traceback ...")
+    finished = []
+    mon.on_finish(lambda m: finished.append(m.state))
+    assert mon.poll() is False
+    assert mon.run_error.startswith("CUDA out of memory") and "CUDA out of memory" in mon.run_error_box.value
+    assert finished == ["failed"] and mon.progress.bar_style == "danger"
+    assert "svg" in mon.snapshot_html()
+
+
+def test_monitor_polls_as_asyncio_task(runs_root):
+    path = create_run(DistillConfig(teacher="tiny", max_steps=4), runs_root, "r2")
+    write_status(path, state="running", step=0, total_steps=4, pid=None)
+
+    async def scenario():
+        mon = RunMonitor(Run(path), interval=0.05)  # a running loop: polls as a task on it, not a thread
+        assert mon._task is not None and mon._thread is None
+        for step in (1, 2):
+            append_metrics(path, {"step": step, "split": "train", "loss": 1.0})
+            await asyncio.sleep(0.2)
+        assert mon.step == 2
+        write_status(path, state="completed", step=4)
+        await asyncio.sleep(0.2)
+        assert mon.state == "completed" and not mon.polling
+        return mon.polls
+
+    assert asyncio.run(scenario()) >= 3
+
+
+def test_callback_errors_show_in_widget(runs_root):
+    launcher = Launcher(DistillConfig(teacher="tiny"), root=str(runs_root))
+    launcher.stop_button.disabled = False
+    launcher.stop_button.click()  # no run yet
+    assert "no run to stop" in launcher.error and "no run to stop" in launcher._error_box.value
+    assert launcher._traceback.outputs and "Traceback" in launcher._traceback.outputs[0]["text"]
+    explorer = AttributionExplorer()
+    explorer.explain_button.click()
+    assert "empty" in explorer.error or "no models" in explorer.error
+    comparison = Comparison()
+    comparison.measure_button.click()
+    assert "no run" in comparison.error and comparison.report is None
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tiny_teacher, tmp_path_factory):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    student = models.make_student(teacher, n_layers=2).eval()
+    return teacher, tok, student
+
+
+def test_attribution_explorer_renders_side_by_side(tiny_pair):
+    teacher, tok, student = tiny_pair
+    ex = AttributionExplorer(teacher, student, teacher_tokenizer=tok, examples=["the movie was great",
+                                                                                "a boring film"], n_steps=4)
+    assert ex.text == "the movie was great"
+    comp = ex.explain()
+    assert ex.error == "" and comp is ex.comparison
+    assert "teacher" in ex.teacher_view.value and "student" in ex.student_view.value
+    assert "great" in ex.teacher_view.value and "great" in ex.student_view.value
+    assert "diff" in ex.diff_view.value and "Spearman" in ex.metrics_view.value
+    assert set(ex.metrics) >= {"spearman", "topk_jaccard", "prediction_agree"}
+    ex.method_dropdown.value = "saliency"
+    assert ex.explain("a boring film").teacher.method == "saliency"
+    assert "spearman" in repr(ex)
+
+
+def test_error_analysis_sorts_filters_and_opens_rows(tiny_pair):
+    teacher, tok, student = tiny_pair
+    ex = AttributionExplorer(teacher, student, teacher_tokenizer=tok, method="saliency")
+    texts = ["the movie was great", "a boring film", "i loved it", "awful acting", "what a mess", "fun story"]
+    ea = ErrorAnalysis(ex, texts=texts, labels=[1, 0, 1, 0, 0, 1], label_names=["neg", "pos"], n_examples=6)
+    ea.sweep_button.click()
+    assert ea.error == "" and len(ea.result) == 6
+    ranks = [int(r.split()[0][1:]) for r, _ in ea.rows.options]
+    assert ranks == sorted(ranks) and len(ranks) == 6
+    ea.label_filter.value = 1
+    assert all(ea.result.labels[i] == 1 for i in ea.visible) and len(ea.visible) == 3
+    ea.label_filter.value = -1  # all labels
+    ea.disagree_only.value = True
+    assert all(ea.result[i].metrics["prediction_agree"] == 0 for i in ea.visible)
+    ea.disagree_only.value = False
+    ea.confidence.value = (0.0, 1.0)
+    ea.rows.value = ea.rows.options[-1][1]
+    assert ex.comparison is ea.result[ea.selected] and ex.text == texts[ea.selected]
+
+
+def test_app_shares_state(tiny_teacher, tiny_dataset, runs_root):
+    cfg = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text", max_steps=2)
+    app = DistillApp(cfg, backend="subprocess", root=str(runs_root))
+    assert app.designer.teacher_config is app.picker.teacher_config
+    assert app.designer.layers_slider.max == 4  # the tiny teacher's layers (every_k)
+    app.designer.layers_slider.value = 1
+    assert app.launcher.build_config().student_layers == 1
+    assert json.loads(app.launcher.config_json)["student_layers"] == 1
+    assert [app.tabs.get_title(i) for i in range(len(app.tabs.children))][:4] == ["Teacher", "Student", "Train",
+                                                                                   "Monitor"]
+    assert "DistillApp" in repr(app) and not math.isnan(app.designer.estimates["speedup"])
