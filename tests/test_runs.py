@@ -1,0 +1,93 @@
+"""Background runs: the caller stays free, stop/resume/kill/attach, a queue per device, corrupt lines."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from distill_nb import DistillConfig
+from distill_nb.runs import Run, Status, launch, list_runs, read_metrics, validate_run_id
+
+
+def config(teacher, data, **kw) -> DistillConfig:
+    base = dict(teacher=str(teacher), dataset=str(data), text_column="text", student_layers=2, batch_size=4,
+                max_steps=600, eval_every=200, checkpoint_every=50, student_dropout=0.0)
+    return DistillConfig(**{**base, **kw})
+
+
+def wait_for(predicate, timeout=90.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def train_steps(run: Run) -> list[int]:
+    return [m["step"] for m in run.metrics() if m.get("split") == "train"]
+
+
+def test_launch_returns_at_once_and_metrics_stream_while_caller_works(tiny_teacher, tiny_dataset, runs_root):
+    start = time.perf_counter()
+    run = launch(config(tiny_teacher, tiny_dataset), backend="subprocess", run_id="bg")
+    assert time.perf_counter() - start < 2.0  # returns before any model is loaded
+    assert run.state in (Status.QUEUED, Status.RUNNING)
+    wait_for(lambda: len(run.metrics()) > 5, what="first metrics")
+    # the caller is free: it does its own work while the run trains, and metrics keep growing
+    n_before, busy = len(run.metrics()), sum(i * i for i in range(200_000))
+    wait_for(lambda: len(run.metrics()) > n_before + 5, what="more metrics")
+    assert busy > 0 and run.metrics(since=train_steps(run)[-1]) == []
+    status = run.stop(wait=60)
+    assert status["state"] == "stopped" and status["step"] < 600
+    assert [r["run_id"] for r in list_runs()] == ["bg"]
+
+
+def test_stop_resume_and_reattach_give_continuous_metrics(tiny_teacher, tiny_dataset, runs_root):
+    run = launch(config(tiny_teacher, tiny_dataset, max_steps=120, checkpoint_every=20), backend="subprocess")
+    wait_for(lambda: len(train_steps(run)) >= 30, what="30 steps")
+    assert run.stop(wait=60)["state"] == "stopped"
+    stopped_at = run.status()["step"]
+    again = Run.attach(run.id)  # as a fresh kernel would, by id only
+    assert again.state == Status.STOPPED and again.status()["step"] == stopped_at
+    again.resume(backend="subprocess")
+    assert again.wait(120) == Status.COMPLETED
+    assert train_steps(again) == list(range(1, 121))
+    assert again.status()["final"]["step"] == 120
+    with pytest.raises(ValueError, match="already completed"):
+        again.resume()
+
+
+def test_kill_minus_nine_is_detected_and_resume_completes(tiny_teacher, tiny_dataset, runs_root):
+    run = launch(config(tiny_teacher, tiny_dataset, max_steps=150, checkpoint_every=20), backend="subprocess")
+    wait_for(lambda: len(train_steps(run)) >= 50, what="50 steps")
+    run.kill()
+    wait_for(lambda: run.state == Status.FAILED, timeout=20, what="stale detection")
+    status = run.status()
+    assert status["stale"] and "resume" in status["error"]
+    run.resume(backend="subprocess")
+    assert run.wait(120) == Status.COMPLETED
+    assert train_steps(run) == list(range(1, 151))  # none lost, none twice
+
+
+def test_two_runs_on_one_device_queue(tiny_teacher, tiny_dataset, runs_root):
+    first = launch(config(tiny_teacher, tiny_dataset, max_steps=100000), backend="subprocess", run_id="first")
+    wait_for(lambda: first.state == Status.RUNNING and first.metrics(), what="first running")
+    second = launch(config(tiny_teacher, tiny_dataset, max_steps=20), backend="subprocess", run_id="second")
+    time.sleep(6)  # long enough for the second worker to start and reach the device lock
+    assert second.state == Status.QUEUED and second.metrics() == []
+    assert "waiting for device" in second.status()["message"]
+    first.stop(wait=60)
+    assert second.wait(120) == Status.COMPLETED
+
+
+def test_corrupt_last_metrics_line_is_skipped(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "split": "train"}\n{"step": 2, "spl')
+    assert read_metrics(tmp_path) == [{"step": 1, "split": "train"}]
+
+
+@pytest.mark.parametrize("bad", ["../etc", "/abs", "a/b", "..", "", ".hidden", "x" * 200, None])
+def test_run_ids_are_validated(bad):
+    with pytest.raises(ValueError, match="invalid run id"):
+        validate_run_id(bad)
