@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -22,25 +22,12 @@ from pathlib import Path
 import pytest
 
 from distill_nb.config import DistillConfig
-from distill_nb.runs import append_metrics, create_run, read_status, write_status
+from distill_nb.runs import append_metrics, create_run, launch, write_status
 
 REPO = Path(__file__).resolve().parents[1]
 LABEXT_SRC = REPO / "labextension"
 BUILT = REPO / "distill_nb" / "labextension"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-
-# a stand-in worker: running until it sees STOP, then stopped, as the real one reports through runs.py
-FAKE_WORKER = textwrap.dedent("""
-    import os, socket, sys, time
-    from pathlib import Path
-    from distill_nb.runs import write_status
-    path = Path(sys.argv[1])
-    write_status(path, state="running", pid=os.getpid(), host=socket.gethostname(), step=40, total_steps=100)
-    while not (path / "STOP").exists():
-        time.sleep(0.2)
-    write_status(path, state="stopped", finished_at=time.time())
-""")
-
 
 def _missing() -> str | None:
     if not Path(CHROMIUM).is_file():
@@ -107,18 +94,20 @@ def lab(tmp_path, runs_root):
             proc.kill()
 
 
-def test_sidebar_stop_and_launcher(lab, runs_root, tmp_path):
+def test_sidebar_stop_and_launcher(lab, runs_root, tiny_teacher, tiny_dataset):
     done = create_run(DistillConfig(teacher="tiny", max_steps=100), runs_root, "sst2-done")
     write_status(done, state="completed", step=100, total_steps=100)
     append_metrics(done, {"step": 100, "split": "eval", "accuracy": 0.875})
-    live = create_run(DistillConfig(teacher="tiny", max_steps=100), runs_root, "sst2-live")
-    (tmp_path / "fake_worker.py").write_text(FAKE_WORKER)
-    worker = subprocess.Popen([sys.executable, str(tmp_path / "fake_worker.py"), str(live)],
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    # a real worker (python -m distill_nb.train) on the tiny offline teacher, long enough to be stopped
+    config = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text",
+                           student_layers=2, max_steps=100_000, eval_every=5, checkpoint_every=100_000,
+                           batch_size=8, device="cpu", num_threads=1)
+    live = launch(config, backend="subprocess", root=runs_root, run_id="sst2-live")
     try:
-        deadline = time.time() + 20
-        while read_status(live)["state"] != "running" and time.time() < deadline:
-            time.sleep(0.1)
+        deadline = time.time() + 120
+        while live.status().get("step", 0) < 1 and live.state.active and time.time() < deadline:
+            time.sleep(0.2)
+        assert live.state.value == "running", (live.status(), (live.path / "log.txt").read_text()[-2000:])
         artifacts = REPO / "artifacts"
         artifacts.mkdir(exist_ok=True)
         env = {**os.environ, "JLAB_URL": lab["url"], "JLAB_TOKEN": lab["token"], "RUN_ID": "sst2-live",
@@ -128,14 +117,14 @@ def test_sidebar_stop_and_launcher(lab, runs_root, tmp_path):
         assert out.returncode == 0, f"{out.stdout}\n{out.stderr}\n--- lab log ---\n{lab['log'].read_text()[-3000:]}"
         seen = json.loads(out.stdout.strip().splitlines()[-1])
     finally:
-        worker.kill()
-        worker.wait()
+        if live.state.active:
+            live.kill()
 
-    assert (seen["stateBefore"], seen["stepsBefore"]) == ("running", "step 40/100")
+    assert seen["stateBefore"] == "running" and re.fullmatch(r"step \d+/100000", seen["stepsBefore"])
     assert seen["doneAccuracy"] == "acc 87.5%" and seen["doneStopDisabled"]
     assert not [e for e in seen["consoleErrors"] if "distill" in e.lower()], seen["consoleErrors"]
     assert seen["stateAfter"] == "stopped"
-    assert read_status(live)["state"] == "stopped"  # Stop went through the server to the worker
+    assert live.state.value == "stopped"  # Stop went from the button through the server to the worker
     assert seen["templateTab"].startswith("Untitled") and seen["templateCells"] >= 1
     assert any("distill_nb" in text for text in seen["templateText"])
     assert 'RunMonitor.attach("sst2-live")' in seen["monitorText"]
