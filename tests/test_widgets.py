@@ -11,12 +11,20 @@ import pytest
 
 pytest.importorskip("ipywidgets")
 
-from distill_nb import models  # noqa: E402
-from distill_nb.config import DistillConfig  # noqa: E402
-from distill_nb.runs import Run, append_metrics, create_run, write_status  # noqa: E402
-from distill_nb.widgets import (AttributionExplorer, Comparison, DistillApp, ErrorAnalysis, Launcher,  # noqa: E402
-                                RunMonitor, StudentDesigner, TeacherPicker)
-from distill_nb.widgets.student import head_options  # noqa: E402
+from distill_nb import models
+from distill_nb.config import DistillConfig
+from distill_nb.runs import Run, append_metrics, create_run, write_status
+from distill_nb.widgets import (
+    AttributionExplorer,
+    Comparison,
+    DistillApp,
+    ErrorAnalysis,
+    Launcher,
+    RunMonitor,
+    StudentDesigner,
+    TeacherPicker,
+)
+from distill_nb.widgets.student import head_options
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +260,58 @@ def test_app_shares_state(tiny_teacher, tiny_dataset, runs_root):
     assert [app.tabs.get_title(i) for i in range(len(app.tabs.children))][:4] == ["Teacher", "Student", "Train",
                                                                                    "Monitor"]
     assert "DistillApp" in repr(app) and not math.isnan(app.designer.estimates["speedup"])
+
+
+def test_monitor_updates_in_a_real_kernel_while_a_run_trains(tiny_teacher, tiny_dataset, runs_root):
+    """ipykernel (7 here): the poll task runs between cells, widget updates reach iopub, cells stay fast."""
+    import os
+    import time
+
+    from jupyter_client.manager import start_new_kernel
+
+    repo = str(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "DISTILL_NB_RUNS": str(runs_root), "PYTHONPATH": repo}
+    km, kc = start_new_kernel(kernel_name="python3", env=env)
+    try:
+        def execute(code: str) -> tuple[float, str]:
+            texts: list[str] = []
+            start = time.perf_counter()
+            reply = kc.execute_interactive(code, timeout=120, output_hook=lambda m: texts.append(
+                m["content"].get("text", "")) if m["msg_type"] == "stream" else None)
+            assert reply["content"]["status"] == "ok", reply["content"]
+            return time.perf_counter() - start, "".join(texts).strip()
+
+        _, out = execute(f"""
+from distill_nb.config import DistillConfig
+from distill_nb.widgets import Launcher, RunMonitor
+mon = RunMonitor(interval=0.25)
+cfg = DistillConfig(teacher={str(tiny_teacher)!r}, dataset={str(tiny_dataset)!r}, text_column="text",
+                    max_steps=5000, batch_size=8, eval_every=100, checkpoint_every=10000, max_length=16,
+                    device="cpu", num_threads=1)
+launcher = Launcher(cfg, monitor=mon, backend="subprocess")
+launcher.start()
+print(type(mon._task).__name__, mon._thread, launcher.error)""")
+        assert out == "Task None", out  # an asyncio task on the kernel's loop, not a thread
+        steps, latencies, updates = [], [], 0
+        deadline = time.time() + 120
+        while time.time() < deadline and len({s for s in steps if s > 0}) < 3:
+            idle_end = time.time() + 1.0  # the kernel is idle: only the poll task can send updates now
+            while time.time() < idle_end:
+                try:
+                    msg = kc.get_iopub_msg(timeout=0.1)
+                except Exception:  # noqa: BLE001 - queue.Empty
+                    continue
+                updates += msg["msg_type"] == "comm_msg" and msg["content"]["data"].get("method") == "update"
+            seconds, out = execute("print(mon.step, mon.state)")
+            latencies.append(seconds)
+            steps.append(int(out.split()[0]))
+        assert len({s for s in steps if s > 0}) >= 3, steps  # the step kept advancing between cells
+        assert steps == sorted(steps)
+        assert updates > 0  # the frontend receives the new values without any cell running
+        assert max(latencies) < 1.0, latencies
+        execute("launcher.stop()")
+        _, out = execute("import time\nfor _ in range(300):\n    if not mon.poll(): break\n    time.sleep(0.1)\n"
+                         "print(mon.state)")
+        assert out == "stopped"
+    finally:
+        km.shutdown_kernel(now=True)

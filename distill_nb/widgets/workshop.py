@@ -23,9 +23,9 @@ def workshop_config(small: bool | None = None) -> DistillConfig:
 
     small = small_mode() if small is None else small
     if small:  # smaller than DEMO_SMALL still: the notebooks' tests run all of them in a few minutes
-        return DistillConfig(**dict(DEMO_SMALL, teacher_prep_steps=40, max_train_examples=1200,
-                                    max_eval_examples=120, max_steps=40, eval_every=20, checkpoint_every=40,
-                                    max_length=48, device="cpu"))
+        return DistillConfig(**dict(DEMO_SMALL, teacher_prep_steps=30, batch_size=16, max_train_examples=600,
+                                    max_eval_examples=100, max_steps=30, eval_every=15, checkpoint_every=30,
+                                    max_length=40, device="cpu"))
     return DistillConfig(**dict(DEMO, device="cpu"))
 
 
