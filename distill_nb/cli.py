@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "run":
             config = DistillConfig.from_json(args.config)
+            from .preflight import preflight
+
+            preflight(config)  # a wrong path, shape or column fails here, before a run directory exists
         else:
             config = DistillConfig(**(DEMO_SMALL if args.small else DEMO))
         if args.run_dir:
@@ -65,8 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"total time {time.time() - start:.0f} s")
         return code
     except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
-        print(f"distill-nb: error: {e}", file=sys.stderr)
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
+        print(f"distill-nb: error: {message}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as e:  # the run failed (disk full, out of memory, ...): status.json has it
+        from .train import explain
+
+        print(f"distill-nb: run failed: {explain(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
