@@ -346,8 +346,12 @@ def _read_rows(path: Path, text_col: str, label_col: str) -> tuple[list[str], li
         text = text[:text.rfind("\n") + 1]  # whole lines only
     if fmt == "csv":
         reader = csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        _check_columns(reader.fieldnames or [], text_col, label_col, path)
-        rows = list(reader)
+        limit = csv.field_size_limit(2**31 - 1)  # a very long text is valid (it is truncated), not an error
+        try:
+            _check_columns(reader.fieldnames or [], text_col, label_col, path)
+            rows = list(reader)
+        finally:
+            csv.field_size_limit(limit)
     else:
         rows = _json_rows(text)
         if rows is None:  # a layout this reader does not know: the worker's datasets reader decides
