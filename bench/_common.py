@@ -44,6 +44,7 @@ class Profile:
     sweep_heads: tuple[float, ...] = (0.25, 0.5, 0.75)
     tp_steps: int = 40  # training-throughput bench: optimiser steps per timed run
     tp_rounds: int = 3  # ... alternated runs of each method
+    tp_warmup: bool = True  # an untimed short run of each method first
 
 
 PROFILES = {
@@ -54,7 +55,7 @@ PROFILES = {
     "tiny": Profile("tiny", teacher="tiny", dataset="tiny", teacher_prep_steps=0, max_train=64, max_eval=24,
                     student_layers=2, student_steps=3, batch_size=8, max_length=32, repeats=2,
                     importance_examples=16, head_fraction=0.25, sweep_magnitude=(0.5,), sweep_heads=(0.25,),
-                    tp_steps=3, tp_rounds=1),
+                    tp_steps=3, tp_rounds=1, tp_warmup=False),
 }
 
 
@@ -67,12 +68,13 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="artifacts", help="runs, JSON and PNG go here (default: artifacts/)")
     p.add_argument("--teacher", help="override the profile's teacher (alias, folder or id)")
     p.add_argument("--dataset", help="override the profile's dataset (alias, file or folder)")
+    p.add_argument("--student-layers", type=int, help="override the student's depth (e.g. 6 for mpnet-base)")
     return p
 
 
 def profile(args: argparse.Namespace) -> Profile:
     prof = PROFILES["tiny" if args.tiny else "small" if args.small else "full"]
-    changes = {k: getattr(args, k) for k in ("teacher", "dataset") if getattr(args, k, None)}
+    changes = {k: getattr(args, k) for k in ("teacher", "dataset", "student_layers") if getattr(args, k, None)}
     return replace(prof, **changes)
 
 

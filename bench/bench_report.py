@@ -72,8 +72,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     imp_labels = task.train.labels[:prof.importance_examples]
     q = compress.quantize_int8(kd)
     mag = compress.magnitude_prune(kd, prof.magnitude_amount)
-    heads = compress.prune_heads(kd, s_tok, imp_texts, imp_labels, fraction=prof.head_fraction,
-                                 max_length=prof.max_length)
+    try:
+        heads = compress.prune_heads(kd, s_tok, imp_texts, imp_labels, fraction=prof.head_fraction,
+                                     max_length=prof.max_length)
+    except ValueError as e:  # another attention layout (e.g. MPNet): the table goes on without that row
+        print(f"[report] no head-pruned row: {e}", flush=True)
+        heads = None
     steps = prof.student_steps
     t_desc = (f"{prof.teacher} + head fine-tuned {prof.teacher_prep_steps} steps on {len(task.train)} train "
               f"examples" if str(t_folder) != prof.teacher else prof.teacher)
@@ -87,9 +91,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # a quantized model's Linear weights are packed buffers, not nn.Parameters: count the fp32 source's
         Candidate("distilled int8", q.model, s_tok, params=count_params(kd), note=q.summary),
         Candidate(f"distilled mag-{int(100 * prof.magnitude_amount)}%", mag.model, s_tok, note=mag.summary),
-        Candidate(f"distilled heads-{heads.details['removed']}/{heads.details['total']}", heads.model, s_tok,
-                  note=heads.summary),
     ]
+    if heads is not None:
+        cands.append(Candidate(f"distilled heads-{heads.details['removed']}/{heads.details['total']}", heads.model,
+                               s_tok, note=heads.summary))
     data_desc = (f"{task.source}: eval {len(task.eval)} examples"
                  f"{' (all of SST-2 dev)' if prof.dataset == 'sst2' and prof.max_eval is None else ''}; "
                  f"train subset {len(task.train)}")
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "runs": {k: {"run_dir": v["run_dir"], "train_seconds": v["seconds"],
                            "final": v["status"].get("final")} for k, v in runs.items()},
               "compression": {"int8": q.details, "magnitude": mag.details,
-                              "heads": {k: v for k, v in heads.details.items() if k != "scores"}},
+                              "heads": {k: v for k, v in heads.details.items() if k != "scores"} if heads else None},
               "reports": reports, "goals": goals, "seconds": time.perf_counter() - t0}
     path = _common.write_json(_common.out_path(args, "report"), result)
     print(f"[report] wrote {path}")

@@ -1,0 +1,122 @@
+"""compress: int8 keeps predictions and shrinks the state; pruning zeros / removes what it says; models still run."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from distill_nb import compress
+
+
+@pytest.fixture(scope="module")
+def model_and_tok(tiny_teacher):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    return (AutoModelForSequenceClassification.from_pretrained(tiny_teacher).eval(),
+            AutoTokenizer.from_pretrained(tiny_teacher))
+
+
+TEXTS = ["the movie was good", "awful boring film", "it was fine and fun", "the worst acting , a mess",
+         "a wonderful story with great music", "not good , not bad", "i hated the slow plot",
+         "really brilliant actors"] * 4
+LABELS = [1, 0, 1, 0, 1, 0, 0, 1] * 4
+
+
+@torch.inference_mode()
+def _logits(model: nn.Module, tok, texts=TEXTS) -> torch.Tensor:
+    return model(**tok(texts, padding=True, return_tensors="pt")).logits
+
+
+def test_int8_same_predictions_and_smaller(model_and_tok):
+    model, tok = model_and_tok
+    before = copy.deepcopy(model.state_dict())
+    q = compress.quantize_int8(model)
+    assert q.method == "int8-dynamic"
+    assert not any(type(m) is nn.Linear for m in q.model.modules())  # every Linear was swapped
+    agree = (_logits(model, tok).argmax(-1) == _logits(q.model, tok).argmax(-1)).float().mean().item()
+    assert agree >= 0.9
+    fp32_bytes, fmt = compress.state_size_bytes(model)
+    int8_bytes, qfmt = compress.state_size_bytes(q.model)
+    assert (fmt, qfmt) == ("safetensors", "torch.save")
+    assert int8_bytes < fp32_bytes
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the source is untouched
+
+
+def test_state_size_matches_save_pretrained(model_and_tok, tmp_path):
+    model, _ = model_and_tok
+    model.save_pretrained(tmp_path)
+    on_disk = (tmp_path / "model.safetensors").stat().st_size
+    assert abs(compress.state_size_bytes(model)[0] - on_disk) / on_disk < 0.02  # only the header differs
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_magnitude_prune_zeros_the_requested_fraction(model_and_tok, scope):
+    model, tok = model_and_tok
+    p = compress.magnitude_prune(model, 0.6, scope=scope)
+    targets = compress.encoder_linears(p.model)
+    assert len(targets) == 4 * 6  # q, k, v, attention output, intermediate, output per layer
+    assert p.details["encoder_sparsity"] == pytest.approx(0.6, abs=0.01)
+    if scope == "layer":
+        for m in targets:
+            assert (m.weight == 0).float().mean().item() == pytest.approx(0.6, abs=0.01)
+    state = p.model.state_dict()
+    assert not any(k.endswith(("weight_orig", "weight_mask")) for k in state)  # made permanent
+    assert not any(hasattr(m, "weight_mask") for m in p.model.modules())
+    assert compress.sparsity(model, only=compress.encoder_linears(model)) < 0.01  # source untouched
+    # only the encoder's Linears: embeddings and classifier are as they were
+    assert torch.equal(p.model.bert.embeddings.word_embeddings.weight, model.bert.embeddings.word_embeddings.weight)
+    assert torch.equal(p.model.classifier.weight, model.classifier.weight)
+    assert torch.isfinite(_logits(p.model, tok)).all()
+    # dense storage: zeros do not shrink the file
+    assert compress.state_size_bytes(p.model)[0] == compress.state_size_bytes(model)[0]
+
+
+def test_magnitude_prune_rejects_bad_amount(model_and_tok):
+    with pytest.raises(ValueError, match="amount"):
+        compress.magnitude_prune(model_and_tok[0], 1.5)
+
+
+def test_prune_heads_removes_heads_and_runs(model_and_tok):
+    model, tok = model_and_tok
+    h = compress.prune_heads(model, tok, TEXTS, LABELS, fraction=0.5)
+    after = compress.heads_per_layer(h.model)
+    assert sum(after) == 8 and h.details["removed"] == 8
+    assert min(after) >= 1
+    assert compress.heads_per_layer(model) == [4, 4, 4, 4]  # source untouched
+    d = 32 // 4
+    for layer, n in zip(h.model.bert.encoder.layer, after):
+        assert layer.attention.self.query.weight.shape == (n * d, 32)
+        assert layer.attention.output.dense.weight.shape == (32, n * d)
+    assert h.details["params_after"] < h.details["params_before"]
+    assert compress.state_size_bytes(h.model)[0] < compress.state_size_bytes(model)[0]
+    assert _logits(h.model, tok).shape == (len(TEXTS), 2)
+
+
+def test_removing_a_head_equals_silencing_it(model_and_tok):
+    model, tok = model_and_tok
+    silenced = copy.deepcopy(model)
+    with torch.no_grad():  # head 1 of layer 2 contributes nothing when its output-projection columns are 0
+        silenced.bert.encoder.layer[2].attention.output.dense.weight[:, 8:16] = 0
+    removed = compress.remove_heads(copy.deepcopy(model), {2: [1]})
+    assert compress.heads_per_layer(removed) == [4, 4, 3, 4]
+    torch.testing.assert_close(_logits(removed, tok), _logits(silenced, tok), atol=1e-5, rtol=1e-4)
+
+
+def test_head_importance_is_zero_for_a_silent_head(model_and_tok):
+    model, tok = model_and_tok
+    silenced = copy.deepcopy(model)
+    with torch.no_grad():
+        silenced.bert.encoder.layer[0].attention.output.dense.weight[:, 0:8] = 0
+    scores = compress.head_importance(silenced, tok, TEXTS, LABELS, batch_size=5)
+    assert scores.shape == (4, 4)
+    assert scores[0, 0] == 0
+    assert (scores[0, 1:] > 0).all()
+    torch.testing.assert_close(scores.norm(dim=1), torch.ones(4))  # normalised per layer
+
+
+def test_remove_all_heads_of_a_layer_is_refused(model_and_tok):
+    with pytest.raises(ValueError, match="keep one"):
+        compress.remove_heads(copy.deepcopy(model_and_tok[0]), {0: [0, 1, 2, 3]})

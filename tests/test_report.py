@@ -1,0 +1,129 @@
+"""report: table columns, retention from accuracies, interleaved timing, compare / compare_run; bench smoke test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from distill_nb.report import Candidate, ModelRow, Report, compare, compare_run, interleaved_latency
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _report() -> Report:
+    return Report([ModelRow("teacher", 1000, 4.0, 10.0, 80.0, 0.90),
+                   ModelRow("student", 600, 2.4, 5.0, 40.0, 0.873, note="3 layers"),
+                   ModelRow("no labels", 600, 2.4, 5.0, 40.0, None)], device="cpu", data="toy")
+
+
+def test_report_table_columns_and_retention():
+    rep = _report()
+    text = str(rep)
+    header = next(line for line in text.splitlines() if line.startswith("model"))
+    assert header.split() == ["model", "params", "params%", "MB", "b1", "ms", "b32", "ms", "ex/s", "speed-up",
+                              "accuracy", "retention"]
+    student_line = next(line for line in text.splitlines() if line.startswith("student"))
+    assert "97.0%" in student_line and "2.00x" in student_line and "60.0%" in student_line
+    assert rep.retention(rep.rows[1]) == pytest.approx(100 * 0.873 / 0.90)
+    assert rep.retention(rep.rows[2]) is None
+    rows = rep.to_dict()["rows"]
+    assert rows[1]["retention_%"] == pytest.approx(97.0)
+    assert rows[1]["throughput_b32"] == pytest.approx(800.0)  # 32 examples / 40 ms
+    frame = rep.to_frame()
+    assert {"params_%", "speedup_b32", "throughput_b32", "retention_%"} <= set(frame.columns)
+    assert frame.loc["student", "speedup_b1"] == pytest.approx(2.0)
+
+
+class _Logged(nn.Module):
+    """Records its name on every forward, so the timing order can be checked."""
+
+    def __init__(self, name: str, log: list[str]):
+        super().__init__()
+        self.name, self.log, self.w = name, log, nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        self.log.append(self.name)
+        return input_ids
+
+
+def _tok(texts, **_):
+    class Batch(dict):
+        def to(self, device):
+            return self
+    return Batch(input_ids=torch.zeros(len(texts), 3), attention_mask=torch.ones(len(texts), 3))
+
+
+def test_latency_is_measured_interleaved():
+    log: list[str] = []
+    models = [(_Logged(n, log), _tok) for n in "abc"]
+    times = interleaved_latency(models, ["x"] * 5, batch_size=2, repeats=3, warmup=1)
+    assert len(times) == 3 and all(t >= 0 for t in times)
+    # warm-up once each, then every repeat runs every model once, in a rotating order
+    assert log == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
+def test_compare_with_quantized_and_pruned_rows(tiny_teacher):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distill_nb import compress
+    from distill_nb.models import count_params
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    texts = ["the movie was good", "awful boring film", "fun and great", "a dull mess"] * 3
+    labels = [1, 0, 1, 0] * 3
+    q = compress.quantize_int8(model)
+    h = compress.prune_heads(model, tok, texts, labels, fraction=0.25)
+    rep = compare([Candidate("fp32", model, tok, tiny_teacher),
+                   Candidate("int8", q.model, tok, params=count_params(model), note=q.summary),
+                   Candidate("heads", h.model, tok, note=h.summary)], texts, labels, data="toy", repeats=2)
+    fp32, int8, heads = rep.rows
+    assert [r.name for r in rep.rows] == ["fp32", "int8", "heads"]
+    assert int8.params == fp32.params and heads.params < fp32.params
+    assert int8.mb < fp32.mb and heads.mb < fp32.mb
+    assert all(r.latency_b1_ms > 0 and r.latency_b32_ms > 0 for r in rep.rows)
+    assert all(0 <= r.accuracy <= 1 for r in rep.rows)
+    assert "int8 dynamic quantization" in str(rep)
+    assert rep.retention(fp32) == pytest.approx(100.0)
+
+
+def test_compare_run_on_a_tiny_finished_run(tiny_teacher, tiny_dataset, tmp_path):
+    from distill_nb.config import DistillConfig
+    from distill_nb.train import train
+
+    config = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text",
+                           student_layers=2, max_steps=3, batch_size=8, max_length=32, eval_every=10,
+                           checkpoint_every=10, device="cpu")
+    final = train(config, tmp_path / "run", log=lambda m: None)
+    rep = compare_run(tmp_path / "run", repeats=2)
+    assert [r.name for r in rep.rows] == ["teacher", "student (distilled)"]
+    teacher, student = rep.rows
+    assert student.params < teacher.params
+    assert student.accuracy == pytest.approx(final["accuracy"])
+    assert teacher.accuracy == pytest.approx(final["teacher_accuracy"])
+    assert "retention" in str(rep)
+
+
+def test_bench_run_all_tiny(tmp_path, monkeypatch, capsys):
+    """run_all.py end to end on random tiny models and toy data (attribution has its own bench and tests)."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # the scripts import their siblings, as `python bench/x.py`
+    monkeypatch.chdir(tmp_path)
+    import run_all
+
+    out = tmp_path / "artifacts"
+    summary = run_all.main(["--tiny", "--out-dir", str(out), "--skip", "attribution"])
+    printed = capsys.readouterr().out
+    for name in ("report.json", "compress.json", "train_throughput.json", "summary.json", "tradeoff.png"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    names = [r["name"] for r in report["reports"]["cpu"]["rows"]]
+    assert names[:4] == ["teacher", "student distilled", "student hard-label", "distilled int8"]
+    assert summary["errors"] == {}
+    assert json.loads((out / "summary.json").read_text())["goals"] == summary["goals"]
+    assert {g["goal"] for g in summary["goals"]} >= {"retention >= 97% at <= 60% params",
+                                                       "training throughput >= 2x naive KD loop"}
+    assert "===== goals =====" in printed and "teacher" in printed
