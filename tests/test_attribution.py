@@ -274,6 +274,12 @@ def test_bad_inputs_raise_clear_errors(teacher):
         attribute(model, tok, TEXTS, target=7)
     with pytest.raises(ValueError, match="n_steps=0"):
         attribute(model, tok, TEXTS, n_steps=0)
+    keyword = KeywordModel(tok.vocab_size, tok.convert_tokens_to_ids("good"))
+    opaque = torch.nn.Module()  # no get_input_embeddings(): only the gradient-free methods apply
+    opaque.forward = keyword.forward
+    with pytest.raises(ValueError, match="'saliency' needs model.get_input_embeddings.*'leave_one_out'"):
+        attribute(opaque, tok, TEXTS, method="saliency")
+    assert attribute(opaque, tok, ["the good"], method="leave_one_out")[0].scores.tolist() == [0, 0, 4, 0]
     three = copy.deepcopy(model)
     three.classifier = torch.nn.Linear(model.config.hidden_size, 3)
     with pytest.raises(ValueError, match="teacher has 2 classes but student has 3"):

@@ -47,7 +47,7 @@ class Comparison:
     def text(self) -> str:
         return self.teacher.text
 
-    def plot(self, ax: Any = None) -> Figure:
+    def plot(self) -> Figure:
         """Side-by-side heatmaps: teacher row, student row, teacher - student row. Returns the Figure."""
         from .render import plot_comparison
 

@@ -359,7 +359,12 @@ def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: st
     order = sorted(range(len(texts)), key=lambda i: len(items[i].ids))  # length buckets: little padding
     with prepared(model, device) as dev:
         fn = logits_fn(model)
-        layer = model.get_input_embeddings() if method not in ("occlusion", "leave_one_out") else None
+        layer = None
+        if method not in ("occlusion", "leave_one_out"):
+            if not hasattr(model, "get_input_embeddings"):
+                raise ValueError(f"method {method!r} needs model.get_input_embeddings() (the token embedding "
+                                 f"layer); {type(model).__name__} has none: use 'occlusion' or 'leave_one_out'")
+            layer = model.get_input_embeddings()
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             ids, mask, words, special = collate([items[i] for i in idx], pad, dev)
