@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup": t_naive / t_batched,
         "speedup_with_faithfulness": None if t_faith is None else t_naive / t_faith,
         "max_relative_score_diff_vs_naive": max(diffs),
+        "mean_abs_ig_delta": float(np.mean([abs(c.teacher.delta) + abs(c.student.delta) for c in comparisons]) / 2),
         "mean_spearman": summary["spearman"], "prediction_agreement": summary["prediction_agree"],
         "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
     }
