@@ -265,6 +265,7 @@ def test_app_shares_state(tiny_teacher, tiny_dataset, runs_root):
 def test_monitor_updates_in_a_real_kernel_while_a_run_trains(tiny_teacher, tiny_dataset, runs_root):
     """ipykernel (7 here): the poll task runs between cells, widget updates reach iopub, cells stay fast."""
     import os
+    import queue
     import time
 
     from jupyter_client.manager import start_new_kernel
@@ -299,9 +300,10 @@ print(type(mon._task).__name__, mon._thread, launcher.error)""")
             while time.time() < idle_end:
                 try:
                     msg = kc.get_iopub_msg(timeout=0.1)
-                except Exception:  # noqa: BLE001 - queue.Empty
-                    continue
-                updates += msg["msg_type"] == "comm_msg" and msg["content"]["data"].get("method") == "update"
+                except queue.Empty:
+                    msg = None
+                if msg is not None:
+                    updates += msg["msg_type"] == "comm_msg" and msg["content"]["data"].get("method") == "update"
             seconds, out = execute("print(mon.step, mon.state)")
             latencies.append(seconds)
             steps.append(int(out.split()[0]))
