@@ -202,17 +202,7 @@ def _start_worker(path: Path, backend: str, nproc: int = 2) -> None:
     env["PYTHONPATH"] = os.pathsep.join(p for p in [pkg_parent, env.get("PYTHONPATH")] if p)
     write_status(path, backend=backend)
     if backend == "kernel":
-        from jupyter_client.manager import KernelManager  # only this backend needs it
-
-        km = KernelManager(kernel_name="python3", connection_file=str(path / "kernel.json"))
-        km.start_kernel(env=env, cwd=str(path), independent=True)
-        kc = km.client()
-        kc.start_channels()
-        code = (f"from distill_nb.train import main as _m\n_m({str(path)!r})\n"
-                "import os; os._exit(0)  # the kernel exists for this run only\n")
-        kc.execute(code, store_history=False)
-        kc.stop_channels()
-        write_status(path, pid=getattr(km.provisioner, "pid", None), host=socket.gethostname())
+        _start_kernel_worker(path, env)
         return
     if backend == "subprocess":
         cmd = [sys.executable, "-m", "distill_nb.train", str(path)]
@@ -229,6 +219,38 @@ def _start_worker(path: Path, backend: str, nproc: int = 2) -> None:
 
 
 BACKENDS = ("auto", "kernel", "subprocess", "torchrun")
+
+
+def _start_kernel_worker(path: Path, env: dict[str, str]) -> None:
+    """Run the worker in a new, independent Jupyter kernel; the hand-shake happens off the caller's thread."""
+    import threading
+
+    from jupyter_client.manager import KernelManager  # only this backend needs it
+
+    km = KernelManager(kernel_name="python3", connection_file=str(path / "kernel.json"))
+    with open(path / "log.txt", "ab") as log:
+        km.start_kernel(env=env, cwd=str(path), independent=True, stdout=log, stderr=subprocess.STDOUT)
+    write_status(path, pid=getattr(km.provisioner, "pid", None), host=socket.gethostname())
+    code = (f"from distill_nb.train import main as _m\n_m({str(path)!r})\n"
+            "import os; os._exit(0)  # the kernel exists for this run only\n")
+
+    def hand_over() -> None:
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=120)
+            msg_id = kc.execute(code, store_history=False)
+            deadline = time.time() + 60
+            while time.time() < deadline:  # closing before the kernel took the request would drop it
+                msg = kc.get_iopub_msg(timeout=60)
+                if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
+                    break
+        except Exception as e:  # surfaces as a failed run instead of a silent thread death
+            write_status(path, state=Status.FAILED, error=f"the background kernel did not start the run: {e}")
+        finally:
+            kc.stop_channels()
+
+    threading.Thread(target=hand_over, name=f"distill_nb-{path.name}", daemon=True).start()
 
 
 def launch(config: DistillConfig, *, backend: str = "auto", root: str | os.PathLike | None = None,

@@ -91,3 +91,10 @@ def test_corrupt_last_metrics_line_is_skipped(tmp_path):
 def test_run_ids_are_validated(bad):
     with pytest.raises(ValueError, match="invalid run id"):
         validate_run_id(bad)
+
+
+def test_kernel_backend_runs_in_its_own_jupyter_kernel(tiny_teacher, tiny_dataset, runs_root):
+    run = launch(config(tiny_teacher, tiny_dataset, max_steps=20), backend="kernel")
+    assert run.status()["backend"] == "kernel" and (run.path / "kernel.json").is_file()
+    assert run.wait(120) == Status.COMPLETED, run.status()
+    assert train_steps(run) == list(range(1, 21))
