@@ -1,0 +1,41 @@
+"""DistillConfig: defaults are valid, JSON round trip, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill_nb.config import ConfigError, DistillConfig
+
+
+def test_default_round_trips_through_json(tmp_path):
+    cfg = DistillConfig(student_layers=4, layer_map=[1, 2, 3, 5], alpha_hidden=0.5)
+    cfg.to_json(tmp_path / "c.json")
+    assert DistillConfig.from_json(tmp_path / "c.json") == cfg
+    assert DistillConfig.from_json(cfg.to_json()) == cfg
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write leaves no temp file
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"temperature": 0}, "temperature=0"),
+    ({"alpha_kd": 0.0}, "all loss weights are 0"),
+    ({"alpha_ce": -1.0}, "alpha_ce"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"device": "gpu"}, "device='gpu'"),
+    ({"precision": "int4"}, "precision='int4'"),
+    ({"layer_map": [0, 1]}, "layer_map=[0, 1] has 2 entries"),
+    ({"hidden_loss": "l1"}, "hidden_loss='l1'"),
+])
+def test_bad_values_are_named(changes, needle):
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        DistillConfig().replace(**changes)
+
+
+def test_unknown_keys_and_wrong_types_in_json():
+    with pytest.raises(ConfigError, match="unknown config keys"):
+        DistillConfig.from_dict({"teacher": "x", "tempreature": 2})
+    with pytest.raises(ConfigError, match="batch_size"):
+        DistillConfig.from_json(json.dumps({"batch_size": "32"}))
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        DistillConfig.from_json('{"teacher": "x",}')
