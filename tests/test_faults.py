@@ -1,0 +1,299 @@
+"""Fault injection: a killed worker, a kill inside a checkpoint write, a corrupt metrics line, a full disk, CUDA OOM.
+
+After each fault the run reads as failed with a reason, the last complete checkpoint is intact, resume()
+finishes, and metrics.jsonl holds every train step exactly once.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distill_nb import DistillConfig, runs
+from distill_nb.runs import Run, Status, create_run, list_runs, read_metrics, read_status
+from distill_nb.train import latest_checkpoint, train
+
+PKG_PARENT = Path(runs.__file__).resolve().parent.parent
+
+
+def tiny_config(teacher: Path, data: Path, **kw) -> DistillConfig:
+    base = dict(teacher=str(teacher), dataset=str(data), text_column="text", student_layers=2, max_steps=6,
+                batch_size=8, eval_every=3, checkpoint_every=2, seed=0, student_dropout=0.0)
+    return DistillConfig(**{**base, **kw})
+
+
+def assert_each_step_once(path: Path, total: int) -> None:
+    lines = (path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]  # no corrupt or half line survives a resume
+    steps = [r["step"] for r in records if r["split"] == "train"]
+    assert steps == list(range(1, total + 1)), steps
+    evals = [r["step"] for r in records if r["split"] == "eval"]
+    assert len(evals) == len(set(evals)) and evals[-1] == total, evals
+
+
+def assert_checkpoint_intact(path: Path) -> int:
+    ckpt = latest_checkpoint(path)
+    assert ckpt is not None
+    step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+    assert ckpt.name == f"step_{step:07d}"
+    weights = load_file(ckpt / "model.safetensors")
+    assert weights and all(torch.isfinite(v).all() for v in weights.values())
+    state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == step
+    return step
+
+
+def wait_for(predicate, timeout: float, poll: float = 0.01, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(poll)
+
+
+def last_train_step(path: Path) -> int:
+    return max((r["step"] for r in read_metrics(path) if r.get("split") == "train"), default=0)
+
+
+# --- a real background worker, SIGKILLed ---------------------------------------------------------------------------
+def test_sigkill_mid_epoch_then_resume(tiny_teacher, tiny_dataset, runs_root):
+    total = 40  # 8 steps per epoch, 10-100 ms a step plus checkpoints: the kill at step 12 lands mid-run
+    cfg = tiny_config(tiny_teacher, tiny_dataset, max_steps=total, checkpoint_every=5, eval_every=25)
+    run = runs.launch(cfg, backend="subprocess", root=runs_root, run_id="killed")
+    try:
+        wait_for(lambda: last_train_step(run.path) >= 12 or not run.state.active, 120, what="step 12")
+        run.kill()
+        wait_for(lambda: not run.state.active, 10, what="the kill to show")
+        status = run.status()
+        assert status["state"] == "failed" and status["stale"], status
+        assert "died" in status["error"] and "resume()" in status["error"]
+        killed_at = last_train_step(run.path)
+        assert 12 <= killed_at < total, "the worker finished before the kill: raise max_steps"
+        ckpt_step = assert_checkpoint_intact(run.path)
+        assert ckpt_step % 5 == 0 and 5 <= ckpt_step <= killed_at
+        assert [s["run_id"] for s in list_runs(runs_root)] == ["killed"]
+
+        run.resume(backend="subprocess")
+        assert run.wait(180) == Status.COMPLETED, (run.path / "log.txt").read_text()[-3000:]
+    finally:
+        run.kill()
+    assert f"resumed from step_{ckpt_step:07d}" in (run.path / "log.txt").read_text()
+    assert_each_step_once(run.path, total)
+    assert (run.path / "student" / "model.safetensors").is_file()
+
+
+# the worker, with torch.save made to write half a file and hang inside checkpoint ``step_0000010``
+SLOW_SAVE_WORKER = """
+import sys, time
+from pathlib import Path
+import torch
+import distill_nb.train as t
+
+real_save_checkpoint = t.save_checkpoint
+
+def save_checkpoint(run_dir, model, opt, sched, step, tok, keep):
+    if step == 10:
+        def half_save(obj, f, *a, **k):
+            Path(f).write_bytes(b"PK\\x03\\x04 half an optimizer state")
+            (Path(run_dir) / "SAVING").write_text(str(step))
+            time.sleep(300)
+        torch.save = half_save
+    return real_save_checkpoint(run_dir, model, opt, sched, step, tok, keep)
+
+t.save_checkpoint = save_checkpoint
+sys.exit(t.main(sys.argv[1]))
+"""
+
+
+def test_sigkill_inside_a_checkpoint_write_then_resume(tiny_teacher, tiny_dataset, runs_root):
+    total = 24
+    cfg = tiny_config(tiny_teacher, tiny_dataset, max_steps=total, checkpoint_every=5, eval_every=7)
+    path = create_run(cfg, runs_root, "half-saved")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PKG_PARENT), os.environ.get("PYTHONPATH", "")])}
+    with open(path / "log.txt", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE_WORKER, str(path)], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, cwd=path)
+    run = Run(path)
+    try:
+        wait_for(lambda: (path / "SAVING").exists() or proc.poll() is not None, 120, 0.05, "the checkpoint write")
+        tmp = path / "checkpoints" / ".tmp-step_0000010"
+        assert (tmp / "model.safetensors").is_file() and not (tmp / "trainer_state.json").exists()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        status = run.status()
+        assert status["state"] == "failed" and status["stale"] and "resume()" in status["error"], status
+        assert latest_checkpoint(path).name == "step_0000005"  # the half-written one is never picked
+        assert assert_checkpoint_intact(path) == 5
+
+        run.resume(backend="subprocess")
+        assert run.wait(180) == Status.COMPLETED, (path / "log.txt").read_text()[-3000:]
+    finally:
+        proc.kill()
+        run.kill()
+    assert "resumed from step_0000005" in (path / "log.txt").read_text()
+    assert_each_step_once(path, total)
+    assert not list((path / "checkpoints").glob(".tmp-*"))  # the next save at step 10 replaced it
+
+
+# --- in-process faults -------------------------------------------------------------------------------------------
+def test_corrupt_last_metrics_line_is_skipped_and_resume_repairs_it(tiny_teacher, tiny_dataset, tmp_path,
+                                                                      monkeypatch):
+    import distill_nb.train as tr
+
+    run = tmp_path / "run"
+    real_append = tr.append_metrics
+
+    def die_mid_line(path, rec):
+        if rec["step"] == 5 and rec["split"] == "train":
+            with open(path / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec)[:17])  # the process dies inside the write: half a line, no newline
+            raise KeyboardInterrupt
+        real_append(path, rec)
+
+    monkeypatch.setattr(tr, "append_metrics", die_mid_line)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tiny_teacher, tiny_dataset, max_steps=7, checkpoint_every=2), run, log=lambda *_: None)
+    assert not (run / "metrics.jsonl").read_text().endswith("\n")
+    assert [r["step"] for r in read_metrics(run) if r["split"] == "train"] == [1, 2, 3, 4]
+    assert read_metrics(run, since=3)[-1]["step"] == 4
+    status = read_status(run)
+    assert status["state"] == "failed" and "interrupted" in status["error"] and "resume()" in status["error"]
+
+    # readers also survive garbage in the middle of the file (a crash on a filesystem that zero-fills)
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(b"\n\x00\x00\x00\xff\xfe{not json\n")
+    assert [r["step"] for r in read_metrics(run) if r["split"] == "train"] == [1, 2, 3, 4]
+
+    monkeypatch.setattr(tr, "append_metrics", real_append)
+    train(tiny_config(tiny_teacher, tiny_dataset, max_steps=7, checkpoint_every=2), run, log=lambda *_: None)
+    assert read_status(run)["state"] == "completed"
+    assert_each_step_once(run, 7)
+
+
+def test_disk_full_while_checkpointing_fails_with_the_reason_then_resumes(tiny_teacher, tiny_dataset, tmp_path,
+                                                                          monkeypatch):
+    import distill_nb.train as tr
+
+    run = tmp_path / "run"
+    cfg = tiny_config(tiny_teacher, tiny_dataset, max_steps=7, checkpoint_every=2)
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if "step_0000004" in str(f):
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(tr.torch, "save", full_disk)
+    with pytest.raises(OSError) as info:
+        train(cfg, run, log=lambda *_: None)
+    assert info.value.errno == errno.ENOSPC
+    status = read_status(run)
+    assert status["state"] == "failed" and not status.get("stale")
+    assert "disk is full" in status["error"] and "free space" in status["error"]
+    assert "No space left on device" in status["traceback"]
+    assert latest_checkpoint(run).name == "step_0000002"  # the failed one stays a temp dir
+    assert assert_checkpoint_intact(run) == 2
+
+    monkeypatch.setattr(tr.torch, "save", real_save)  # space freed
+    train(cfg, run, log=lambda *_: None)
+    assert read_status(run)["state"] == "completed"
+    assert_each_step_once(run, 7)
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+
+
+def test_disk_full_while_logging_metrics_fails_with_the_reason(tiny_teacher, tiny_dataset, tmp_path, monkeypatch):
+    import distill_nb.train as tr
+
+    def full_disk(path, rec):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tr, "append_metrics", full_disk)
+    with pytest.raises(OSError):
+        train(tiny_config(tiny_teacher, tiny_dataset), tmp_path / "run", log=lambda *_: None)
+    status = read_status(tmp_path / "run")
+    assert status["state"] == "failed" and "disk is full" in status["error"]
+
+
+def test_disk_full_even_for_the_status_raises_the_real_error(tiny_teacher, tiny_dataset, tmp_path, monkeypatch):
+    """When status.json cannot be written either, the ENOSPC is raised, not a second error from the handler."""
+    import distill_nb.train as tr
+
+    real_write = tr.write_status
+
+    def write_status(path, **fields):
+        if fields.get("state") == Status.FAILED:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, **fields)
+
+    def full_disk(path, rec):
+        raise OSError(errno.ENOSPC, "No space left on device (metrics)")
+
+    monkeypatch.setattr(tr, "write_status", write_status)
+    monkeypatch.setattr(tr, "append_metrics", full_disk)
+    with pytest.raises(OSError, match=r"\(metrics\)"):
+        train(tiny_config(tiny_teacher, tiny_dataset), tmp_path / "run", log=lambda *_: None)
+
+
+def test_cuda_oom_fails_with_a_smaller_batch_hint(tiny_teacher, tiny_dataset, tmp_path, monkeypatch):
+    import distill_nb.train as tr
+
+    calls = {"n": 0}
+    real_kd = tr.losses.kd_loss
+
+    def oom_on_step_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 8 GiB total)")
+        return real_kd(*args, **kwargs)
+
+    monkeypatch.setattr(tr.losses, "kd_loss", oom_on_step_3)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        train(tiny_config(tiny_teacher, tiny_dataset, batch_size=16), tmp_path / "run", log=lambda *_: None)
+    status = read_status(tmp_path / "run")
+    assert status["state"] == "failed" and status["step"] <= 2
+    error = status["error"]
+    assert "CUDA out of memory" in error and "Halve batch_size" in error and "now 16" in error, error
+    assert "resume()" in error
+
+
+# --- how readers judge a run whose worker is gone ------------------------------------------------------------------
+def test_stale_detection_and_half_written_status(tmp_path):
+    path = create_run(DistillConfig(teacher="t", max_steps=5), tmp_path, "elsewhere")
+    # running on another host, silent for longer than STALE_AFTER_S: failed, resumable
+    status = json.loads((path / "status.json").read_text())
+    status.update(state="running", host="another-host", pid=1, updated_at=time.time() - runs.STALE_AFTER_S - 5)
+    (path / "status.json").write_text(json.dumps(status))
+    got = read_status(path)
+    assert got["state"] == "failed" and got["stale"] and "resume()" in got["error"]
+    status["updated_at"] = time.time()  # a recent heartbeat from another host: still running
+    (path / "status.json").write_text(json.dumps(status))
+    assert read_status(path)["state"] == "running"
+    # a worker killed inside write_status leaves only its temp file; the last status still reads
+    (path / ".status.json.abc.tmp").write_text('{"state": "compl')
+    assert read_status(path)["state"] == "running"
+    # a truncated status.json (written by something non-atomic) reads as failed, never raises
+    (path / "status.json").write_text('{"state": "runn')
+    got = read_status(path)
+    assert got["state"] == "failed" and got["stale"] and "unreadable" in got["error"]
+    assert [r["state"] for r in list_runs(tmp_path)] == ["failed"]
+
+
+def test_queued_worker_killed_while_waiting_is_stale(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    path = create_run(DistillConfig(teacher="t", max_steps=5), tmp_path, "waiting")
+    runs.write_status(path, state="queued", pid=sleeper.pid, host=socket.gethostname())
+    assert read_status(path)["state"] == "queued"
+    sleeper.kill()
+    sleeper.wait()
+    assert read_status(path)["state"] == "failed"
