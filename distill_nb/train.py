@@ -388,9 +388,10 @@ def _save_student(target: Path, student: nn.Module, tokenizer: Any) -> None:
 def explain(e: BaseException, config: DistillConfig | None = None) -> str:
     """One line a notebook user can act on."""
     if isinstance(e, torch.cuda.OutOfMemoryError):
-        now = f" (now {config.batch_size} and {config.max_length})" if config else ""
-        return (f"CUDA out of memory ({(str(e).splitlines() or [''])[0][:200]}). Halve batch_size or "
-                f"max_length{now}, or pick a smaller student, then resume().")
+        batch, length = (f" (now {config.batch_size})", f" (now {config.max_length})") if config else ("", "")
+        return (f"CUDA out of memory ({(str(e).splitlines() or [''])[0][:200]}). Launch again with half the "
+                f"batch_size{batch} or max_length{length}, e.g. launch(run.config.replace(batch_size=...)), or "
+                "pick a smaller student (resume() would reuse the same settings).")
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return "the disk is full while writing the run; free space (old runs/checkpoints), then resume()."
     if isinstance(e, KeyboardInterrupt):

@@ -263,8 +263,8 @@ def test_cuda_oom_fails_with_a_smaller_batch_hint(tiny_teacher, tiny_dataset, tm
     status = read_status(tmp_path / "run")
     assert status["state"] == "failed" and status["step"] <= 2
     error = status["error"]
-    assert "CUDA out of memory" in error and "Halve batch_size" in error and "now 16" in error, error
-    assert "resume()" in error
+    assert "CUDA out of memory" in error and "half the batch_size (now 16)" in error, error
+    assert "config.replace(batch_size=" in error
 
 
 # --- how readers judge a run whose worker is gone ------------------------------------------------------------------
