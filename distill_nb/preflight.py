@@ -390,7 +390,7 @@ def _check_columns(columns: Sequence[str], text_col: str, label_col: str, path: 
         guess = next((c for c in columns if c.lower() in ("text", "sentence", "review", "content")), None)
         extra = f" (e.g. text_column={guess!r})" if guess and text_col in missing else ""
         raise ConfigError(f"{str(path)!r}: column(s) {missing} not found; columns are {list(columns)}. Set "
-                          f"{' / '.join(k for k, v in hint.items() if v in missing)} to the right names{extra}.")
+                          f"{' / '.join(k for k, v in hint.items() if v in missing)} to one of those columns{extra}.")
 
 
 def _label(value: Any) -> Any:
