@@ -77,6 +77,22 @@ def preflight(config: DistillConfig) -> dict[str, Any]:
     return found
 
 
+def absolute_paths(config: DistillConfig) -> DistillConfig:
+    """``config`` with relative local paths (teacher, dataset, student_init) made absolute.
+
+    The worker runs in the run directory, so ``dataset="data/train.csv"`` must not depend on the caller's
+    working directory. Aliases and hub ids are left as they are.
+    """
+    keep = {*PACKAGED_DISTS, *LABEL_NAMES, "every_k", "random"}
+    changes = {}
+    for key in ("teacher", "dataset", "student_init"):
+        value = getattr(config, key)
+        path = Path(value).expanduser()
+        if value.lower() not in keep and not Path(value).is_absolute() and path.exists():  # "~/x" too
+            changes[key] = str(path.resolve())
+    return config.replace(**changes) if changes else config
+
+
 # --- models ----------------------------------------------------------------------------------------------------
 def model_config(name: str, role: str, *, require_weights: bool = False) -> dict[str, Any] | None:
     """The model's config.json as a dict, read without transformers; None when it cannot be read cheaply.

@@ -277,9 +277,10 @@ def launch(config: DistillConfig, *, backend: str = "auto", root: str | os.PathL
         raise ValueError(f"backend={backend!r} is unknown: use one of {', '.join(map(repr, BACKENDS))}.")
     if run_id is not None:
         validate_run_id(run_id)
-    if check:
-        from .preflight import preflight  # reads configs and data files; torch never loads
+    from .preflight import absolute_paths, preflight  # reads configs and data files; torch never loads
 
+    config = absolute_paths(config)  # the worker runs in the run directory, not in the caller's
+    if check:
         preflight(config)
     path = create_run(config, root, run_id)
     try:

@@ -400,6 +400,19 @@ def test_preflight_is_torch_free_and_accepts_a_good_config(ctx):
     assert out.stdout.split("\n")[0] == "4 {'train': 64, 'eval': 24} False"
 
 
+def test_launch_stores_absolute_paths_for_the_worker(ctx, monkeypatch):
+    """The worker's working directory is the run directory: a relative dataset path would not be found."""
+    started = []
+    monkeypatch.setattr(runs, "_start_worker", lambda path, backend, nproc: started.append(path))
+    monkeypatch.chdir(ctx.data.parent)
+    run = runs.launch(ctx.cfg(dataset=ctx.data.name, teacher="minilm-l6"), root=ctx.root, run_id="rel",
+                      check=False)
+    assert started == [run.path]
+    saved = run.config
+    assert saved.dataset == str(ctx.data) and Path(saved.dataset).is_absolute()
+    assert saved.teacher == "minilm-l6" and saved.student_init == "every_k"  # aliases stay aliases
+
+
 def test_preflight_packaged_aliases_match_models():
     from distill_nb.models import PACKAGED
     from distill_nb.preflight import PACKAGED_DISTS
