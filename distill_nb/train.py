@@ -401,6 +401,27 @@ def explain(e: BaseException, config: DistillConfig | None = None) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _wait_for_device(lock: Any, run_dir: Path, poll: float = 0.5, beat: float = 30.0) -> bool:
+    """Take the device lock (released by the OS if this process dies); False if STOP came first.
+
+    Polls instead of blocking so that stop() works on a queued run, and beats the heartbeat so that readers on
+    other hosts do not take a long wait for a dead worker.
+    """
+    last_beat = time.time()
+    while True:
+        if (run_dir / "STOP").exists():
+            return False
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return not (run_dir / "STOP").exists()
+        except BlockingIOError:
+            pass
+        if time.time() - last_beat > beat:
+            write_status(run_dir)
+            last_beat = time.time()
+        time.sleep(poll)
+
+
 def main(run_dir: str | os.PathLike) -> int:
     """Worker entry point: wait for the device (a simple queue), then train; status.json tells the outcome."""
     run_dir = Path(run_dir).resolve()
@@ -421,8 +442,8 @@ def main(run_dir: str | os.PathLike) -> int:
         lock = open(lock_dir / f"{name.replace(':', '')}.lock", "w")
         write_status(run_dir, state=Status.QUEUED, pid=os.getpid(), host=socket.gethostname(),
                      message=f"waiting for device {name}")
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS if this process dies
-        if (run_dir / "STOP").exists():
+        if not _wait_for_device(lock, run_dir):
+            lock.close()
             write_status(run_dir, state=Status.STOPPED, finished_at=time.time(), message="stopped while queued")
             return 0
     try:

@@ -297,3 +297,26 @@ def test_queued_worker_killed_while_waiting_is_stale(tmp_path):
     sleeper.kill()
     sleeper.wait()
     assert read_status(path)["state"] == "failed"
+
+
+def test_stop_reaches_a_worker_waiting_for_the_device(tmp_path):
+    """A queued worker blocked behind another run on the same device must still obey stop()."""
+    import fcntl
+    import threading
+
+    from distill_nb.train import main
+
+    root = tmp_path / "runs"
+    path = create_run(DistillConfig(teacher="t", max_steps=5, device="cpu"), root, "queued-behind")
+    (root / ".locks").mkdir()
+    with open(root / ".locks" / "cpu.lock", "w") as busy:
+        fcntl.flock(busy, fcntl.LOCK_EX)  # another run holds the device
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(code=main(path)), daemon=True)
+        worker.start()
+        wait_for(lambda: "waiting for device" in (read_status(path).get("message") or ""), 10, what="queue")
+        assert read_status(path)["state"] == "queued"
+        stopped = Run(path).stop(wait=10)
+        worker.join(5)
+    assert result == {"code": 0} and stopped["state"] == "stopped", stopped
+    assert read_status(path)["message"] == "stopped while queued"
