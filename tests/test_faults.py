@@ -54,7 +54,7 @@ def assert_checkpoint_intact(path: Path) -> int:
     return step
 
 
-def wait_for(predicate, timeout: float, poll: float = 0.01, what: str = "") -> None:
+def wait_for(predicate, timeout: float, poll: float = 0.05, what: str = "") -> None:
     deadline = time.time() + timeout
     while not predicate():
         if time.time() > deadline:
