@@ -101,9 +101,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"[train-throughput] {prof.tp_rounds} rounds x {prof.tp_steps} steps x batch {prof.batch_size}, "
           f"max_length {prof.max_length}, teacher {t_folder}, {prof.student_layers}-layer student", flush=True)
     # untimed warm-up of both (first-call costs: lazy imports, allocator and thread-pool start-up)
-    naive_kd(t_folder, task.train.texts, task.train.labels, steps=2, batch_size=prof.batch_size,
-             max_length=prof.max_length, student_layers=prof.student_layers)
-    ours(_replace(prof, tp_steps=2), t_folder, task, out_dir / "runs" / f"{prof.name}-throughput")
+    if prof.tp_warmup:
+        naive_kd(t_folder, task.train.texts, task.train.labels, steps=2, batch_size=prof.batch_size,
+                 max_length=prof.max_length, student_layers=prof.student_layers)
+        ours(_replace(prof, tp_steps=2), t_folder, task, out_dir / "runs" / f"{prof.name}-throughput")
     naive_runs, our_runs = [], []
     for r in range(prof.tp_rounds):
         naive_runs.append(naive_kd(t_folder, task.train.texts, task.train.labels, steps=prof.tp_steps,
