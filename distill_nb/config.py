@@ -42,6 +42,8 @@ class DistillConfig:
     student_init: str = "every_k"  # "every_k" (copy every k-th teacher layer), "random", or a model id/path
     student_dropout: float | None = None  # dropout in the student (None: the teacher's)
     # --- losses --------------------------------------------------------------------------------------------
+    objective: str = "classification"  # "classification" (task-specific) or "mlm" (masked-LM KD on the texts; no labels)
+    mlm_probability: float = 0.15  # with objective="mlm": fraction of real tokens masked per text (BERT: 0.15)
     temperature: float = 2.0  # softmax temperature of the soft-label KL (its loss is scaled by T^2)
     alpha_kd: float = 1.0  # weight of soft-label KL against the teacher
     alpha_ce: float = 0.0  # weight of hard-label cross-entropy against the gold labels
@@ -63,7 +65,7 @@ class DistillConfig:
     # --- system --------------------------------------------------------------------------------------------
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
     precision: str = "auto"  # "auto" (bf16/fp16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
-    cache_teacher_logits: bool = True  # run the teacher once per example (only with logit-only losses)
+    cache_teacher_logits: bool = True  # run the teacher once per example (classification, logit-only losses)
     num_threads: int | None = None  # torch CPU threads (None: torch's default)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
 
@@ -103,6 +105,12 @@ class DistillConfig:
         if not any(weights.values()):
             raise ConfigError("all loss weights are 0 (alpha_kd, alpha_ce, alpha_hidden, alpha_attn): "
                               "set at least one > 0, e.g. alpha_kd=1.0.")
+        if self.objective not in ("classification", "mlm"):
+            raise ConfigError(f"objective={self.objective!r} is invalid: use 'classification' (task-specific) or "
+                              "'mlm' (masked-LM distillation on the texts).")
+        if not 0 < self.mlm_probability < 1:
+            raise ConfigError(f"mlm_probability={self.mlm_probability!r} is invalid: use a value in (0, 1) "
+                              "(BERT masks 0.15).")
         if self.hidden_loss not in ("cosine", "mse"):
             raise ConfigError(f"hidden_loss={self.hidden_loss!r} is invalid: use 'cosine' or 'mse'.")
         if self.learning_rate <= 0:

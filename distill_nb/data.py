@@ -87,10 +87,10 @@ def find_shared_data() -> Path | None:
     return None
 
 
-def load_task(dataset: str, *, text_column: str = "sentence", label_column: str = "label",
+def load_task(dataset: str, *, text_column: str = "sentence", label_column: str | None = "label",
               train_split: str = "train", eval_split: str = "validation", max_train: int | None = None,
               max_eval: int | None = None, seed: int = 0) -> TaskData:
-    """Load train and eval texts with integer labels.
+    """Load train and eval texts with integer labels (all 0 with ``label_column=None``: unlabelled text).
 
     Raises:
         FileNotFoundError: the dataset is neither an alias, a file/folder, nor loadable by ``datasets``.
@@ -136,7 +136,7 @@ def _read_shared(folder: Path, key: str) -> dict[str, tuple[list[str], list[Any]
     return {"train": read_trec("train.txt"), "eval": read_trec("test.txt")}
 
 
-def _read_files(path: Path, text_col: str, label_col: str, train_split: str, eval_split: str,
+def _read_files(path: Path, text_col: str, label_col: str | None, train_split: str, eval_split: str,
                 seed: int) -> dict[str, tuple[list[str], list[Any]]]:
     if path.is_dir():
         files = {p.stem: p for p in sorted(path.iterdir()) if p.suffix.lower() in FILE_FORMATS}
@@ -156,7 +156,7 @@ def _read_files(path: Path, text_col: str, label_col: str, train_split: str, eva
     return {"train": pick(order[n_eval:]), "eval": pick(order[:n_eval])}
 
 
-def _read_table(path: Path, text_col: str, label_col: str) -> tuple[list[str], list[Any]]:
+def _read_table(path: Path, text_col: str, label_col: str | None) -> tuple[list[str], list[Any]]:
     from datasets import load_dataset
 
     fmt = FILE_FORMATS.get(path.suffix.lower())
@@ -177,7 +177,7 @@ def _read_table(path: Path, text_col: str, label_col: str) -> tuple[list[str], l
     return _columns(table, text_col, label_col, str(path))
 
 
-def _read_datasets(name: str, text_col: str, label_col: str, train_split: str,
+def _read_datasets(name: str, text_col: str, label_col: str | None, train_split: str,
                    eval_split: str) -> dict[str, tuple[list[str], list[Any]]]:
     from datasets import load_dataset
 
@@ -195,12 +195,13 @@ def _read_datasets(name: str, text_col: str, label_col: str, train_split: str,
             "eval": _columns(ds[evals[0]], text_col, label_col, name)}
 
 
-def _columns(table: Any, text_col: str, label_col: str, where: str) -> tuple[list[str], list[Any]]:
-    missing = [c for c in (text_col, label_col) if c not in table.column_names]
+def _columns(table: Any, text_col: str, label_col: str | None, where: str) -> tuple[list[str], list[Any]]:
+    missing = [c for c in (text_col, label_col) if c is not None and c not in table.column_names]
     if missing:
         raise KeyError(f"{where}: column(s) {missing} not found; columns are {table.column_names}. Set "
                        "text_column / label_column to the right names.")
-    return [str(t) if t is not None else "" for t in table[text_col]], list(table[label_col])
+    texts = [str(t) if t is not None else "" for t in table[text_col]]
+    return texts, list(table[label_col]) if label_col is not None else [0] * len(texts)
 
 
 def _finish(raw: dict[str, tuple[list[str], list[Any]]], label_names: Sequence[str] | None,

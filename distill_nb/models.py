@@ -101,35 +101,50 @@ def is_classifier(config: Any) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
 
+def is_masked_lm(config: Any) -> bool:
+    return any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in (config.architectures or []))
+
+
 class NotAClassifierError(ValueError):
     """The model has no sequence-classification head; prepare_teacher() can fine-tune one."""
 
 
-def load_teacher(name: str, *, trust_remote_code: bool = False, device: str | torch.device | None = None,
-                 attn_implementation: str | None = None) -> tuple[nn.Module, Any]:
-    """Load a sequence-classification teacher and its tokenizer, in eval mode.
+def load_teacher(name: str, *, head: str = "classification", trust_remote_code: bool = False,
+                 device: str | torch.device | None = None, attn_implementation: str | None = None
+                 ) -> tuple[nn.Module, Any]:
+    """Load a sequence-classification (or masked-LM) teacher and its tokenizer, in eval mode.
 
     Args:
         name: a transformers model id, a local folder, or a packaged alias ("minilm-l6", "mpnet-base").
+        head: "classification", or "mlm" for task-agnostic distillation (a ...ForMaskedLM/...ForPreTraining
+            checkpoint, loaded with its masked-LM head).
         trust_remote_code: run model code shipped with the checkpoint (off unless you trust it).
         attn_implementation: "eager" when attention maps are needed (attention transfer).
 
     Raises:
         FileNotFoundError: nothing loadable under that name.
         NotAClassifierError: a bare encoder; use :func:`prepare_teacher` to fine-tune a head first.
+        ValueError: head="mlm" and the checkpoint has no masked-LM head.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    if head not in ("classification", "mlm"):
+        raise ValueError(f"head={head!r} is invalid: use 'classification' or 'mlm'.")
     path, config = _load_config(name, trust_remote_code)
-    if not is_classifier(config):
+    if head == "mlm" and not is_masked_lm(config):
+        raise ValueError(f"objective='mlm' needs a masked-LM teacher, but {name!r} is a {config.model_type} model "
+                         f"without a masked-LM head (architectures={config.architectures}): use a checkpoint "
+                         "saved with its masked-LM head (...ForMaskedLM or ...ForPreTraining, e.g. "
+                         "bert-base-uncased), or objective='classification'.")
+    if head != "mlm" and not is_classifier(config):
         raise NotAClassifierError(
             f"{name!r} is a {config.model_type} model without a sequence-classification head "
             f"(architectures={config.architectures}). Fine-tune one first: use prepare_teacher({name!r}, task), "
             "or set teacher_prep_steps > 0 so train() and launch() do it automatically.")
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                                   **kwargs)
+        auto = AutoModelForMaskedLM if head == "mlm" else AutoModelForSequenceClassification
+        model = auto.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     except OSError as e:  # config.json without weights, a partial download, ...
         raise FileNotFoundError(f"cannot load the weights of {name!r} ({str(e)[:200]}): give a folder written by "
                                 "model.save_pretrained(folder) with its model.safetensors, or re-download "
@@ -254,25 +269,31 @@ def _layer_list(model: nn.Module, n_layers: int) -> nn.ModuleList:
 
 def make_student(teacher: nn.Module, *, n_layers: int, hidden_size: int | None = None, n_heads: int | None = None,
                  ffn_size: int | None = None, init: str = "every_k", dropout: float | None = None,
-                 trust_remote_code: bool = False) -> nn.Module:
+                 head: str = "classification", trust_remote_code: bool = False) -> nn.Module:
     """A smaller model of the teacher's family, initialised from the teacher, randomly, or from a checkpoint.
 
     Args:
-        teacher: a transformers sequence-classification model.
+        teacher: a transformers sequence-classification (or, with head="mlm", masked-LM) model.
         init: "every_k" copies the embeddings, the head and every k-th layer (the widths must match);
             "random" starts from scratch; anything else is a pretrained model id/path of the same labels.
+        head: "classification" or "mlm" (the student gets the teacher's masked-LM head, tied to its embeddings).
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
+    if head not in ("classification", "mlm"):
+        raise ValueError(f"head={head!r} is invalid: use 'classification' or 'mlm'.")
     tcfg = teacher.config
     if init not in ("every_k", "random"):
+        if head == "mlm":
+            return AutoModelForMaskedLM.from_pretrained(resolve(init), trust_remote_code=trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(
             resolve(init), num_labels=tcfg.num_labels, id2label=tcfg.id2label, label2id=tcfg.label2id,
             ignore_mismatched_sizes=True, trust_remote_code=trust_remote_code)
         return model
     scfg = student_config(tcfg, n_layers=n_layers, hidden_size=hidden_size, n_heads=n_heads, ffn_size=ffn_size,
                           dropout=dropout)
-    student = AutoModelForSequenceClassification.from_config(scfg, trust_remote_code=trust_remote_code)
+    auto = AutoModelForMaskedLM if head == "mlm" else AutoModelForSequenceClassification
+    student = auto.from_config(scfg, trust_remote_code=trust_remote_code)
     if init == "random":
         return student
     t, s = shape(tcfg), shape(scfg)

@@ -43,7 +43,8 @@ def preflight(config: DistillConfig) -> dict[str, Any]:
         FileNotFoundError: the teacher, student_init or dataset path does not exist, or a model folder has no
             config.json / no weights.
         ConfigError: an impossible student shape, a layer map past the teacher, a missing column, labels that
-            do not fit the teacher, a non-classifier teacher with teacher_prep_steps=0, ...
+            do not fit the teacher, a non-classifier teacher with teacher_prep_steps=0, a teacher without a
+            masked-LM head for objective="mlm", ...
         ValueError: a data file is empty or not UTF-8.
     """
     if not isinstance(config, DistillConfig):
@@ -52,7 +53,14 @@ def preflight(config: DistillConfig) -> dict[str, Any]:
     found: dict[str, Any] = {"teacher_shape": None, "teacher_labels": None, "data_labels": None, "rows": None}
     t_cfg = model_config(config.teacher, "teacher", require_weights=True)
     classifier = t_cfg is not None and is_classifier(t_cfg)
-    if t_cfg is not None and not classifier and config.teacher_prep_steps == 0:
+    mlm = config.objective == "mlm"  # masked-LM distillation: labels are not used
+    if t_cfg is not None and mlm and not is_masked_lm(t_cfg):
+        raise ConfigError(
+            f"objective='mlm' needs a masked-LM teacher, but {config.teacher!r} is a {t_cfg.get('model_type')} "
+            f"model without a masked-LM head (architectures={t_cfg.get('architectures')}): use a checkpoint "
+            "saved with its masked-LM head (...ForMaskedLM or ...ForPreTraining, e.g. bert-base-uncased), or "
+            "objective='classification'.")
+    if t_cfg is not None and not mlm and not classifier and config.teacher_prep_steps == 0:
         raise ConfigError(
             f"teacher {config.teacher!r} is a {t_cfg.get('model_type')} model without a sequence-classification "
             f"head (architectures={t_cfg.get('architectures')}) and teacher_prep_steps=0: set "
@@ -64,13 +72,13 @@ def preflight(config: DistillConfig) -> dict[str, Any]:
         check_max_length(config.max_length, t_cfg, config.teacher)
     if config.student_init not in ("every_k", "random"):
         model_config(config.student_init, "student_init", require_weights=True)
-        if config.alpha_hidden or config.alpha_attn:
-            check_shared_vocab(config.teacher, config.student_init)
+        if config.alpha_hidden or config.alpha_attn or mlm:
+            check_shared_vocab(config.teacher, config.student_init, mlm=mlm)
     task = read_task_labels(config)
     if task is not None:
         names, named, rows = task
-        found.update(data_labels=names, rows=rows)
-        if classifier:
+        found.update(data_labels=None if mlm else names, rows=rows)
+        if classifier and not mlm:
             teacher_names = id2label_names(t_cfg)
             found["teacher_labels"] = teacher_names
             match_labels(names, named, teacher_names, config.teacher)
@@ -173,6 +181,10 @@ def is_classifier(cfg: dict[str, Any]) -> bool:
     return any(str(a).endswith("ForSequenceClassification") for a in cfg.get("architectures") or [])
 
 
+def is_masked_lm(cfg: dict[str, Any]) -> bool:
+    return any(str(a).endswith(("ForMaskedLM", "ForPreTraining")) for a in cfg.get("architectures") or [])
+
+
 def shape_of(cfg: dict[str, Any]) -> dict[str, int] | None:
     """layers / hidden / heads / ffn from a config dict; None for a family without those fields."""
     out = {}
@@ -227,14 +239,17 @@ def check_max_length(max_length: int, cfg: dict[str, Any], name: str) -> None:
                           f"tokens): set max_length <= {limit}; longer texts are truncated.")
 
 
-def check_shared_vocab(teacher: str, student: str) -> None:
-    """Hidden/attention losses compare token positions, so the student must tokenize like the teacher."""
+def check_shared_vocab(teacher: str, student: str, *, mlm: bool = False) -> None:
+    """Hidden/attention losses compare token positions (masked-LM KD, vocabularies), so the student must
+    tokenize like the teacher."""
     a, b = _vocab(teacher), _vocab(student)
     if a is not None and b is not None and a != b:
+        fix = ("objective='mlm' compares vocabulary distributions: use a student with the teacher's tokenizer, "
+               "or student_init='every_k'.") if mlm else (
+               "hidden/attention losses need shared tokens. Set alpha_hidden=0 and alpha_attn=0 (logit "
+               "distillation works across tokenizers), or use a student with the teacher's tokenizer.")
         raise ConfigError(f"student_init={student!r} has another vocabulary than the teacher {teacher!r} "
-                          f"({len(b)} vs {len(a)} tokens): hidden/attention losses need shared tokens. Set "
-                          "alpha_hidden=0 and alpha_attn=0 (logit distillation works across tokenizers), or "
-                          "use a student with the teacher's tokenizer.")
+                          f"({len(b)} vs {len(a)} tokens): {fix}")
 
 
 def _vocab(name: str) -> dict[str, int] | None:
@@ -319,8 +334,9 @@ def read_task_labels(config: DistillConfig) -> tuple[list[str], bool, dict[str, 
             raise ValueError(f"{str(path)!r} has an unknown extension; use one of {sorted(FILE_FORMATS)}.")
         pairs = {"train": path}
     raw, complete = {}, True
+    label_column = None if config.objective == "mlm" else config.label_column  # mlm: unlabelled text is fine
     for split, file in pairs.items():
-        got = _read_rows(file, config.text_column, config.label_column)
+        got = _read_rows(file, config.text_column, label_column)
         if got is None:
             return None
         texts, labels, whole = got
@@ -338,8 +354,11 @@ def read_task_labels(config: DistillConfig) -> tuple[list[str], bool, dict[str, 
     return task.label_names, task.named_labels, rows
 
 
-def _read_rows(path: Path, text_col: str, label_col: str) -> tuple[list[str], list[Any], bool] | None:
-    """(texts, labels, read whole?) with the same column and encoding errors load_task gives; None: unknown."""
+def _read_rows(path: Path, text_col: str, label_col: str | None) -> tuple[list[str], list[Any], bool] | None:
+    """(texts, labels, read whole?) with the same column and encoding errors load_task gives; None: unknown.
+
+    With ``label_col=None`` (unlabelled text) every label is 0.
+    """
     fmt, whole = FILE_FORMATS[path.suffix.lower()], path.stat().st_size <= FULL_READ_BYTES
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -348,8 +367,9 @@ def _read_rows(path: Path, text_col: str, label_col: str) -> tuple[list[str], li
         _check_columns(columns, text_col, label_col, path)
         if not whole:
             return [""] * pq.ParquetFile(path).metadata.num_rows, [], False
-        table = pq.read_table(path, columns=[text_col, label_col]).to_pydict()
-        return [str(t) for t in table[text_col]], table[label_col], True
+        table = pq.read_table(path, columns=[c for c in (text_col, label_col) if c is not None]).to_pydict()
+        texts = [str(t) for t in table[text_col]]
+        return texts, table[label_col] if label_col is not None else [0] * len(texts), True
     data = path.read_bytes() if whole else path.open("rb").read(FULL_READ_BYTES)
     try:
         text = data.decode("utf-8")
@@ -375,7 +395,7 @@ def _read_rows(path: Path, text_col: str, label_col: str) -> tuple[list[str], li
         if rows:
             _check_columns(list(rows[0]), text_col, label_col, path)
     texts = [str(r.get(text_col) or "") for r in rows]
-    return texts, [_label(r.get(label_col)) for r in rows], whole
+    return texts, [_label(r.get(label_col)) if label_col is not None else 0 for r in rows], whole
 
 
 def _json_rows(text: str) -> list[dict[str, Any]] | None:
@@ -399,8 +419,8 @@ def _json_rows(text: str) -> list[dict[str, Any]] | None:
     return [r for r in rows if isinstance(r, dict)]
 
 
-def _check_columns(columns: Sequence[str], text_col: str, label_col: str, path: Path) -> None:
-    missing = [c for c in (text_col, label_col) if c not in columns]
+def _check_columns(columns: Sequence[str], text_col: str, label_col: str | None, path: Path) -> None:
+    missing = [c for c in (text_col, label_col) if c is not None and c not in columns]
     if missing:
         hint = {"text_column": text_col, "label_column": label_col}
         guess = next((c for c in columns if c.lower() in ("text", "sentence", "review", "content")), None)

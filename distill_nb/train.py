@@ -2,6 +2,8 @@
 
 Setup (device, data, teacher, student, optimiser) -> resume from the last checkpoint -> loop (losses, step,
 metrics, eval, checkpoint, stop) -> final eval and the student saved for ``transformers.pipeline``.
+With ``objective="mlm"`` the same function distils a masked-LM teacher on the texts alone (DistilBERT's
+task-agnostic pre-training distillation): a few ``if mlm`` branches mask the batches and swap the losses and eval.
 Under ``torchrun``/``accelerate launch`` (WORLD_SIZE > 1) each process takes a slice of every batch (DDP);
 process 0 alone writes to the run directory.
 """
@@ -19,6 +21,7 @@ import sys
 import time
 import traceback
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,7 +56,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
     """Distil ``config.teacher`` into a smaller student; resumes if ``run_dir`` holds a checkpoint.
 
     Returns:
-        the final evaluation record (accuracy, teacher_accuracy, agreement, retention, ...).
+        the final evaluation record (accuracy, teacher_accuracy, agreement, retention, ...; with
+        objective="mlm" these are measured on the masked tokens of the eval texts).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -78,16 +82,19 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                      message="loading data and models")
     try:
         torch.manual_seed(config.seed)
+        mlm = config.objective == "mlm"  # task-agnostic: masked-LM distillation on the texts, labels unused
+        head = "mlm" if mlm else "classification"
         # --- data --------------------------------------------------------------------------------------------
-        task = data or load_task(config.dataset, text_column=config.text_column, label_column=config.label_column,
+        task = data or load_task(config.dataset, text_column=config.text_column,
+                                 label_column=None if mlm else config.label_column,
                                  train_split=config.train_split, eval_split=config.eval_split,
                                  max_train=config.max_train_examples, max_eval=config.max_eval_examples,
                                  seed=config.seed)
         # --- teacher (fine-tune a head first if it is a bare encoder) -----------------------------------------
         attn = "eager" if config.alpha_attn > 0 else None  # attention maps need the eager kernel
         try:
-            teacher, tokenizer = load_teacher(config.teacher, trust_remote_code=config.trust_remote_code,
-                                              attn_implementation=attn)
+            teacher, tokenizer = load_teacher(config.teacher, head=head, attn_implementation=attn,
+                                              trust_remote_code=config.trust_remote_code)
         except NotAClassifierError:
             if config.teacher_prep_steps == 0:
                 raise
@@ -102,15 +109,17 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             if main_proc:
                 write_status(run_dir, teacher_path=str(prepared))
         teacher = teacher.to(device).eval().requires_grad_(False)
-        # named labels follow the teacher's id2label order (not sorted order); ids must match its label count
-        teacher_names = [str(teacher.config.id2label[i]) for i in range(teacher.config.num_labels)]
-        if (names := match_labels(task.label_names, task.named_labels, teacher_names, config.teacher)) is not None:
-            task = task.relabel(names)
+        if not mlm:  # named labels follow the teacher's id2label order (not sorted); ids must match its count
+            teacher_names = [str(teacher.config.id2label[i]) for i in range(teacher.config.num_labels)]
+            if (names := match_labels(task.label_names, task.named_labels, teacher_names,
+                                      config.teacher)) is not None:
+                task = task.relabel(names)
         check_max_length(config.max_length, teacher.config.to_dict(), config.teacher)
         # --- student -------------------------------------------------------------------------------------------
         student = make_student(teacher, n_layers=config.student_layers, hidden_size=config.student_hidden,
                                n_heads=config.student_heads, ffn_size=config.student_ffn, init=config.student_init,
-                               dropout=config.student_dropout, trust_remote_code=config.trust_remote_code)
+                               dropout=config.student_dropout, head=head,
+                               trust_remote_code=config.trust_remote_code)
         if attn:
             student.set_attn_implementation("eager")
         t_shape, s_shape = shape(teacher.config), shape(student.config)
@@ -123,9 +132,11 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             from transformers import AutoTokenizer
 
             student_tok = AutoTokenizer.from_pretrained(student.name_or_path)
-            if student_tok.get_vocab() != tokenizer.get_vocab() and (config.alpha_hidden or config.alpha_attn):
+            if student_tok.get_vocab() != tokenizer.get_vocab() and (config.alpha_hidden or config.alpha_attn
+                                                                      or mlm):
                 raise ValueError(f"the student {config.student_init!r} has another vocabulary than the teacher: "
-                                 "hidden/attention losses need shared tokens. Set alpha_hidden=alpha_attn=0 "
+                                 "hidden/attention losses and objective='mlm' need shared tokens. Use a student "
+                                 "with the teacher's tokenizer, or (classification) set alpha_hidden=alpha_attn=0 "
                                  "(logit distillation works across tokenizers).")
         model = Distiller(student, len(layer_map) if config.alpha_hidden else 0, s_shape["hidden"],
                           t_shape["hidden"]).to(device)
@@ -137,11 +148,23 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         train_labels, eval_labels = torch.tensor(task.train.labels), torch.tensor(task.eval.labels)
         needs_teacher_states = bool(config.alpha_hidden or config.alpha_attn)
         cached_logits = None
-        if config.cache_teacher_logits and not needs_teacher_states:
+        # mlm: never cached, the teacher runs every step: its logits are (S, V) per text (~15 MB at S=128,
+        # V=30k, so GBs for a corpus), and the masked positions change from step to step anyway
+        if config.cache_teacher_logits and not needs_teacher_states and not mlm:
             cached_logits = _cached(run_dir / "teacher_logits.safetensors", main_proc, lambda: _predict(
                 teacher, t_train, tokenizer.pad_token_id, device, autocast))
-        teacher_eval = _predict(teacher, t_eval, tokenizer.pad_token_id, device, autocast)
-        teacher_acc = (teacher_eval.argmax(-1) == eval_labels).float().mean().item()
+        if mlm:  # one fixed mask on the eval texts, so every evaluation scores the same masked tokens
+            eval_order = length_batches([len(e) for e in t_eval], 16, seed=0, shuffle=False)  # (B, S, V) logits
+            eval_batches = [_mlm_batch(collate(t_eval, idx, tokenizer.pad_token_id), tokenizer,
+                                       config.mlm_probability, hash((config.seed, -1, b)))
+                            for b, idx in enumerate(eval_order)]
+            teacher_acc = None  # measured with the student at each evaluation
+            evaluate = partial(_evaluate_mlm, model.student, teacher, eval_batches, device, autocast)
+        else:
+            teacher_eval = _predict(teacher, t_eval, tokenizer.pad_token_id, device, autocast)
+            teacher_acc = (teacher_eval.argmax(-1) == eval_labels).float().mean().item()
+            evaluate = partial(_evaluate, model.student, s_eval, student_tok.pad_token_id, eval_labels,
+                               teacher_eval, teacher_acc, device, autocast)
         # --- optimiser, schedule, resume --------------------------------------------------------------------
         per_epoch = steps_per_epoch(len(t_train), config.batch_size)
         total_steps = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))
@@ -169,7 +192,12 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             batches = length_batches(lengths, config.batch_size, seed=config.seed + epoch)
             for idx in batches[done_in_epoch:]:
                 mine = idx[rank::world]  # this process's slice of the global batch
-                batch = {k: v.to(device) for k, v in collate(s_train, mine, student_tok.pad_token_id).items()}
+                batch = collate(s_train, mine, student_tok.pad_token_id)
+                if mlm:  # a new mask per step, seeded by (seed, step, process): a resumed run masks the same way
+                    batch, mlm_labels = _mlm_batch(batch, tokenizer, config.mlm_probability,
+                                                   hash((config.seed, step, rank)))
+                    mlm_labels = mlm_labels.to(device)
+                batch = {k: v.to(device) for k, v in batch.items()}
                 model.train()
                 with autocast():
                     out = ddp(**batch, output_hidden_states=bool(config.alpha_hidden),
@@ -178,14 +206,20 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                         t_logits, t_out = cached_logits[mine].to(device), None
                     else:
                         with torch.no_grad():
-                            t_batch = batch if s_train is t_train else {
+                            t_batch = batch if s_train is t_train or mlm else {
                                 k: v.to(device) for k, v in collate(t_train, mine, tokenizer.pad_token_id).items()}
                             t_out = teacher(**t_batch, output_hidden_states=bool(config.alpha_hidden),
                                             output_attentions=bool(config.alpha_attn))
                             t_logits = t_out.logits
-                    parts = {"kd": losses.kd_loss(out.logits, t_logits, config.temperature)}
-                    if config.alpha_ce:
-                        parts["ce"] = losses.ce_loss(out.logits, train_labels[mine].to(device))
+                    if mlm:  # KD on the vocabulary distribution and CE on the original token, at masked positions
+                        masked = mlm_labels != -100  # (B, S)
+                        parts = {"kd": losses.mlm_kd_loss(out.logits, t_logits, masked, config.temperature)}
+                        if config.alpha_ce:
+                            parts["ce"] = losses.ce_loss(out.logits[masked], mlm_labels[masked])  # (M, V), (M,)
+                    else:
+                        parts = {"kd": losses.kd_loss(out.logits, t_logits, config.temperature)}
+                        if config.alpha_ce:
+                            parts["ce"] = losses.ce_loss(out.logits, train_labels[mine].to(device))
                     if config.alpha_hidden:
                         parts["hidden"] = losses.hidden_states_loss(
                             out.hidden_states[1:], t_out.hidden_states[1:], layer_map, batch["attention_mask"],
@@ -224,8 +258,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                                      eta_s=elapsed / max(step - (ckpt_step(ckpt)), 1) * (total_steps - step))
                         last_beat = time.time()
                 if step % config.eval_every == 0 and step < total_steps and main_proc:
-                    record = _evaluate(model.student, s_eval, student_tok.pad_token_id, eval_labels,
-                                       teacher_eval, teacher_acc, device, autocast, step)
+                    record = evaluate(step)
                     append_metrics(run_dir, record)
                     log(f"step {step}/{total_steps} loss {loss.item():.4f} eval acc {record['accuracy']:.4f}")
                 if (step % config.checkpoint_every == 0 or stopped) and step < total_steps:
@@ -242,13 +275,13 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                              message=f"stopped at step {step}; resume() continues from here")
             return record
         if main_proc:
-            record = _evaluate(model.student, s_eval, student_tok.pad_token_id, eval_labels, teacher_eval,
-                               teacher_acc, device, autocast, step)
+            record = evaluate(step)
             append_metrics(run_dir, record)
             _save_student(run_dir / "student", model.student, student_tok)
             write_status(run_dir, state=Status.COMPLETED, step=step, finished_at=time.time(), final=record,
-                         message=f"done: accuracy {record['accuracy']:.4f} (teacher {teacher_acc:.4f})")
-            log(f"done: student accuracy {record['accuracy']:.4f}, teacher {teacher_acc:.4f}, "
+                         message=f"done: accuracy {record['accuracy']:.4f} "
+                                 f"(teacher {record['teacher_accuracy']:.4f})")
+            log(f"done: student accuracy {record['accuracy']:.4f}, teacher {record['teacher_accuracy']:.4f}, "
                 f"retention {record['retention']:.1%}")
         return record
     except BaseException as e:
@@ -313,6 +346,57 @@ def _evaluate(student: nn.Module, encoded: list[list[int]], pad_id: int, labels:
             "agreement": (pred == teacher_logits.argmax(-1)).float().mean().item(),
             "eval_loss": losses.ce_loss(logits, labels).item(),
             "kd_to_teacher": losses.kd_loss(logits, teacher_logits, 1.0).item(), "time": time.time()}
+
+
+def _mlm_batch(batch: dict[str, torch.Tensor], tokenizer: Any, prob: float, seed: int
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Mask a collated batch for masked-LM distillation; the same ``seed`` gives the same mask.
+
+    ``seed`` is e.g. ``hash((config.seed, step, rank))``: a tuple of ints hashes alike in every process
+    (PYTHONHASHSEED salts only str/bytes).
+
+    Returns:
+        (the batch with [MASK] at the chosen real, non-special tokens; labels (B, S): the original ids there,
+        -100 elsewhere).
+    """
+    ids = batch["input_ids"]  # (B, S)
+    special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids))  # (B, S): [CLS], [SEP], ... never masked
+    generator = torch.Generator().manual_seed(seed % 2**63)
+    masked_ids, masked = losses.mask_tokens(ids, batch["attention_mask"], tokenizer.mask_token_id, special,
+                                            prob, generator)
+    return {**batch, "input_ids": masked_ids}, ids.masked_fill(~masked, -100)
+
+
+@torch.no_grad()
+def _evaluate_mlm(student: nn.Module, teacher: nn.Module,
+                  batches: list[tuple[dict[str, torch.Tensor], torch.Tensor]], device: torch.device,
+                  autocast: Callable, step: int) -> dict[str, Any]:
+    """Masked-token accuracy of student and teacher, their agreement and KL (T=1) at the masked positions.
+
+    The teacher runs again at each evaluation: its vocabulary logits are too large to keep between them.
+    """
+    student.eval()
+    total = dict.fromkeys(("correct", "teacher_correct", "agreement", "kd", "ce"), 0.0)
+    n = 0
+    for batch, labels in batches:
+        batch, labels = {k: v.to(device) for k, v in batch.items()}, labels.to(device)
+        masked = labels != -100  # (B, S)
+        with autocast():
+            s_logits = student(**batch).logits[masked].float()  # (M, V)
+            t_logits = teacher(**batch).logits[masked].float()
+        y, s_pred, t_pred, m = labels[masked], s_logits.argmax(-1), t_logits.argmax(-1), int(masked.sum())
+        total["correct"] += (s_pred == y).sum().item()
+        total["teacher_correct"] += (t_pred == y).sum().item()
+        total["agreement"] += (s_pred == t_pred).sum().item()
+        total["kd"] += losses.kd_loss(s_logits, t_logits, 1.0).item() * m
+        total["ce"] += losses.ce_loss(s_logits, y).item() * m
+        n += m
+    mean = {k: v / n if n else float("nan") for k, v in total.items()}
+    acc, teacher_acc = mean["correct"], mean["teacher_correct"]
+    return {"step": step, "split": "eval", "accuracy": acc, "teacher_accuracy": teacher_acc,
+            "retention": acc / teacher_acc if teacher_acc else float("nan"),
+            "agreement": mean["agreement"], "eval_loss": mean["ce"], "kd_to_teacher": mean["kd"],
+            "masked_tokens": n, "time": time.time()}
 
 
 def _cached(path: Path, main_proc: bool, compute: Callable[[], torch.Tensor]) -> torch.Tensor:

@@ -30,10 +30,10 @@ def write_vocab(folder: Path) -> Path:
 
 
 def make_tiny_bert(folder: Path, *, layers: int = 4, hidden: int = 32, heads: int = 4, labels: int = 2,
-                   seed: int = 0) -> Path:
-    """A random BertForSequenceClassification + BertTokenizerFast saved in ``folder``."""
+                   seed: int = 0, mlm: bool = False) -> Path:
+    """A random BertForSequenceClassification (BertForMaskedLM with ``mlm``) + BertTokenizerFast in ``folder``."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizerFast
 
     vocab = write_vocab(folder)
     tok = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
@@ -41,7 +41,7 @@ def make_tiny_bert(folder: Path, *, layers: int = 4, hidden: int = 32, heads: in
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                      num_attention_heads=heads, intermediate_size=hidden * 2, max_position_embeddings=128,
                      num_labels=labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = BertForSequenceClassification(cfg).eval()
+    model = (BertForMaskedLM if mlm else BertForSequenceClassification)(cfg).eval()
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

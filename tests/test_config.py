@@ -26,6 +26,8 @@ def test_default_round_trips_through_json(tmp_path):
     ({"precision": "int4"}, "precision='int4'"),
     ({"layer_map": [0, 1]}, "layer_map=[0, 1] has 2 entries"),
     ({"hidden_loss": "l1"}, "hidden_loss='l1'"),
+    ({"objective": "pretrain"}, "objective='pretrain'"),
+    ({"mlm_probability": 1.0}, "mlm_probability=1.0"),
 ])
 def test_bad_values_are_named(changes, needle):
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")):

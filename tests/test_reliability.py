@@ -74,7 +74,8 @@ def zoo(tmp_path_factory, tiny_teacher) -> dict[str, Path]:
     named = _relabel_config(make_tiny_bert(base / "named-teacher"), {0: "negative", 1: "positive"})
     swapped = _relabel_config(make_tiny_bert(base / "swapped-teacher"), {0: "positive", 1: "negative"})
     return {"bare": bare, "no_weights": no_weights, "empty": empty, "named": named, "swapped": swapped,
-            "other_vocab": _other_vocab_bert(base / "other-vocab-student")}
+            "other_vocab": _other_vocab_bert(base / "other-vocab-student"),
+            "mlm": make_tiny_bert(base / "mlm-teacher", mlm=True)}
 
 
 def write_data(folder: Path, train: list[tuple[str, Any]], validation: list[tuple[str, Any]] | None = None,
@@ -163,6 +164,8 @@ API_CASES: list[tuple[str, Callable[[Ctx], Any], type[BaseException], list[str]]
      ConfigError, ["bare-encoder", "teacher_prep_steps=0", "teacher_prep_steps > 0"]),
     ("load_teacher-not-classifier", lambda c: _load_teacher(c.zoo["bare"]), ValueError,
      ["bare-encoder", "prepare_teacher"]),
+    ("mlm-objective-classifier-teacher", lambda c: c.launch(objective="mlm"), ConfigError,
+     ["objective='mlm'", "masked-LM head", "BertForSequenceClassification", "objective='classification'"]),
     ("student-heads-not-dividing", lambda c: c.launch(student_heads=5), ConfigError,
      ["student_heads=5", "student_hidden=32"]),
     ("make_student-heads-not-dividing", lambda c: _make_student(c, n_layers=2, n_heads=5, init="random"),
@@ -388,6 +391,19 @@ def test_absurdly_long_text_is_truncated_and_the_run_completes(ctx):
     preflight(cfg)
     record = train(cfg, ctx.tmp / "run", log=lambda *_: None)
     assert read_status(ctx.tmp / "run")["state"] == "completed" and record["step"] == 3
+
+
+def test_preflight_accepts_an_mlm_run_on_unlabelled_text(ctx):
+    """objective="mlm": a masked-LM teacher and texts without a label column pass; labels are not read."""
+    from distill_nb.preflight import preflight
+
+    data = ctx.tmp / "unlabelled"
+    data.mkdir()
+    for split in ("train", "validation"):
+        (data / f"{split}.csv").write_text("text\nthe movie was good\nthe film was dull\nwhat a mess\n")
+    found = preflight(ctx.cfg(teacher=str(ctx.zoo["mlm"]), dataset=str(data), objective="mlm"))
+    assert found["teacher_shape"]["layers"] == 4 and found["rows"] == {"train": 3, "eval": 3}
+    assert found["data_labels"] is None and found["teacher_labels"] is None
 
 
 def test_preflight_is_torch_free_and_accepts_a_good_config(ctx):

@@ -130,3 +130,74 @@ def test_bad_inputs_fail_with_clear_errors(tiny_teacher, tiny_dataset, tmp_path)
     (empty / "validation.csv").write_text("text,label\nfine,1\n")
     with pytest.raises(ValueError, match="empty"):
         train(tiny_config(tiny_teacher, empty), tmp_path / "r4", log=lambda *_: None)
+
+
+# --- objective="mlm": task-agnostic masked-LM distillation (DistilBERT's pre-training) ----------------------------
+@pytest.fixture(scope="module")
+def tiny_mlm_teacher(tmp_path_factory):
+    """A 4-layer, 32-wide random BertForMaskedLM with its tokenizer."""
+    from conftest import make_tiny_bert
+
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_mlm_teacher"), mlm=True)
+
+
+@pytest.fixture
+def one_thread():
+    """num_threads=1 for train(): tiny matrices run as fast on one thread, and stay fast on a busy machine."""
+    before = torch.get_num_threads()
+    yield 1
+    torch.set_num_threads(before)  # train() sets it for the whole process
+
+
+def test_mlm_run_writes_run_dir_and_a_fill_mask_student(tiny_mlm_teacher, tiny_dataset, tmp_path, one_thread):
+    run = tmp_path / "run"
+    cfg = tiny_config(tiny_mlm_teacher, tiny_dataset, objective="mlm", mlm_probability=0.3, alpha_ce=0.5,
+                      alpha_hidden=1.0, label_column="no-such-column", num_threads=one_thread)  # labels unread
+    final = train(cfg, run, log=lambda *_: None)
+    assert read_status(run)["state"] == "completed" and latest_checkpoint(run).name == "step_0000002"
+    assert not (run / "teacher_logits.safetensors").exists()  # vocabulary logits are never cached
+    train_recs = [m for m in read_metrics(run) if m["split"] == "train"]
+    assert [m["step"] for m in train_recs] == [1, 2, 3] and {"kd", "ce", "hidden"} <= set(train_recs[0])
+    evals = [m for m in read_metrics(run) if m["split"] == "eval"]
+    assert {"accuracy", "teacher_accuracy", "agreement", "kd_to_teacher", "eval_loss", "masked_tokens"} <= set(
+        evals[0])
+    assert evals[0]["masked_tokens"] == evals[-1]["masked_tokens"] > 0  # one fixed mask on the eval texts
+    assert 0.0 <= final["accuracy"] <= 1.0 and 0.0 <= final["agreement"] <= 1.0
+    from transformers import pipeline
+
+    fill = pipeline("fill-mask", model=str(run / "student"), top_k=3)
+    out = fill("the movie was [MASK] .")
+    assert type(fill.model).__name__ == "BertForMaskedLM" and len(out) == 3 and {"token_str", "score"} <= set(out[0])
+
+
+def test_every_k_student_of_an_mlm_teacher_copies_layers_and_the_tied_mlm_head(tiny_mlm_teacher, tiny_teacher):
+    from distill_nb.models import load_teacher, make_student
+
+    teacher, _ = load_teacher(str(tiny_mlm_teacher), head="mlm")
+    with torch.no_grad():  # LayerNorm ones, zero biases: a fresh head would match a random teacher's by chance
+        for p in teacher.cls.parameters():
+            p.add_(torch.randn_like(p))
+    student = make_student(teacher, n_layers=2, head="mlm")
+    assert type(student).__name__ == "BertForMaskedLM" and student.config.distill_nb_init["teacher_layers"] == [0, 2]
+    t_params = dict(teacher.named_parameters())
+    for name, p in student.named_parameters():
+        if ".layer." not in name:  # embeddings and the whole MLM head (transform, decoder bias) are the teacher's
+            assert torch.equal(p, t_params[name]), name
+    assert any(n.startswith("cls.predictions.transform") for n, _ in student.named_parameters())
+    for j, i in enumerate([0, 2]):
+        for (name, p_s), (_, p_t) in zip(student.bert.encoder.layer[j].named_parameters(),
+                                         teacher.bert.encoder.layer[i].named_parameters()):
+            assert torch.equal(p_s, p_t), name
+    assert student.cls.predictions.decoder.weight is student.bert.embeddings.word_embeddings.weight  # still tied
+    with pytest.raises(ValueError, match="masked-LM head"):
+        load_teacher(str(tiny_teacher), head="mlm")  # a classifier cannot teach the vocabulary distribution
+
+
+def test_mlm_learning_moves_student_towards_teacher(tiny_mlm_teacher, tiny_dataset, tmp_path, one_thread):
+    """Masked-LM KD with a high learning rate must reduce the KL to the teacher at the (fixed) eval masks."""
+    cfg = tiny_config(tiny_mlm_teacher, tiny_dataset, objective="mlm", student_init="random", max_steps=30,
+                      eval_every=5, learning_rate=3e-3, warmup_ratio=0.0, temperature=1.0, checkpoint_every=100,
+                      num_threads=one_thread)
+    train(cfg, tmp_path / "run", log=lambda *_: None)
+    evals = [m for m in read_metrics(tmp_path / "run") if m["split"] == "eval"]
+    assert evals[-1]["kd_to_teacher"] < 0.5 * evals[0]["kd_to_teacher"]
