@@ -60,6 +60,12 @@ try {
   await card.click();
   const notebook = page.locator(".jp-NotebookPanel:visible");
   await notebook.locator(".jp-Cell").first().waitFor();
+  // cells render their editors lazily: wait for the template's code to show, not just for a cell
+  await notebook
+    .locator(".jp-Cell", { hasText: "distill_nb" })
+    .first()
+    .waitFor({ timeout: 30000 })
+    .catch(() => {});
   seen.templateTab = await page
     .locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current")
     .innerText();
