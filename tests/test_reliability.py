@@ -429,13 +429,6 @@ def test_launch_stores_absolute_paths_for_the_worker(ctx, monkeypatch):
     assert saved.teacher == "minilm-l6" and saved.student_init == "every_k"  # aliases stay aliases
 
 
-def test_preflight_packaged_aliases_match_models():
-    from distill_nb.models import PACKAGED
-    from distill_nb.preflight import PACKAGED_DISTS
-
-    assert PACKAGED_DISTS == {alias: dist for alias, (dist, _) in PACKAGED.items()}
-
-
 # --- security: weights load safely, no pickle/eval, remote code off unless asked ---------------------------------
 def unsafe_calls(source: str) -> list[str]:
     """Calls that can run code from a file: torch.load without weights_only=True, pickle, eval/exec, yaml.load."""

@@ -183,11 +183,11 @@ class StudentDesigner(Panel):
         from ..models import student_config
 
         if self.init == "pretrained":
-            from ..models import _load_config
+            from ..models import load_config
 
             if not self.pretrained:
                 raise ValueError("init='pretrained' needs a model id or folder in the 'pretrained' box.")
-            return _load_config(self.pretrained, False)[1]
+            return load_config(self.pretrained, False)[1]
         return student_config(self.teacher_config, n_layers=self.layers, hidden_size=self.hidden,
                               n_heads=self.heads, ffn_size=self.ffn)
 

@@ -32,9 +32,9 @@ def teacher_info(name: str) -> tuple[Any, dict[str, Any]]:
         (transformers config, info dict with model_type, architecture, shape, params, mb, labels,
         is_classifier, path).
     """
-    from ..models import _load_config, describe, is_classifier
+    from ..models import load_config, describe, is_classifier
 
-    path, config = _load_config(name, False)
+    path, config = load_config(name, False)
     info = describe(config)
     info.update(name=name, path=str(path), architecture=", ".join(config.architectures or [config.model_type]),
                 is_classifier=is_classifier(config),
