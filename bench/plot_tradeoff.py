@@ -41,7 +41,7 @@ def plot(report: dict[str, Any], compress: dict[str, Any] | None, out: str | Pat
                         fontsize=8)
         if sweep_rows:
             ax.scatter([r[key] for r in sweep_rows], [100 * r["accuracy"] for r in sweep_rows], marker="x",
-                       color="tab:gray", label="compression sweep")
+                       color="tab:gray", label="compression sweep (its own timing run)")
             for r in sweep_rows:
                 ax.annotate(r["name"], (r[key], 100 * r["accuracy"]), textcoords="offset points",
                             xytext=(4, -10), fontsize=7, color="tab:gray")
