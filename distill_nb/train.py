@@ -150,7 +150,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         cached_logits = None
         # mlm: never cached, the teacher runs every step: its logits are (S, V) per text (~15 MB at S=128,
         # V=30k, so GBs for a corpus), and the masked positions change from step to step anyway
-        if config.cache_teacher_logits and not needs_teacher_states and not mlm:
+        if config.cache_teacher_logits and config.alpha_kd and not needs_teacher_states and not mlm:
             cached_logits = _cached(run_dir / "teacher_logits.safetensors", main_proc, lambda: _predict(
                 teacher, t_train, tokenizer.pad_token_id, device, autocast))
         if mlm:  # one fixed mask on the eval texts, so every evaluation scores the same masked tokens
@@ -204,6 +204,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                               output_attentions=bool(config.alpha_attn))
                     if cached_logits is not None:
                         t_logits, t_out = cached_logits[mine].to(device), None
+                    elif not (config.alpha_kd or needs_teacher_states):  # hard labels only: no teacher needed
+                        t_logits, t_out = None, None
                     else:
                         with torch.no_grad():
                             t_batch = batch if s_train is t_train or mlm else {
@@ -213,11 +215,15 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                             t_logits = t_out.logits
                     if mlm:  # KD on the vocabulary distribution and CE on the original token, at masked positions
                         masked = mlm_labels != -100  # (B, S)
-                        parts = {"kd": losses.mlm_kd_loss(out.logits, t_logits, masked, config.temperature)}
+                        parts = {}
+                        if config.alpha_kd:
+                            parts["kd"] = losses.mlm_kd_loss(out.logits, t_logits, masked, config.temperature)
                         if config.alpha_ce:
                             parts["ce"] = losses.ce_loss(out.logits[masked], mlm_labels[masked])  # (M, V), (M,)
                     else:
-                        parts = {"kd": losses.kd_loss(out.logits, t_logits, config.temperature)}
+                        parts = {}
+                        if config.alpha_kd:
+                            parts["kd"] = losses.kd_loss(out.logits, t_logits, config.temperature)
                         if config.alpha_ce:
                             parts["ce"] = losses.ce_loss(out.logits, train_labels[mine].to(device))
                     if config.alpha_hidden:

@@ -201,3 +201,11 @@ def test_mlm_learning_moves_student_towards_teacher(tiny_mlm_teacher, tiny_datas
     train(cfg, tmp_path / "run", log=lambda *_: None)
     evals = [m for m in read_metrics(tmp_path / "run") if m["split"] == "eval"]
     assert evals[-1]["kd_to_teacher"] < 0.5 * evals[0]["kd_to_teacher"]
+
+
+def test_hard_label_run_never_runs_the_teacher_during_training(tiny_teacher, tiny_dataset, tmp_path):
+    cfg = tiny_config(tiny_teacher, tiny_dataset, alpha_kd=0.0, alpha_ce=1.0)
+    train(cfg, tmp_path / "run", log=lambda *_: None)
+    assert not (tmp_path / "run" / "teacher_logits.safetensors").exists()
+    recs = [m for m in read_metrics(tmp_path / "run") if m["split"] == "train"]
+    assert recs and all("kd" not in r and r["loss"] == r["ce"] for r in recs)
