@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=16, help="SST-2 dev sentences")
     parser.add_argument("--n-steps", type=int, default=32, help="integrated-gradients steps (both sides)")
-    parser.add_argument("--batch-size", type=int, default=16, help="sentences per captum call (batched)")
-    parser.add_argument("--internal-batch-size", type=int, default=512, help="sequences per forward (batched)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="sentences per captum call (batched; default: 16 on CUDA, 2 on CPU)")
+    parser.add_argument("--internal-batch-size", type=int, default=None,
+                        help="sequences per forward (batched; default: 256 on CUDA, 64 on CPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--round-size", type=int, default=16, help="sentences per interleaved timing round")

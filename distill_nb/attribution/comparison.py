@@ -76,7 +76,8 @@ def _same_vocab(a: Any, b: Any) -> bool:
 def compare(teacher: Any, student: Any, texts: Sequence[str] | str, *, teacher_tokenizer: Any,
             student_tokenizer: Any = None, method: str = "integrated_gradients",
             target: int | Sequence[int] | None = None, top_k: int = 5, n_steps: int = 32,
-            internal_batch_size: int = 256, batch_size: int = 16, faithfulness_steps: int | None = 10,
+            internal_batch_size: int | None = None, batch_size: int | None = None,
+            faithfulness_steps: int | None = 10,
             device: Any = None, max_length: int = 128) -> list[Comparison]:
     """Attribute each text with both models for the same class and measure how they agree.
 
@@ -228,7 +229,8 @@ def divergence_order(comparisons: Sequence[Comparison]) -> list[int]:
 def sweep(teacher: Any, student: Any, texts: Sequence[str], labels: Sequence[int] | None = None, *,
           teacher_tokenizer: Any, student_tokenizer: Any = None, method: str = "integrated_gradients",
           target: int | Sequence[int] | None = None, top_k: int = 5, n_steps: int = 32,
-          internal_batch_size: int = 256, batch_size: int = 16, faithfulness_steps: int | None = 10,
+          internal_batch_size: int | None = None, batch_size: int | None = None,
+          faithfulness_steps: int | None = 10,
           device: Any = None, max_length: int = 128,
           progress: Callable[[int, int], None] | None = None) -> SweepResult:
     """``compare`` over a data set in batches and rank the examples by divergence.
@@ -246,7 +248,7 @@ def sweep(teacher: Any, student: Any, texts: Sequence[str], labels: Sequence[int
         raise ValueError(f"labels has {len(labels)} entries for {len(texts)} texts: pass one label per text")
     check_positive(batch_size=batch_size)
     targets = check_targets(target, len(texts))
-    chunk = batch_size * 8  # several attribute() batches per compare call: length sorting pays off
+    chunk = (batch_size or 16) * 8  # several attribute() batches per compare call: length sorting pays off
     comparisons: list[Comparison] = []
     for start in range(0, len(texts), chunk):
         part = targets[start:start + chunk]

@@ -237,6 +237,17 @@ def prepared(model: Any, device: str | torch.device | None) -> Iterator[torch.de
         model.train(was_training)
 
 
+def batch_sizes(device: torch.device, batch_size: int | None, internal_batch_size: int | None
+                ) -> tuple[int, int]:
+    """Texts per captum call and sequences per forward pass; None picks a default for the device.
+
+    Big batches pay on a GPU; on a CPU they are slower (activations fall out of cache, measured in
+    bench/bench_attribution.py), so the CPU defaults stay small.
+    """
+    gpu = device.type == "cuda"
+    return batch_size or (16 if gpu else 2), internal_batch_size or (256 if gpu else 64)
+
+
 @torch.no_grad()
 def forward_rows(fn: Callable, ids: torch.Tensor, mask: torch.Tensor, rows: int) -> torch.Tensor:
     """Logits (N, C) for N sequences, ``rows`` sequences per forward pass."""
@@ -318,8 +329,8 @@ _IMPL = {"integrated_gradients": _integrated_gradients, "saliency": _saliency,
 
 
 def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: str = "integrated_gradients",
-              target: int | Sequence[int] | None = None, *, n_steps: int = 32, internal_batch_size: int = 256,
-              batch_size: int = 16, device: str | torch.device | None = None,
+              target: int | Sequence[int] | None = None, *, n_steps: int = 32,
+              internal_batch_size: int | None = None, batch_size: int | None = None, device: str | torch.device | None = None,
               max_length: int = 128) -> list[Attribution]:
     """Attribute each text's target logit to its tokens.
 
@@ -358,6 +369,7 @@ def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: st
     results: list[Attribution | None] = [None] * len(texts)
     order = sorted(range(len(texts)), key=lambda i: len(items[i].ids))  # length buckets: little padding
     with prepared(model, device) as dev:
+        batch_size, internal_batch_size = batch_sizes(dev, batch_size, internal_batch_size)
         fn = logits_fn(model)
         layer = None
         if method not in ("occlusion", "leave_one_out"):

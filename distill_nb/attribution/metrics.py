@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .methods import Attribution, Encoded, check_positive, collate, forward_rows, logits_fn, pad_id, prepared
+from .methods import Attribution, Encoded, batch_sizes, check_positive, collate, forward_rows, logits_fn, pad_id, prepared
 
 # --------------------------------------------------------------------------- alignment
 
@@ -138,7 +138,7 @@ class Faithfulness:
 
 
 def faithfulness(model: Any, tokenizer: Any, attributions: Sequence[Attribution], *, top_k: int = 5,
-                 steps: int = 10, batch_size: int = 16, internal_batch_size: int = 256,
+                 steps: int = 10, batch_size: int | None = None, internal_batch_size: int | None = None,
                  device: Any = None) -> list[Faithfulness]:
     """Comprehensiveness, sufficiency and deletion curve of each attribution, batched.
 
@@ -162,6 +162,7 @@ def faithfulness(model: Any, tokenizer: Any, attributions: Sequence[Attribution]
     fractions = np.linspace(0.0, 1.0, steps + 1)
     out: list[Faithfulness] = []
     with prepared(model, device) as dev:
+        batch_size, internal_batch_size = batch_sizes(dev, batch_size, internal_batch_size)
         fn = logits_fn(model)
         for start in range(0, len(attributions), batch_size):
             chunk = attributions[start:start + batch_size]
