@@ -8,33 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-LABEXT = REPO / "labextension"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+from conftest import CHROMIUM, LABEXT, REPO, browser_missing
 
-
-def _missing() -> str | None:
-    if not Path(CHROMIUM).is_file():
-        return f"{CHROMIUM} not found (apt-get install chromium)"
-    if shutil.which("node") is None:
-        return "node not found"
-    if not (LABEXT / "node_modules" / "playwright-core").is_dir():
-        return "labextension/node_modules/playwright-core missing (cd labextension && npm ci)"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+pytestmark = pytest.mark.skipif(browser_missing(need_build=False) is not None,
+                                reason=browser_missing(need_build=False) or "")
 
 SCRIPT = r"""
 import { createRequire } from "module";
@@ -103,17 +84,9 @@ console.log(JSON.stringify(seen));
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_app_in_jupyterlab(tmp_path, tiny_teacher, tiny_dataset, runs_root):
+def test_app_in_jupyterlab(lab, tmp_path, tiny_teacher, tiny_dataset, runs_root):
     import nbformat
 
-    home = tmp_path / "home"
-    home.mkdir()
     cfg = (f"DistillConfig(teacher={str(tiny_teacher)!r}, dataset={str(tiny_dataset)!r}, text_column='text', "
            "max_steps=20000, batch_size=8, eval_every=200, checkpoint_every=100000, max_length=16, device='cpu', "
            "num_threads=1)")
@@ -124,45 +97,20 @@ def test_app_in_jupyterlab(tmp_path, tiny_teacher, tiny_dataset, runs_root):
                   nbformat.v4.new_code_cell("app.explorer.set_run(app.monitor.run)\n"
                                             "app.explorer.explain('the movie was very good')\n"
                                             "app.tabs.selected_index = 4")]
-    nbformat.write(book, home / "widgets.ipynb")
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "DISTILL_NB_RUNS": str(runs_root), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    log = open(tmp_path / "lab.log", "wb")  # noqa: SIM115 - open for the server's lifetime, closed below
-    lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-                            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={home}", "--allow-root",
-                            f"--LabApp.workspaces_dir={tmp_path / 'ws'}",
-                            f"--LabApp.user_settings_dir={tmp_path / 'settings'}"],
-                           env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home)
-    url = f"http://127.0.0.1:{port}/"
+    nbformat.write(book, lab["home"] / "widgets.ipynb")
+    url, token = lab["url"], lab["token"]
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}api/status?token={token}", timeout=2)
-                break
-            except OSError:
-                if lab.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"jupyter lab did not start:\n{(tmp_path / 'lab.log').read_text()[-3000:]}")
-                time.sleep(0.5)
         art = REPO / "artifacts"
         art.mkdir(exist_ok=True)
         (tmp_path / "drive.mjs").write_text(SCRIPT)
         out = subprocess.run(["node", str(tmp_path / "drive.mjs")], check=False, capture_output=True, text=True, timeout=400,
                              env={**os.environ, "URL_": url, "TOKEN": token, "ART": str(art),
                                   "CHROMIUM": CHROMIUM, "LABEXT_DIR": str(LABEXT)})
-        assert out.returncode == 0, f"{out.stdout}\n{out.stderr[-4000:]}\n{(tmp_path / 'lab.log').read_text()[-3000:]}"
+        assert out.returncode == 0, f"{out.stdout}\n{out.stderr[-4000:]}\n{lab['log'].read_text()[-3000:]}"
         seen = json.loads(out.stdout.strip().splitlines()[-1])
     finally:
         for run in runs_root.glob("*/status.json"):  # never leave a training worker behind
             (run.parent / "STOP").write_text("stop")
-        lab.terminate()
-        try:
-            lab.wait(20)
-        except subprocess.TimeoutExpired:
-            lab.kill()
-        log.close()
     assert seen["estimateBefore"] != seen["estimateAfter"], seen  # the slider moved the live estimate
     advancing = [s for s in seen["steps"] if s > 0]
     assert len(set(advancing)) >= 3 and advancing == sorted(advancing), seen["steps"]  # live while training
