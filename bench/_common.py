@@ -101,6 +101,14 @@ def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     return path
 
 
+def save_result(args: argparse.Namespace, bench: str, prof: Profile, **fields: Any) -> dict[str, Any]:
+    """The bench's JSON (name, profile, environment, then ``fields``) written to ``--out``/``--out-dir``."""
+    result = {"bench": bench, "profile": prof.__dict__, "environment": environment(), **fields}
+    path = write_json(out_path(args, bench), result)
+    print(f"[{bench.replace('_', '-')}] wrote {path}")
+    return result
+
+
 # --- data and teacher ------------------------------------------------------------------------------------------
 def toy_dataset(folder: Path) -> Path:
     """Toy sentiment CSVs (train 64 / validation 24 rows): the tiny profile needs no real data."""

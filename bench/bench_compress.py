@@ -80,13 +80,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         agreement[c.name] = sum(a == b for a, b in zip(pred, ref)) / len(ref)
     print("[compress] agreement with the fp32 student: "
           + ", ".join(f"{k} {100 * v:.1f}%" for k, v in agreement.items()), flush=True)
-    result = {"bench": "compress", "profile": prof.__dict__, "environment": _common.environment(),
-              "student_folder": str(folder), "report": report.to_dict(), "agreement": agreement,
-              "details": {n: {k: v for k, v in r.details.items() if k != "scores"} for n, r in zip(names, results)},
-              "seconds": time.perf_counter() - t0}
-    path = _common.write_json(_common.out_path(args, "compress"), result)
-    print(f"[compress] wrote {path}")
-    return result
+    details = {n: {k: v for k, v in r.details.items() if k != "scores"} for n, r in zip(names, results)}
+    return _common.save_result(args, "compress", prof, student_folder=str(folder), report=report.to_dict(),
+                               agreement=agreement, details=details, seconds=time.perf_counter() - t0)
 
 
 if __name__ == "__main__":

@@ -127,16 +127,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"speed-up b32 {goals['speedup_b32']:.2f}x, b1 {goals['speedup_b1']:.2f}x (goal >= 1.6x: "
           f"{'met' if goals['goal_speedup_1.6'] else 'NOT met'}); KD - hard-label accuracy "
           f"{100 * goals['kd_minus_hard_accuracy']:+.1f} points", flush=True)
-    result = {"bench": "report", "profile": prof.__dict__, "environment": _common.environment(),
-              "teacher_folder": str(t_folder), "student_folder": str(kd_dir),
-              "runs": {k: {"run_dir": v["run_dir"], "train_seconds": v["seconds"],
-                           "final": v["status"].get("final")} for k, v in runs.items()},
-              "compression": {"int8": q.details, "magnitude": mag.details,
-                              "heads": {k: v for k, v in heads.details.items() if k != "scores"} if heads else None},
-              "reports": reports, "goals": goals, "seconds": time.perf_counter() - t0}
-    path = _common.write_json(_common.out_path(args, "report"), result)
-    print(f"[report] wrote {path}")
-    return result
+    runs_out = {k: {"run_dir": v["run_dir"], "train_seconds": v["seconds"], "final": v["status"].get("final")}
+                for k, v in runs.items()}
+    compression = {"int8": q.details, "magnitude": mag.details,
+                   "heads": {k: v for k, v in heads.details.items() if k != "scores"} if heads else None}
+    return _common.save_result(args, "report", prof, teacher_folder=str(t_folder), student_folder=str(kd_dir),
+                               runs=runs_out, compression=compression, reports=reports, goals=goals,
+                               seconds=time.perf_counter() - t0)
 
 
 if __name__ == "__main__":

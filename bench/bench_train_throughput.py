@@ -137,12 +137,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"[train-throughput] loop ratio {summary['loop_ratio']:.2f}x, end-to-end ratio "
           f"{summary['end_to_end_ratio']:.2f}x (goal >= 2x end to end: "
           f"{'met' if summary['goal_2x'] else 'NOT met'})", flush=True)
-    result = {"bench": "train_throughput", "profile": prof.__dict__, "environment": _common.environment(),
-              "teacher_folder": t_folder, "examples": n, "naive_runs": naive_runs, "train_runs": our_runs,
-              "summary": summary}
-    path = _common.write_json(_common.out_path(args, "train_throughput"), result)
-    print(f"[train-throughput] wrote {path}")
-    return result
+    return _common.save_result(args, "train_throughput", prof, teacher_folder=t_folder, examples=n,
+                               naive_runs=naive_runs, train_runs=our_runs, summary=summary)
 
 
 if __name__ == "__main__":
