@@ -11,7 +11,8 @@ import statistics
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from contextlib import nullcontext
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -331,6 +332,25 @@ def describe(config: Any, teacher_config: Any | None = None) -> dict[str, Any]:
         t_params = estimate_params(teacher_config)
         out.update(params_ratio=params / t_params, speedup=estimate_speedup(teacher_config, config))
     return out
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, encoded: Sequence[Sequence[int]], pad_id: int, device: torch.device,
+                   autocast: Callable[[], Any] = nullcontext, batch_size: int = 64) -> torch.Tensor:
+    """Logits (N, C) for N token-id lists, in input order, computed in length-sorted batches (little padding)."""
+    from .data import collate
+
+    model.eval()
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out = [None] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate(encoded, idx, pad_id).items()}
+        with autocast():
+            logits = model(**batch).logits.float().cpu()
+        for row, i in enumerate(idx):
+            out[i] = logits[row]
+    return torch.stack(out)
 
 
 @torch.inference_mode()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .compress import state_size_bytes
-from .models import count_params
+from .models import count_params, predict_logits
 
 
 @dataclass(frozen=True)
@@ -113,21 +113,14 @@ def _device(model: nn.Module) -> torch.device:
     return next(iter(model.parameters()), torch.empty(0)).device
 
 
-@torch.inference_mode()
 def accuracy(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int], *,
              batch_size: int = 64, max_length: int = 128) -> float:
     """Accuracy over ``texts`` in length-sorted batches."""
-    device = _device(model)
-    model.eval()
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    correct = 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt").to(device)
-        pred = model(**batch).logits.argmax(-1).cpu()
-        correct += int((pred == torch.tensor([labels[i] for i in idx])).sum())
-    return correct / len(texts)
+    from .data import encode
+
+    logits = predict_logits(model, encode(tokenizer, texts, max_length), tokenizer.pad_token_id, _device(model),
+                            batch_size=batch_size)
+    return (logits.argmax(-1) == torch.tensor(list(labels))).float().mean().item()
 
 
 def disk_mb(folder: str | os.PathLike | None, model: nn.Module) -> float:

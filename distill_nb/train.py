@@ -32,8 +32,8 @@ from torch import nn
 from . import losses
 from .config import DistillConfig, atomic_write_text
 from .data import TaskData, collate, encode, length_batches, load_task, steps_per_epoch
-from .models import (NotAClassifierError, default_layer_map, load_teacher, make_student, prepare_teacher,
-                     shape)
+from .models import (NotAClassifierError, default_layer_map, load_teacher, make_student, predict_logits,
+                     prepare_teacher, shape)
 from .preflight import check_max_length, match_labels
 from .runs import Status, append_metrics, read_json, runs_root, truncate_metrics, write_status
 
@@ -151,7 +151,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         # mlm: never cached, the teacher runs every step: its logits are (S, V) per text (~15 MB at S=128,
         # V=30k, so GBs for a corpus), and the masked positions change from step to step anyway
         if config.cache_teacher_logits and config.alpha_kd and not needs_teacher_states and not mlm:
-            cached_logits = _cached(run_dir / "teacher_logits.safetensors", main_proc, lambda: _predict(
+            cached_logits = _cached(run_dir / "teacher_logits.safetensors", main_proc, lambda: predict_logits(
                 teacher, t_train, tokenizer.pad_token_id, device, autocast))
         if mlm:  # one fixed mask on the eval texts, so every evaluation scores the same masked tokens
             eval_order = length_batches([len(e) for e in t_eval], 16, seed=0, shuffle=False)  # (B, S, V) logits
@@ -161,7 +161,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             teacher_acc = None  # measured with the student at each evaluation
             evaluate = partial(_evaluate_mlm, model.student, teacher, eval_batches, device, autocast)
         else:
-            teacher_eval = _predict(teacher, t_eval, tokenizer.pad_token_id, device, autocast)
+            teacher_eval = predict_logits(teacher, t_eval, tokenizer.pad_token_id, device, autocast)
             teacher_acc = (teacher_eval.argmax(-1) == eval_labels).float().mean().item()
             evaluate = partial(_evaluate, model.student, s_eval, student_tok.pad_token_id, eval_labels,
                                teacher_eval, teacher_acc, device, autocast)
@@ -324,27 +324,10 @@ def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-@torch.no_grad()
-def _predict(model: nn.Module, encoded: list[list[int]], pad_id: int, device: torch.device, autocast: Callable,
-             batch_size: int = 64) -> torch.Tensor:
-    """Logits (N, C) in input order, computed in length-sorted batches (little padding)."""
-    model.eval()
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    out = [None] * len(encoded)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate(encoded, idx, pad_id).items()}
-        with autocast():
-            logits = model(**batch).logits.float().cpu()
-        for row, i in enumerate(idx):
-            out[i] = logits[row]
-    return torch.stack(out)
-
-
 def _evaluate(student: nn.Module, encoded: list[list[int]], pad_id: int, labels: torch.Tensor,
               teacher_logits: torch.Tensor, teacher_acc: float, device: torch.device, autocast: Callable,
               step: int) -> dict[str, Any]:
-    logits = _predict(student, encoded, pad_id, device, autocast)
+    logits = predict_logits(student, encoded, pad_id, device, autocast)
     pred = logits.argmax(-1)
     acc = (pred == labels).float().mean().item()
     return {"step": step, "split": "eval", "accuracy": acc, "teacher_accuracy": teacher_acc,
