@@ -201,13 +201,38 @@ def compare(models: dict[str, tuple[nn.Module, Any, str | os.PathLike | None]] |
     return Report(rows, str(_device(cands[0].model)), data, lat, list(notes))
 
 
-def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repeats: int = 5) -> Report:
-    """Teacher vs the finished student of a run, on the run's eval split."""
+def load_run_models(run_dir: str | os.PathLike, *, final_only: bool = True) -> tuple[Any, Any, Any, Any]:
+    """(teacher, teacher_tokenizer, student, student_tokenizer) of a run, in eval mode.
+
+    The teacher is the one train() used: a bare encoder was fine-tuned first, and status.json says where
+    that teacher was saved. The student is ``student/``; without ``final_only``, an unfinished run's latest
+    checkpoint stands in for it.
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .config import DistillConfig
-    from .data import load_task
     from .models import load_teacher
+    from .runs import read_status
+    from .train import latest_checkpoint
+
+    run_dir = Path(run_dir)
+    config = DistillConfig.from_json(run_dir / "config.json")
+    teacher_path = read_status(run_dir).get("teacher_path") or config.teacher
+    teacher, t_tok = load_teacher(teacher_path, trust_remote_code=config.trust_remote_code)
+    folder = run_dir / "student"
+    if not (folder / "config.json").is_file() and not final_only:
+        folder = latest_checkpoint(run_dir)
+        if folder is None:
+            raise FileNotFoundError(f"run {run_dir.name!r} has no student yet (no student/ and no checkpoint): "
+                                    "wait for its first checkpoint or for it to finish.")
+    student = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    return teacher, t_tok, student, AutoTokenizer.from_pretrained(folder)
+
+
+def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repeats: int = 5) -> Report:
+    """Teacher vs the finished student of a run, on the run's eval split."""
+    from .config import DistillConfig
+    from .data import load_task
     from .runs import read_status
 
     run_dir = Path(run_dir)
@@ -216,11 +241,8 @@ def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repe
                      train_split=config.train_split, eval_split=config.eval_split,
                      max_train=config.max_train_examples, max_eval=max_eval or config.max_eval_examples,
                      seed=config.seed)
-    # a bare-encoder teacher was fine-tuned by train(); status.json says where that teacher was saved
+    teacher, t_tok, student, s_tok = load_run_models(run_dir)
     t_folder = read_status(run_dir).get("teacher_path")
-    teacher, t_tok = load_teacher(t_folder or config.teacher, trust_remote_code=config.trust_remote_code)
-    student = AutoModelForSequenceClassification.from_pretrained(run_dir / "student").eval()
-    s_tok = AutoTokenizer.from_pretrained(run_dir / "student")
     t_path = Path(t_folder or config.teacher)
     return compare([Candidate("teacher", teacher, t_tok, t_folder if t_path.is_dir() else None,
                               note=f"{config.teacher}" + (f" (fine-tuned: {t_folder})" if t_folder else "")),

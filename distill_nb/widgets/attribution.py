@@ -30,28 +30,13 @@ def _run_path(run: Any) -> Path:
 
 
 def load_run_models(run: Any) -> tuple[Any, Any, Any, Any]:
-    """(teacher, teacher_tokenizer, student, student_tokenizer) of a run, on CPU in eval mode.
+    """(teacher, teacher_tokenizer, student, student_tokenizer) of a Run, run id or folder, in eval mode.
 
     The student is the final one (``student/``) or, for an unfinished run, its latest checkpoint.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from ..report import load_run_models as load
 
-    from ..config import DistillConfig
-    from ..models import load_teacher
-    from ..runs import read_status
-    from ..train import latest_checkpoint
-
-    path = _run_path(run)
-    config = DistillConfig.from_json(path / "config.json")
-    teacher_path = read_status(path).get("teacher_path") or config.teacher
-    teacher, t_tok = load_teacher(teacher_path, trust_remote_code=config.trust_remote_code)
-    folder = path / "student" if (path / "student" / "config.json").is_file() else latest_checkpoint(path)
-    if folder is None:
-        raise FileNotFoundError(f"run {path.name!r} has no student yet (no student/ and no checkpoint): wait "
-                                "for its first checkpoint or for it to finish.")
-    student = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    s_tok = AutoTokenizer.from_pretrained(folder)
-    return teacher, t_tok, student, s_tok
+    return load(_run_path(run), final_only=False)
 
 
 def run_examples(run: Any, n: int = 50) -> tuple[list[str], list[int], list[str]]:
