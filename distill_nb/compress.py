@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .models import layer_list
+
 
 @dataclass(frozen=True)
 class Compressed:
@@ -89,7 +91,7 @@ def quantize_int8(model: nn.Module) -> Compressed:
 # --- magnitude pruning -----------------------------------------------------------------------------------------
 def encoder_linears(model: nn.Module) -> list[nn.Module]:
     """The Linear layers inside the transformer blocks (not embeddings, pooler or classifier)."""
-    layers = _layers(model)
+    layers = layer_list(model)
     return [m for layer in layers for m in layer.modules() if isinstance(m, nn.Linear)]
 
 
@@ -130,15 +132,6 @@ def magnitude_prune(model: nn.Module, amount: float, *, scope: str = "global") -
 
 
 # --- attention heads -------------------------------------------------------------------------------------------
-def _layers(model: nn.Module) -> nn.ModuleList:
-    """The list of transformer blocks (``encoder.layer`` in BERT-like models)."""
-    n = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layers", None)
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return module
-    raise ValueError(f"could not find the transformer layers of {type(model).__name__}.")
-
-
 def _attention_parts(layer: nn.Module) -> tuple[nn.Module, list[nn.Linear], nn.Linear]:
     """(self-attention module, [query, key, value], output projection) of one BERT-style block."""
     attn = getattr(layer, "attention", None)
@@ -158,7 +151,7 @@ def _head_size(model: nn.Module) -> int:
 def heads_per_layer(model: nn.Module) -> list[int]:
     """Attention heads left in each layer (reads the weights, so it is right after pruning)."""
     d = _head_size(model)
-    return [_attention_parts(layer)[1][0].out_features // d for layer in _layers(model)]
+    return [_attention_parts(layer)[1][0].out_features // d for layer in layer_list(model)]
 
 
 def head_importance(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int] | None = None,
@@ -170,7 +163,7 @@ def head_importance(model: nn.Module, tokenizer: Any, texts: Sequence[str], labe
     by its L2 norm as in the paper. The loss is cross-entropy against ``labels``, or against the model's own
     predictions when no labels are given. Computed in length-sorted batches.
     """
-    layers = _layers(model)
+    layers = layer_list(model)
     device = next(model.parameters()).device
     n_heads = heads_per_layer(model)
     d = _head_size(model)
@@ -222,7 +215,7 @@ def remove_heads(model: nn.Module, heads: dict[int, Sequence[int]]) -> nn.Module
     if hasattr(model, "prune_heads"):
         model.prune_heads({int(k): list(v) for k, v in heads.items() if v})
         return model
-    layers = _layers(model)
+    layers = layer_list(model)
     d = _head_size(model)
     for li, drop in heads.items():
         if not drop:

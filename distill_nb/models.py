@@ -242,7 +242,9 @@ def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
     return [round((j + 1) * k) - 1 for j in range(student_layers)]
 
 
-def _layer_list(model: nn.Module, n_layers: int) -> nn.ModuleList:
+def layer_list(model: nn.Module) -> nn.ModuleList:
+    """The model's transformer blocks (``bert.encoder.layer`` and the like), found by their count."""
+    n_layers = shape(model.config)["layers"]
     for module in model.modules():
         if isinstance(module, nn.ModuleList) and len(module) == n_layers:
             return module
@@ -284,7 +286,7 @@ def make_student(teacher: nn.Module, *, n_layers: int, hidden_size: int | None =
                          f"({t['hidden']}/{t['heads']}/{t['ffn']}), got {s['hidden']}/{s['heads']}/{s['ffn']}. "
                          "Leave them unset, or use init='random' for a narrower student.")
     picked = every_k_layers(t["layers"], n_layers)
-    t_layers, s_layers = _layer_list(teacher, t["layers"]), _layer_list(student, n_layers)
+    t_layers, s_layers = layer_list(teacher), layer_list(student)
     t_state = teacher.state_dict()
     prefix = next(k for k in t_state if ".0." in k).split(".0.")[0]  # e.g. "bert.encoder.layer"
     rest = {k: v for k, v in t_state.items() if not k.startswith(prefix + ".")}
