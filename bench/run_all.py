@@ -99,7 +99,8 @@ def summarise(results: dict[str, Any], errors: dict[str, str], timings: dict[str
                       f"{s['end_to_end_ratio']:.2f}x end to end, {s['loop_ratio']:.2f}x loop only", s["goal_2x"]))
     at = results.get("attribution")
     goals.append(("attribution throughput >= 5x naive captum loop",
-                  f"{at['speedup']:.2f}x ({at['n_sentences']} sentences, n_steps={at['n_steps']})" if at else
+                  f"{at['speedup']:.2f}x (ceiling {at['speedup_ceiling_same_arithmetic']:.1f}x on {at['device']}, "
+                  f"{at['n_sentences']} sentences, n_steps={at['n_steps']})" if at else
                   "skipped", bool(at["speedup"] >= 5) if at else None))
     print("\n===== goals =====")
     for goal, value, met in goals:
