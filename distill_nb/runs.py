@@ -122,10 +122,17 @@ def read_status(path: Path) -> dict[str, Any]:
         same_host = host == socket.gethostname()
         dead = (same_host and pid is not None and not _pid_alive(int(pid))) or (
             not same_host and time.time() - status.get("updated_at", 0) > STALE_AFTER_S)
+        launcher = status.get("launcher_pid")  # no worker yet: the process starting one must be alive
+        orphan = (pid is None and launcher is not None and status.get("launcher_host") == socket.gethostname()
+                  and not _pid_alive(int(launcher)))
         if dead:
             status = {**status, "state": Status.FAILED.value, "stale": True,
                       "error": status.get("error") or "the worker process died without finishing "
                       f"(last step {status.get('step', 0)}); resume() continues from the last checkpoint."}
+        elif orphan:
+            status = {**status, "state": Status.FAILED.value, "stale": True,
+                      "error": status.get("error") or f"the process that launched this run (pid {launcher}) "
+                      "ended before it started a worker; resume() starts one."}
     return status
 
 
@@ -179,12 +186,17 @@ def create_run(config: DistillConfig, root: str | os.PathLike | None = None,
         now = time.time()
         atomic_write_text(tmp / "status.json", json.dumps(
             {"state": Status.QUEUED.value, "run_id": run_id, "created_at": now, "updated_at": now,
-             "step": 0, "total_steps": None}, indent=1))
+             "step": 0, "total_steps": None, **_launcher()}, indent=1))
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _launcher() -> dict[str, Any]:
+    """Who is about to start the worker: a queued run without a worker whose launcher died is stale."""
+    return {"launcher_pid": os.getpid(), "launcher_host": socket.gethostname()}
 
 
 def _in_kernel() -> bool:
@@ -357,7 +369,8 @@ class Run:
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is unknown: use one of {', '.join(map(repr, BACKENDS))}.")
         (self.path / "STOP").unlink(missing_ok=True)
-        write_status(self.path, state=Status.QUEUED, error=None, traceback=None, stale=False, pid=None)
+        write_status(self.path, state=Status.QUEUED, error=None, traceback=None, stale=False, pid=None,
+                     **_launcher())
         try:
             _start_worker(self.path, backend, nproc)
         except BaseException as e:  # no worker: say so instead of staying queued forever

@@ -299,6 +299,18 @@ def test_queued_worker_killed_while_waiting_is_stale(tmp_path):
     assert read_status(path)["state"] == "failed"
 
 
+def test_run_whose_launcher_died_before_starting_a_worker_is_stale(tmp_path):
+    """A process that created a run and died before starting its worker must not leave it queued forever."""
+    code = ("import sys; from distill_nb.config import DistillConfig; from distill_nb.runs import create_run; "
+            "create_run(DistillConfig(teacher='t', max_steps=5), sys.argv[1], 'orphan')")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=120)
+    got = read_status(tmp_path / "orphan")
+    assert got["state"] == "failed" and got["stale"], got
+    assert "launched this run" in got["error"] and "resume()" in got["error"]
+    # created by this (living) process and not started yet: still queued, as between create and start
+    assert read_status(create_run(DistillConfig(teacher="t", max_steps=5), tmp_path, "mine"))["state"] == "queued"
+
+
 def test_stop_reaches_a_worker_waiting_for_the_device(tmp_path):
     """A queued worker blocked behind another run on the same device must still obey stop()."""
     import fcntl
