@@ -127,6 +127,25 @@ def test_exported_config_round_trips(tmp_path, tiny_teacher, tiny_dataset):
     assert "all loss weights are 0" in launcher.error
 
 
+def test_launcher_starts_a_masked_lm_run(tmp_path, tiny_dataset, runs_root):
+    """objective='mlm' from the dropdown: the run distils the masked-LM teacher and reports masked-token accuracy."""
+    from conftest import make_tiny_bert
+
+    teacher = make_tiny_bert(tmp_path / "mlm-teacher", mlm=True)
+    base = DistillConfig(teacher=str(teacher), dataset=str(tiny_dataset), text_column="text", max_steps=4,
+                         batch_size=8, eval_every=2, checkpoint_every=2, max_length=16, device="cpu",
+                         student_layers=1)
+    launcher = Launcher(base, backend="subprocess", root=str(runs_root))
+    launcher.fields["objective"].value = "mlm"
+    assert json.loads(launcher.preview.value)["objective"] == "mlm"
+    run = launcher.start()
+    assert launcher.error == "", launcher.error
+    assert run.wait(180).value == "completed", (run.path / "log.txt").read_text()[-2000:]
+    assert run.config.objective == "mlm"
+    evals = [m for m in run.metrics() if m.get("split") == "eval"]
+    assert evals and evals[-1]["masked_tokens"] > 0 and 0 <= evals[-1]["accuracy"] <= 1
+
+
 def test_start_runs_in_background_and_monitor_follows(tiny_teacher, tiny_dataset, runs_root):
     base = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text", max_steps=6,
                          batch_size=8, eval_every=3, checkpoint_every=3, max_length=16, device="cpu")

@@ -37,6 +37,9 @@ class Launcher(Panel):
         s = {"description_width": "120px"}
         lay = W.Layout(width="330px")
         self.fields: dict[str, W.ValueWidget] = {
+            "objective": W.Dropdown(options=[("classification (task)", "classification"),
+                                             ("masked LM (task-agnostic)", "mlm")], value=c.objective,
+                                    description="objective", style=s, layout=lay),
             "alpha_kd": W.BoundedFloatText(c.alpha_kd, min=0, max=100, step=0.1, description="α KD (soft)",
                                            style=s, layout=lay),
             "alpha_ce": W.BoundedFloatText(c.alpha_ce, min=0, max=100, step=0.1, description="α CE (gold)",
@@ -186,7 +189,7 @@ class Launcher(Panel):
     def __repr__(self) -> str:
         try:
             summary = json.dumps({k: v for k, v in self.build_config().to_dict().items()
-                                  if k in ("teacher", "student_layers", "alpha_kd", "alpha_ce", "temperature",
+                                  if k in ("teacher", "objective", "student_layers", "alpha_kd", "alpha_ce", "temperature",
                                            "learning_rate", "max_steps", "batch_size")})
         except Exception as e:  # noqa: BLE001 - the repr must never raise
             summary = f"invalid config: {e}"
