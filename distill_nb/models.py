@@ -137,8 +137,12 @@ def load_teacher(name: str, *, head: str = "classification", trust_remote_code: 
 
 def prepare_teacher(name: str, task: Any, *, steps: int = 300, batch_size: int = 32, learning_rate: float = 5e-5,
                     max_length: int = 128, seed: int = 0, device: str | torch.device = "cpu",
-                    trust_remote_code: bool = False, log: Any = print) -> Path:
+                    trust_remote_code: bool = False, log: Any = print,
+                    progress: Callable[[int, int], None] | None = None) -> Path:
     """Fine-tune a bare encoder (+ a new classification head) on ``task`` and save it; cached by inputs.
+
+    ``progress(step, steps)`` is called after every step; an exception it raises abandons the fine-tuning
+    (nothing is cached) and propagates.
 
     Returns:
         The folder of the prepared teacher (``save_pretrained`` + tokenizer), reused on later calls.
@@ -176,6 +180,8 @@ def prepare_teacher(name: str, task: Any, *, steps: int = 300, batch_size: int =
             step += 1
             if step % 50 == 0 or step == steps:
                 log(f"  teacher step {step}/{steps} loss {loss.item():.4f}")
+            if progress is not None:
+                progress(step, steps)
             if step >= steps:
                 break
         epoch += 1

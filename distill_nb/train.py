@@ -100,9 +100,15 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                 raise
             if world > 1 and not main_proc:
                 dist.barrier()  # process 0 prepares (and caches) the teacher; the others then load it
-            prepared = prepare_teacher(config.teacher, task, steps=config.teacher_prep_steps, seed=config.seed,
-                                       batch_size=config.batch_size, max_length=config.max_length,
-                                       device=device, trust_remote_code=config.trust_remote_code, log=log)
+            try:  # minutes on a CPU: process 0 shows its progress, and a Stop ends it (single process only)
+                prepared = prepare_teacher(config.teacher, task, steps=config.teacher_prep_steps, seed=config.seed,
+                                           batch_size=config.batch_size, max_length=config.max_length,
+                                           device=device, trust_remote_code=config.trust_remote_code, log=log,
+                                           progress=_prep_progress(run_dir, world == 1) if main_proc else None)
+            except _StopRequested:
+                write_status(run_dir, state=Status.STOPPED, step=0, finished_at=time.time(),
+                             message="stopped while preparing the teacher; resume() starts its fine-tuning again")
+                return {}
             if world > 1 and main_proc:
                 dist.barrier()
             teacher, tokenizer = load_teacher(str(prepared), attn_implementation=attn)
@@ -304,6 +310,24 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
 
 
 # --- helpers train() calls (small, pure where possible) --------------------------------------------------------
+class _StopRequested(Exception):
+    """STOP appeared while the teacher was being fine-tuned."""
+
+
+def _prep_progress(run_dir: Path, can_stop: bool) -> Callable[[int, int], None]:
+    """``prepare_teacher``'s progress: a status heartbeat at most once a second; STOP abandons the fine-tuning."""
+    last = [0.0]
+
+    def progress(step: int, steps: int) -> None:
+        if can_stop and (run_dir / "STOP").exists():
+            raise _StopRequested
+        if time.time() - last[0] > 1.0 or step == steps:
+            write_status(run_dir, message=f"preparing the teacher: fine-tuning step {step}/{steps}")
+            last[0] = time.time()
+
+    return progress
+
+
 def _device(name: str, local_rank: int, world: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,3 +210,44 @@ def test_hard_label_run_never_runs_the_teacher_during_training(tiny_teacher, tin
     assert not (tmp_path / "run" / "teacher_logits.safetensors").exists()
     recs = [m for m in read_metrics(tmp_path / "run") if m["split"] == "train"]
     assert recs and all("kd" not in r and r["loss"] == r["ce"] for r in recs)
+
+
+# --- a bare encoder teacher: fine-tuned first (prepare_teacher), with progress and Stop ------------------------
+def test_bare_encoder_teacher_is_prepared_with_progress_and_stoppable(tmp_path, tiny_dataset, monkeypatch):
+    import threading
+    import time
+
+    from conftest import make_tiny_bert
+    from transformers import BertModel
+
+    monkeypatch.setenv("DISTILL_NB_CACHE", str(tmp_path / "cache"))
+    bare = make_tiny_bert(tmp_path / "bare")
+    BertModel.from_pretrained(bare).save_pretrained(bare)  # same encoder, no classification head
+    # a long fine-tuning: its progress shows in status.json, and STOP ends it (nothing half-cached)
+    run = tmp_path / "stopped"
+    seen = []
+
+    def stop_when_preparing():
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            message = (read_status(run).get("message") or "") if (run / "status.json").exists() else ""
+            if message.startswith("preparing the teacher"):
+                seen.append(message)
+                (run / "STOP").write_text("")
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=stop_when_preparing, daemon=True)
+    watcher.start()
+    train(tiny_config(bare, tiny_dataset, teacher_prep_steps=2000), run, log=lambda *_: None)
+    watcher.join()
+    status = read_status(run)
+    assert seen and "/2000" in seen[0], seen
+    assert status["state"] == "stopped" and "preparing the teacher" in status["message"], status
+    assert not list((tmp_path / "cache").glob("teachers/*/config.json"))
+    # a short fine-tuning: cached, recorded in status.json, and the run distils from it
+    run = tmp_path / "prepared"
+    train(tiny_config(bare, tiny_dataset, teacher_prep_steps=3), run, log=lambda *_: None)
+    status = read_status(run)
+    assert status["state"] == "completed" and "teacher_path" in status
+    assert (tmp_path / "cache") in Path(status["teacher_path"]).parents
