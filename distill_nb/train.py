@@ -122,6 +122,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                 task = task.relabel(names)
         check_max_length(config.max_length, teacher.config.to_dict(), config.teacher)
         # --- student -------------------------------------------------------------------------------------------
+        torch.manual_seed(config.seed)  # again: a teacher fine-tuned just now (not cached) must not shift the RNG
         student = make_student(teacher, n_layers=config.student_layers, hidden_size=config.student_hidden,
                                n_heads=config.student_heads, ffn_size=config.student_ffn, init=config.student_init,
                                dropout=config.student_dropout, head=head,

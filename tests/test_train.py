@@ -247,7 +247,12 @@ def test_bare_encoder_teacher_is_prepared_with_progress_and_stoppable(tmp_path, 
     assert not list((tmp_path / "cache").glob("teachers/*/config.json"))
     # a short fine-tuning: cached, recorded in status.json, and the run distils from it
     run = tmp_path / "prepared"
-    train(tiny_config(bare, tiny_dataset, teacher_prep_steps=3), run, log=lambda *_: None)
+    cfg = tiny_config(bare, tiny_dataset, teacher_prep_steps=3, student_dropout=0.1)  # dropout draws from the RNG
+    train(cfg, run, log=lambda *_: None)
     status = read_status(run)
     assert status["state"] == "completed" and "teacher_path" in status
     assert (tmp_path / "cache") in Path(status["teacher_path"]).parents
+    # the same config again finds the teacher cached: same student, bit for bit (the RNG is not shifted)
+    train(cfg, tmp_path / "cached", log=lambda *_: None)
+    first, again = (load_file(r / "student" / "model.safetensors") for r in (run, tmp_path / "cached"))
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
