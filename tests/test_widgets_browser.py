@@ -53,6 +53,8 @@ try {
   seen.estimateAfter = await est.innerText();
   await page.screenshot({ path: `${ART}/widgets-student.png` });
   await tab("Train");
+  seen.trainView = await nb.locator(".widget-dropdown", { hasText: "objective" }).first().innerText();
+  await page.screenshot({ path: `${ART}/widgets-train.png` });
   await nb.locator("button.widget-button", { hasText: "Start" }).first().click();
   const progress = nb.locator(".widget-html-content", { hasText: "ETA" }).first();
   await progress.waitFor();
@@ -114,7 +116,8 @@ def test_app_in_jupyterlab(lab, tmp_path, tiny_teacher, tiny_dataset, runs_root)
     assert seen["estimateBefore"] != seen["estimateAfter"], seen  # the slider moved the live estimate
     advancing = [s for s in seen["steps"] if s > 0]
     assert len(set(advancing)) >= 3 and advancing == sorted(advancing), seen["steps"]  # live while training
+    assert "objective" in seen["trainView"] and "classification" in seen["trainView"], seen["trainView"]
     assert "teacher →" in seen["teacherView"] and "student →" in seen["studentView"]
     assert "good" in seen["teacherView"] and "good" in seen["studentView"]
-    for name in ("teacher", "student", "monitor", "explorer"):
+    for name in ("teacher", "student", "train", "monitor", "explorer"):
         assert (art / f"widgets-{name}.png").stat().st_size > 10_000
