@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_sentences": len(texts), "n_attributions": n_attr, "n_steps": args.n_steps,
         "batch_size": args.batch_size, "internal_batch_size": args.internal_batch_size,
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "mean_tokens": float(np.mean([len(c.teacher.tokens) for c in result.comparisons])),
         "naive_s": t_naive, "batched_s": t_batched, "naive_cpu_s": c_naive, "batched_cpu_s": c_batched,
         "speedup_cpu_time": c_naive / c_batched, "loadavg_1min_before_after": [load_before, load_after],

@@ -317,14 +317,15 @@ class _StopRequested(Exception):
 
 def _prep_progress(run_dir: Path, can_stop: bool) -> Callable[[int, int], None]:
     """``prepare_teacher``'s progress: a status heartbeat at most once a second; STOP abandons the fine-tuning."""
-    last = [0.0]
+    last = 0.0
 
     def progress(step: int, steps: int) -> None:
+        nonlocal last
         if can_stop and (run_dir / "STOP").exists():
             raise _StopRequested
-        if time.time() - last[0] > 1.0 or step == steps:
+        if time.time() - last > 1.0 or step == steps:
             write_status(run_dir, message=f"preparing the teacher: fine-tuning step {step}/{steps}")
-            last[0] = time.time()
+            last = time.time()
 
     return progress
 
