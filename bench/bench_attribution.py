@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         "n_sentences": len(texts), "n_attributions": n_attr, "n_steps": args.n_steps,
         "batch_size": args.batch_size, "internal_batch_size": args.internal_batch_size,
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else platform.processor() or platform.machine()),
         "mean_tokens": float(np.mean([len(c.teacher.tokens) for c in result.comparisons])),
         "naive_s": t_naive, "batched_s": t_batched, "naive_cpu_s": c_naive, "batched_cpu_s": c_batched,
         "speedup_cpu_time": c_naive / c_batched, "loadavg_1min_before_after": [load_before, load_after],
@@ -226,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
     }
     print(f"{len(texts)} SST-2 sentences, {n_attr} attributions (teacher MiniLM-L6 + 3-layer student), "
-          f"n_steps={args.n_steps}, {device}, {torch.get_num_threads()} threads, mean {numbers['mean_tokens']:.1f} tokens")
+          f"n_steps={args.n_steps}, {device}, {torch.get_num_threads()} threads, "
+          f"mean {numbers['mean_tokens']:.1f} tokens")
     print(f"{'':28s}{'seconds':>10s}{'attr/s':>10s}")
     print(f"{'naive per-example loop':28s}{t_naive:10.2f}{numbers['naive_attr_per_s']:10.2f}")
     print(f"{'batched sweep':28s}{t_batched:10.2f}{numbers['batched_attr_per_s']:10.2f}")

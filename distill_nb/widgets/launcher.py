@@ -189,8 +189,8 @@ class Launcher(Panel):
     def __repr__(self) -> str:
         try:
             summary = json.dumps({k: v for k, v in self.build_config().to_dict().items()
-                                  if k in ("teacher", "objective", "student_layers", "alpha_kd", "alpha_ce", "temperature",
-                                           "learning_rate", "max_steps", "batch_size")})
+                                  if k in ("teacher", "objective", "student_layers", "alpha_kd", "alpha_ce",
+                                           "temperature", "learning_rate", "max_steps", "batch_size")})
         except Exception as e:  # noqa: BLE001 - the repr must never raise
             summary = f"invalid config: {e}"
         return f"Launcher(run_id={self.run_id!r}, backend={self.backend!r}, config={summary})"
