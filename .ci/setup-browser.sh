@@ -12,9 +12,11 @@ if [ ! -x /usr/bin/chromium ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   # Ubuntu ships chromium only as a snap stub; fail loudly rather than install that
-  if ! apt-cache policy chromium | grep -q 'Candidate: [0-9]'; then
+  # capture first: `apt-cache … | grep -q` under pipefail fails when grep exits early (SIGPIPE)
+  policy="$(apt-cache policy chromium)"
+  if ! grep -q 'Candidate: [0-9]' <<<"$policy"; then
     echo "setup-browser: no 'chromium' .deb in the apt sources (Debian bookworm has one)." >&2
-    apt-cache policy chromium >&2
+    echo "$policy" >&2
     exit 1
   fi
   $SUDO apt-get install -y -qq chromium
