@@ -21,7 +21,7 @@ DEMO_SMALL = dict(DEMO, teacher_prep_steps=60, max_train_examples=2000, max_eval
 def _run(config: DistillConfig, run_dir: Path) -> int:
     from .train import train
 
-    train(config, run_dir)
+    train(config, run_dir)  # refuses a run dir of another config or a completed run before writing anything
     from .report import compare_run
 
     print(compare_run(run_dir, repeats=3))
@@ -34,20 +34,24 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_run = sub.add_parser("run", help="run a config JSON headless (same file the Launcher exports)")
     p_run.add_argument("config", help="path of a DistillConfig JSON file")
-    p_run.add_argument("--run-dir", help="run directory (default: <runs root>/<new id>)")
+    p_run.add_argument("--run-dir", help="run directory (default: <runs root>/<new id>); an existing one is "
+                       "resumed only with the same config and only if it is not completed")
     p_demo = sub.add_parser("demo", help="distil the packaged MiniLM-L6 teacher on SST-2, offline, on CPU")
     p_demo.add_argument("--small", action="store_true", help="a 1-minute version (fewer steps and examples)")
     p_demo.add_argument("--run-dir", help="run directory (default: <runs root>/demo-<time>)")
     sub.add_parser("list", help="list runs and their state")
     args = parser.parse_args(argv)
-    from .runs import create_run, list_runs, new_run_id, runs_root
+    from .rundir import RunBusy, create_run, list_runs, new_run_id, runs_root
 
     try:
         if args.cmd == "list":
             for s in list_runs():
+                if s["state"] == "unreadable":  # a corrupt run is reported, never breaks the list
+                    print(f"{s['run_id']:<36} {s['state']:<10} {s.get('error')}")
+                    continue
                 acc = (s.get("last_eval") or {}).get("accuracy")
-                print(f"{s['run_id']:<36} {s['state']:<10} step {s.get('step')}/{s.get('total_steps')}"
-                      f"  acc {acc if acc is None else round(acc, 4)}")
+                acc = round(acc, 4) if isinstance(acc, (int, float)) else None
+                print(f"{s['run_id']:<36} {s['state']:<10} step {s.get('step')}/{s.get('total_steps')}  acc {acc}")
             return 0
         if args.cmd == "run":
             config = DistillConfig.from_json(args.config)
@@ -58,8 +62,6 @@ def main(argv: list[str] | None = None) -> int:
             config = DistillConfig(**(DEMO_SMALL if args.small else DEMO))
         if args.run_dir:
             run_dir = Path(args.run_dir)
-            if not (run_dir / "config.json").exists():
-                config.to_json(run_dir / "config.json")  # resuming an existing run dir keeps its config
         else:
             run_dir = create_run(config, runs_root(), new_run_id("demo" if args.cmd == "demo" else "run"))
         print(f"run directory: {run_dir}")
@@ -67,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         code = _run(config, run_dir)
         print(f"total time {time.time() - start:.0f} s")
         return code
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, KeyError, ValueError, RunBusy) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
         print(f"distill-nb: error: {message}", file=sys.stderr)
         return 2
-    except (OSError, RuntimeError) as e:  # the run failed (disk full, out of memory, ...): status.json has it
-        from .train import explain
+    except Exception as e:  # noqa: BLE001 — the run failed (diverged, disk full, out of memory): status.json has it
+        from .recorder import explain
 
         print(f"distill-nb: run failed: {explain(e)}", file=sys.stderr)
         return 1

@@ -210,10 +210,10 @@ def load_run_models(run_dir: str | os.PathLike, *, final_only: bool = True) -> t
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from .checkpoint import latest_checkpoint
     from .config import DistillConfig
     from .models import load_teacher
-    from .runs import read_status
-    from .train import latest_checkpoint
+    from .rundir import read_status
 
     run_dir = Path(run_dir)
     config = DistillConfig.from_json(run_dir / "config.json")
@@ -233,7 +233,7 @@ def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repe
     """Teacher vs the finished student of a run, on the run's eval split."""
     from .config import DistillConfig
     from .data import load_task
-    from .runs import read_status
+    from .rundir import read_status
 
     run_dir = Path(run_dir)
     config = DistillConfig.from_json(run_dir / "config.json")

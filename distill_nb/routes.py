@@ -4,10 +4,13 @@
     GET  /distill-nb/runs/<id>                read_status()
     GET  /distill-nb/runs/<id>/metrics?since=N  records with step > N
     POST /distill-nb/runs/<id>/stop           ask the worker to stop (returns at once)
-    POST /distill-nb/runs/<id>/resume         continue a stopped/failed run in a subprocess
+    POST /distill-nb/runs/<id>/resume         continue a stopped/failed run in a subprocess; a run whose config
+                                              enables trust_remote_code needs the body {"trust_remote_code": true}
+    DELETE /distill-nb/runs/<id>              remove a run that is not active
     GET  /distill-nb/template                 the quickstart notebook (or a small starter)
 
-Only ``runs`` is imported (stdlib): the server loads this module, so torch must never come in with it.
+Every reply is strict JSON (no NaN); a corrupt run is listed as ``unreadable``, never a 500 for the list.
+Only ``runs``/``rundir`` are imported (stdlib): the server loads this module, so torch must never come in with it.
 The runs folder is ``runs_root()`` unless the server sets ``tornado_settings={"distill_nb": {"runs_root": ...}}``.
 """
 
@@ -23,7 +26,8 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop
 
-from .runs import Run, RunNotFound, list_runs, read_metrics, read_status, run_dir, runs_root
+from .rundir import RunBusy, RunNotFound, dumps, list_runs, read_metrics, read_status, run_dir, runs_root
+from .runs import Run
 
 _PKG = Path(__file__).resolve().parent
 # an installed package carries no notebooks/; a source checkout has them beside the package
@@ -48,13 +52,18 @@ class _Handler(APIHandler):
             result = await IOLoop.current().run_in_executor(None, fn, *args)
         except RunNotFound as e:
             result, code = {"message": str(e)}, 404
+        except RunBusy as e:  # a second Resume/Delete while a worker owns the run
+            result, code = {"message": str(e)}, 409
+        except PermissionError as e:
+            result, code = {"message": str(e)}, 403
         except ValueError as e:  # bad run id, bad ?since=, resuming a completed run, ...
             result, code = {"message": str(e)}, 400
         except Exception as e:
             self.log.exception("distill_nb: %s %s failed", self.request.method, self.request.path)
             result, code = {"message": f"{type(e).__name__}: {e}"}, 500
         self.set_status(code)
-        self.finish(json.dumps(result))
+        self.set_header("Content-Type", "application/json")
+        self.finish(dumps(result))  # strict: NaN/Infinity become null, so JSON.parse never fails
 
 
 class RunsHandler(_Handler):
@@ -67,6 +76,14 @@ class RunHandler(_Handler):
     @tornado.web.authenticated
     async def get(self, run_id: str) -> None:
         await self.reply(lambda: {**read_status(run_dir(run_id, self.root)), "run_id": run_id})
+
+    @tornado.web.authenticated
+    async def delete(self, run_id: str) -> None:
+        def delete() -> dict[str, Any]:
+            Run(run_dir(run_id, self.root)).delete()
+            return {"run_id": run_id, "deleted": True}
+
+        await self.reply(delete)
 
 
 class MetricsHandler(_Handler):
@@ -93,8 +110,21 @@ class StopHandler(_Handler):
 class ResumeHandler(_Handler):
     @tornado.web.authenticated
     async def post(self, run_id: str) -> None:
-        # a server is not a kernel: the worker always runs as a plain subprocess here
-        await self.reply(lambda: Run(run_dir(run_id, self.root)).resume(backend="subprocess").status())
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            body = None
+        confirmed = isinstance(body, dict) and body.get("trust_remote_code") is True
+
+        def resume() -> dict[str, Any]:
+            run = Run(run_dir(run_id, self.root))
+            if run.config.trust_remote_code and not confirmed:  # a click must not run hub code unseen
+                raise PermissionError(f"run {run_id!r} enables trust_remote_code: resuming runs the model's own code "
+                                      "from its repository. Confirm by sending {\"trust_remote_code\": true}.")
+            # a server is not a kernel: the worker always runs as a plain subprocess here
+            return run.resume(backend="subprocess").status()
+
+        await self.reply(resume)
 
 
 class TemplateHandler(_Handler):

@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 
 from distill_nb import DistillConfig, runs
 from distill_nb.runs import Run, Status, create_run, list_runs, read_metrics, read_status
-from distill_nb.train import latest_checkpoint, train
+from distill_nb.checkpoint import latest_checkpoint
+from distill_nb.train import train
 
 PKG_PARENT = Path(runs.__file__).resolve().parent.parent
 
@@ -77,7 +78,7 @@ def test_sigkill_mid_epoch_then_resume(tiny_teacher, tiny_dataset, runs_root):
         wait_for(lambda: not run.state.active, 10, what="the kill to show")
         status = run.status()
         assert status["state"] == "failed" and status["stale"], status
-        assert "died" in status["error"] and "resume()" in status["error"]
+        assert "died" in status["error"] and "Resume" in status["error"]
         killed_at = last_train_step(run.path)
         assert 12 <= killed_at < total, "the worker finished before the kill: raise max_steps"
         ckpt_step = assert_checkpoint_intact(run.path)
@@ -99,20 +100,21 @@ import sys, time
 from pathlib import Path
 import torch
 import distill_nb.train as t
+import distill_nb.worker as w
 
 real_save_checkpoint = t.save_checkpoint
 
-def save_checkpoint(run_dir, model, opt, sched, step, tok, keep):
+def save_checkpoint(run_dir, student, proj, opt, sched, step, tok, config, keep):
     if step == 10:
         def half_save(obj, f, *a, **k):
             Path(f).write_bytes(b"PK\\x03\\x04 half an optimizer state")
             (Path(run_dir) / "SAVING").write_text(str(step))
             time.sleep(300)
         torch.save = half_save
-    return real_save_checkpoint(run_dir, model, opt, sched, step, tok, keep)
+    return real_save_checkpoint(run_dir, student, proj, opt, sched, step, tok, config, keep)
 
 t.save_checkpoint = save_checkpoint
-sys.exit(t.main(sys.argv[1]))
+sys.exit(w.main(sys.argv[1]))
 """
 
 
@@ -132,7 +134,7 @@ def test_sigkill_inside_a_checkpoint_write_then_resume(tiny_teacher, tiny_datase
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         status = run.status()
-        assert status["state"] == "failed" and status["stale"] and "resume()" in status["error"], status
+        assert status["state"] == "failed" and status["stale"] and "Resume" in status["error"], status
         assert latest_checkpoint(path).name == "step_0000005"  # the half-written one is never picked
         assert assert_checkpoint_intact(path) == 5
 
@@ -149,10 +151,10 @@ def test_sigkill_inside_a_checkpoint_write_then_resume(tiny_teacher, tiny_datase
 # --- in-process faults -------------------------------------------------------------------------------------------
 def test_corrupt_last_metrics_line_is_skipped_and_resume_repairs_it(tiny_teacher, tiny_dataset, tmp_path,
                                                                       monkeypatch):
-    import distill_nb.train as tr
+    from distill_nb import rundir
 
     run = tmp_path / "run"
-    real_append = tr.append_metrics
+    real_append = rundir.append_metrics
 
     def die_mid_line(path, rec):
         if rec["step"] == 5 and rec["split"] == "train":
@@ -161,21 +163,21 @@ def test_corrupt_last_metrics_line_is_skipped_and_resume_repairs_it(tiny_teacher
             raise KeyboardInterrupt
         real_append(path, rec)
 
-    monkeypatch.setattr(tr, "append_metrics", die_mid_line)
+    monkeypatch.setattr(rundir, "append_metrics", die_mid_line)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(tiny_teacher, tiny_dataset, max_steps=7, checkpoint_every=2), run, log=lambda *_: None)
     assert not (run / "metrics.jsonl").read_text().endswith("\n")
     assert [r["step"] for r in read_metrics(run) if r["split"] == "train"] == [1, 2, 3, 4]
     assert read_metrics(run, since=3)[-1]["step"] == 4
     status = read_status(run)
-    assert status["state"] == "failed" and "interrupted" in status["error"] and "resume()" in status["error"]
+    assert status["state"] == "failed" and "interrupted" in status["error"] and "Resume" in status["error"]
 
     # readers also survive garbage in the middle of the file (a crash on a filesystem that zero-fills)
     with open(run / "metrics.jsonl", "ab") as f:
         f.write(b"\n\x00\x00\x00\xff\xfe{not json\n")
     assert [r["step"] for r in read_metrics(run) if r["split"] == "train"] == [1, 2, 3, 4]
 
-    monkeypatch.setattr(tr, "append_metrics", real_append)
+    monkeypatch.setattr(rundir, "append_metrics", real_append)
     train(tiny_config(tiny_teacher, tiny_dataset, max_steps=7, checkpoint_every=2), run, log=lambda *_: None)
     assert read_status(run)["state"] == "completed"
     assert_each_step_once(run, 7)
@@ -213,12 +215,12 @@ def test_disk_full_while_checkpointing_fails_with_the_reason_then_resumes(tiny_t
 
 
 def test_disk_full_while_logging_metrics_fails_with_the_reason(tiny_teacher, tiny_dataset, tmp_path, monkeypatch):
-    import distill_nb.train as tr
+    from distill_nb import rundir
 
     def full_disk(path, rec):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tr, "append_metrics", full_disk)
+    monkeypatch.setattr(rundir, "append_metrics", full_disk)
     with pytest.raises(OSError):
         train(tiny_config(tiny_teacher, tiny_dataset), tmp_path / "run", log=lambda *_: None)
     status = read_status(tmp_path / "run")
@@ -227,9 +229,9 @@ def test_disk_full_while_logging_metrics_fails_with_the_reason(tiny_teacher, tin
 
 def test_disk_full_even_for_the_status_raises_the_real_error(tiny_teacher, tiny_dataset, tmp_path, monkeypatch):
     """When status.json cannot be written either, the ENOSPC is raised, not a second error from the handler."""
-    import distill_nb.train as tr
+    from distill_nb import rundir
 
-    real_write = tr.write_status
+    real_write = rundir.write_status
 
     def write_status(path, **fields):
         if fields.get("state") == Status.FAILED:
@@ -239,8 +241,8 @@ def test_disk_full_even_for_the_status_raises_the_real_error(tiny_teacher, tiny_
     def full_disk(path, rec):
         raise OSError(errno.ENOSPC, "No space left on device (metrics)")
 
-    monkeypatch.setattr(tr, "write_status", write_status)
-    monkeypatch.setattr(tr, "append_metrics", full_disk)
+    monkeypatch.setattr(rundir, "write_status", write_status)
+    monkeypatch.setattr(rundir, "append_metrics", full_disk)
     with pytest.raises(OSError, match=r"\(metrics\)"):
         train(tiny_config(tiny_teacher, tiny_dataset), tmp_path / "run", log=lambda *_: None)
 
@@ -264,7 +266,7 @@ def test_cuda_oom_fails_with_a_smaller_batch_hint(tiny_teacher, tiny_dataset, tm
     assert status["state"] == "failed" and status["step"] <= 2
     error = status["error"]
     assert "CUDA out of memory" in error and "half the batch_size (now 16)" in error, error
-    assert "config.replace(batch_size=" in error
+    assert "run.fork(batch_size=" in error
 
 
 # --- how readers judge a run whose worker is gone ------------------------------------------------------------------
@@ -275,18 +277,18 @@ def test_stale_detection_and_half_written_status(tmp_path):
     status.update(state="running", host="another-host", pid=1, updated_at=time.time() - runs.STALE_AFTER_S - 5)
     (path / "status.json").write_text(json.dumps(status))
     got = read_status(path)
-    assert got["state"] == "failed" and got["stale"] and "resume()" in got["error"]
+    assert got["state"] == "failed" and got["stale"] and "Resume" in got["error"]
     status["updated_at"] = time.time()  # a recent heartbeat from another host: still running
     (path / "status.json").write_text(json.dumps(status))
     assert read_status(path)["state"] == "running"
     # a worker killed inside write_status leaves only its temp file; the last status still reads
     (path / ".status.json.abc.tmp").write_text('{"state": "compl')
     assert read_status(path)["state"] == "running"
-    # a truncated status.json (written by something non-atomic) reads as failed, never raises
+    # a truncated status.json (written by something non-atomic) reads as unreadable with the reason, never raises
     (path / "status.json").write_text('{"state": "runn')
     got = read_status(path)
-    assert got["state"] == "failed" and got["stale"] and "unreadable" in got["error"]
-    assert [r["state"] for r in list_runs(tmp_path)] == ["failed"]
+    assert got["state"] == "unreadable" and "not valid JSON" in got["error"]
+    assert [r["state"] for r in list_runs(tmp_path)] == ["unreadable"]
 
 
 def test_queued_worker_killed_while_waiting_is_stale(tmp_path):
@@ -306,7 +308,7 @@ def test_run_whose_launcher_died_before_starting_a_worker_is_stale(tmp_path):
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=120)
     got = read_status(tmp_path / "orphan")
     assert got["state"] == "failed" and got["stale"], got
-    assert "launched this run" in got["error"] and "resume()" in got["error"]
+    assert "launched this run" in got["error"] and "Resume" in got["error"]
     # created by this (living) process and not started yet: still queued, as between create and start
     assert read_status(create_run(DistillConfig(teacher="t", max_steps=5), tmp_path, "mine"))["state"] == "queued"
 
@@ -316,12 +318,12 @@ def test_stop_reaches_a_worker_waiting_for_the_device(tmp_path):
     import fcntl
     import threading
 
-    from distill_nb.train import main
+    from distill_nb.worker import main
 
     root = tmp_path / "runs"
     path = create_run(DistillConfig(teacher="t", max_steps=5, device="cpu"), root, "queued-behind")
-    (root / ".locks").mkdir()
-    with open(root / ".locks" / "cpu.lock", "w") as busy:
+    (root / ".queue").mkdir()
+    with open(root / ".queue" / "cpu.lock", "w") as busy:
         fcntl.flock(busy, fcntl.LOCK_EX)  # another run holds the device
         result = {}
         worker = threading.Thread(target=lambda: result.update(code=main(path)), daemon=True)

@@ -330,7 +330,7 @@ def test_worker_records_label_mismatch_as_failed(ctx):
 
 
 def test_worker_with_unreadable_config_fails_with_reason(tmp_path):
-    from distill_nb.train import main
+    from distill_nb.worker import main
 
     run = tmp_path / "runs" / "broken"
     run.mkdir(parents=True)
@@ -419,7 +419,7 @@ def test_preflight_is_torch_free_and_accepts_a_good_config(ctx):
 def test_launch_stores_absolute_paths_for_the_worker(ctx, monkeypatch):
     """The worker's working directory is the run directory: a relative dataset path would not be found."""
     started = []
-    monkeypatch.setattr(runs, "_start_worker", lambda path, backend, nproc: started.append(path))
+    monkeypatch.setattr(runs.worker, "start", lambda path, backend, nproc: started.append(path))
     monkeypatch.chdir(ctx.data.parent)
     run = runs.launch(ctx.cfg(dataset=ctx.data.name, teacher="minilm-l6"), root=ctx.root, run_id="rel",
                       check=False)

@@ -111,12 +111,12 @@ async def test_resume_stopped_run_starts_a_worker(api, runs_root):
         Run(path).kill()  # the test checks the hand-off, not the training
 
 
-async def test_resume_refusals_are_400(api, runs_root, sleeper):
+async def test_resume_refusals_say_why(api, runs_root, sleeper):
     fabricate(runs_root, "done", state="completed")
     fabricate(runs_root, "busy", state="running", pid=sleeper.pid, host=socket.gethostname())
-    for run_id, words in [("done", "already completed"), ("busy", "still running")]:
+    for run_id, code_wanted, words in [("done", 400, "already completed"), ("busy", 409, "already running")]:
         code, err = await api("runs", run_id, "resume", method="POST")
-        assert code == 400 and words in err["message"]
+        assert code == code_wanted and words in err["message"], err
 
 
 async def test_auth_required(jp_fetch, runs_root):

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from distill_nb import DistillConfig
 from distill_nb.runs import read_metrics, read_status
-from distill_nb.train import latest_checkpoint, train
+from distill_nb.checkpoint import latest_checkpoint
+from distill_nb.train import train
 
 
 def tiny_config(teacher, data, **kw) -> DistillConfig:
@@ -62,27 +63,23 @@ def test_learning_moves_student_towards_teacher(tiny_teacher, tiny_dataset, tmp_
     assert evals[-1]["kd_to_teacher"] < evals[0]["kd_to_teacher"]
 
 
-def test_resume_continues_from_checkpoint_without_duplicate_steps(tiny_teacher, tiny_dataset, tmp_path):
+def test_resume_continues_from_checkpoint_without_duplicate_steps(tiny_teacher, tiny_dataset, tmp_path, monkeypatch):
+    from distill_nb import rundir
+
     run = tmp_path / "run"
     cfg = tiny_config(tiny_teacher, tiny_dataset, max_steps=7, checkpoint_every=3, eval_every=100)
     (run).mkdir()
     # ask to stop after step 4 (checkpoint at 3): train() checkpoints where it stops and returns
-    import distill_nb.train as tr
-
-    calls = {"n": 0}
-    real_append = tr.append_metrics
+    real_append = rundir.append_metrics
 
     def append_and_stop(path, rec):
         real_append(path, rec)
-        calls["n"] += 1
         if rec.get("step") == 4 and rec["split"] == "train":
             (run / "STOP").write_text("now")
 
-    tr.append_metrics = append_and_stop
-    try:
-        train(cfg, run, log=lambda *_: None)
-    finally:
-        tr.append_metrics = real_append
+    monkeypatch.setattr(rundir, "append_metrics", append_and_stop)
+    train(cfg, run, log=lambda *_: None)
+    monkeypatch.setattr(rundir, "append_metrics", real_append)
     stopped = read_status(run)
     assert stopped["state"] == "stopped" and 4 <= stopped["step"] < 7
     assert latest_checkpoint(run).name == f"step_{stopped['step']:07d}"  # stop writes a checkpoint first

@@ -1,0 +1,168 @@
+"""Checkpoints, the saved student and the teacher-logit cache of a run directory: the one owner of these files.
+
+    checkpoints/step_N/   model.safetensors (+ projections.safetensors), tokenizer, optimizer.pt (tensors only),
+                          trainer_state.json, config.json (the run's config: a checkpoint carries its config)
+    student/              the final student and tokenizer (``transformers.pipeline`` loads it)
+    teacher_logits.safetensors
+
+Every write goes to a temp folder/file that is renamed into place, and is removed if anything fails (a full
+disk leaves no half checkpoint taking its space). Nothing non-finite is ever saved: a NaN student raises
+:class:`Diverged` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ConfigError, DistillConfig, atomic_write_text
+from .rundir import CorruptRecord, read_json
+
+
+class Diverged(FloatingPointError):
+    """Training produced a non-finite loss, gradient or weight; the message says where and what to change."""
+
+
+def _step_of(folder: Path) -> int:
+    return int(folder.name.split("_")[1])
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint (a half-written one is still a temp dir, so never picked)."""
+    folder = Path(run_dir) / "checkpoints"
+    if folder.is_symlink() or not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("step_*") if not p.is_symlink() and p.name[5:].isdigit()
+            and (p / "trainer_state.json").is_file()]
+    return max(done, key=_step_of, default=None)
+
+
+def ckpt_step(ckpt: Path | None) -> int:
+    return _step_of(ckpt) if ckpt else 0
+
+
+def non_finite(module: nn.Module) -> list[str]:
+    """Names of parameters holding NaN or ±inf (empty when all are finite)."""
+    return [name for name, p in module.named_parameters() if not torch.isfinite(p).all()]
+
+
+def _own_folder(run_dir: Path, name: str) -> Path:
+    """``run_dir/name``, refusing a symbolic link (writes never leave the run directory)."""
+    path = Path(run_dir) / name
+    if path.is_symlink():
+        raise CorruptRecord(f"{path} is a symbolic link; distill_nb does not write through links: remove it.")
+    return path
+
+
+def save_checkpoint(run_dir: Path, student: nn.Module, proj: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                    step: int, tokenizer: Any, config: DistillConfig, keep: int) -> Path:
+    """Write ``checkpoints/step_N`` atomically (temp dir + rename) and keep the newest ``keep``.
+
+    Raises:
+        Diverged: a weight is not finite (the previous checkpoint stays the last good one).
+    """
+    from safetensors.torch import save_file
+
+    bad = non_finite(student) + non_finite(proj)
+    if bad:
+        raise Diverged(f"diverged before step {step}: weights {bad[:3]} are not finite; nothing was saved, the last "
+                       "good checkpoint is kept. Lower learning_rate and run again (run.fork(learning_rate=...)).")
+    folder = _own_folder(run_dir, "checkpoints")
+    final, tmp = folder / f"step_{step:07d}", folder / f".tmp-step_{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        student.save_pretrained(tmp)  # safetensors
+        tokenizer.save_pretrained(tmp)
+        if len(proj):
+            save_file({k: v.contiguous() for k, v in proj.state_dict().items()}, tmp / "projections.safetensors")
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()},
+                   tmp / "optimizer.pt")
+        config.to_json(tmp / "config.json")
+        atomic_write_text(tmp / "trainer_state.json", json.dumps({"step": step, "time": time.time()}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back
+        raise
+    for old in sorted((p for p in folder.glob("step_*") if p.name[5:].isdigit()), key=_step_of)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(ckpt: Path, student: nn.Module, proj: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                    config: DistillConfig) -> int:
+    """Restore a checkpoint written with the same config; return its step.
+
+    Raises:
+        ConfigError: the checkpoint was written with another config (resuming never changes a run's config).
+    """
+    from safetensors.torch import load_file
+
+    try:
+        saved = DistillConfig.from_dict(read_json(ckpt / "config.json"))
+    except FileNotFoundError:
+        saved = None  # checkpoints from before configs were stored in them
+    except (CorruptRecord, ConfigError) as e:
+        raise ConfigError(f"checkpoint {ckpt} has an unusable config.json ({e}); delete that checkpoint folder "
+                          "to resume from an earlier one.") from None
+    if saved is not None and saved.to_dict() != config.to_dict():
+        diff = {k: (v, config.to_dict()[k]) for k, v in saved.to_dict().items() if config.to_dict()[k] != v}
+        raise ConfigError(f"checkpoint {ckpt.name} was written with another config (saved -> now: {diff}); resuming "
+                          "never changes a run's config: start a new run for the new settings (run.fork(...)).")
+    student.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)
+    if len(proj):
+        proj.load_state_dict(load_file(ckpt / "projections.safetensors"))
+    state = torch.load(ckpt / "optimizer.pt", weights_only=True)  # never unpickle arbitrary objects
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return int(read_json(ckpt / "trainer_state.json")["step"])
+
+
+def save_student(run_dir: Path, student: nn.Module, tokenizer: Any) -> Path:
+    """Write ``student/`` (``transformers.pipeline`` loads it) atomically; never a non-finite student."""
+    bad = non_finite(student)
+    if bad:
+        raise Diverged(f"the final student has non-finite weights ({bad[:3]}); it was not saved. Lower "
+                       "learning_rate and run again (run.fork(learning_rate=...)).")
+    target = _own_folder(run_dir, "student")
+    tmp = target.with_name(".tmp-student")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        student.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def cached_tensor(path: Path, write: bool, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``compute()`` once and keep it in ``path`` (safetensors); later calls read the file."""
+    from safetensors.torch import load_file, save_file
+
+    if path.is_symlink():
+        raise CorruptRecord(f"{path} is a symbolic link; remove it (distill_nb does not read through links).")
+    if path.is_file():
+        return load_file(path)["logits"]
+    value = compute()
+    if write:
+        tmp = path.with_name(f".tmp-{path.name}")
+        try:
+            save_file({"logits": value.contiguous()}, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return value

@@ -1,0 +1,434 @@
+"""The run directory's files: ids, ``status.json``, ``metrics.jsonl``, ``STOP``, listing. Standard library only.
+
+The one owner of these formats (the server, the CLI, the widgets and the worker all go through here)::
+
+    <root>/<run_id>/
+        config.json      the DistillConfig, verbatim (never changed after the run is made)
+        status.json      one JSON object, validated by :func:`validate_status` (a str Enum ``state``)
+        metrics.jsonl    one JSON object per line, appended and flushed per line
+        STOP             present while someone asks the run to stop
+        .lock            short-lived lock around status changes (compare-and-set)
+        .worker.lock     held by the worker for its whole life (exactly one worker per run)
+
+Writers are strict (``allow_nan=False``: a NaN becomes ``null``, an unknown state is refused); readers are
+tolerant (a corrupt file makes that run ``unreadable`` with the reason, never breaks a listing). Files are
+opened with ``O_NOFOLLOW`` and run directories that are symbolic links are refused, so nothing is read or
+written outside the runs root.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import socket
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .config import DistillConfig, atomic_write_text
+from .owner import (
+    RunBusy,
+    acquire_worker_lock,
+    alive,
+    identity,
+    process_start,
+    release_worker_lock,
+    worker_lock_free,
+)
+
+__all__ = ["CorruptRecord", "RunBusy", "RunNotFound", "Status", "acquire_worker_lock", "alive", "append_metrics",
+           "create_run", "dumps", "identity", "list_runs", "new_run_id", "process_start", "read_json",
+           "read_metrics", "read_status", "release_worker_lock", "request_stop", "run_dir", "runs_root",
+           "stop_requested", "transition", "truncate_metrics", "validate_run_id", "worker_lock_free",
+           "write_status"]
+
+STALE_AFTER_S = 120.0  # a running status whose heartbeat is older than this (other host) is stale
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # used with fullmatch: \A...\Z, no trailing newline
+
+
+class Status(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    UNREADABLE = "unreadable"  # only ever reported by readers (a corrupt status.json); never written
+
+    @property
+    def active(self) -> bool:
+        return self in (Status.QUEUED, Status.RUNNING)
+
+
+class RunNotFound(LookupError):
+    """No run directory with that id."""
+
+
+class CorruptRecord(ValueError):
+    """A run file exists but cannot be used; the message says which and why."""
+
+
+# --- ids and paths ---------------------------------------------------------------------------------------------
+def runs_root(root: str | os.PathLike | None = None) -> Path:
+    """Where runs live: ``root``, else ``$DISTILL_NB_RUNS``, else ``~/.distill_nb/runs``."""
+    if root is None:
+        root = os.environ.get("DISTILL_NB_RUNS") or Path.home() / ".distill_nb" / "runs"
+    return Path(root).expanduser().resolve()
+
+
+def validate_run_id(run_id: Any) -> str:
+    """Return ``run_id`` if it is a plain name; raise ValueError for anything path-like."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise ValueError(f"invalid run id {run_id!r}: use 1-128 letters, digits, '-', '_' and '.', starting with "
+                         "a letter or digit (no '/', no '..', no spaces or newlines).")
+    return run_id
+
+
+def run_dir(run_id: str, root: str | os.PathLike | None = None) -> Path:
+    """The directory of an existing run; RunNotFound when there is none, ValueError for a symbolic link."""
+    base = runs_root(root)
+    path = base / validate_run_id(run_id)
+    if path.is_symlink():
+        raise ValueError(f"run {run_id!r} in {base} is a symbolic link; distill_nb never follows links out of "
+                         "the runs root: move the run directory itself there.")
+    if not path.is_dir() or not _is_file(path / "config.json"):
+        raise RunNotFound(f"no run {run_id!r} under {base}: use list_runs() to see the existing ones, or pass "
+                          "root= (or set $DISTILL_NB_RUNS) if the run lives elsewhere.")
+    return path
+
+
+def new_run_id(prefix: str = "run") -> str:
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def _is_file(path: Path) -> bool:
+    """A regular file that is not a symbolic link."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+# --- strict writing, tolerant reading --------------------------------------------------------------------------
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN/Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k.value if isinstance(k, Enum) else k): finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def dumps(value: Any, indent: int | None = None) -> str:
+    """Strict JSON: NaN/Infinity become null, anything not JSON-able raises TypeError."""
+    return json.dumps(finite(value), allow_nan=False, indent=indent)
+
+
+def _no_constants(name: str) -> None:
+    return None  # NaN/Infinity in an old file read as null, never as a float that breaks JSON.parse
+
+
+def read_text(path: Path, errors: str = "strict") -> str:
+    """A regular file's text, never through a symbolic link.
+
+    Raises:
+        FileNotFoundError: missing. CorruptRecord: a link, a directory, or (``errors="strict"``) not UTF-8.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CorruptRecord(f"{path.name} is a symbolic link (not followed)") from None
+        if e.errno == errno.ENOENT:
+            raise FileNotFoundError(str(path)) from None
+        raise CorruptRecord(f"{path.name} cannot be opened ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise CorruptRecord(f"{path.name} is not a regular file")
+        data = f.read()
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise CorruptRecord(f"{path.name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; NaN/Infinity literals read as None. Raises FileNotFoundError or CorruptRecord."""
+    text = read_text(path)
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except json.JSONDecodeError as e:
+        raise CorruptRecord(f"{path.name} is not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+# --- status.json -----------------------------------------------------------------------------------------------
+_NUM = (int, float)
+_SCHEMA: dict[str, tuple[type, ...]] = {  # field -> allowed types (None always allowed except for state)
+    "state": (str,), "run_id": (str,), "step": (int,), "total_steps": (int,), "epoch": _NUM,
+    "pid": (int,), "pid_start": (int,), "host": (str,), "launcher_pid": (int,), "launcher_start": (int,),
+    "launcher_host": (str,), "created_at": _NUM, "updated_at": _NUM, "started_at": _NUM, "finished_at": _NUM,
+    "eta_s": _NUM, "message": (str,), "error": (str,), "traceback": (str,), "stale": (bool,),
+    "phase": (str,), "phase_step": (int,), "phase_total": (int,), "backend": (str,), "device": (str,),
+    "precision": (str,), "world_size": (int,), "teacher_path": (str,), "teacher_accuracy": _NUM,
+    "final": (dict,),
+}
+DISK_STATES = {s.value for s in Status if s is not Status.UNREADABLE}
+
+
+def validate_status(status: Any) -> dict[str, Any]:
+    """Check the shape of a status record; return it, or raise CorruptRecord saying what is wrong."""
+    if not isinstance(status, dict):
+        raise CorruptRecord(f"status.json holds a JSON {type(status).__name__}, not an object")
+    if status.get("state") not in DISK_STATES:
+        raise CorruptRecord(f"status.json has state {status.get('state')!r}, not one of {sorted(DISK_STATES)}")
+    for key, types in _SCHEMA.items():
+        value = status.get(key)
+        if value is None:
+            continue
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if ok and isinstance(value, float) and not math.isfinite(value):
+            ok = False
+        if not ok:
+            raise CorruptRecord(f"status.json field {key!r} is {value!r}, expected "
+                                f"{' or '.join(t.__name__ for t in types)}")
+    return status
+
+
+def status_path(path: Path) -> Path:
+    return Path(path) / "status.json"
+
+
+def _read_raw_status(path: Path) -> dict[str, Any]:
+    """The validated status.json; FileNotFoundError or CorruptRecord otherwise."""
+    return validate_status(read_json(status_path(path)))
+
+
+@contextmanager
+def _status_lock(path: Path) -> Iterator[None]:
+    """Serialise read-modify-write of status.json between the launcher, the worker and the server."""
+    try:
+        fd = os.open(Path(path) / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CorruptRecord(f"{Path(path).name}/.lock is a symbolic link (not followed)") from None
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def write_status(path: Path, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into ``status.json`` atomically (a corrupt old file is replaced) and stamp ``updated_at``.
+
+    Raises:
+        CorruptRecord: the merged status would not be valid (an unknown state, a wrong type).
+    """
+    with _status_lock(path):
+        return _merge_status(path, fields)
+
+
+def _merge_status(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
+    try:
+        status = _read_raw_status(path)
+    except (FileNotFoundError, CorruptRecord):
+        status = {}
+    status.update(finite(fields))
+    status["updated_at"] = time.time()
+    validate_status(status)
+    atomic_write_text(status_path(path), dumps(status, indent=1))  # replaces a symlink, never writes through it
+    return status
+
+
+def transition(path: Path, allowed: set[Status], **fields: Any) -> dict[str, Any]:
+    """Compare-and-set: write ``fields`` only if the run's live state is in ``allowed``.
+
+    Raises:
+        RunBusy: the run is queued or running. ValueError: any other state not in ``allowed``.
+    """
+    with _status_lock(path):
+        current = read_status(path)
+        state = Status(current["state"])
+        if state not in allowed:
+            if state.active:
+                raise RunBusy(f"run {Path(path).name!r} is already {state.value} ({_who(current)}); wait for it or "
+                              "stop it first.")
+            if state is Status.UNREADABLE:
+                raise ValueError(f"run {Path(path).name!r} cannot be used: {current['error']}.")
+            raise ValueError(f"run {Path(path).name!r} is {state.value}; this needs one of "
+                             f"{sorted(s.value for s in allowed)}.")
+        return _merge_status(path, fields)
+
+
+def _who(status: dict[str, Any]) -> str:
+    pid = status.get("pid") or status.get("launcher_pid")
+    return f"pid {pid} on {status.get('host') or status.get('launcher_host') or '?'}" if pid else "no worker yet"
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    """The run's status as readers should see it; never raises for a bad file.
+
+    A corrupt or missing ``status.json`` gives ``state="unreadable"`` with the reason in ``error``; a queued or
+    running status whose worker is gone (dead pid, a pid reused by another process, a silent other host) gives
+    ``state="failed"`` with ``stale: true``.
+    """
+    try:
+        status = _read_raw_status(path)
+    except FileNotFoundError:
+        return {"state": Status.UNREADABLE.value, "error": "status.json is missing"}
+    except CorruptRecord as e:
+        return {"state": Status.UNREADABLE.value, "error": str(e)}
+    if Status(status["state"]).active:
+        status = _liveness(status)
+    return status
+
+
+def _liveness(status: dict[str, Any]) -> dict[str, Any]:
+    here = socket.gethostname()
+    pid, launcher = status.get("pid"), status.get("launcher_pid")
+    if pid is not None:
+        if status.get("host") == here:
+            dead = not alive(pid, status.get("pid_start"))
+        else:
+            dead = time.time() - (status.get("updated_at") or 0) > STALE_AFTER_S
+        if dead:
+            return {**status, "state": Status.FAILED.value, "stale": True,
+                    "error": status.get("error") or "the worker process died without finishing (last step "
+                    f"{status.get('step', 0)}); Resume continues from the last checkpoint."}
+    elif launcher is not None and status.get("launcher_host") == here and not alive(launcher,
+                                                                                     status.get("launcher_start")):
+        return {**status, "state": Status.FAILED.value, "stale": True,
+                "error": status.get("error") or f"the process that launched this run (pid {launcher}) ended "
+                "before it started a worker; Resume starts one."}
+    return status
+
+
+# --- metrics.jsonl ---------------------------------------------------------------------------------------------
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    """Append one record (strict JSON, one line) and flush it, so readers see whole lines as they come."""
+    line = (dumps(record) + "\n").encode("utf-8")
+    fd = os.open(Path(path) / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_metrics(path: Path, since: int | None = None) -> list[dict[str, Any]]:
+    """Records with ``step > since``; a half-written or corrupt line (or a linked file) is skipped, never fatal."""
+    try:
+        data = read_text(Path(path) / "metrics.jsonl", errors="replace")  # a garbled line costs that line only
+    except (FileNotFoundError, CorruptRecord):
+        return []
+    out = []
+    for line in data.splitlines():
+        try:
+            rec = json.loads(line, parse_constant=_no_constants)
+        except json.JSONDecodeError:
+            continue
+        step = rec.get("step", 0) if isinstance(rec, dict) else None
+        if not isinstance(step, (int, float)) or isinstance(step, bool):
+            continue
+        if since is None or step > since:
+            out.append(rec)
+    return out
+
+
+def truncate_metrics(path: Path, max_step: int) -> None:
+    """Keep only records with ``step <= max_step``: a resumed run redoes later steps, so none appears twice."""
+    kept = [r for r in read_metrics(path) if r.get("step", 0) <= max_step]
+    atomic_write_text(Path(path) / "metrics.jsonl", "".join(dumps(r) + "\n" for r in kept))
+
+
+# --- STOP ------------------------------------------------------------------------------------------------------
+def request_stop(path: Path) -> None:
+    atomic_write_text(Path(path) / "STOP", str(time.time()))
+
+
+def clear_stop(path: Path) -> None:
+    (Path(path) / "STOP").unlink(missing_ok=True)
+
+
+def stop_requested(path: Path) -> bool:
+    return os.path.lexists(Path(path) / "STOP")
+
+
+# --- creating and listing --------------------------------------------------------------------------------------
+def create_run(config: DistillConfig, root: str | os.PathLike | None = None, run_id: str | None = None,
+               **status: Any) -> Path:
+    """Make a run directory with config.json and a queued status, all at once (temp dir + rename)."""
+    root_path = runs_root(root)
+    run_id = validate_run_id(run_id or new_run_id())
+    final = root_path / run_id
+    if os.path.lexists(final):
+        raise FileExistsError(f"run {run_id!r} already exists in {root_path}: pick another run_id, or continue it "
+                              "with Run.attach(run_id).resume().")
+    root_path.mkdir(parents=True, exist_ok=True)
+    tmp = root_path / f".tmp-{run_id}-{secrets.token_hex(3)}"
+    tmp.mkdir()
+    try:
+        config.to_json(tmp / "config.json")
+        now = time.time()
+        atomic_write_text(tmp / "status.json", dumps(
+            {"state": Status.QUEUED.value, "run_id": run_id, "created_at": now, "updated_at": now, "step": 0,
+             "total_steps": None, "phase": "queued", **identity("launcher"), **status}, indent=1))
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _summary(path: Path) -> tuple[dict[str, Any] | None, bool]:
+    """(teacher → student summary, trust_remote_code) from config.json, read without validation side effects."""
+    try:
+        config = read_json(path / "config.json")
+    except (FileNotFoundError, CorruptRecord):
+        return None, False
+    if not isinstance(config, dict):
+        return None, False
+    keys = ("teacher", "dataset", "student_layers", "objective")
+    return {k: config.get(k) for k in keys}, config.get("trust_remote_code") is True
+
+
+def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """One status dict per run (newest first), with ``run_id``, ``last_eval``, ``summary``, ``trust_remote_code``.
+
+    A run whose files are corrupt is listed with ``state="unreadable"`` and the reason in ``error``; it never
+    hides the others. Entries that are symbolic links are skipped.
+    """
+    base = runs_root(root)
+    try:
+        entries = sorted(base.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for path in entries:
+        if path.name.startswith(".") or path.is_symlink() or not path.is_dir() or not _RUN_ID.fullmatch(path.name):
+            continue
+        if not os.path.lexists(path / "config.json"):
+            continue  # not a run directory
+        status = read_status(path)
+        if not _is_file(path / "config.json"):
+            status = {"state": Status.UNREADABLE.value, "error": "config.json is not a regular file"}
+        status["run_id"] = path.name
+        evals = [m for m in read_metrics(path) if m.get("split") == "eval"]
+        status["last_eval"] = evals[-1] if evals else None
+        status["summary"], status["trust_remote_code"] = _summary(path)
+        out.append(status)
+    return sorted(out, key=lambda s: s.get("created_at") or 0, reverse=True)

@@ -1,0 +1,247 @@
+"""The worker process: how it is started, who may run, the device queue. ``python -m distill_nb.worker RUN_DIR``.
+
+Starting (:func:`start`): always a fresh interpreter (never a fork) that does not trust its working directory:
+``-P``/``PYTHONSAFEPATH`` (no script or current directory on ``sys.path``), cwd ``/``, only absolute
+``PYTHONPATH`` entries, IPython's ``--ignore-cwd`` for the kernel backend, and the parent's Jupyter variables
+(``JPY_PARENT_PID``, ...) scrubbed so that the worker outlives a restarted notebook kernel.
+
+Running (:func:`main`): the run's worker lock is held for the worker's whole life (a second worker exits at once,
+touching nothing); a completed run is never trained again; runs wait for their device first come, first served
+(a ticket queue) with state ``queued``, and a STOP reaches them there. Standard library only until ``train``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from . import rundir
+from .config import DistillConfig
+from .rundir import Status
+
+BACKENDS = ("auto", "kernel", "subprocess", "torchrun")
+EXIT_BUSY = 3  # another worker holds the run
+_SCRUB_PREFIXES = ("JPY_", "JUPYTER_SERVER", "KERNEL_", "IPYKERNEL_", "PYDEVD_")
+_SCRUB = {"MPLBACKEND", "CLICOLOR", "FORCE_COLOR", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONINSPECT"}
+
+
+# --- starting a worker -----------------------------------------------------------------------------------------
+def worker_env() -> dict[str, str]:
+    """The environment for a worker: the parent's, minus its Jupyter ties, with a safe ``sys.path``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES) and k not in _SCRUB}
+    pkg_parent = str(Path(__file__).resolve().parent.parent)  # works from a source checkout too
+    paths = [p for p in [pkg_parent, *env.get("PYTHONPATH", "").split(os.pathsep)] if os.path.isabs(p)]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))  # relative entries would resolve against the cwd
+    env.update(PYTHONSAFEPATH="1", PYTHONUNBUFFERED="1", PYTHONNOUSERSITE="1")
+    return env
+
+
+def _in_kernel() -> bool:
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython else None  # type: ignore[attr-defined]
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _open_log(path: Path) -> int:
+    return os.open(path / "log.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
+def start(path: Path, backend: str = "auto", nproc: int = 2) -> str:
+    """Start the worker for the (already queued) run ``path`` in a fresh interpreter and return at once.
+
+    Returns:
+        the backend used ("kernel", "subprocess" or "torchrun").
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown: use one of {', '.join(map(repr, BACKENDS))}.")
+    if backend == "auto":
+        backend = "kernel" if _in_kernel() else "subprocess"
+    rundir.write_status(path, backend=backend)
+    if backend == "kernel":
+        _start_kernel(path)
+        return backend
+    cmd = [sys.executable, "-P", "-m", "distill_nb.worker", str(path)]
+    if backend == "torchrun":
+        cmd = [sys.executable, "-P", "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "distill_nb.worker", str(path)]
+    log = _open_log(path)
+    try:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=worker_env(), cwd="/", start_new_session=True)
+    finally:
+        os.close(log)
+    # until the worker writes its own identity, a crash at start-up is still detected through this one
+    rundir.write_status(path, pid=proc.pid, pid_start=rundir.process_start(proc.pid), host=socket.gethostname())
+    return backend
+
+
+def _start_kernel(path: Path) -> None:
+    """Run the worker in a new, independent Jupyter kernel; the hand-shake happens off the caller's thread."""
+    import secrets
+    import threading
+
+    from jupyter_client.manager import KernelManager  # only this backend needs it
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    runtime = Path(jupyter_runtime_dir())
+    runtime.mkdir(parents=True, exist_ok=True)
+    # the connection file holds a key: keep it out of the run directory (readable by the server's users)
+    km = KernelManager(kernel_name="python3",
+                       connection_file=str(runtime / f"distill-nb-{path.name}-{secrets.token_hex(4)}.json"))
+    log = os.fdopen(_open_log(path), "ab")
+    with log:
+        km.start_kernel(env=worker_env(), cwd="/", independent=True, stdout=log, stderr=subprocess.STDOUT,
+                        extra_arguments=["--ignore-cwd"])
+    pid = getattr(km.provisioner, "pid", None)
+    rundir.write_status(path, pid=pid, pid_start=rundir.process_start(pid) if pid else None,
+                        host=socket.gethostname())
+    code = (f"from distill_nb.worker import main as _m\n_code = _m({str(path)!r})\n"
+            "import os; os._exit(_code)  # the kernel exists for this run only\n")
+
+    def hand_over() -> None:
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=120)
+            msg_id = kc.execute(code, store_history=False)
+            deadline = time.time() + 60
+            while time.time() < deadline:  # closing before the kernel took the request would drop it
+                msg = kc.get_iopub_msg(timeout=60)
+                if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
+                    return
+            raise TimeoutError("the kernel did not take the run within 60 s")
+        except Exception as e:  # noqa: BLE001 — a failed run with the reason, and no idle kernel left behind
+            try:
+                rundir.transition(path, {Status.QUEUED}, state=Status.FAILED,
+                                  error=f"the background kernel did not start the run ({e}); Resume tries again.")
+            except (rundir.RunBusy, ValueError):
+                pass  # the worker did start after all, or someone else changed the state
+            else:
+                km.shutdown_kernel(now=True)
+        finally:
+            kc.stop_channels()
+
+    threading.Thread(target=hand_over, name=f"distill_nb-{path.name}", daemon=True).start()
+
+
+# --- the device queue: first come, first served ----------------------------------------------------------------
+def _ticket_alive(name: str) -> bool:
+    try:
+        _, pid, start, _run = name.split("-", 3)
+        return rundir.alive(int(pid), None if start == "x" else int(start))
+    except ValueError:
+        return False
+
+
+def wait_for_device(device: str, path: Path, poll: float = 0.2, beat: float = 30.0) -> Any:
+    """Wait in line for ``device``; return the held lock file, or None if STOP came first.
+
+    Each waiting worker holds a ticket named by its arrival time; only the oldest living ticket may take the
+    device lock (the OS releases it when its holder dies), so runs start in the order they were queued.
+    """
+    root = path.parent
+    queue = root / ".queue" / device
+    queue.mkdir(parents=True, exist_ok=True)
+    me = rundir.identity()
+    ticket = queue / f"{time.time_ns():020d}-{me['pid']}-{me['pid_start'] or 'x'}-{path.name}"
+    ticket.touch()
+    lock = open(root / ".queue" / f"{device}.lock", "w")  # noqa: SIM115 — held past this function
+    last_beat = time.time()
+    try:
+        while True:
+            if rundir.stop_requested(path):
+                lock.close()
+                return None
+            waiting = sorted(p.name for p in queue.iterdir())
+            first = next((n for n in waiting if _ticket_alive(n) or n == ticket.name), None)
+            for dead in waiting[:waiting.index(first)] if first in waiting else []:
+                (queue / dead).unlink(missing_ok=True)  # a waiter that died gives up its place
+            if first == ticket.name:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return lock
+                except BlockingIOError:
+                    pass
+            if time.time() - last_beat > beat:
+                rundir.write_status(path)  # a heartbeat, so readers on other hosts do not call it dead
+                last_beat = time.time()
+            time.sleep(poll)
+    except BaseException:
+        lock.close()
+        raise
+    finally:
+        ticket.unlink(missing_ok=True)
+
+
+def _device_name(config: DistillConfig) -> str:
+    if config.device != "auto":
+        return config.device.replace(":", "")
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --- the entry point -------------------------------------------------------------------------------------------
+def main(run_dir: str | os.PathLike) -> int:
+    """Be the run's one worker: take its lock, wait for the device, train; ``status.json`` tells the outcome.
+
+    Returns:
+        0 when the run ended (completed, stopped or failed: status.json says which), 1 on an error before
+        training, ``EXIT_BUSY`` when another worker owns the run (nothing was written).
+    """
+    path = Path(run_dir).resolve()
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:  # DDP ranks > 0 follow rank 0, which owns the run directory
+        return _train(path, None)
+    try:
+        rundir.acquire_worker_lock(path)
+    except rundir.RunBusy as e:
+        print(f"distill_nb.worker: {e} This worker exits without touching the run.", file=sys.stderr)
+        return EXIT_BUSY
+    try:
+        status = rundir.read_status(path)
+        if status["state"] == Status.COMPLETED.value:
+            print(f"distill_nb.worker: run {path.name!r} is completed; it is never trained again "
+                  "(use Run.fork(...) for a new run).", file=sys.stderr)
+            return EXIT_BUSY
+        try:
+            config = DistillConfig.from_json(path / "config.json")
+        except Exception as e:  # noqa: BLE001 — whatever it is, status.json must say why the worker stopped
+            rundir.write_status(path, state=Status.FAILED, error=f"config.json cannot be used: {e}",
+                                finished_at=time.time(), **rundir.identity())
+            return 1
+        device = _device_name(config)
+        rundir.write_status(path, state=Status.QUEUED, **rundir.identity(), phase="queued", error=None,
+                            stale=None, message=f"waiting for device {device}")
+        lock = wait_for_device(device, path)
+        if lock is None:
+            rundir.write_status(path, state=Status.STOPPED, finished_at=time.time(), message="stopped while queued")
+            return 0
+        with lock:
+            return _train(path, config)
+    finally:
+        rundir.release_worker_lock(path)
+
+
+def _train(path: Path, config: DistillConfig | None) -> int:
+    from .train import train  # torch loads here, after the cheap checks
+
+    try:
+        train(config or DistillConfig.from_json(path / "config.json"), path)
+        return 0
+    except BaseException:  # noqa: BLE001 — train() wrote the reason into status.json; the traceback goes to log.txt
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m distill_nb.worker RUN_DIR")
+    sys.exit(main(sys.argv[1]))
