@@ -155,9 +155,10 @@ def read_text(path: Path, errors: str = "strict") -> str:
         if e.errno == errno.ENOENT:
             raise FileNotFoundError(str(path)) from None
         raise CorruptRecord(f"{path.name} cannot be opened ({e.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, a FIFO, a device
+        os.close(fd)
+        raise CorruptRecord(f"{path.name} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise CorruptRecord(f"{path.name} is not a regular file")
         data = f.read()
     try:
         return data.decode("utf-8", errors=errors)

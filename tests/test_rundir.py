@@ -1,0 +1,286 @@
+"""The run-directory contract (issue 12): corrupt files of every kind, symlinks, ids, strict JSON, races, identity.
+
+Each guarantee is checked against a matrix, not one example: one bad run never breaks the listing, nothing is
+read or written through a link out of the runs root, NaN never reaches disk or the wire, exactly one of two
+concurrent claims wins, and a reused pid is never taken for the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from distill_nb import rundir
+from distill_nb.cli import main as cli
+from distill_nb.config import DistillConfig
+from distill_nb.rundir import CorruptRecord, RunBusy, Status, create_run, list_runs, read_status
+from distill_nb.runs import Run
+
+
+def make(root: Path, run_id: str, **status) -> Path:
+    path = create_run(DistillConfig(teacher="tiny", max_steps=10), root, run_id)
+    if status:
+        rundir.write_status(path, **status)
+    return path
+
+
+def strict(text: str):
+    """json.loads that refuses NaN/Infinity, as a browser's JSON.parse does."""
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+# --- a corrupt status.json: that run is "unreadable" with the reason, the others list normally ------------------
+CORRUPT_STATUS = {
+    "invalid-utf8": (b'{"state": "running", "message": "\xff\xfe"}', "not UTF-8"),
+    "json-list": (b'["running"]', "JSON list"),
+    "json-string": (b'"completed"', "JSON str"),
+    "json-null": (b"null", "JSON NoneType"),
+    "unknown-state": (b'{"state": "exploded"}', "'exploded'"),
+    "null-state": (b'{"state": null}', "None"),
+    "no-state": (b'{"step": 3}', "state"),
+    "unreadable-state-written": (b'{"state": "unreadable"}', "'unreadable'"),
+    "string-pid": (b'{"state": "running", "pid": "1234"}', "'pid'"),
+    "bool-pid": (b'{"state": "running", "pid": true}', "'pid'"),
+    "float-step": (b'{"state": "running", "step": 2.5}', "'step'"),
+    "string-timestamp": (b'{"state": "completed", "created_at": "yesterday"}', "'created_at'"),
+    "nan-timestamp": (b'{"state": "completed", "updated_at": NaN}', None),  # NaN reads as null: usable
+    "list-error": (b'{"state": "failed", "error": ["x"]}', "'error'"),
+    "truncated": (b'{"state": "runn', "not valid JSON"),
+    "empty": (b"", "not valid JSON"),
+    "binary-zeros": (b"\x00\x00\x00\x00", "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPT_STATUS))
+def test_corrupt_status_is_listed_unreadable_and_never_hides_others(tmp_path, case, capsys):
+    raw, reason = CORRUPT_STATUS[case]
+    good = make(tmp_path, "good", state="completed", step=10, total_steps=10)
+    rundir.append_metrics(good, {"step": 10, "split": "eval", "accuracy": 0.9})
+    bad = make(tmp_path, "bad")
+    (bad / "status.json").write_bytes(raw)
+    got = read_status(bad)
+    if reason is None:
+        assert got["state"] == "completed" and got["updated_at"] is None
+    else:
+        assert got["state"] == "unreadable" and reason in got["error"], got
+    listed = {r["run_id"]: r for r in list_runs(tmp_path)}
+    assert listed["good"]["state"] == "completed" and listed["good"]["last_eval"]["accuracy"] == 0.9
+    assert listed["bad"]["state"] == ("completed" if reason is None else "unreadable")
+    strict(rundir.dumps(list(listed.values())))  # the REST body is strict JSON
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "symlink-outside", "symlink-dangling"])
+def test_status_json_that_is_not_a_regular_file(tmp_path, kind):
+    path = make(tmp_path, "odd")
+    target = tmp_path / "outside.json"
+    target.write_text(json.dumps({"state": "completed"}))
+    (path / "status.json").unlink()
+    if kind == "directory":
+        (path / "status.json").mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path / "status.json")  # opening a FIFO must not block the reader
+    elif kind == "symlink-outside":
+        (path / "status.json").symlink_to(target)
+    else:
+        (path / "status.json").symlink_to(tmp_path / "nowhere.json")
+    got = read_status(path)
+    assert got["state"] == "unreadable" and got["error"], got
+    assert [r["state"] for r in list_runs(tmp_path)] == ["unreadable"]
+
+
+def test_missing_status_is_unreadable_not_a_crash(tmp_path):
+    path = make(tmp_path, "nostatus")
+    (path / "status.json").unlink()
+    assert read_status(path) == {"state": "unreadable", "error": "status.json is missing"}
+
+
+def test_cli_list_survives_every_corrupt_status_at_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DISTILL_NB_RUNS", str(tmp_path))
+    make(tmp_path, "fine", state="stopped", step=3, total_steps=10)
+    for i, (raw, _) in enumerate(CORRUPT_STATUS.values()):
+        (make(tmp_path, f"bad-{i:02d}") / "status.json").write_bytes(raw)
+    assert cli(["list"]) == 0
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and "fine" in out.out and out.out.count("unreadable") >= 15
+
+
+# --- strict JSON: NaN never reaches disk or the wire -------------------------------------------------------------
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_numbers_are_written_as_null(tmp_path, bad):
+    path = make(tmp_path, "nan")
+    rundir.append_metrics(path, {"step": 1, "split": "eval", "accuracy": bad, "nested": {"x": [bad, 1.0]}})
+    rundir.write_status(path, eta_s=bad, final={"retention": bad})
+    line = (path / "metrics.jsonl").read_text().splitlines()[0]
+    assert strict(line) == {"step": 1, "split": "eval", "accuracy": None, "nested": {"x": [None, 1.0]}}
+    status = strict((path / "status.json").read_text())
+    assert status["eta_s"] is None and status["final"] == {"retention": None}
+
+
+def test_old_metrics_with_nan_literals_read_as_null(tmp_path):
+    path = make(tmp_path, "old")
+    (path / "metrics.jsonl").write_text('{"step": 1, "split": "eval", "accuracy": NaN, "x": -Infinity}\n'
+                                        '{"step": "2", "split": "train"}\n[1, 2]\n{"step": 3, "split": "train"}\n')
+    assert rundir.read_metrics(path) == [{"step": 1, "split": "eval", "accuracy": None, "x": None},
+                                         {"step": 3, "split": "train"}]
+    strict(rundir.dumps(list_runs(tmp_path)))
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"state": "exploded"}, "'exploded'"), ({"state": "unreadable"}, "'unreadable'"), ({"pid": "12"}, "'pid'"),
+    ({"step": 1.5}, "'step'"), ({"created_at": "now"}, "'created_at'"), ({"message": 3}, "'message'")])
+def test_writers_refuse_an_invalid_status(tmp_path, fields, words):
+    path = make(tmp_path, "strict")
+    before = (path / "status.json").read_bytes()
+    with pytest.raises(CorruptRecord, match=words):
+        rundir.write_status(path, **fields)
+    assert (path / "status.json").read_bytes() == before  # nothing half written
+
+
+# --- run ids: \A...\Z semantics ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["run\n", "run\r\n", "\nrun", " run", "run ", "ru n", "a/b", "a\\b", "..", "a..b",
+                                 ".hidden", "-dash", "é", "run\x00", "x" * 129, "", None, 7, b"run"])
+def test_run_ids_are_matched_whole(tmp_path, bad):
+    with pytest.raises(ValueError, match="invalid run id"):
+        rundir.validate_run_id(bad)
+    if isinstance(bad, str) and bad:
+        with pytest.raises(ValueError, match="invalid run id"):
+            create_run(DistillConfig(teacher="t"), tmp_path / "runs", bad)
+        assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# --- symbolic links: never followed out of the runs root ---------------------------------------------------------
+def test_symlinked_run_directory_is_neither_listed_nor_attached(tmp_path):
+    root, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    real = make(elsewhere, "secret", state="completed")
+    root.mkdir()
+    (root / "linked").symlink_to(real)
+    make(root, "mine", state="stopped")
+    assert [r["run_id"] for r in list_runs(root)] == ["mine"]
+    with pytest.raises(ValueError, match="symbolic link"):
+        Run.attach("linked", root)
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "STOP", "log.txt", "status.json", ".lock", ".worker.lock"])
+def test_linked_files_are_never_written_through(tmp_path, name):
+    path = make(tmp_path / "runs", "r")
+    target = tmp_path / "victim.txt"
+    target.write_text("precious")
+    if os.path.lexists(path / name):
+        (path / name).unlink()
+    (path / name).symlink_to(target)
+    attempts = {
+        "metrics.jsonl": lambda: rundir.append_metrics(path, {"step": 1, "split": "train"}),
+        "STOP": lambda: rundir.request_stop(path),
+        "status.json": lambda: rundir.write_status(path, state="stopped"),
+        ".lock": lambda: rundir.write_status(path, state="stopped"),
+        ".worker.lock": lambda: rundir.acquire_worker_lock(path),
+        "log.txt": lambda: __import__("distill_nb.worker", fromlist=["x"])._open_log(path),
+    }
+    try:
+        attempts[name]()
+    except (OSError, CorruptRecord, RunBusy):
+        pass  # refusing is fine; writing through the link is not
+    assert target.read_text() == "precious"
+    if name == "metrics.jsonl":
+        assert rundir.read_metrics(path) == []  # and never read through it either
+
+
+def test_linked_checkpoints_folder_is_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+    from distill_nb.checkpoint import latest_checkpoint, save_student
+
+    path = make(tmp_path / "runs", "r")
+    outside = tmp_path / "outside"
+    (outside / "step_0000005").mkdir(parents=True)
+    (outside / "step_0000005" / "trainer_state.json").write_text('{"step": 5}')
+    (path / "checkpoints").symlink_to(outside)
+    (path / "student").symlink_to(outside)
+    assert latest_checkpoint(path) is None
+    with pytest.raises(CorruptRecord, match="symbolic link"):
+        save_student(path, torch.nn.Linear(2, 2), None)
+    assert sorted(p.name for p in outside.iterdir()) == ["step_0000005"]
+
+
+# --- two clicks, one winner -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [2, 8])
+def test_concurrent_claims_exactly_one_wins(tmp_path, n):
+    path = make(tmp_path, "race", state="stopped")
+    results, barrier = [], threading.Barrier(n)
+
+    def claim():
+        barrier.wait()
+        try:
+            rundir.transition(path, {Status.STOPPED, Status.FAILED}, state=Status.QUEUED, pid=os.getpid(),
+                              host="here")
+            results.append("won")
+        except RunBusy:
+            results.append("busy")
+
+    threads = [threading.Thread(target=claim) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["busy"] * (n - 1) + ["won"]
+
+
+def test_concurrent_claims_across_processes(tmp_path):
+    path = make(tmp_path, "race", state="failed")
+    code = ("import sys, time; from distill_nb import rundir; from distill_nb.rundir import Status, RunBusy\n"
+            "time.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
+            "try:\n rundir.transition(sys.argv[1], {Status.STOPPED, Status.FAILED}, state=Status.QUEUED,"
+            " **rundir.identity()); print('won')\nexcept RunBusy: print('busy')\n")
+    at = str(time.time() + 3)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), at], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    # the winners' processes have exited, so the run reads as stale-failed now; exactly one won the race
+    assert outs == ["busy", "busy", "busy", "won"], outs
+
+
+# --- identity: a pid alone is not a process -------------------------------------------------------------------------
+def test_reused_pid_is_not_the_worker(tmp_path):
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = rundir.process_start(stranger.pid)
+        assert rundir.alive(stranger.pid, start) and not rundir.alive(stranger.pid, start + 12345)
+        path = make(tmp_path, "reused")
+        # the worker died long ago; its pid now belongs to the stranger (another start time)
+        rundir.write_status(path, state="running", pid=stranger.pid, pid_start=start + 12345,
+                            host=__import__("socket").gethostname())
+        got = read_status(path)
+        assert got["state"] == "failed" and got["stale"] and "died" in got["error"]
+        Run(path).kill()
+        time.sleep(0.2)
+        assert stranger.poll() is None  # never signalled
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_second_process_cannot_take_the_worker_lock(tmp_path):
+    path = make(tmp_path, "locked")
+    code = ("import sys, time; from distill_nb import rundir; rundir.acquire_worker_lock(sys.argv[1]);"
+            "print('held', flush=True); time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not rundir.worker_lock_free(path)
+        with pytest.raises(RunBusy, match=f"pid {holder.pid}"):
+            rundir.acquire_worker_lock(path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert rundir.worker_lock_free(path)  # the OS released it with the process
+    assert rundir.acquire_worker_lock(path) is True
+    rundir.release_worker_lock(path)
