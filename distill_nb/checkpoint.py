@@ -12,6 +12,7 @@ disk leaves no half checkpoint taking its space). Nothing non-finite is ever sav
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -90,9 +91,11 @@ def save_checkpoint(run_dir: Path, student: nn.Module, proj: nn.Module, opt: tor
         atomic_write_text(tmp / "trainer_state.json", json.dumps({"step": step, "time": time.time()}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back
+    except BaseException as e:
+        _raise_disk_full(folder, e)
         raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # after a failure, a full disk gets its space back
     for old in sorted((p for p in folder.glob("step_*") if p.name[5:].isdigit()), key=_step_of)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -142,9 +145,11 @@ def save_student(run_dir: Path, student: nn.Module, tokenizer: Any) -> Path:
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        _raise_disk_full(run_dir, e)
         raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -162,7 +167,26 @@ def cached_tensor(path: Path, write: bool, compute: Callable[[], torch.Tensor]) 
         try:
             save_file({"logits": value.contiguous()}, tmp)
             os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
+        except BaseException as e:
+            _raise_disk_full(path.parent, e)
             raise
+        finally:
+            tmp.unlink(missing_ok=True)
     return value
+
+
+def _raise_disk_full(folder: Path, error: BaseException) -> None:
+    """Re-raise a write failure on a full disk as ENOSPC, whatever words the library used.
+
+    safetensors says "os error 28", torch.save "file write failed"; with (almost) no space left on the run's
+    filesystem at the moment of failure, the cause is the disk.
+    """
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < 1 << 20 or "os error 28" in str(error) or "No space left" in str(error):
+        raise OSError(errno.ENOSPC, f"No space left on device while writing {folder} ({type(error).__name__}: "
+                      f"{str(error)[:200]})") from error
