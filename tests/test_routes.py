@@ -120,7 +120,8 @@ async def test_resume_refusals_say_why(api, runs_root, sleeper):
 
 
 async def test_auth_required(jp_fetch, runs_root):
-    for method, path in [("GET", "runs"), ("GET", "runs/x"), ("POST", "runs/x/stop"), ("GET", "template")]:
+    for method, path in [("GET", "runs"), ("GET", "runs/x"), ("POST", "runs/x/stop"), ("GET", "template"),
+                         ("POST", "runs/x/resume"), ("DELETE", "runs/x"), ("GET", "runs/x/metrics")]:
         resp = await jp_fetch("distill-nb", path, method=method, body=b"" if method == "POST" else None,
                               headers={"Authorization": ""}, raise_error=False)
         assert resp.code == 403, (method, path)
@@ -178,3 +179,65 @@ def test_importing_routes_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(routes._PKG.parent)})
     assert out.stdout.strip() == "False"
+
+
+# --- issue 12: one bad run never breaks the list; strict JSON; remote code needs a yes; delete ------------------
+async def test_list_survives_corrupt_runs_and_nan_metrics(api, runs_root, http_server_client, jp_auth_header,
+                                                          jp_base_url):
+    fabricate(runs_root, "good", state="completed", step=10, total_steps=10)
+    for run_id, raw in [("utf8", b'{"state": "running", "x": "\xff"}'), ("list", b"[1]"),
+                        ("state", b'{"state": "exploded"}'), ("pid", b'{"state": "running", "pid": "7"}')]:
+        (fabricate(runs_root, run_id) / "status.json").write_bytes(raw)
+    nan = fabricate(runs_root, "nan", state="completed")
+    (nan / "metrics.jsonl").write_text('{"step": 1, "split": "eval", "accuracy": NaN, "retention": Infinity}\n')
+    append_metrics(nan, {"step": 2, "split": "eval", "accuracy": float("nan")})
+    resp = await http_server_client.fetch(f"{jp_base_url}distill-nb/runs", headers=jp_auth_header)
+    body = resp.body.decode()
+    assert "NaN" not in body and "Infinity" not in body
+    runs = json.loads(body, parse_constant=lambda c: pytest.fail(f"bare {c} in the reply"))
+    states = {r["run_id"]: r["state"] for r in runs}
+    assert states == {"good": "completed", "nan": "completed", "utf8": "unreadable", "list": "unreadable",
+                      "state": "unreadable", "pid": "unreadable"}
+    assert all(r["error"] for r in runs if r["state"] == "unreadable")
+    code, one = await api("runs", "list")
+    assert code == 200 and one["state"] == "unreadable"
+
+
+async def test_resume_with_remote_code_needs_an_explicit_yes(api, runs_root, jp_fetch):
+    path = create_run(DistillConfig(teacher="tiny", max_steps=10, trust_remote_code=True), runs_root, "remote")
+    write_status(path, state="stopped", step=5, total_steps=10)
+    code, runs = await api("runs")
+    assert runs[0]["trust_remote_code"] is True and runs[0]["summary"]["teacher"] == "tiny"
+    for body in (b"", b"{}", b'{"trust_remote_code": "yes"}', b'{"trust_remote_code": 1}', b"not json"):
+        resp = await jp_fetch("distill-nb", "runs", "remote", "resume", method="POST", body=body, raise_error=False)
+        assert resp.code == 403 and "trust_remote_code" in json.loads(resp.body)["message"], body
+        assert Run(path).state == "stopped"  # refused without touching the run
+    resp = await jp_fetch("distill-nb", "runs", "remote", "resume", method="POST",
+                          body=b'{"trust_remote_code": true}', raise_error=False)
+    try:
+        assert resp.code == 200 and json.loads(resp.body)["state"] == "queued"
+    finally:
+        Run(path).kill()
+
+
+async def test_concurrent_rest_resumes_start_one_worker(api, runs_root):
+    import asyncio
+
+    path = fabricate(runs_root, "twice", state="stopped", step=5, total_steps=10)
+    try:
+        results = await asyncio.gather(*[api("runs", "twice", "resume", method="POST") for _ in range(4)])
+        codes = sorted(code for code, _ in results)
+        assert codes == [200, 409, 409, 409], results
+    finally:
+        Run(path).kill()
+
+
+async def test_delete_refuses_active_runs_and_removes_finished_ones(api, runs_root, sleeper):
+    fabricate(runs_root, "live", state="running", pid=sleeper.pid, host=socket.gethostname())
+    done = fabricate(runs_root, "done", state="completed")
+    code, err = await api("runs", "live", method="DELETE")
+    assert code == 409 and "stop it" in err["message"] and (runs_root / "live").is_dir()
+    code, reply = await api("runs", "done", method="DELETE")
+    assert (code, reply) == (200, {"run_id": "done", "deleted": True}) and not done.exists()
+    code, _ = await api("runs", "done", method="DELETE")
+    assert code == 404
