@@ -184,7 +184,7 @@ _SCHEMA: dict[str, tuple[type, ...]] = {  # field -> allowed types (None always 
     "eta_s": _NUM, "message": (str,), "error": (str,), "traceback": (str,), "stale": (bool,),
     "phase": (str,), "phase_step": (int,), "phase_total": (int,), "backend": (str,), "device": (str,),
     "precision": (str,), "world_size": (int,), "teacher_path": (str,), "teacher_accuracy": _NUM,
-    "final": (dict,),
+    "final": (dict,), "claimed": (bool,), "summary": (dict,),
 }
 DISK_STATES = {s.value for s in Status if s is not Status.UNREADABLE}
 
@@ -310,11 +310,14 @@ def _liveness(status: dict[str, Any]) -> dict[str, Any]:
             return {**status, "state": Status.FAILED.value, "stale": True,
                     "error": status.get("error") or "the worker process died without finishing (last step "
                     f"{status.get('step', 0)}); Resume continues from the last checkpoint."}
-    elif launcher is not None and status.get("launcher_host") == here and not alive(launcher,
-                                                                                     status.get("launcher_start")):
+        if status.get("claimed") or status.get("backend") != "kernel":
+            return status
+    # no worker has claimed the run yet: the process handing it over must still be there
+    if launcher is not None and status.get("launcher_host") == here and not alive(launcher,
+                                                                                 status.get("launcher_start")):
         return {**status, "state": Status.FAILED.value, "stale": True,
                 "error": status.get("error") or f"the process that launched this run (pid {launcher}) ended "
-                "before it started a worker; Resume starts one."}
+                "before it handed the run to a worker; Resume starts one."}
     return status
 
 

@@ -133,10 +133,13 @@ class Run:
                 raise RunBusy(f"run {self.id!r} still has a live worker; stop it and wait until it has stopped.")
             time.sleep(0.2)
         self.config  # noqa: B018 — a config.json that cannot be read fails here, not in a worker
+        before = self.status()
         # compare-and-set under the run's lock: of two concurrent Resumes exactly one gets here
         rundir.transition(self.path, RESUMABLE, state=Status.QUEUED, error=None, traceback=None, stale=None,
                           pid=None, pid_start=None, finished_at=None, phase="queued", message="queued (resume)",
-                          **rundir.identity("launcher"))
+                          claimed=None, **rundir.identity("launcher"))
+        if before.get("backend") == "kernel" and not before.get("claimed"):
+            Run._kill(before)  # a kernel that was started but never handed the run would idle forever
         rundir.clear_stop(self.path)
         try:
             worker.start(self.path, backend, nproc)
@@ -164,7 +167,10 @@ class Run:
 
         Only the recorded process itself is signalled: a pid reused by another process is left alone.
         """
-        status = self.status()
+        Run._kill(self.status())
+
+    @staticmethod
+    def _kill(status: dict[str, Any]) -> None:
         pid = status.get("pid")
         if not pid or not rundir.alive(int(pid), status.get("pid_start")):
             return

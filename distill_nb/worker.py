@@ -218,8 +218,8 @@ def main(run_dir: str | os.PathLike) -> int:
                                 finished_at=time.time(), **rundir.identity())
             return 1
         device = _device_name(config)
-        rundir.write_status(path, state=Status.QUEUED, **rundir.identity(), phase="queued", error=None,
-                            stale=None, message=f"waiting for device {device}")
+        rundir.write_status(path, state=Status.QUEUED, **rundir.identity(), claimed=True, phase="queued",
+                            error=None, stale=None, message=f"waiting for device {device}")
         lock = wait_for_device(device, path)
         if lock is None:
             rundir.write_status(path, state=Status.STOPPED, finished_at=time.time(), message="stopped while queued")

@@ -284,3 +284,29 @@ def test_second_process_cannot_take_the_worker_lock(tmp_path):
     assert rundir.worker_lock_free(path)  # the OS released it with the process
     assert rundir.acquire_worker_lock(path) is True
     rundir.release_worker_lock(path)
+
+
+def test_kernel_never_handed_its_run_is_stale_and_resume_stops_that_idle_kernel(tmp_path):
+    """The notebook that launched a kernel-backend run died before handing the run over (issue 16.6)."""
+    launcher = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    idle_kernel = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        path = make(tmp_path, "handover")
+        rundir.write_status(path, backend="kernel", pid=idle_kernel.pid,
+                            pid_start=rundir.process_start(idle_kernel.pid),
+                            host=__import__("socket").gethostname(), launcher_pid=int(launcher.stdout),
+                            launcher_start=None)
+        got = read_status(path)
+        assert got["state"] == "failed" and got["stale"] and "handed the run" in got["error"], got
+        # the same run with a worker that claimed it is alive, whatever became of the launcher
+        rundir.write_status(path, claimed=True)
+        assert read_status(path)["state"] == "queued"
+        rundir.write_status(path, claimed=None)
+        Run(path).resume(backend="subprocess")  # the worker fails fast (no teacher "tiny"); the kernel must go
+        idle_kernel.wait(10)
+        assert idle_kernel.returncode is not None
+        Run(path).wait(60)
+    finally:
+        idle_kernel.kill()
+        idle_kernel.wait()
