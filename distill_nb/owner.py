@@ -56,23 +56,28 @@ def alive(pid: int, start: int | None = None) -> bool:
 _HELD: dict[str, int] = {}  # run dir -> fd of the worker lock this process holds (flock is per open file)
 
 
+def open_lock_file(path: Path) -> int:
+    """Open (create) a lock file, never through a symbolic link; OSError(ELOOP) names the link."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"{path} is a symbolic link; remove it (distill_nb does not follow links)")
+        raise
+
+
 def acquire_worker_lock(path: Path) -> bool:
     """Take the run's worker lock for this process (held until released or the process dies).
 
     Returns:
         True if taken now, False if this process already held it (the caller then must not release it).
     Raises:
-        RunBusy: another process holds it (the message says which, from status.json).
+        RunBusy: another process holds it (the message says which: the holder writes its pid into the file).
     """
     key = str(Path(path).resolve())
     if key in _HELD:
         return False
-    try:
-        fd = os.open(Path(path) / ".worker.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise RunBusy(f"{Path(path).name}/.worker.lock is a symbolic link; remove it (links are not followed).") from None
-        raise
+    fd = open_lock_file(Path(path) / ".worker.lock")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

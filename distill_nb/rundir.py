@@ -41,6 +41,7 @@ from .owner import (
     acquire_worker_lock,
     alive,
     identity,
+    open_lock_file,
     process_start,
     release_worker_lock,
     worker_lock_free,
@@ -220,12 +221,7 @@ def _read_raw_status(path: Path) -> dict[str, Any]:
 @contextmanager
 def _status_lock(path: Path) -> Iterator[None]:
     """Serialise read-modify-write of status.json between the launcher, the worker and the server."""
-    try:
-        fd = os.open(Path(path) / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise CorruptRecord(f"{Path(path).name}/.lock is a symbolic link (not followed)") from None
-        raise
+    fd = open_lock_file(Path(path) / ".lock")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

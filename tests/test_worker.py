@@ -9,14 +9,12 @@ and (issue 16) a run survives a restart of the kernel that launched it.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
 import random
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
