@@ -1,0 +1,81 @@
+"""Strict JSON out, tolerant JSON in, and file reads that never follow a symbolic link. Standard library only.
+
+Writers use :func:`dumps` (``allow_nan=False``; NaN/Infinity become ``null``); readers use :func:`read_json`,
+which refuses links, directories, FIFOs and non-UTF-8 bytes with a :class:`CorruptRecord` saying which.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import stat
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+
+class CorruptRecord(ValueError):
+    """A run file exists but cannot be used; the message says which and why."""
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN/Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k.value if isinstance(k, Enum) else k): finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def dumps(value: Any, indent: int | None = None) -> str:
+    """Strict JSON: NaN/Infinity become null, anything not JSON-able raises TypeError."""
+    return json.dumps(finite(value), allow_nan=False, indent=indent)
+
+
+def _no_constants(name: str) -> None:
+    return None  # NaN/Infinity in an old file read as null, never as a float that breaks JSON.parse
+
+
+def loads(text: str) -> Any:
+    """``json.loads`` with NaN/Infinity literals read as None."""
+    return json.loads(text, parse_constant=_no_constants)
+
+
+def read_text(path: Path, errors: str = "strict") -> str:
+    """A regular file's text, never through a symbolic link.
+
+    Raises:
+        FileNotFoundError: missing. CorruptRecord: a link, a directory, or (``errors="strict"``) not UTF-8.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CorruptRecord(f"{path.name} is a symbolic link (not followed)") from None
+        if e.errno == errno.ENOENT:
+            raise FileNotFoundError(str(path)) from None
+        raise CorruptRecord(f"{path.name} cannot be opened ({e.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, a FIFO, a device
+        os.close(fd)
+        raise CorruptRecord(f"{path.name} is not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise CorruptRecord(f"{path.name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; NaN/Infinity literals read as None. Raises FileNotFoundError or CorruptRecord."""
+    text = read_text(path)
+    try:
+        return loads(text)
+    except json.JSONDecodeError as e:
+        raise CorruptRecord(f"{path.name} is not valid JSON ({e.msg} at line {e.lineno})") from None
