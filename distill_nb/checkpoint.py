@@ -1,7 +1,7 @@
 """Checkpoints, the saved student and the teacher-logit cache of a run directory: the one owner of these files.
 
     checkpoints/step_N/   model.safetensors (+ projections.safetensors), tokenizer, optimizer.pt (tensors only),
-                          trainer_state.json, config.json (the run's config: a checkpoint carries its config)
+                          trainer_state.json, distill_config.json (the run's config: a checkpoint carries its config)
     student/              the final student and tokenizer (``transformers.pipeline`` loads it)
     teacher_logits.safetensors
 
@@ -87,7 +87,7 @@ def save_checkpoint(run_dir: Path, student: nn.Module, proj: nn.Module, opt: tor
             save_file({k: v.contiguous() for k, v in proj.state_dict().items()}, tmp / "projections.safetensors")
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()},
                    tmp / "optimizer.pt")
-        config.to_json(tmp / "config.json")
+        config.to_json(tmp / "distill_config.json")  # config.json is the student's own (transformers)
         atomic_write_text(tmp / "trainer_state.json", json.dumps({"step": step, "time": time.time()}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -111,11 +111,11 @@ def load_checkpoint(ckpt: Path, student: nn.Module, proj: nn.Module, opt: torch.
     from safetensors.torch import load_file
 
     try:
-        saved = DistillConfig.from_dict(read_json(ckpt / "config.json"))
+        saved = DistillConfig.from_dict(read_json(ckpt / "distill_config.json"))
     except FileNotFoundError:
         saved = None  # checkpoints from before configs were stored in them
     except (CorruptRecord, ConfigError) as e:
-        raise ConfigError(f"checkpoint {ckpt} has an unusable config.json ({e}); delete that checkpoint folder "
+        raise ConfigError(f"checkpoint {ckpt} has an unusable distill_config.json ({e}); delete that checkpoint folder "
                           "to resume from an earlier one.") from None
     if saved is not None and saved.to_dict() != config.to_dict():
         diff = {k: (v, config.to_dict()[k]) for k, v in saved.to_dict().items() if config.to_dict()[k] != v}

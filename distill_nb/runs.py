@@ -15,7 +15,8 @@ from typing import Any
 
 from . import rundir, worker
 from .config import ConfigError, DistillConfig
-from .rundir import (
+from .rundir import (  # noqa: F401  (re-exported for callers of runs)
+    STALE_AFTER_S,
     RunBusy,
     RunNotFound,
     Status,
@@ -194,6 +195,6 @@ class Run:
         return f"Run({self.id!r}, state={s.get('state')}, step={s.get('step')}/{s.get('total_steps')})"
 
 
-__all__ = ["ConfigError", "Run", "RunBusy", "RunNotFound", "Status", "append_metrics", "create_run", "launch",
+__all__ = ["STALE_AFTER_S", "ConfigError", "Run", "RunBusy", "RunNotFound", "Status", "append_metrics", "create_run", "launch",
            "list_runs", "new_run_id", "read_metrics", "read_status", "run_dir", "runs_root", "validate_run_id",
            "write_status"]

@@ -193,6 +193,12 @@ def test_resume_with_another_config_is_refused_and_fork_makes_a_new_run(tiny_tea
     fork = Run(path).fork(run_id="orig-lr", backend="subprocess", learning_rate=1e-3)
     assert fork.wait(180) == Status.COMPLETED and fork.config.learning_rate == 1e-3
     assert Run(path).config.learning_rate == cfg.learning_rate and not (path / "student").exists()
+    # the checkpoint's own config.json stays the student's: an unfinished run's student loads from it
+    from transformers import AutoModelForSequenceClassification
+
+    ckpt = latest_checkpoint(path)
+    assert AutoModelForSequenceClassification.from_pretrained(ckpt).config.num_hidden_layers == 2
+    assert DistillConfig.from_json(ckpt / "distill_config.json") == cfg
 
 
 # --- 3. each step once, whatever was killed when ------------------------------------------------------------------
