@@ -31,7 +31,7 @@ class DistillConfig:
     text_column: str | list[str] = "sentence"  # column holding the text, or a list of columns (see text_pair)
     text_pair: bool = False  # with 2 text columns: True passes them as a pair (MNLI/QQP), False joins with "\n"
     label_column: str = "label"  # column holding the labels: any integers or strings (mapped to ids 0..n-1)
-    label_names: list[str] | None = None  # class names in label order (sorted values; ids 0..n-1 for 0-based ints)
+    label_names: list[str] | None = None  # class names: names integer ids, orders string labels (a named teacher wins)
     train_split: str = "train"  # split used for training
     eval_split: str = "validation"  # split used for evaluation ("dev"/"test" are accepted aliases)
     max_train_examples: int | None = None  # cap on training examples (None: all)

@@ -227,6 +227,7 @@ def label_ids(train: Sequence[Any], evals: Sequence[Any], label_names: Sequence[
     Integer labels that are already 0..n-1 keep their ids; any other set of integers ({1, 5}, {-1, 0, 1}) and
     any strings map to contiguous ids in sorted order. ``label_names`` names the classes: by id for 0-based
     integers, else in sorted label order; for string labels it fixes the order (and every label must be in it).
+    ``named`` is True for string labels only: they are matched to a teacher's names; integer ids are not.
 
     Raises:
         ValueError: missing labels, eval labels outside the label set (with the hidden-test-split hint), a
@@ -252,10 +253,11 @@ def label_ids(train: Sequence[Any], evals: Sequence[Any], label_names: Sequence[
     names = [str(n) for n in label_names]
     if ints:
         every = sorted(set(train) | set(evals))
+        # integer ids stay ids (named=False): a teacher's own names win over these display names
         if all(0 <= y < len(names) for y in every):
-            return list(range(len(names))), names, True
+            return list(range(len(names))), names, False
         if len(every) == len(names):
-            return every, names, True
+            return every, names, False
         raise ValueError(f"label_names={names} has {len(names)} names but the labels are {every[:20]}: give one "
                          "name per class (ids 0..n-1, or the sorted label values), or label_names=None.")
     unknown = sorted((set(train) | set(evals)) - set(names))

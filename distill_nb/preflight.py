@@ -9,7 +9,6 @@ csv/json, pyarrow for Parquet). The worker repeats the checks where it uses the 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re

@@ -384,6 +384,18 @@ def test_zero_based_ints_with_label_names_keep_their_ids(case):
                for t, y in zip(task.train.texts, task.train.labels))
 
 
+def test_label_names_meet_a_teacher(case):
+    """Integer ids stay ids: a named teacher's names win (counts must match); a LABEL_i teacher takes label_names."""
+    from distill_nb.rundata import align_labels
+
+    task = _task(case, label_names=["neg", "pos"])
+    assert align_labels(task, ["NEGATIVE", "POSITIVE"], "t").label_names == ["NEGATIVE", "POSITIVE"]
+    assert align_labels(task, ["LABEL_0", "LABEL_1"], "t").label_names == ["neg", "pos"]
+    assert align_labels(task, ["LABEL_0", "LABEL_1"], "t").train.labels == task.train.labels
+    with pytest.raises(ConfigError, match="predicts 3 labels"):
+        align_labels(task, ["a", "b", "c"], "t")
+
+
 def test_minus_one_zero_one_sentiment_is_three_classes(case):
     task = load_task(case.folder("tri", rows([("bad", -1), ("meh", 0), ("good", 1)] * 4)), text_column="text")
     assert task.label_names == ["-1", "0", "1"] and task.train.labels[:3] == [0, 1, 2]
@@ -491,5 +503,5 @@ def test_launcher_with_a_bad_teacher(case, name, teacher_key):
 def test_matrix_size():
     """The issue asks for >= 80 cases; count them so a deleted block shows."""
     n = (len(CONFIG_CASES) + len(CLI_CASES) + len(PREFLIGHT_CASES) + 3 + 1 + len(LAUNCHER_CASES) + 2
-         + 13)  # cuda x3, auto+fp16, launcher teachers, accepted-shape tests in section 4 (and the BOM config)
+         + 14)  # cuda x3, auto+fp16, launcher teachers, accepted-shape tests in section 4 (and the BOM config)
     assert n >= 80, n
