@@ -60,6 +60,14 @@ def test_named_non_alphabetical_teacher_and_string_labels_agree_everywhere(tmp_p
     assert names == ["pos", "neg", "neutral"]
     assert all(names[y] == dict(EVAL)[t] for t, y in zip(texts, labels))
     assert run_task(run).label_names == names
+    from distill_nb.widgets.comparison import Comparison
+    from distill_nb.widgets.errors import ErrorAnalysis
+
+    panel = Comparison(str(run), repeats=1)
+    assert panel.measure().rows[0].accuracy == pytest.approx(0.6) and panel.error == ""
+    errors = ErrorAnalysis(None, n_examples=10)
+    errors.set_run(str(run))
+    assert errors.label_names == names and [o[0] for o in errors.label_filter.options][1:] == names
     saved = json.loads((run / "student" / "config.json").read_text())["id2label"]
     assert saved == {"0": "pos", "1": "neg", "2": "neutral"}
 
@@ -79,6 +87,12 @@ def test_label_names_for_integer_classes_reach_the_student_and_status_states_the
     final = train(config, run, log=lambda m: None)
     status = read_status(run)
     assert "a random 10% of all.csv held out (2 of 24 rows, seed 0)" in status["data_note"], status
+    from distill_nb.runs import Run
+    from distill_nb.widgets.monitor import RunMonitor
+
+    monitor = RunMonitor(Run(run), autostart=False)
+    monitor.poll()
+    assert "held out" in monitor.header.value
     saved = json.loads((run / "student" / "config.json").read_text())["id2label"]
     assert saved == {"0": "bad", "1": "good"}
     texts, labels, names = run_examples(run, 10)
