@@ -99,6 +99,9 @@ class DistillConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}={value!r} is invalid: use a positive integer or None.")
+        if self.max_train_examples == 1:
+            raise ConfigError("max_train_examples=1 is too few: one example is one class; use None (all) or at "
+                              "least 2 (hundreds to learn anything).")
         if self.temperature <= 0:
             raise ConfigError(f"temperature={self.temperature!r} is invalid: use a value > 0 (1-4 is usual).")
         if self.temperature < MIN_TEMPERATURE:

@@ -150,6 +150,9 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("max-length-0", {"max_length": 0}, ["max_length=0", ">= 8"]),
     ("max-length-4", {"max_length": 4}, ["max_length=4", "[CLS]"]),
     ("learning-rate-10", {"learning_rate": 10.0}, ["learning_rate=10.0", "too large"]),
+    ("max-train-examples-1", {"max_train_examples": 1}, ["max_train_examples=1", "None"]),
+    ("max-train-examples-0", {"max_train_examples": 0}, ["max_train_examples=0", "positive integer"]),
+    ("student-layers-0", {"student_layers": 0}, ["student_layers=0", ">= 1"]),
     ("label-names-one", {"label_names": ["only"]}, ["label_names=['only']", "at least 2"]),
     ("label-names-duplicate", {"label_names": ["a", "a"]}, ["label_names=['a', 'a']", "distinct"]),
     ("label-names-blank", {"label_names": ["", "b"]}, ["label_names=['', 'b']", "non-empty"]),
@@ -461,6 +464,41 @@ def test_default_layer_map_for_a_deeper_random_student(case):
     assert found["teacher_shape"]["layers"] == 4
 
 
+# --- preflight and the worker read with the same code: they accept and refuse the same files -------------------
+SAME_READER: list[tuple[str, Callable[[Case], str]]] = [
+    ("bom", lambda c: c.folder("bom", "\ufeff" + rows(GOOD))),
+    ("wrapped-json", lambda c: c.folder("wrapped", json.dumps({"rows": [{"text": t, "label": y} for t, y in GOOD]}),
+                                        ext="json")),
+    ("jsonl", lambda c: c.folder("jsonl", "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in GOOD),
+                                 ext="jsonl")),
+    ("single-file", lambda c: c.file("single.csv", rows(GOOD))),
+    ("zero-bytes", lambda c: c.file("zero.csv", b"")),
+    ("one-class", lambda c: c.folder("mono", rows([("good", 1)] * 4), rows(GOOD))),
+    ("hidden-eval", lambda c: c.folder("hidden", rows(GOOD), rows([("x", -1)] * 2))),
+    ("small-single-file", lambda c: c.file("small.csv", rows(GOOD[:4]))),
+    ("odd-json", lambda c: c.folder("odd", json.dumps({"a": 1, "b": [{"text": "x", "label": 0}], "c": [1]}),
+                                    ext="json")),
+    ("missing-labels", lambda c: c.folder("holes", rows(GOOD + [("meh", "")]))),
+]
+
+
+@pytest.mark.parametrize("name,make", SAME_READER, ids=[c[0] for c in SAME_READER])
+def test_preflight_and_worker_agree(case, name, make):
+    dataset = make(case)
+
+    def outcome(call: Callable[[], Any]) -> str:
+        try:
+            call()
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            return str(e.args[0] if isinstance(e, KeyError) else e)
+        return "accepted"
+
+    before = outcome(lambda: _preflight(case, dataset=dataset))
+    worker = outcome(lambda: _task(case, dataset=dataset))
+    assert before == worker
+    assert (before == "accepted") == (name in ("bom", "wrapped-json", "jsonl", "single-file")), before
+
+
 # --- 5. the Launcher widget path: Start shows the error, nothing is created ---------------------------------------
 LAUNCHER_CASES: list[tuple[str, Callable[[Case], dict[str, Any]], list[str]]] = [
     ("zero-byte-data", lambda c: {"dataset": c.file("zero.csv", b"")}, ["zero.csv", "0 bytes"]),
@@ -503,5 +541,6 @@ def test_launcher_with_a_bad_teacher(case, name, teacher_key):
 def test_matrix_size():
     """The issue asks for >= 80 cases; count them so a deleted block shows."""
     n = (len(CONFIG_CASES) + len(CLI_CASES) + len(PREFLIGHT_CASES) + 3 + 1 + len(LAUNCHER_CASES) + 2
+         + len(SAME_READER)
          + 14)  # cuda x3, auto+fp16, launcher teachers, accepted-shape tests in section 4 (and the BOM config)
     assert n >= 80, n
