@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -78,12 +77,6 @@ def main(argv: list[str] | None = None) -> int:
         from .recorder import explain
 
         print(f"distill-nb: run failed: {explain(e)}", file=sys.stderr)
-        return 1
-    except Exception as e:  # noqa: BLE001 — one line, never a traceback (DISTILL_NB_DEBUG=1 re-raises)
-        if os.environ.get("DISTILL_NB_DEBUG"):
-            raise
-        print(f"distill-nb: error: {type(e).__name__}: {e} (set DISTILL_NB_DEBUG=1 to see the traceback)",
-              file=sys.stderr)
         return 1
 
 

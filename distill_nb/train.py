@@ -97,8 +97,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         head = "mlm" if mlm else "classification"
         # --- data --------------------------------------------------------------------------------------------
         task = data or task_for(config)  # the same reader and label mapping as preflight and run_task()
-        if main_proc and task.note:  # e.g. the random 10 % hold-out of a single file: said, not hidden
-            write_status(run_dir, data_note=task.note)
+        rec.update(data_note=task.note or None)  # e.g. the random 10 % hold-out of a single file: said, not hidden
         # --- teacher (fine-tune a head first if it is a bare encoder) -----------------------------------------
         attn = "eager" if config.alpha_attn > 0 else None  # attention maps need the eager kernel
         try:
