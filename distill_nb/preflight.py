@@ -1,10 +1,13 @@
 """preflight(config): the checks a run can fail that need neither torch nor model weights.
 
-``launch()`` calls it before a run directory exists, so a wrong path, an impossible student shape, a layer map
-past the teacher, a missing column or labels the teacher does not predict raise in the notebook at once and
-leave nothing behind. It reads only ``config.json`` files, tokenizer vocabularies and the data files (stdlib
-csv/json, pyarrow for Parquet). The worker repeats the checks where it uses the values, so a run launched with
-``check=False`` still fails with the same message, in ``status.json``.
+``launch()`` calls it before a run directory exists, so a wrong path, a folder without tokenizer files, a
+decoder or seq2seq model, a device or precision the host cannot run, an impossible student shape, a layer map
+past the teacher, an offline hub dataset, an empty/too-small/one-class file, a missing column or labels the
+teacher does not predict raise in the notebook at once and leave nothing behind. It reads only ``config.json``
+files, tokenizer vocabularies and the data files, with the worker's own reader (``data.read_local``), so it
+never refuses what training would accept. torch is imported only to check a CUDA device or bf16/fp16. The
+worker repeats the checks where it uses the values, so a run launched with ``check=False`` still fails with
+the same message, in ``status.json``.
 """
 
 from __future__ import annotations
