@@ -499,6 +499,23 @@ def test_preflight_and_worker_agree(case, name, make):
     assert (before == "accepted") == (name in ("bom", "wrapped-json", "jsonl", "single-file")), before
 
 
+@pytest.mark.parametrize("name", ["one-class", "hidden-eval", "zero-bytes"])
+def test_the_worker_fails_with_the_preflight_message(case, name):
+    """launch(check=False) leaves the checks to the worker: train() refuses with the same words, status says so."""
+    from distill_nb.rundir import read_status
+    from distill_nb.train import train
+
+    dataset = dict(SAME_READER)[name](case)
+    config = DistillConfig.from_dict({**case.base(), "dataset": dataset})
+    with pytest.raises(ValueError) as before:
+        _preflight(case, dataset=dataset)
+    with pytest.raises(ValueError) as worker:
+        train(config, case.tmp / "run", log=lambda *_: None)
+    assert str(worker.value) == str(before.value)
+    status = read_status(case.tmp / "run")
+    assert status["state"] == "failed" and str(before.value) in status["error"], status
+
+
 # --- 5. the Launcher widget path: Start shows the error, nothing is created ---------------------------------------
 LAUNCHER_CASES: list[tuple[str, Callable[[Case], dict[str, Any]], list[str]]] = [
     ("zero-byte-data", lambda c: {"dataset": c.file("zero.csv", b"")}, ["zero.csv", "0 bytes"]),
@@ -541,6 +558,6 @@ def test_launcher_with_a_bad_teacher(case, name, teacher_key):
 def test_matrix_size():
     """The issue asks for >= 80 cases; count them so a deleted block shows."""
     n = (len(CONFIG_CASES) + len(CLI_CASES) + len(PREFLIGHT_CASES) + 3 + 1 + len(LAUNCHER_CASES) + 2
-         + len(SAME_READER)
+         + len(SAME_READER) + 3
          + 14)  # cuda x3, auto+fp16, launcher teachers, accepted-shape tests in section 4 (and the BOM config)
     assert n >= 80, n
