@@ -74,7 +74,11 @@ class TaskData:
         return _finish(raw, label_names, "in-memory lists")
 
     def write_jsonl(self, folder: str | os.PathLike) -> Path:
-        """Write ``train.jsonl`` / ``validation.jsonl`` (text, label) so a background run can read them."""
+        """Write ``train.jsonl`` / ``validation.jsonl`` (text, label name) so a background run can read them.
+
+        Read them back with ``label_names=task.label_names`` (``DistillConfig.label_names``) to keep these ids;
+        without it the names map to ids in sorted order.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for name, split in [("train", self.train), ("validation", self.eval)]:
