@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import typing
@@ -27,8 +28,10 @@ class DistillConfig:
     trust_remote_code: bool = False  # run model code from the hub; only for models you trust
     # --- data ----------------------------------------------------------------------------------------------
     dataset: str = "sst2"  # alias (sst2, trec6), datasets name, or a CSV/TSV/JSON/JSONL/Parquet file or dir
-    text_column: str = "sentence"  # column holding the text
-    label_column: str = "label"  # column holding integer (or string) labels
+    text_column: str | list[str] = "sentence"  # column holding the text, or a list of columns (see text_pair)
+    text_pair: bool = False  # with 2 text columns: True passes them as a pair (MNLI/QQP), False joins with "\n"
+    label_column: str = "label"  # column holding the labels: any integers or strings (mapped to ids 0..n-1)
+    label_names: list[str] | None = None  # class names: names integer ids, orders string labels (a named teacher wins)
     train_split: str = "train"  # split used for training
     eval_split: str = "validation"  # split used for evaluation ("dev"/"test" are accepted aliases)
     max_train_examples: int | None = None  # cap on training examples (None: all)
@@ -83,7 +86,8 @@ class DistillConfig:
             value = getattr(self, f.name)
             if not _type_ok(value, hints[f.name]):
                 raise ConfigError(_type_message(f.name, value, hints[f.name]))
-        positive = ["teacher_prep_steps", "student_layers", "max_length", "batch_size", "eval_every",
+            _check_number(f.name, value)
+        positive = ["teacher_prep_steps", "student_layers", "batch_size", "eval_every",
                     "checkpoint_every", "keep_checkpoints"]
         for name in positive:
             value = getattr(self, name)
@@ -95,8 +99,34 @@ class DistillConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}={value!r} is invalid: use a positive integer or None.")
+        if self.max_train_examples == 1:
+            raise ConfigError("max_train_examples=1 is too few: one example is one class; use None (all) or at "
+                              "least 2 (hundreds to learn anything).")
         if self.temperature <= 0:
             raise ConfigError(f"temperature={self.temperature!r} is invalid: use a value > 0 (1-4 is usual).")
+        if self.temperature < MIN_TEMPERATURE:
+            raise ConfigError(f"temperature={self.temperature!r} is too small: below {MIN_TEMPERATURE} the softened "
+                              "teacher distribution is one-hot and the soft-label loss vanishes (loss 0, the "
+                              "student learns nothing); use a value >= 1 (1-4 is usual).")
+        if self.temperature > MAX_TEMPERATURE:
+            raise ConfigError(f"temperature={self.temperature!r} is too large: above {MAX_TEMPERATURE} the teacher's "
+                              "soft labels are uniform and carry no information; use 1-4 (up to 20).")
+        if self.max_length < MIN_MAX_LENGTH:
+            raise ConfigError(f"max_length={self.max_length!r} is too short: [CLS] and [SEP] take 2 of the tokens, "
+                              f"so the text would be cut to {max(self.max_length - 2, 0)} word pieces; use "
+                              f"max_length >= {MIN_MAX_LENGTH} (64-128 is usual for sentences).")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed={self.seed!r} is out of range: torch seeds are 64-bit; use an integer in "
+                              "[0, 2**63), e.g. 0.")
+        if self.epochs > MAX_EPOCHS:
+            raise ConfigError(f"epochs={self.epochs!r} is too many: use at most {MAX_EPOCHS} (or set max_steps).")
+        _check_text_columns(self.text_column, self.text_pair, self.label_column)
+        if self.label_names is not None:
+            names = self.label_names
+            if len(names) < 2 or any(not n.strip() for n in names) or len(set(names)) != len(names):
+                raise ConfigError(f"label_names={names!r} is invalid: give at least 2 distinct, non-empty class "
+                                  "names in label order (e.g. ['negative', 'positive'] for labels 0 and 1), or "
+                                  "None.")
         weights = {n: getattr(self, n) for n in ["alpha_kd", "alpha_ce", "alpha_hidden", "alpha_attn"]}
         negative = {n: w for n, w in weights.items() if w < 0}
         if negative:
@@ -113,6 +143,9 @@ class DistillConfig:
                               "(BERT masks 0.15).")
         if self.hidden_loss not in ("cosine", "mse"):
             raise ConfigError(f"hidden_loss={self.hidden_loss!r} is invalid: use 'cosine' or 'mse'.")
+        if self.learning_rate > 1:
+            raise ConfigError(f"learning_rate={self.learning_rate!r} is too large: AdamW diverges far below 1; use "
+                              "a value like 5e-5 (fine-tuning) to 1e-3.")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate={self.learning_rate!r} is invalid: use a value > 0 (e.g. 5e-5).")
         if not 0 <= self.warmup_ratio < 1:
@@ -163,23 +196,84 @@ class DistillConfig:
 
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike) -> DistillConfig:
-        """Read a config from a JSON file path or a JSON string."""
+        """Read a config from a JSON file path or a JSON string.
+
+        The JSON literals NaN/Infinity (which Python's json accepts) are refused: no field may be NaN or inf.
+        """
         text = str(path_or_text)
-        if not text.lstrip().startswith("{"):
-            path = Path(path_or_text)
+        source = "config"
+        if not text.lstrip().startswith(("{", "[")):
+            path = Path(path_or_text).expanduser()
+            source = f"config file {str(path)!r}"
+            if path.is_dir():
+                raise ConfigError(f"{source} is a folder: give the path of the JSON file inside it (e.g. "
+                                  f"{str(path / 'config.json')!r}, written by DistillConfig.to_json() or the "
+                                  "Launcher's export).")
             if not path.is_file():
-                raise ConfigError(f"config file {str(path)!r} does not exist: give the path of a JSON file "
-                                  "written by DistillConfig.to_json() or the Launcher's export.")
-            text = path.read_text(encoding="utf-8")
+                raise ConfigError(f"{source} does not exist: give the path of a JSON file written by "
+                                  "DistillConfig.to_json() or the Launcher's export.")
+            try:
+                text = path.read_text(encoding="utf-8-sig")  # an editor's BOM is fine
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{source} cannot be read as UTF-8 text ({e}): re-save it as UTF-8 JSON.") from e
+            if not text.strip():
+                raise ConfigError(f"{source} is empty: give a JSON object such as {{\"teacher\": \"minilm-l6\"}} "
+                                  "(DistillConfig().to_json(path) writes every field).")
+
+        def constant(name: str) -> Any:
+            raise ConfigError(f"{source} contains {name}: no field may be NaN or infinite; use a finite number "
+                              "(e.g. \"temperature\": 2.0).")
+
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=constant)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"config is not valid JSON ({e}); check for trailing commas or quotes.") from e
+            raise ConfigError(f"{source} is not valid JSON ({e}); check for trailing commas or quotes.") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source} holds a JSON {_json_kind(data)}, but a config is one JSON object "
+                              "{\"field\": value, ...}: give the fields of a single DistillConfig (a list of "
+                              "configs: launch them one by one).")
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> DistillConfig:
         """A copy with some fields changed (validated)."""
         return DistillConfig.from_dict({**self.to_dict(), **changes})
+
+
+MIN_TEMPERATURE = 0.1  # below it softmax(z / T) is one-hot in float32: the KD loss is 0
+MAX_TEMPERATURE = 100.0
+MIN_MAX_LENGTH = 8  # [CLS] + [SEP] + at least a few word pieces
+MAX_EPOCHS = 10_000
+INT_LIMIT = 2**63  # torch tensors, seeds and step counters are int64
+
+
+def _check_number(name: str, value: Any) -> None:
+    """Floats must be finite (NaN passes every comparison); integers must fit torch's int64."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}={value!r} is not a finite number: NaN/inf would train a NaN student; give a "
+                          "finite value (see the field's comment in DistillConfig for the usual range).")
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT_LIMIT <= value < INT_LIMIT:
+        raise ConfigError(f"{name}={value!r} is too large: torch counts with 64-bit integers; use a value below "
+                          "2**63 (for steps, epochs and sizes a far smaller one).")
+    if isinstance(value, list):
+        for v in value:
+            _check_number(name, v)
+
+
+def _check_text_columns(text_column: str | list[str], pair: bool, label_column: str) -> None:
+    cols = [text_column] if isinstance(text_column, str) else text_column
+    if not cols or any(not c.strip() for c in cols) or len(set(cols)) != len(cols):
+        raise ConfigError(f"text_column={text_column!r} is invalid: give a column name, or a list of distinct "
+                          "column names (e.g. ['title', 'description']).")
+    if label_column in cols:
+        raise ConfigError(f"text_column={text_column!r} includes the label_column {label_column!r}: the model "
+                          "would read the answer; set text_column to the text column(s) only.")
+    if pair and len(cols) != 2:
+        raise ConfigError(f"text_pair=True needs exactly 2 text columns, got text_column={text_column!r}: give "
+                          "two (e.g. ['premise', 'hypothesis']), or text_pair=False to join the columns.")
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

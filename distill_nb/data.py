@@ -1,7 +1,8 @@
 """Load a labelled text task and turn it into length-bucketed, dynamically padded batches.
 
 Sources: a packaged alias (``sst2``, ``trec6``: read from the project's ``shared/data`` when present, else the
-hub), a local CSV/TSV/JSON/JSONL/Parquet file or folder (through ``datasets``), any ``datasets`` name
+hub), a local CSV/TSV/JSON/JSONL/Parquet file or folder (``tables.read_table``, the reader preflight uses
+too; a single file holds out a random 10 % for evaluation), any ``datasets`` name
 (``glue:sst2`` picks a configuration), or in-memory lists (:meth:`TaskData.from_lists`).
 """
 
@@ -12,16 +13,20 @@ import json
 import math
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
+
+from .tables import FILE_FORMATS, check_columns, join_text, label_value, read_table, split_pair
 
 if TYPE_CHECKING:  # torch loads in collate() only: preflight() reads data with this module, torch-free
     import torch
 
-FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 EVAL_ALIASES = ("validation", "dev", "test", "valid", "val")
 LABEL_NAMES = {"sst2": ["negative", "positive"], "trec6": ["DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"]}
+HOLDOUT = 0.1  # a single data file: this fraction (at least 1 row) is held out for evaluation, seeded
+MIN_SINGLE_FILE_ROWS = 10  # below it a 10 % hold-out leaves nothing worth measuring
+MIN_TRAIN_ROWS = 2
 
 
 @dataclass(frozen=True)
@@ -37,9 +42,11 @@ class TextSplit:
 class TaskData:
     train: TextSplit
     eval: TextSplit
-    label_names: list[str]
+    label_names: list[str]  # class names in id order (these end in the student's id2label)
     source: str  # where the data came from, for reports
-    named_labels: bool = False  # the source gave label names (strings), not integer ids
+    named_labels: bool = False  # the classes have names (string labels or label_names), not bare integer ids
+    label_values: tuple[Any, ...] = ()  # the raw label value of each id (e.g. (1, 5) or ('neg', 'pos'))
+    note: str = ""  # how the eval split was made, when not given (e.g. the hold-out of a single file)
 
     @property
     def num_labels(self) -> int:
@@ -53,18 +60,25 @@ class TaskData:
         index = {str(n).lower(): i for i, n in enumerate(names)}
         new_id = [index[n.lower()] for n in self.label_names]  # KeyError: caller checked with match_labels()
         remap = lambda split: TextSplit(split.texts, [new_id[y] for y in split.labels])  # noqa: E731
-        return TaskData(remap(self.train), remap(self.eval), [str(n) for n in names], self.source,
-                        self.named_labels)
+        values = [None] * len(names)
+        for old, new in enumerate(new_id):
+            values[new] = self.label_values[old] if old < len(self.label_values) else self.label_names[old]
+        return replace(self, train=remap(self.train), eval=remap(self.eval), label_names=[str(n) for n in names],
+                       label_values=tuple(values))
 
     @classmethod
     def from_lists(cls, train_texts: Sequence[str], train_labels: Sequence[Any], eval_texts: Sequence[str],
                    eval_labels: Sequence[Any], label_names: Sequence[str] | None = None) -> TaskData:
-        """A task from Python lists; string labels are mapped to ids in sorted order."""
+        """A task from Python lists; labels map to ids as in :func:`label_ids` (strings in sorted order)."""
         raw = {"train": (list(train_texts), list(train_labels)), "eval": (list(eval_texts), list(eval_labels))}
         return _finish(raw, label_names, "in-memory lists")
 
     def write_jsonl(self, folder: str | os.PathLike) -> Path:
-        """Write ``train.jsonl`` / ``validation.jsonl`` (text, label) so a background run can read them."""
+        """Write ``train.jsonl`` / ``validation.jsonl`` (text, label name) so a background run can read them.
+
+        Read them back with ``label_names=task.label_names`` (``DistillConfig.label_names``) to keep these ids;
+        without it the names map to ids in sorted order.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for name, split in [("train", self.train), ("validation", self.eval)]:
@@ -87,16 +101,22 @@ def find_shared_data() -> Path | None:
     return None
 
 
-def load_task(dataset: str, *, text_column: str = "sentence", label_column: str | None = "label",
+def load_task(dataset: str, *, text_column: str | Sequence[str] = "sentence", label_column: str | None = "label",
               train_split: str = "train", eval_split: str = "validation", max_train: int | None = None,
-              max_eval: int | None = None, seed: int = 0) -> TaskData:
+              max_eval: int | None = None, seed: int = 0, label_names: Sequence[str] | None = None,
+              text_pair: bool = False) -> TaskData:
     """Load train and eval texts with integer labels (all 0 with ``label_column=None``: unlabelled text).
+
+    Args:
+        text_column: a column, or several (joined by newlines; with ``text_pair`` two become a tokenizer pair).
+        label_names: class names in label order (see :func:`label_ids`).
 
     Raises:
         FileNotFoundError: the dataset is neither an alias, a file/folder, nor loadable by ``datasets``.
         KeyError: the text or label column is missing (the message lists the columns there are).
-        ValueError: a split is empty, or labels are unusable.
+        ValueError: a split is empty or too small, or labels are unusable.
     """
+    cols = [text_column] if isinstance(text_column, str) else list(text_column)
     key = dataset.lower().replace("-", "")
     if key in LABEL_NAMES and (shared := find_shared_data()) and (shared / key).is_dir():
         raw = _read_shared(shared / key, key)
@@ -106,18 +126,18 @@ def load_task(dataset: str, *, text_column: str = "sentence", label_column: str 
         text_col = "sentence" if key == "sst2" else "text"
         label_col = "label" if key == "sst2" else "coarse_label"
         eval_name = "validation" if key == "sst2" else "test"
-        raw = _read_datasets(name, text_col, label_col, "train", eval_name)
+        raw = _read_datasets(name, [text_col], label_col, "train", eval_name, False)
         task = _finish(raw, LABEL_NAMES[key], name)
     else:
         path = Path(dataset).expanduser()
         if path.exists():
-            raw = _read_files(path, text_column, label_column, train_split, eval_split, seed)
+            raw, _, note = read_local(path, cols, label_column, train_split, eval_split, seed, text_pair)
         elif any(sep in dataset for sep in ("/", ":")) or not path.suffix:
-            raw = _read_datasets(dataset, text_column, label_column, train_split, eval_split)
+            raw, note = _read_datasets(dataset, cols, label_column, train_split, eval_split, text_pair), ""
         else:
             raise FileNotFoundError(f"dataset {dataset!r}: no such file. Give a CSV/TSV/JSON/JSONL/Parquet "
                                     f"file or folder, a datasets name, or an alias: {sorted(LABEL_NAMES)}.")
-        task = _finish(raw, None, str(dataset))
+        task = replace(_finish(raw, label_names, str(dataset), labelled=label_column is not None), note=note)
     return _cap(task, max_train, max_eval, seed)
 
 
@@ -136,49 +156,54 @@ def _read_shared(folder: Path, key: str) -> dict[str, tuple[list[str], list[Any]
     return {"train": read_trec("train.txt"), "eval": read_trec("test.txt")}
 
 
-def _read_files(path: Path, text_col: str, label_col: str | None, train_split: str, eval_split: str,
-                seed: int) -> dict[str, tuple[list[str], list[Any]]]:
-    if path.is_dir():
-        files = {p.stem: p for p in sorted(path.iterdir()) if p.suffix.lower() in FILE_FORMATS}
-        train = files.get(train_split)
-        evals = [files[n] for n in (eval_split, *EVAL_ALIASES) if n in files and n != train_split]
-        if train is None or not evals:
-            raise FileNotFoundError(f"folder {str(path)!r} has {sorted(files) or 'no data files'}; it needs "
-                                    f"{train_split}.<csv|tsv|json|jsonl|parquet> and {eval_split}.<...> "
-                                    "(or dev/test).")
-        return {"train": _read_table(train, text_col, label_col), "eval": _read_table(evals[0], text_col,
-                                                                                         label_col)}
-    texts, labels = _read_table(path, text_col, label_col)
+def data_files(path: Path, train_split: str, eval_split: str) -> dict[str, Path]:
+    """{"train": file, "eval": file} of a data folder, or {"train": path} for a single file."""
+    if not path.is_dir():
+        return {"train": path}
+    files = {p.stem: p for p in sorted(path.iterdir()) if p.suffix.lower() in FILE_FORMATS}
+    train = files.get(train_split)
+    evals = [files[n] for n in (eval_split, *EVAL_ALIASES) if n in files and n != train_split]
+    if train is None or not evals:
+        raise FileNotFoundError(f"data folder {str(path)!r} has {sorted(files) or 'no data files'}; it needs "
+                                f"{train_split}.<csv|tsv|json|jsonl|parquet> and {eval_split}.<...> (or dev/test): "
+                                "rename the files, or set train_split/eval_split to their names.")
+    return {"train": train, "eval": evals[0]}
+
+
+def read_local(path: Path, text_cols: Sequence[str], label_col: str | None, train_split: str, eval_split: str,
+               seed: int, pair: bool = False, max_bytes: int | None = None
+               ) -> tuple[dict[str, tuple[list[str], list[Any]]], bool, str]:
+    """(raw splits, read whole?, note) of a local file or folder: the reader preflight and the worker share.
+
+    A single file holds out a random 10 % (seeded, at least one row) for evaluation; ``note`` says so.
+    """
+    files = data_files(path, train_split, eval_split)
+    raw, whole = {}, True
+    for split, file in files.items():
+        texts, labels, complete = read_table(file, text_cols, label_col, pair=pair, max_bytes=max_bytes)
+        whole &= complete
+        if not texts and complete:
+            raise ValueError(f"data file {str(file)!r} is empty: it has a header but no rows. Give it examples (one "
+                             "per row), or set dataset to another file.")
+        raw[split] = (texts, labels)
+    if "eval" in raw:
+        return raw, whole, ""
+    texts, labels = raw["train"]
+    if len(texts) < MIN_SINGLE_FILE_ROWS and whole:
+        raise ValueError(f"data file {str(path)!r} has {len(texts)} row(s): a single file is split into train and a "
+                         f"random {HOLDOUT:.0%} eval hold-out, which needs at least {MIN_SINGLE_FILE_ROWS} rows. Add "
+                         "examples, or give a folder with train.<ext> and validation.<ext>.")
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
-    n_eval = max(1, len(order) // 10)  # one file: hold out 10 % for evaluation, reproducibly
+    n_eval = max(1, round(len(order) * HOLDOUT))
     pick = lambda idx: ([texts[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
-    return {"train": pick(order[n_eval:]), "eval": pick(order[:n_eval])}
+    note = (f"eval split: a random {HOLDOUT:.0%} of {path.name} held out ({n_eval} of {len(order)} rows, seed "
+            f"{seed}); give a folder with train/validation files to choose it")
+    return {"train": pick(order[n_eval:]), "eval": pick(order[:n_eval])}, whole, note
 
 
-def _read_table(path: Path, text_col: str, label_col: str | None) -> tuple[list[str], list[Any]]:
-    from datasets import load_dataset
-
-    fmt = FILE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"{str(path)!r} has an unknown extension; use one of {sorted(FILE_FORMATS)}.")
-    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-    try:
-        table = load_dataset(fmt, data_files=str(path), split="train", **kwargs)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as "
-                         "UTF-8 (e.g. iconv -f latin1 -t utf-8).") from e
-    except Exception as e:  # datasets wraps parse errors in several types
-        if "corresponds to no data" in str(e):
-            raise ValueError(f"{str(path)!r} is empty (no rows): give at least one example.") from e
-        if isinstance(e.__cause__ or e.__context__, UnicodeDecodeError) or "utf-8" in str(e).lower():
-            raise ValueError(f"{str(path)!r} is not UTF-8 text; re-save it as UTF-8.") from e
-        raise
-    return _columns(table, text_col, label_col, str(path))
-
-
-def _read_datasets(name: str, text_col: str, label_col: str | None, train_split: str,
-                   eval_split: str) -> dict[str, tuple[list[str], list[Any]]]:
+def _read_datasets(name: str, text_cols: Sequence[str], label_col: str | None, train_split: str,
+                   eval_split: str, pair: bool) -> dict[str, tuple[list[str], list[Any]]]:
     from datasets import load_dataset
 
     repo, _, conf = name.partition(":")
@@ -191,46 +216,81 @@ def _read_datasets(name: str, text_col: str, label_col: str | None, train_split:
     evals = [n for n in (eval_split, *EVAL_ALIASES) if n in ds and n != train_split]
     if train_split not in ds or not evals:
         raise KeyError(f"dataset {name!r} has splits {list(ds)}; set train_split/eval_split to two of them.")
-    return {"train": _columns(ds[train_split], text_col, label_col, name),
-            "eval": _columns(ds[evals[0]], text_col, label_col, name)}
+
+    def columns(table: Any) -> tuple[list[str], list[Any]]:
+        check_columns(table.column_names, text_cols, label_col, name)
+        texts = [join_text(row, pair) for row in zip(*(table[c] for c in text_cols))]
+        return texts, [label_value(y) for y in table[label_col]] if label_col is not None else [0] * len(texts)
+    return {"train": columns(ds[train_split]), "eval": columns(ds[evals[0]])}
 
 
-def _columns(table: Any, text_col: str, label_col: str | None, where: str) -> tuple[list[str], list[Any]]:
-    missing = [c for c in (text_col, label_col) if c is not None and c not in table.column_names]
-    if missing:
-        raise KeyError(f"{where}: column(s) {missing} not found; columns are {table.column_names}. Set "
-                       "text_column / label_column to the right names.")
-    texts = [str(t) if t is not None else "" for t in table[text_col]]
-    return texts, list(table[label_col]) if label_col is not None else [0] * len(texts)
+def label_ids(train: Sequence[Any], evals: Sequence[Any], label_names: Sequence[str] | None,
+              source: str) -> tuple[list[Any], list[str], bool]:
+    """(raw value of each id, class name of each id, named?) for the labels of a task.
+
+    Integer labels that are already 0..n-1 keep their ids; any other set of integers ({1, 5}, {-1, 0, 1}) and
+    any strings map to contiguous ids in sorted order. ``label_names`` names the classes: by id for 0-based
+    integers, else in sorted label order; for string labels it fixes the order (and every label must be in it).
+    ``named`` is True for string labels only: they are matched to a teacher's names; integer ids are not.
+
+    Raises:
+        ValueError: missing labels, eval labels outside the label set (with the hidden-test-split hint), a
+            ``label_names`` that does not fit.
+    """
+    if any(y is None for y in [*train, *evals]):
+        n = sum(y is None for y in [*train, *evals])
+        raise ValueError(f"{source}: {n} label(s) are missing (empty cells): drop those rows or fill them, or set "
+                         "label_column to the column that holds the labels.")
+    ints = all(isinstance(y, int) for y in [*train, *evals])
+    if not ints:
+        train, evals = [str(y) for y in train], [str(y) for y in evals]
+    hidden = ints and any(y < 0 for y in set(evals) - set(train))
+    if hidden:
+        raise ValueError(f"{source}: the eval split has labels {sorted(set(evals) - set(train))[:10]} that no training "
+                         "example has: -1 marks a hidden test split (GLUE-style test sets publish no labels). Use "
+                         "the validation split (eval_split='validation'), or an eval file with real labels.")
+    if label_names is None:
+        values = sorted(set(train) | set(evals))
+        if ints and values == list(range(len(values))):
+            return values, [str(v) for v in values], False
+        return values, [str(v) for v in values], not ints
+    names = [str(n) for n in label_names]
+    if ints:
+        every = sorted(set(train) | set(evals))
+        # integer ids stay ids (named=False): a teacher's own names win over these display names
+        if all(0 <= y < len(names) for y in every):
+            return list(range(len(names))), names, False
+        if len(every) == len(names):
+            return every, names, False
+        raise ValueError(f"label_names={names} has {len(names)} names but the labels are {every[:20]}: give one "
+                         "name per class (ids 0..n-1, or the sorted label values), or label_names=None.")
+    unknown = sorted((set(train) | set(evals)) - set(names))
+    if unknown:
+        raise ValueError(f"{source}: labels {unknown[:10]} are not among label_names={names}: add them to "
+                         "label_names, fix the data, or set label_names=None.")
+    return names, names, True
 
 
-def _finish(raw: dict[str, tuple[list[str], list[Any]]], label_names: Sequence[str] | None,
-            source: str) -> TaskData:
+def _finish(raw: dict[str, tuple[list[str], list[Any]]], label_names: Sequence[str] | None, source: str,
+            *, labelled: bool = True) -> TaskData:
     for split, (texts, labels) in raw.items():
         if not texts:
             raise ValueError(f"the {split} split of {source} is empty: give at least one example.")
         if len(texts) != len(labels):
             raise ValueError(f"{source}: {len(texts)} texts but {len(labels)} labels in the {split} split.")
-    all_labels = raw["train"][1] + raw["eval"][1]
-    if any(y is None for y in all_labels):
-        raise ValueError(f"{source}: some labels are missing (None); drop those rows or fill them.")
-    if all(isinstance(y, (int,)) and not isinstance(y, bool) for y in all_labels):
-        names = list(label_names) if label_names else [str(i) for i in range(max(all_labels) + 1)]
-        bad = sorted({y for y in all_labels if not 0 <= y < len(names)})
-        if bad:
-            raise ValueError(f"{source}: labels {bad[:10]} are outside 0..{len(names) - 1} "
-                             f"({len(names)} label names: {names}).")
-        to_id = lambda ys: list(ys)  # noqa: E731
-    else:
-        names = list(label_names) if label_names else sorted({str(y) for y in all_labels})
-        index = {n: i for i, n in enumerate(names)}
-        unknown = sorted({str(y) for y in all_labels} - set(index))
-        if unknown:
-            raise ValueError(f"{source}: labels {unknown[:10]} are not among {names}.")
-        to_id = lambda ys: [index[str(y)] for y in ys]  # noqa: E731
-    split = {k: TextSplit(list(t), to_id(y)) for k, (t, y) in raw.items()}
-    return TaskData(split["train"], split["eval"], names, source, named_labels=not all(
-        isinstance(y, int) and not isinstance(y, bool) for y in all_labels))
+    if len(raw["train"][0]) < MIN_TRAIN_ROWS:
+        raise ValueError(f"the train split of {source} has {len(raw['train'][0])} example(s): distillation needs at "
+                         f"least {MIN_TRAIN_ROWS} (hundreds to learn anything); give more examples.")
+    if not labelled:
+        return TaskData(TextSplit(*raw["train"]), TextSplit(*raw["eval"]), ["0"], source, False, (0,))
+    values, names, named = label_ids(raw["train"][1], raw["eval"][1], label_names, source)
+    if len({str(y) for y in raw["train"][1]}) < 2:
+        raise ValueError(f"the train split of {source} has one class only ({raw['train'][1][0]!r}): a classifier "
+                         "needs at least 2. Check label_column (is it the label column?) and the file.")
+    index = {v: i for i, v in enumerate(values)}
+    key = (lambda y: y) if all(isinstance(v, int) for v in values) else str  # noqa: E731
+    split = {k: TextSplit(list(t), [index[key(y)] for y in ys]) for k, (t, ys) in raw.items()}
+    return TaskData(split["train"], split["eval"], names, source, named, tuple(values))
 
 
 def _cap(task: TaskData, max_train: int | None, max_eval: int | None, seed: int) -> TaskData:
@@ -239,13 +299,16 @@ def _cap(task: TaskData, max_train: int | None, max_eval: int | None, seed: int)
             return split
         idx = sorted(random.Random(seed + salt).sample(range(len(split)), n))  # a seeded, fixed subset
         return TextSplit([split.texts[i] for i in idx], [split.labels[i] for i in idx])
-    return TaskData(cap(task.train, max_train, 0), cap(task.eval, max_eval, 1), task.label_names, task.source,
-                    task.named_labels)
+    return replace(task, train=cap(task.train, max_train, 0), eval=cap(task.eval, max_eval, 1))
 
 
 # --- tokens and batches ----------------------------------------------------------------------------------------
 def encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids per text (with special tokens, truncated to ``max_length``, unpadded)."""
+    pairs = [split_pair(t) for t in texts]
+    if any(p is not None for p in pairs):  # text_pair=True: the tokenizer's own pair format (and token types)
+        first, second = zip(*[p or (t, "") for p, t in zip(pairs, texts)])
+        return tokenizer(list(first), list(second), truncation=True, max_length=max_length)["input_ids"]
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
 

@@ -44,3 +44,27 @@ def packaged_folder(name: str) -> Path | None:
         return Path(config.locate()).parent if config else None
     folder = cache_dir() / "all-mpnet-base-v2"  # the five zip parts are joined and unpacked on first use
     return folder if (folder / "config.json").is_file() else None
+
+
+# The toolkit distils encoders; these families are decoders or encoder-decoders (refused with ENCODERS named).
+ENCODERS = "BERT, RoBERTa, MPNet, DeBERTa, DistilBERT, ELECTRA, ALBERT, XLM-R, …"
+DECODER_TYPES = {"gpt2", "gptj", "gpt_neo", "gpt_neox", "gpt_bigcode", "llama", "mistral", "mixtral", "opt", "bloom",
+                 "falcon", "qwen2", "qwen3", "phi", "phi3", "gemma", "gemma2", "gemma3", "codegen", "mpt", "olmo",
+                 "ctrl", "transfo-xl", "xglm", "biogpt"}
+SEQ2SEQ_TYPES = {"t5", "mt5", "umt5", "bart", "mbart", "pegasus", "marian", "led", "prophetnet", "bigbird_pegasus",
+                 "longt5", "switch_transformers", "blenderbot", "encoder-decoder"}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model", "spm.model")
+
+
+def unsupported_family(cfg: dict) -> str | None:
+    """'causal language model' or 'sequence-to-sequence model' for a family the toolkit cannot distil."""
+    archs = [str(a) for a in cfg.get("architectures") or []]
+    kind = str(cfg.get("model_type", ""))
+    if cfg.get("is_encoder_decoder") or kind in SEQ2SEQ_TYPES or any(
+            a.endswith(("ForConditionalGeneration", "Seq2SeqLM")) for a in archs):
+        return "sequence-to-sequence model"
+    if kind in DECODER_TYPES or cfg.get("is_decoder") or any(a.endswith(("ForCausalLM", "LMHeadModel"))
+                                                              for a in archs):
+        return "causal language model"
+    return None

@@ -243,9 +243,13 @@ def every_k_layers(teacher_layers: int, student_layers: int) -> list[int]:
 
 
 def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
-    """Teacher layer whose output each student layer imitates: top of each block, last to last."""
+    """Teacher layer whose output each student layer imitates: top of each block, last to last.
+
+    A student deeper than its teacher (random init) repeats teacher layers: the first student layers map to
+    layer 0, never to -1.
+    """
     k = teacher_layers / student_layers
-    return [round((j + 1) * k) - 1 for j in range(student_layers)]
+    return [min(teacher_layers - 1, max(0, round((j + 1) * k) - 1)) for j in range(student_layers)]
 
 
 def layer_list(model: nn.Module) -> nn.ModuleList:

@@ -1,15 +1,17 @@
 """preflight(config): the checks a run can fail that need neither torch nor model weights.
 
-``launch()`` calls it before a run directory exists, so a wrong path, an impossible student shape, a layer map
-past the teacher, a missing column or labels the teacher does not predict raise in the notebook at once and
-leave nothing behind. It reads only ``config.json`` files, tokenizer vocabularies and the data files (stdlib
-csv/json, pyarrow for Parquet). The worker repeats the checks where it uses the values, so a run launched with
-``check=False`` still fails with the same message, in ``status.json``.
+``launch()`` calls it before a run directory exists, so a wrong path, a folder without tokenizer files, a
+decoder or seq2seq model, a device or precision the host cannot run, an impossible student shape, a layer map
+past the teacher, an offline hub dataset, an empty/too-small/one-class file, a missing column or labels the
+teacher does not predict raise in the notebook at once and leave nothing behind. It reads only ``config.json``
+files, tokenizer vocabularies and the data files, with the worker's own reader (``data.read_local``), so it
+never refuses what training would accept. torch is imported only to check a CUDA device or bf16/fp16. The
+worker repeats the checks where it uses the values, so a run launched with ``check=False`` still fails with
+the same message, in ``status.json``.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -17,8 +19,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import ConfigError, DistillConfig
-from .data import EVAL_ALIASES, FILE_FORMATS, LABEL_NAMES, _finish, find_shared_data
-from .families import PACKAGED, POSITION_OFFSET_FAMILIES, SHAPE_NAMES, packaged_folder
+from .data import LABEL_NAMES, _finish, find_shared_data, read_local
+from .families import (ENCODERS, PACKAGED, POSITION_OFFSET_FAMILIES, SHAPE_NAMES, TOKENIZER_FILES, packaged_folder,
+                       unsupported_family)
+from .tables import FILE_FORMATS
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -44,7 +48,10 @@ def preflight(config: DistillConfig) -> dict[str, Any]:
         raise TypeError(f"preflight() takes a DistillConfig, got {type(config).__name__}.")
     config.validate()
     found: dict[str, Any] = {"teacher_shape": None, "teacher_labels": None, "data_labels": None, "rows": None}
+    check_device(config.device, config.precision)
     t_cfg = model_config(config.teacher, "teacher", require_weights=True)
+    if t_cfg is not None:
+        check_family(t_cfg, config.teacher, "teacher")
     classifier = t_cfg is not None and is_classifier(t_cfg)
     mlm = config.objective == "mlm"  # masked-LM distillation: labels are not used
     if t_cfg is not None and mlm and not is_masked_lm(t_cfg):
@@ -64,7 +71,9 @@ def preflight(config: DistillConfig) -> dict[str, Any]:
         check_student(config, t_shape)
         check_max_length(config.max_length, t_cfg, config.teacher)
     if config.student_init not in ("every_k", "random"):
-        model_config(config.student_init, "student_init", require_weights=True)
+        s_cfg = model_config(config.student_init, "student_init", require_weights=True)
+        if s_cfg is not None:
+            check_family(s_cfg, config.student_init, "student_init")
         if config.alpha_hidden or config.alpha_attn or mlm:
             check_shared_vocab(config.teacher, config.student_init, mlm=mlm)
     task = read_task_labels(config)
@@ -120,6 +129,11 @@ def model_config(name: str, role: str, *, require_weights: bool = False) -> dict
             raise FileNotFoundError(f"{role} folder {name!r} has config.json but no weights (model.safetensors "
                                     "or pytorch_model.bin): save the model with model.save_pretrained(folder), "
                                     "or use a complete download.")
+        if require_weights and not (any((path / f).is_file() for f in TOKENIZER_FILES) or any(path.glob("*.model"))):
+            # transformers would build a 5-token tokenizer from special tokens alone: every word [UNK]
+            raise FileNotFoundError(f"{role} folder {name!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): "
+                                    "save the tokenizer beside the model with tokenizer.save_pretrained(folder), "
+                                    "or copy those files from the model it was trained from.")
         return _read_model_json(path / "config.json", name, role)
     looks_local = name.startswith(("/", "./", "../", "~", "\\")) or name.count("/") > 1
     if not looks_local:
@@ -161,6 +175,42 @@ def is_classifier(cfg: dict[str, Any]) -> bool:
 
 def is_masked_lm(cfg: dict[str, Any]) -> bool:
     return any(str(a).endswith(("ForMaskedLM", "ForPreTraining")) for a in cfg.get("architectures") or [])
+
+
+def check_family(cfg: dict[str, Any], name: str, role: str) -> None:
+    """Refuse decoder-only (causal LM) and encoder-decoder models: the toolkit distils encoders."""
+    kind = unsupported_family(cfg)
+    if kind:
+        raise ConfigError(f"{role} {name!r} is a {kind} ({cfg.get('model_type')}, architectures="
+                          f"{cfg.get('architectures')}): this toolkit distils encoders ({ENCODERS}). Use an encoder "
+                          "checkpoint, e.g. teacher='minilm-l6' or a BERT/RoBERTa fine-tuned for your task.")
+
+
+def check_device(device: str, precision: str) -> None:
+    """A device or precision this host cannot run, refused before a run directory exists.
+
+    Imports torch only when ``device`` or ``precision`` asks for CUDA (the common case stays torch-free).
+    """
+    if device == "cpu" and precision in ("bf16", "fp16"):
+        raise ConfigError(f"precision={precision!r} needs a CUDA GPU, but device='cpu': use precision='auto' or "
+                          "'fp32' on CPU, or device='cuda'.")
+    if not (device.startswith("cuda") or precision in ("bf16", "fp16")):
+        return
+    import torch
+
+    available = torch.cuda.is_available()
+    if device.startswith("cuda") and not available:
+        raise ConfigError(f"device={device!r} but this host has no usable CUDA GPU (torch.cuda.is_available() is "
+                          "False): use device='auto' (CPU here) or 'cpu', or run on a machine with a GPU.")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r} but this host has {torch.cuda.device_count()} GPU(s): use "
+                          f"'cuda:0'..'cuda:{torch.cuda.device_count() - 1}', or 'cuda'.")
+    if precision in ("bf16", "fp16") and not available:
+        raise ConfigError(f"precision={precision!r} needs a CUDA GPU and this host has none (device={device!r} "
+                          "runs on CPU): use precision='auto' or 'fp32'.")
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("precision='bf16' but this GPU does not support bfloat16: use precision='fp16' or "
+                          "'auto' (which picks what the GPU supports).")
 
 
 def shape_of(cfg: dict[str, Any]) -> dict[str, int] | None:
@@ -281,8 +331,8 @@ def match_labels(data_names: Sequence[str], named: bool, teacher_names: Sequence
 def read_task_labels(config: DistillConfig) -> tuple[list[str], bool, dict[str, int]] | None:
     """(label names, named?, rows per split) of a local dataset; None for aliases and ``datasets`` names.
 
-    Reads the whole file when it is small, checking columns, emptiness, UTF-8 and labels; a big file gets its
-    header and first rows checked and its labels checked by the worker.
+    Uses the worker's own reader (``data.read_local``: same columns, BOM, JSON layouts, hold-out, label mapping),
+    reading a small file whole; a big file gets its first rows checked and its labels checked by the worker.
     """
     key = config.dataset.lower().replace("-", "")
     if key in LABEL_NAMES:
@@ -296,123 +346,36 @@ def read_task_labels(config: DistillConfig) -> tuple[list[str], bool, dict[str, 
         if path.suffix.lower() in FILE_FORMATS or config.dataset.startswith(("/", "./", "../", "~")):
             raise FileNotFoundError(f"dataset {config.dataset!r}: no such file. Give a CSV/TSV/JSON/JSONL/Parquet "
                                     f"file or folder, a datasets name, or an alias: {sorted(LABEL_NAMES)}.")
+        check_hub_dataset(config.dataset)
         return None  # a datasets name: the worker loads it
-    if path.is_dir():
-        files = {p.stem: p for p in sorted(path.iterdir()) if p.suffix.lower() in FILE_FORMATS}
-        train = files.get(config.train_split)
-        evals = [files[n] for n in (config.eval_split, *EVAL_ALIASES) if n in files and n != config.train_split]
-        if train is None or not evals:
-            raise FileNotFoundError(f"folder {str(path)!r} has {sorted(files) or 'no data files'}; it needs "
-                                    f"{config.train_split}.<csv|tsv|json|jsonl|parquet> and "
-                                    f"{config.eval_split}.<...> (or dev/test): rename the files, or set "
-                                    "train_split/eval_split.")
-        pairs = {"train": train, "eval": evals[0]}
-    else:
-        if path.suffix.lower() not in FILE_FORMATS:
-            raise ValueError(f"{str(path)!r} has an unknown extension; use one of {sorted(FILE_FORMATS)}.")
-        pairs = {"train": path}
-    raw, complete = {}, True
+    cols = [config.text_column] if isinstance(config.text_column, str) else config.text_column
     label_column = None if config.objective == "mlm" else config.label_column  # mlm: unlabelled text is fine
-    for split, file in pairs.items():
-        got = _read_rows(file, config.text_column, label_column)
-        if got is None:
-            return None
-        texts, labels, whole = got
-        complete &= whole
-        raw[split] = (texts, labels)
+    try:
+        raw, whole, _ = read_local(path, cols, label_column, config.train_split, config.eval_split, config.seed,
+                                   config.text_pair, max_bytes=FULL_READ_BYTES)
+    except KeyError as e:  # a missing column: a config value to change
+        raise ConfigError(e.args[0]) from None
     rows = {k: len(v[0]) for k, v in raw.items()}
-    if "eval" not in raw:  # one file: the worker holds out 10 % for evaluation
-        raw["eval"] = raw["train"]
-    if not complete:
+    if not whole:
         for split, (texts, _) in raw.items():
             if not texts:
                 raise ValueError(f"the {split} split of {config.dataset} is empty: give at least one example.")
         return None
-    task = _finish(raw, None, str(config.dataset))
+    task = _finish(raw, config.label_names, str(config.dataset), labelled=label_column is not None)
     return task.label_names, task.named_labels, rows
 
 
-def _read_rows(path: Path, text_col: str, label_col: str | None) -> tuple[list[str], list[Any], bool] | None:
-    """(texts, labels, read whole?) with the same column and encoding errors load_task gives; None: unknown.
-
-    With ``label_col=None`` (unlabelled text) every label is 0.
-    """
-    fmt, whole = FILE_FORMATS[path.suffix.lower()], path.stat().st_size <= FULL_READ_BYTES
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        columns = pq.read_schema(path).names
-        _check_columns(columns, text_col, label_col, path)
-        if not whole:
-            return [""] * pq.ParquetFile(path).metadata.num_rows, [], False
-        table = pq.read_table(path, columns=[c for c in (text_col, label_col) if c is not None]).to_pydict()
-        texts = [str(t) for t in table[text_col]]
-        return texts, table[label_col] if label_col is not None else [0] * len(texts), True
-    data = path.read_bytes() if whole else path.open("rb").read(FULL_READ_BYTES)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if whole or e.start < len(data) - 4:  # a sample may end inside a multi-byte character
-            raise ValueError(f"{str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as "
-                             "UTF-8 (e.g. iconv -f latin1 -t utf-8).") from e
-        text = data[:e.start].decode("utf-8")
-    if not whole:
-        text = text[:text.rfind("\n") + 1]  # whole lines only
-    if fmt == "csv":
-        reader = csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        limit = csv.field_size_limit(2**31 - 1)  # a very long text is valid (it is truncated), not an error
-        try:
-            _check_columns(reader.fieldnames or [], text_col, label_col, path)
-            rows = list(reader)
-        finally:
-            csv.field_size_limit(limit)
-    else:
-        rows = _json_rows(text)
-        if rows is None:  # a layout this reader does not know: the worker's datasets reader decides
-            return None
-        if rows:
-            _check_columns(list(rows[0]), text_col, label_col, path)
-    texts = [str(r.get(text_col) or "") for r in rows]
-    return texts, [_label(r.get(label_col)) if label_col is not None else 0 for r in rows], whole
-
-
-def _json_rows(text: str) -> list[dict[str, Any]] | None:
-    """Rows of a JSON list, a dict of columns, or JSON lines; None for a layout left to ``datasets``."""
-    try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:
-        whole = None
-    if isinstance(whole, list):
-        return [r for r in whole if isinstance(r, dict)]
-    if isinstance(whole, dict):
-        columns = {k: v for k, v in whole.items() if isinstance(v, list)}
-        if len(columns) != len(whole):
-            return None
-        n = max((len(v) for v in columns.values()), default=0)
-        return [{k: v[i] if i < len(v) else None for k, v in columns.items()} for i in range(n)]
-    try:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError:
-        return None
-    return [r for r in rows if isinstance(r, dict)]
-
-
-def _check_columns(columns: Sequence[str], text_col: str, label_col: str | None, path: Path) -> None:
-    missing = [c for c in (text_col, label_col) if c is not None and c not in columns]
-    if missing:
-        hint = {"text_column": text_col, "label_column": label_col}
-        guess = next((c for c in columns if c.lower() in ("text", "sentence", "review", "content")), None)
-        extra = f" (e.g. text_column={guess!r})" if guess and text_col in missing else ""
-        raise ConfigError(f"{str(path)!r}: column(s) {missing} not found; columns are {list(columns)}. Set "
-                          f"{' / '.join(k for k, v in hint.items() if v in missing)} to one of those columns{extra}.")
-
-
-def _label(value: Any) -> Any:
-    """A CSV cell as datasets would type it: integers become ints, empty cells None."""
-    if isinstance(value, str):
-        value = value.strip()
-        if value == "":
-            return None
-        if re.fullmatch(r"-?\d+", value):
-            return int(value)
-    return value
+def check_hub_dataset(name: str) -> None:
+    """Offline, a ``datasets`` hub name works only from the local cache: refuse it up front otherwise."""
+    if not (_offline() or os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes", "on")):
+        return
+    repo = name.partition(":")[0]
+    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    hub = Path(os.environ.get("HF_HUB_CACHE") or home / "hub")
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets")
+    candidates = [hub / f"datasets--{repo.replace('/', '--')}", datasets_cache / repo.replace("/", "___")]
+    if not any(c.is_dir() for c in candidates):
+        raise FileNotFoundError(f"dataset {name!r} is a hub dataset name, but the hub is offline (HF_HUB_OFFLINE=1) "
+                                f"and it is not in the local cache ({datasets_cache}): give a local CSV/TSV/JSON/"
+                                f"JSONL/Parquet file or folder, or an alias {sorted(LABEL_NAMES)} with shared/data "
+                                "present.")

@@ -232,15 +232,12 @@ def load_run_models(run_dir: str | os.PathLike, *, final_only: bool = True) -> t
 def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repeats: int = 5) -> Report:
     """Teacher vs the finished student of a run, on the run's eval split."""
     from .config import DistillConfig
-    from .data import load_task
+    from .rundata import run_task
     from .rundir import read_status
 
     run_dir = Path(run_dir)
     config = DistillConfig.from_json(run_dir / "config.json")
-    task = load_task(config.dataset, text_column=config.text_column, label_column=config.label_column,
-                     train_split=config.train_split, eval_split=config.eval_split,
-                     max_train=config.max_train_examples, max_eval=max_eval or config.max_eval_examples,
-                     seed=config.seed)
+    task = run_task(run_dir, max_eval=max_eval)  # the run's own label mapping: numbers match training
     teacher, t_tok, student, s_tok = load_run_models(run_dir)
     t_folder = read_status(run_dir).get("teacher_path")
     t_path = Path(t_folder or config.teacher)

@@ -35,7 +35,7 @@ from .checkpoint import (
     save_student,
 )
 from .config import ConfigError, DistillConfig
-from .data import TaskData, collate, encode, length_batches, load_task, steps_per_epoch
+from .data import TaskData, collate, encode, length_batches, steps_per_epoch
 from .evaluation import evaluate_classifier, evaluate_mlm, mlm_batch
 from .models import (
     NotAClassifierError,
@@ -46,8 +46,9 @@ from .models import (
     prepare_teacher,
     shape,
 )
-from .preflight import check_max_length, match_labels
+from .preflight import check_max_length
 from .recorder import Recorder
+from .rundata import align_labels, task_for
 from .rundir import Status, truncate_metrics
 
 
@@ -95,11 +96,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         mlm = config.objective == "mlm"  # task-agnostic: masked-LM distillation on the texts, labels unused
         head = "mlm" if mlm else "classification"
         # --- data --------------------------------------------------------------------------------------------
-        task = data or load_task(config.dataset, text_column=config.text_column,
-                                 label_column=None if mlm else config.label_column,
-                                 train_split=config.train_split, eval_split=config.eval_split,
-                                 max_train=config.max_train_examples, max_eval=config.max_eval_examples,
-                                 seed=config.seed)
+        task = data or task_for(config)  # the same reader and label mapping as preflight and run_task()
+        rec.update(data_note=task.note or None)  # e.g. the random 10 % hold-out of a single file: said, not hidden
         # --- teacher (fine-tune a head first if it is a bare encoder) -----------------------------------------
         attn = "eager" if config.alpha_attn > 0 else None  # attention maps need the eager kernel
         try:
@@ -125,9 +123,9 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         teacher = teacher.to(device).eval().requires_grad_(False)
         if not mlm:  # named labels follow the teacher's id2label order (not sorted); ids must match its count
             teacher_names = [str(teacher.config.id2label[i]) for i in range(teacher.config.num_labels)]
-            if (names := match_labels(task.label_names, task.named_labels, teacher_names,
-                                      config.teacher)) is not None:
-                task = task.relabel(names)
+            task = align_labels(task, teacher_names, config.teacher)
+            teacher.config.id2label = dict(enumerate(task.label_names))  # the student inherits the class names
+            teacher.config.label2id = {n: i for i, n in enumerate(task.label_names)}
         check_max_length(config.max_length, teacher.config.to_dict(), config.teacher)
         # --- student -------------------------------------------------------------------------------------------
         torch.manual_seed(config.seed)  # again: a teacher fine-tuned just now (not cached) must not shift the RNG
@@ -197,8 +195,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             truncate_metrics(run_dir, step)
         ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
         rec.update(total_steps=total_steps, step=step, teacher_accuracy=teacher_acc)
-        rec.phase("training", f"training: {len(t_train)} examples, {per_epoch} steps/epoch", step, total_steps,
-                  force=True)
+        rec.phase("training", f"training: {len(t_train)} examples, {per_epoch} steps/epoch"
+                  + (f"; {task.note}" if task.note else ""), step, total_steps, force=True)
         # --- loop ----------------------------------------------------------------------------------------------
         lengths = [len(e) for e in s_train]
         t0, seen, stopped, start_step = time.time(), 0, False, step

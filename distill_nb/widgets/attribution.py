@@ -41,13 +41,9 @@ def load_run_models(run: Any) -> tuple[Any, Any, Any, Any]:
 
 def run_examples(run: Any, n: int = 50) -> tuple[list[str], list[int], list[str]]:
     """First ``n`` texts, labels and the label names of a run's eval split."""
-    from ..config import DistillConfig
-    from ..data import load_task
+    from ..rundata import run_task
 
-    config = DistillConfig.from_json(_run_path(run) / "config.json")
-    task = load_task(config.dataset, text_column=config.text_column, label_column=config.label_column,
-                     train_split=config.train_split, eval_split=config.eval_split, max_train=8, max_eval=n,
-                     seed=config.seed)
+    task = run_task(_run_path(run), max_eval=n)  # ids and class names as the run's training used them
     return list(task.eval.texts[:n]), list(task.eval.labels[:n]), list(task.label_names)
 
 

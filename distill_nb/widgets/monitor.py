@@ -181,7 +181,9 @@ class RunMonitor(Panel):
                   "queued": "#777"}.get(self.state, "#333")
         self.header.value = (f"<b>Run <code>{esc(self.run_id)}</code></b> &nbsp; <span style='color:{colour};"
                              f"font-weight:600'>{esc(self.state)}</span> &nbsp; "
-                             f"<span style='color:#555'>{esc(status.get('message') or '')}</span>")
+                             f"<span style='color:#555'>{esc(status.get('message') or '')}</span>"
+                             + (f"<br><span style='color:#777;font-size:0.9em'>{esc(status['data_note'])}</span>"
+                                if status.get("data_note") else ""))  # e.g. the hold-out of a single file
         self.progress.max = max(self.total_steps, 1)
         self.progress.value = min(self.step, self.progress.max) if self.total_steps else 0
         self.progress.bar_style = {"completed": "success", "failed": "danger", "stopped": "warning"}.get(

@@ -1,0 +1,183 @@
+"""The one reader of local data files (CSV/TSV/JSON/JSONL/Parquet): rows -> (texts, raw labels).
+
+Preflight (in the notebook, before a run directory exists) and the worker (``data.load_task``) both call
+:func:`read_table`, so a file the checks accept is a file training can read, and the other way round. Standard
+library only (pyarrow for Parquet, imported when needed): no torch, no ``datasets``.
+
+Accepted shapes: UTF-8 with or without a BOM (Excel's "CSV UTF-8"); JSON as a list of objects, JSON lines, a
+dict of columns, or one wrapping key holding a list of objects (``{"data": [...]}``); text in one column or
+several (joined, or kept as a pair for the tokenizer: see :func:`join_text`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# Two text columns passed to the tokenizer as a pair are kept in one string around this separator;
+# data.encode() splits them again. BERT-style normalisers drop the control character, so a view that
+# tokenizes the string itself sees the two texts joined by spaces.
+PAIR_SEP = " \x1e "
+JOIN_SEP = "\n"  # text_pair=False: several columns become one text, one column per line
+
+
+def join_text(values: Sequence[Any], pair: bool) -> str:
+    """One text from the text columns of a row: a pair (``a PAIR_SEP b``) or the columns joined by newlines."""
+    parts = ["" if v is None else str(v) for v in values]
+    return PAIR_SEP.join(parts) if pair else JOIN_SEP.join(p for p in parts if p)
+
+
+def split_pair(text: str) -> tuple[str, str] | None:
+    """(first, second) of a text made by ``join_text(..., pair=True)``; None for a single text."""
+    if PAIR_SEP not in text:
+        return None
+    first, second = text.split(PAIR_SEP, 1)
+    return first, second
+
+
+def read_table(path: Path, text_cols: Sequence[str], label_col: str | None, *, pair: bool = False,
+               max_bytes: int | None = None) -> tuple[list[str], list[Any], bool]:
+    """Texts, raw labels and whether the whole file was read.
+
+    Args:
+        text_cols: one or more text columns (several are joined, or a pair with ``pair=True``).
+        label_col: the label column; None for unlabelled text (every label 0).
+        max_bytes: read at most this much (preflight's sample of a huge file); None reads all of it.
+
+    Raises:
+        ValueError: an unknown extension, an empty file, not UTF-8, a JSON layout this reader does not know.
+        KeyError: a missing column (the message lists the columns there are).
+    """
+    path = Path(path)
+    fmt = FILE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"data file {str(path)!r} has an unknown extension {path.suffix!r}: rename or convert it "
+                         f"to one of {', '.join(sorted(FILE_FORMATS))}.")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"data file {str(path)!r} is empty (0 bytes): give it a header row with the column "
+                         "names and one row per example, or set dataset to another file.")
+    whole = max_bytes is None or size <= max_bytes
+    if fmt == "parquet":
+        return (*_parquet(path, text_cols, label_col, pair, whole), whole)
+    data = path.read_bytes() if whole else path.open("rb").read(max_bytes)
+    try:
+        text = data.decode("utf-8-sig")  # a BOM (Excel's "CSV UTF-8") is not part of the first column name
+    except UnicodeDecodeError as e:
+        if whole or e.start < len(data) - 4:  # a sample may end inside a multi-byte character
+            raise ValueError(f"data file {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}): re-save "
+                             "it as UTF-8 (Excel: 'CSV UTF-8'; or iconv -f latin1 -t utf-8).") from e
+        text = data[:e.start].decode("utf-8-sig")
+    if not whole:
+        text = text[:text.rfind("\n") + 1]  # whole lines only
+    if fmt == "csv":
+        rows, columns = _csv(text, "\t" if path.suffix.lower() == ".tsv" else ",")
+    else:
+        rows, columns = _json(text, path, whole)
+    check_columns(columns, text_cols, label_col, str(path))
+    texts = [join_text([r.get(c) for c in text_cols], pair) for r in rows]
+    labels = [label_value(r.get(label_col)) for r in rows] if label_col is not None else [0] * len(rows)
+    return texts, labels, whole
+
+
+def _csv(text: str, delimiter: str) -> tuple[list[dict[str, Any]], list[str]]:
+    limit = csv.field_size_limit(2**31 - 1)  # a very long text is valid (it is truncated), not an error
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        reader.fieldnames = columns  # " label" in a hand-written header is "label"
+        return list(reader), columns
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _json(text: str, path: Path, whole: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of a JSON list, JSON lines, a dict of columns, or a single key wrapping a list of rows."""
+    layouts = ("a list of objects [{\"text\": ..., \"label\": ...}, ...], JSON lines (one object per line), a "
+               "dict of columns {\"text\": [...], \"label\": [...]}, or one key holding a list of objects")
+    try:
+        value = json.loads(text) if whole and path.suffix.lower() != ".jsonl" else None
+    except json.JSONDecodeError:
+        value = None
+    if isinstance(value, dict) and not any(isinstance(v, list) for v in value.values()):
+        value = [value]  # JSON lines with a single line
+    if value is None:
+        try:
+            value = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"data file {str(path)!r} is not valid JSON or JSON lines ({e}): use one of the layouts: {layouts}."
+                             ) from e
+    if isinstance(value, dict):
+        lists = {k: v for k, v in value.items() if isinstance(v, list)}
+        records = [k for k, v in lists.items() if v and all(isinstance(r, dict) for r in v)]
+        if len(records) == 1 and len(lists) == 1:  # {"data": [{...}, ...]}: the wrapper of many exports
+            value = lists[records[0]]
+        elif lists and len(lists) == len(value):  # a dict of columns
+            lengths = {k: len(v) for k, v in lists.items()}
+            if len(set(lengths.values())) != 1:
+                raise ValueError(f"data file {str(path)!r} is a dict of columns of different lengths {lengths}: "
+                                 "give every column one value per example.")
+            n = next(iter(lengths.values()))
+            value = [{k: v[i] for k, v in lists.items()} for i in range(n)]
+        else:
+            raise ValueError(f"data file {str(path)!r} is a JSON object with keys {list(value)[:10]} this reader "
+                             f"cannot turn into rows: use one of the layouts: {layouts}.")
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        kind = type(value).__name__ if not isinstance(value, list) else "list of non-objects"
+        raise ValueError(f"data file {str(path)!r} holds a JSON {kind}: use one of the layouts: {layouts}.")
+    columns = list(dict.fromkeys(k for r in value[:1000] for k in r))
+    return value, columns
+
+
+def _parquet(path: Path, text_cols: Sequence[str], label_col: str | None, pair: bool,
+             whole: bool) -> tuple[list[str], list[Any]]:
+    import pyarrow.parquet as pq
+
+    check_columns(pq.read_schema(path).names, text_cols, label_col, str(path))
+    if not whole:  # preflight's look at a huge file: the row count only
+        return [""] * pq.ParquetFile(path).metadata.num_rows, []
+    wanted = list(dict.fromkeys([*text_cols, *([label_col] if label_col else [])]))
+    table = pq.read_table(path, columns=wanted).to_pydict()
+    n = len(table[text_cols[0]])
+    texts = [join_text([table[c][i] for c in text_cols], pair) for i in range(n)]
+    labels = [label_value(y) for y in table[label_col]] if label_col is not None else [0] * n
+    return texts, labels
+
+
+def check_columns(columns: Sequence[str], text_cols: Sequence[str], label_col: str | None, where: str) -> None:
+    """KeyError naming the missing column(s), the columns there are and the field to set."""
+    missing_text = [c for c in text_cols if c not in columns]
+    missing_label = label_col is not None and label_col not in columns
+    if not missing_text and not missing_label:
+        return
+    if not columns:
+        raise KeyError(f"data file {where!r} has no columns (no header row, or no rows): give it a first line that names "
+                       "the columns, e.g. 'text,label'.")
+    fields = (["text_column"] if missing_text else []) + (["label_column"] if missing_label else [])
+    missing = missing_text + ([label_col] if missing_label else [])
+    guess = next((c for c in columns if c.lower() in ("text", "sentence", "review", "content")), None)
+    extra = f" (e.g. text_column={guess!r})" if guess and missing_text else ""
+    raise KeyError(f"{where}: column(s) {missing} not found; columns are {list(columns)}. Set "
+                   f"{' / '.join(fields)} to one of those columns{extra}.")
+
+
+def label_value(value: Any) -> Any:
+    """A label cell as a Python value: integers (also '3', 3.0) become ints, empty cells None, the rest str."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return None if value != value else int(value) if value.is_integer() else str(value)  # NaN: empty
+    if isinstance(value, str):
+        value = value.strip()
+        if value == "":
+            return None
+        if re.fullmatch(r"[-+]?\d+(\.0*)?", value):
+            return int(float(value)) if "." in value else int(value)
+    if value is None or isinstance(value, int):
+        return value
+    return str(value)
