@@ -50,7 +50,7 @@ def test_sidebar_stop_and_launcher(lab, runs_root, tiny_teacher, tiny_dataset):
         if live.state.active:
             live.kill()
 
-    assert seen["stateBefore"] == "running" and re.fullmatch(r"step \d+/100000", seen["stepsBefore"])
+    assert seen["stateBefore"] == "running" and re.search(r"step \d+/100000", seen["stepsBefore"])
     assert seen["doneAccuracy"] == "acc 87.5%" and seen["doneStopDisabled"]
     assert not [e for e in seen["consoleErrors"] if "distill" in e.lower()], seen["consoleErrors"]
     assert seen["stateAfter"] == "stopped"
@@ -59,5 +59,26 @@ def test_sidebar_stop_and_launcher(lab, runs_root, tiny_teacher, tiny_dataset):
     assert any("distill_nb" in text for text in seen["templateText"])
     assert 'RunMonitor.attach("sst2-live")' in seen["monitorText"]
     notebooks = sorted(lab["home"].glob("Untitled*.ipynb"))
-    assert len(notebooks) == 2  # the launcher's and the sidebar's "Open in notebook"
+    assert len(notebooks) == 1  # the launcher's; "Open" names its notebook after the run
+    assert (lab["home"] / "monitor-sst2-live.ipynb").is_file()
+    assert seen["monitorTabs"] == 1 and seen["currentTab"].startswith("monitor-sst2-live")  # Open twice: one tab
     assert (artifacts / "browser-sidebar.png").stat().st_size > 10_000
+
+    # the REST contract (issue 12, 16): a fixed reply with an unreadable run, a remote-code run, a run in prep
+    assert seen["prepSteps"].startswith("preparing the teacher 40/300 · phase 2/6") and "ETA 1:20" in seen["prepSteps"]
+    assert seen["prepBar"] == [40, 300]
+    assert seen["prepSummary"] == "minilm-l6 → 3-layer student · sst2"
+    assert seen["brokenState"] == "unreadable" and "not UTF-8" in seen["brokenError"]
+    assert seen["remoteFlag"] == "remote code" and seen["prepFlagCount"] == 0
+    assert seen["remoteSummary"] == "custom-bert → 2-layer student · reviews.csv"
+    assert "Resume continues" in seen["remoteError"] and "resume()" not in seen["remoteError"]
+    assert "on 872 eval examples" in seen["remoteAccuracyTitle"]
+    assert seen["prepDeleteDisabled"] and seen["prepResumeDisabled"] and float(seen["disabledOpacity"]) < 0.6
+    assert "trust_remote_code" in seen["dialogText"] and "custom-bert" in seen["dialogText"]
+    assert seen["postsAfterCancel"] == 0  # Cancel sends nothing
+    resume, delete = seen["posted"]
+    assert resume["method"] == "POST" and resume["url"].endswith("/distill-nb/runs/remote-run/resume")
+    assert json.loads(resume["body"]) == {"trust_remote_code": True}
+    assert delete["method"] == "DELETE" and delete["url"].endswith("/distill-nb/runs/broken-run")
+    assert "instead of a list" in seen["notListError"] and seen["runsAfterBadReply"] == 0
+    assert (artifacts / "sidebar-contract.png").stat().st_size > 5_000

@@ -290,10 +290,10 @@ def run_progress(status: dict[str, Any]) -> tuple[str, float, float]:
     eta = _num(status.get("eta_s"))
     eta_text = f" · ETA {fmt_eta(eta)}" if eta is not None and state in ("running", "queued") else ""
     if phase is None or phase == "training":
-        prefix = "" if phase is None else f"[{names.index(phase) + 1}/{len(PHASES)}] training · "
-        return (f"{prefix}step {step}/{total or '?'}{eta_text}", float(min(step, total) if total else 0),
+        prefix, index = ("", "") if phase is None else ("training ", f" · phase {names.index(phase) + 1}/{len(PHASES)}")
+        return (f"{prefix}step {step}/{total or '?'}{index}{eta_text}", float(min(step, total) if total else 0),
                 float(total or 1))
     k, n = _num(status.get("phase_step")), _num(status.get("phase_total"))
     count = f" {int(k)}/{int(n)}" if k is not None and n else ""
-    return (f"[{names.index(phase) + 1}/{len(PHASES)}] {dict(PHASES)[phase]}{count}{eta_text}",
+    return (f"{dict(PHASES)[phase]}{count} · phase {names.index(phase) + 1}/{len(PHASES)}{eta_text}",
             float(min(k, n)) if k is not None and n else 0.0, float(n or 1))

@@ -66,9 +66,10 @@ export function runProgress(run: IRunSummary): IProgress {
   const eta =
     active && num(run.eta_s) !== null ? ` · ETA ${formatEta(run.eta_s)}` : "";
   if (phase === null || phase === "training") {
-    const prefix = phase === null ? "" : `${phaseIndex(phase)} training · `;
+    const prefix = phase === null ? "" : "training ";
+    const index = phase === null ? "" : ` · ${phaseIndex(phase)}`;
     return {
-      text: `${prefix}step ${step}/${total ?? "?"}${eta}`,
+      text: `${prefix}step ${step}/${total ?? "?"}${index}${eta}`,
       value: total ? Math.min(step, total) : 0,
       max: total || 1,
     };
@@ -78,7 +79,7 @@ export function runProgress(run: IRunSummary): IProgress {
   const n = num(run.phase_total);
   const count = k !== null && n ? ` ${k}/${n}` : "";
   return {
-    text: `${phaseIndex(phase)} ${label}${count}${eta}`,
+    text: `${label}${count} · ${phaseIndex(phase)}${eta}`,
     value: k !== null && n ? Math.min(k, n) : 0,
     max: n || 1,
   };
@@ -86,5 +87,5 @@ export function runProgress(run: IRunSummary): IProgress {
 
 function phaseIndex(phase: Phase): string {
   const i = PHASES.findIndex(([p]) => p === phase);
-  return i < 0 ? "" : `[${i + 1}/${PHASES.length}]`;
+  return i < 0 ? "" : `phase ${i + 1}/${PHASES.length}`;
 }

@@ -130,7 +130,7 @@ export class RunsPanel extends Widget {
     state.className = `jp-DistillNb-state jp-DistillNb-state-${run.state}`;
     state.textContent = run.state;
     if (run.error) {
-      state.title = run.error;
+      state.title = buttonsSay(run.error);
     }
 
     const p = runProgress(run);
@@ -197,7 +197,7 @@ export class RunsPanel extends Widget {
     if (run.error && (run.state === "failed" || run.stale)) {
       const error = document.createElement("div");
       error.className = "jp-DistillNb-runError";
-      error.textContent = run.error;
+      error.textContent = buttonsSay(run.error);
       item.append(error);
     }
     item.append(actions);
@@ -319,6 +319,13 @@ export class RunsPanel extends Widget {
   private _options: IRunsPanelOptions;
   private _body: HTMLDivElement;
   private _poll: Poll;
+}
+
+/** Messages written for code (`resume()`, `stop()`) as the buttons here say them. */
+function buttonsSay(message: string): string {
+  return message
+    .replace(/\bresume\(\)/g, "Resume")
+    .replace(/\bstop\(\) it/g, "Stop it");
 }
 
 /** "minilm-l6 → 3 layers · sst2", or "" when the server sent no summary. */
