@@ -211,7 +211,8 @@ class AttributionExplorer(Panel):
                                       f"<b>{esc(self._label(t.target))}</b> for both models")
 
     def _label(self, i: int) -> str:
-        return str(self.label_names[i]) if 0 <= i < len(self.label_names) else f"class {i}"
+        name = str(self.label_names[i]) if 0 <= i < len(self.label_names) else str(i)
+        return f"class {name}" if name.isdigit() else name  # data without names: "class 0", not a bare "0"
 
     def snapshot_html(self) -> str:
         """The current view as static HTML for a saved notebook."""

@@ -45,7 +45,7 @@ class Launcher(Panel):
         self.picker, self.designer, self.monitor, self.root = picker, designer, monitor, root
         c = config or DistillConfig()
         s = {"description_width": "120px"}
-        lay = W.Layout(width="330px")
+        lay = W.Layout(width="300px")
         self.fields: dict[str, W.ValueWidget] = {
             "objective": W.Dropdown(options=[("classification (task)", "classification"),
                                              ("masked LM (task-agnostic)", "mlm")], value=c.objective,
@@ -81,7 +81,9 @@ class Launcher(Panel):
             "eval_split": W.Combobox(value=c.eval_split, options=[], ensure_option=False, description="eval split",
                                      style=s, layout=lay),
             "teacher_prep_steps": W.BoundedIntText(c.teacher_prep_steps, min=0, max=10**6,
-                                                   description="teacher prep steps", style=s, layout=lay),
+                                                   description="teacher prep", style=s, layout=lay,
+                                                   tooltip="steps to fine-tune a bare-encoder teacher on this task "
+                                                   "before distilling (teacher_prep_steps)"),
             "max_train_examples": W.BoundedIntText(c.max_train_examples or 0, min=0, max=10**9,
                                                    description="train cap (0: all)", style=s, layout=lay),
             "max_eval_examples": W.BoundedIntText(c.max_eval_examples or 0, min=0, max=10**9,
@@ -98,13 +100,13 @@ class Launcher(Panel):
                                                 continuous_update=False)
         self.columns_note = W.HTML()
         self.estimate = W.HTML()
-        self.estimate_button = W.Button(description="Estimate time", icon="clock-o",
+        self.estimate_button = W.Button(description="Estimate time", icon="clock-o", layout=W.Layout(width="140px"),
                                         tooltip="time a batch of teacher and student on this machine")
         self.rates: dict[str, Any] | None = None
         self.backend_dropdown = W.Dropdown(options=BACKENDS, value=backend, description="backend", style=s,
                                            layout=lay)
         self.start_button = W.Button(description="Start", icon="play", button_style="success")
-        self.stop_button = W.Button(description="Stop", icon="stop", button_style="warning", disabled=True)
+        self.stop_button = W.Button(description="Stop", icon="stop", disabled=True)
         self.resume_button = W.Button(description="Resume", icon="redo", disabled=True)
         self.export_path = W.Text("distill_config.json", description="export to", style=s,
                                   layout=W.Layout(width="420px"))
@@ -135,7 +137,7 @@ class Launcher(Panel):
         rest = [k for k in self.fields if k not in data_keys]
         half = (len(rest) + 1) // 2
         grid = W.HBox([W.VBox([W.HTML("<b>data</b>")] + data_boxes + [self.columns_note],
-                              layout=W.Layout(width="350px")),
+                              layout=W.Layout(width="310px")),
                        W.VBox([W.HTML("<b>losses</b>")] + [self.fields[k] for k in rest[:half]]),
                        W.VBox([W.HTML("<b>optimiser and system</b>")] + [self.fields[k] for k in rest[half:]]
                               + [self.backend_dropdown])], layout=W.Layout(flex_flow="row wrap", gap="8px"))
@@ -289,11 +291,13 @@ class Launcher(Panel):
         from ..runs import launch
 
         self.start_button.disabled = True  # until the run ends; a failed launch enables it again
+        self.start_button.button_style = ""
         try:
             config = self.build_config()
             run = launch(config, backend=self.backend, root=self.root, run_id=run_id)
         except BaseException:
             self.start_button.disabled = False
+            self.start_button.button_style = "success"
             raise
         self.run_id = run.id
         self.message.value = note_html(f"started run <code>{esc(run.id)}</code> ({esc(self.backend)} backend) in "
@@ -333,6 +337,10 @@ class Launcher(Panel):
         self.start_button.disabled = active
         self.stop_button.disabled = not active or state == "stopping"
         self.resume_button.disabled = active or state == "completed" or not self.run_id
+        # a disabled button keeps no accent colour, so it does not look pressable
+        for button, style in ((self.start_button, "success"), (self.stop_button, "warning"),
+                              (self.resume_button, "info")):
+            button.button_style = "" if button.disabled else style
 
     def run_finished(self, state: str) -> None:
         """Called by the monitor when the run leaves queued/running."""
