@@ -25,6 +25,12 @@ pytestmark = pytest.mark.skipif(browser_missing() is not None, reason=browser_mi
 
 
 def test_sidebar_stop_and_launcher(lab, runs_root, tiny_teacher, tiny_dataset):
+    # what the real server lists: a corrupt run (unreadable, the others unaffected) and a remote-code run
+    broken = create_run(DistillConfig(teacher="tiny"), runs_root, "corrupt-run")
+    (broken / "status.json").write_bytes(b"\xff\xfe{not json")
+    remote = create_run(DistillConfig(teacher="tiny", trust_remote_code=True, student_layers=2), runs_root,
+                        "remote-code-run")
+    write_status(remote, state="stopped", step=5, total_steps=50)
     done = create_run(DistillConfig(teacher="tiny", max_steps=100), runs_root, "sst2-done")
     write_status(done, state="completed", step=100, total_steps=100)
     append_metrics(done, {"step": 100, "split": "eval", "accuracy": 0.875})
@@ -41,7 +47,7 @@ def test_sidebar_stop_and_launcher(lab, runs_root, tiny_teacher, tiny_dataset):
         artifacts = REPO / "artifacts"
         artifacts.mkdir(exist_ok=True)
         env = {**os.environ, "JLAB_URL": lab["url"], "JLAB_TOKEN": lab["token"], "RUN_ID": "sst2-live",
-               "DONE_ID": "sst2-done", "ARTIFACTS": str(artifacts), "CHROMIUM": CHROMIUM}
+               "DONE_ID": "sst2-done", "BROKEN_ID": "corrupt-run", "REMOTE_ID": "remote-code-run", "ARTIFACTS": str(artifacts), "CHROMIUM": CHROMIUM}
         out = subprocess.run(["node", str(LABEXT / "ui-tests" / "sidebar.mjs")], env=env, cwd=LABEXT,
                              capture_output=True, text=True, timeout=240, check=False)
         assert out.returncode == 0, f"{out.stdout}\n{out.stderr}\n--- lab log ---\n{lab['log'].read_text()[-3000:]}"
@@ -52,6 +58,8 @@ def test_sidebar_stop_and_launcher(lab, runs_root, tiny_teacher, tiny_dataset):
 
     assert seen["stateBefore"] == "running" and re.search(r"step \d+/100000", seen["stepsBefore"])
     assert seen["doneAccuracy"] == "acc 87.5%" and seen["doneStopDisabled"]
+    assert seen["serverBroken"][0] == "unreadable" and seen["serverBroken"][1], seen["serverBroken"]
+    assert seen["serverRemote"] == ["remote code", "tiny → 2-layer student · sst2"], seen["serverRemote"]
     assert not [e for e in seen["consoleErrors"] if "distill" in e.lower()], seen["consoleErrors"]
     assert seen["stateAfter"] == "stopped"
     assert live.state.value == "stopped"  # Stop went from the button through the server to the worker

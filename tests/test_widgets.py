@@ -389,6 +389,13 @@ def test_monitor_says_resume_where_the_button_is(runs_root):
     assert "Resume continues" in mon.run_error_box.value and "resume()" not in mon.run_error_box.value
 
 
+def test_monitor_shows_an_unreadable_run(runs_root):
+    path = create_run(DistillConfig(teacher="tiny"), runs_root, "u")
+    (path / "status.json").write_bytes(b"\xff\xfe not json")
+    mon = RunMonitor.attach("u", autostart=False)
+    assert mon.state == "unreadable" and "cannot be read" in mon.run_error_box.value and not mon.polling
+
+
 def test_launcher_double_click_launches_one_run(monkeypatch, tiny_teacher, tiny_dataset, runs_root):
     import distill_nb.runs as runs
 

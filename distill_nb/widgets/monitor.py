@@ -245,7 +245,7 @@ class RunMonitor(Panel):
                     self.eval_examples = last["eval_examples"]
             elif status.get("teacher_accuracy") is not None:
                 self.teacher_accuracy = float(status["teacher_accuracy"])
-            self.run_error = str(status.get("error") or "") if state == "failed" else ""
+            self.run_error = str(status.get("error") or "") if state in ("failed", "unreadable") else ""
             self.polls += 1
         self._render(status, charts=bool(fresh) or self.polls == 1)
         active = state in ("queued", "running")
@@ -285,7 +285,8 @@ class RunMonitor(Panel):
                     (f"teacher accuracy{n}", _fmt(e.get("teacher_accuracy"), "{:.4f}")),
                     ("retention (student / teacher)", _fmt(e.get("retention"), "{:.1%}")),
                     ("agreement with teacher", _fmt(e.get("agreement"), "{:.1%}"))])
-        self.run_error_box.value = error_html(f"the run failed: {buttons_say(self.run_error)}") if self.run_error else ""
+        self.run_error_box.value = error_html(("the run's files cannot be read: " if self.state == "unreadable" else "the run failed: ")
+                                    + buttons_say(self.run_error)) if self.run_error else ""
         tb = status.get("traceback") if self.state == "failed" else None
         self.run_traceback_box.layout.display = "" if tb else "none"
         if tb and not self.run_traceback.outputs:

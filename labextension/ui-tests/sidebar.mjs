@@ -5,7 +5,15 @@
 // trust_remote_code, a run preparing its teacher, a reply that is not a list) to check the REST contract.
 import { chromium } from "playwright-core";
 
-const { JLAB_URL, JLAB_TOKEN, RUN_ID, DONE_ID, ARTIFACTS } = process.env;
+const {
+  JLAB_URL,
+  JLAB_TOKEN,
+  RUN_ID,
+  DONE_ID,
+  BROKEN_ID,
+  REMOTE_ID,
+  ARTIFACTS,
+} = process.env;
 const seen = { consoleErrors: [] };
 
 // Debian's chromium, never a downloaded one; flags keep it offline and quiet in a container
@@ -45,6 +53,21 @@ try {
   seen.stepsBefore = await run.locator(".jp-DistillNb-steps").innerText();
   seen.doneAccuracy = await done.locator(".jp-DistillNb-accuracy").innerText();
   seen.doneStopDisabled = await done.locator(".jp-DistillNb-stop").isDisabled();
+  // the real server's list: a corrupt run is one unreadable row, a remote-code run carries its flag
+  const brokenRow = panel.locator(
+    `.jp-DistillNb-run[data-run-id="${BROKEN_ID}"]`,
+  );
+  const remoteRow = panel.locator(
+    `.jp-DistillNb-run[data-run-id="${REMOTE_ID}"]`,
+  );
+  seen.serverBroken = [
+    await brokenRow.locator(".jp-DistillNb-state").innerText(),
+    await brokenRow.locator(".jp-DistillNb-runError").innerText(),
+  ];
+  seen.serverRemote = [
+    await remoteRow.locator(".jp-DistillNb-remoteCode").innerText(),
+    await remoteRow.locator(".jp-DistillNb-summary").innerText(),
+  ];
   await page.screenshot({ path: `${ARTIFACTS}/sidebar-running.png` });
 
   await run.locator(".jp-DistillNb-stop").click();
