@@ -22,7 +22,7 @@ SPEED_FILE = "speed.json"
 _ROWS: dict[tuple, tuple[int | None, int | None, str]] = {}  # counted once per file version and columns
 
 
-def _rows(config: DistillConfig) -> tuple[int | None, int | None, str]:
+def rows(config: DistillConfig) -> tuple[int | None, int | None, str]:
     """(train rows, eval rows, where they were counted), memoised per file modification time."""
     from pathlib import Path
 
@@ -86,7 +86,7 @@ def plan(config: DistillConfig) -> dict[str, Any]:
         once; 0 when the teacher runs at every step), steps_per_epoch, total_steps (None when unknown),
         evaluations, source.
     """
-    n_train, n_eval, source = _rows(config)
+    n_train, n_eval, source = rows(config)
     if n_train is not None and config.max_train_examples:
         n_train = min(n_train, config.max_train_examples)
     if n_eval is not None and config.max_eval_examples:
@@ -278,4 +278,4 @@ def summary_html(p: dict[str, Any], rates: dict[str, Any] | None, batch_size: in
             "minute.</span></div>")
 
 
-__all__ = ["measure", "minutes", "plan", "stored_rates", "summary_html"]
+__all__ = ["measure", "minutes", "plan", "rows", "stored_rates", "summary_html"]

@@ -152,11 +152,20 @@ class RunMonitor(Panel):
 
     @staticmethod
     def _eval_size(run: Any) -> int:
-        """The eval subset's size as far as the config says it (the cap); records may say it exactly."""
+        """The eval subset's size: the data's eval rows (counted once, no torch) capped by the config; eval
+        records that carry ``eval_examples`` override it. 0 when it cannot be counted."""
         try:
-            return int(run.config.max_eval_examples or 0)
+            config = run.config
         except Exception:  # noqa: BLE001 - an unreadable config is reported by the poll, not here
             return 0
+        try:
+            from .estimate import rows as count_rows
+
+            rows = count_rows(config)[1]
+        except Exception:  # noqa: BLE001 - a missing data file: fall back to the cap
+            rows = None
+        cap = config.max_eval_examples
+        return int(min(rows, cap) if rows and cap else rows or cap or 0)
 
     def _offer_overlays(self) -> None:
         """Earlier runs with evaluations, for the dashed overlay on the accuracy chart."""

@@ -1,4 +1,5 @@
 import { Dialog, showDialog, showErrorMessage } from "@jupyterlab/apputils";
+import { deleteIcon } from "@jupyterlab/ui-components";
 import { Message } from "@lumino/messaging";
 import { Poll } from "@lumino/polling";
 import { Widget } from "@lumino/widgets";
@@ -269,6 +270,11 @@ export class RunsPanel extends Widget {
         }
       },
     );
+    // an icon keeps Stop, Resume, Open and Delete on one row of a narrow sidebar
+    del.replaceChildren(
+      deleteIcon.element({ tag: "span", className: "jp-DistillNb-icon" }),
+    );
+    del.setAttribute("aria-label", "Delete");
     del.disabled = ACTIVE.has(run.state);
     del.title = del.disabled
       ? "stop the run before deleting it"
