@@ -38,7 +38,7 @@ try {
   await nb.locator(".jp-Notebook-cell").first().click();
   await page.keyboard.press("Shift+Enter");
   const tabs = nb.locator(".jupyter-widget-tab, .widget-tab").first();
-  await tabs.waitFor();
+  await tabs.waitFor({ timeout: 240000 });  // a cold kernel imports transformers first: slow on a busy machine
   await page.waitForTimeout(1500);
   await page.screenshot({ path: `${ART}/widgets-teacher.png` });
   const tab = (name) => tabs.locator(".lm-TabBar-tab", { hasText: name }).first().click();
@@ -110,7 +110,10 @@ try {
   await nb.locator(".jp-Notebook-cell").nth(1).click();
   await page.keyboard.press("Shift+Enter");
   const teacher = nb.locator(".widget-html-content", { hasText: "teacher →" }).first();
-  await teacher.waitFor();
+  await teacher.waitFor({ timeout: 240000 }).catch(async (e) => {  // say why: the panel's error, if any
+    const texts = await nb.locator(".widget-html-content").allInnerTexts();
+    throw new Error(`${e.message}\n${texts.filter((t) => /Error|error/.test(t)).join("\n")}`);
+  });
   seen.teacherView = await teacher.innerText();
   seen.studentView = await nb.locator(".widget-html-content", { hasText: "student →" }).first().innerText();
   seen.legend = await nb.locator(".widget-html-content", { hasText: "against" }).first().innerText();
