@@ -80,8 +80,14 @@ try {
   await nb.locator("button.widget-button", { hasText: "Stop" }).first().click();
   await tab("Monitor");
   await nb.locator(".widget-html-content", { hasText: "stopped" }).first().waitFor();
-  // a second run from the same app: the Monitor shows only its own charts
+  // a second, short run from the same app (steps set in the Train tab): the Monitor shows only its own charts
   await tab("Train");
+  const stepsBox = nb.locator(".widget-text", { hasText: "steps (0: epochs)" }).locator("input").first();
+  await stepsBox.fill("40");
+  await stepsBox.press("Enter");
+  await page.waitForTimeout(1500);
+  seen.previewSteps = await nb.locator("textarea").evaluateAll((els) => els.map((e) => e.value)
+    .filter((v) => v.includes('"max_steps"')).map((v) => JSON.parse(v).max_steps)[0]);
   await nb.locator("button.widget-button", { hasText: "Start" }).first().click();
   await tab("Monitor");
   const firstId = seen.firstHeader.match(/Run (\S+)/)[1];
@@ -102,11 +108,11 @@ try {
   seen.secondProgress = await progress.innerText();
   seen.secondFirstStepShown = await nb.locator(".widget-html-content svg", { hasText: "training loss" }).first()
     .evaluate((svg) => [...svg.querySelectorAll("circle title")].map((t) => t.textContent)[0] || "");
-  await tab("Train");
-  await nb.locator("button.widget-button", { hasText: "Stop" }).first().click();
-  await tab("Monitor");
-  await nb.locator(".widget-html-content", { hasText: "stopped" }).first().waitFor();
-  // second cell: explain a 40-word sentence with the stopped run's checkpoint
+  await nb.locator(".widget-html-content", { hasText: /^Run .* completed/ }).first().waitFor({ timeout: 240000 });
+  seen.secondDone = await header.innerText();
+  seen.secondLastEvalTable = await nb.locator(".widget-html-content", { hasText: "last eval" }).first().innerText();
+  await tabs.screenshot({ path: `${ART}/widgets-monitor-second.png` });
+  // second cell: explain a 40-word sentence with the completed run's student
   await nb.locator(".jp-Notebook-cell").nth(1).click();
   await page.keyboard.press("Shift+Enter");
   const teacher = nb.locator(".widget-html-content", { hasText: "teacher →" }).first();
@@ -187,7 +193,7 @@ def test_app_in_jupyterlab(lab, tmp_path, tiny_teacher, tiny_dataset, runs_root)
     # the cost before Start: steps per phase and minutes measured on this machine
     assert "train: 20000 steps" in seen["estimate"].replace(",", "") and "≈" in seen["estimate"], seen["estimate"]
     assert "on CPU" in seen["estimate"] and "text" in seen["columnsNote"]
-    runs = sorted(p.parent.name for p in runs_root.glob("*/config.json"))
+    runs = sorted(p.parent.name for p in runs_root.glob("*/config.json") if p.parent.parent == runs_root)
     assert len(runs) == 3, runs  # fake-prep + one per Start: the double-click launched one run
     advancing = [s for s in seen["steps"] if s > 0]
     assert len(set(advancing)) >= 3 and advancing == sorted(advancing), seen["steps"]  # live while training
@@ -196,6 +202,8 @@ def test_app_in_jupyterlab(lab, tmp_path, tiny_teacher, tiny_dataset, runs_root)
     assert seen["secondHeader"] != seen["firstHeader"] and seen["secondLastEval"] == 0
     assert seen["secondChart"]["waiting"] or seen["secondChart"]["lines"] == 0, seen["secondChart"]
     assert re.search(r"loss at step [12]:", seen["secondFirstStepShown"]), seen["secondFirstStepShown"]
+    assert seen["previewSteps"] == 40 and "completed" in seen["secondDone"]
+    assert "on 24 eval examples" in seen["secondLastEvalTable"], seen["secondLastEvalTable"]  # the subset size
     assert "teacher →" in seen["teacherView"] and "student →" in seen["studentView"]
     assert "good" in seen["teacherView"] and "good" in seen["studentView"]
     assert "against" in seen["legend"]
@@ -203,5 +211,5 @@ def test_app_in_jupyterlab(lab, tmp_path, tiny_teacher, tiny_dataset, runs_root)
     assert t_right <= s_left + 1 or t_bottom <= s_top + 1, seen["stripBoxes"]  # the strips never overlap
     assert "preparing the teacher 40/300 · phase 2/6" in seen["prepProgress"], seen["prepProgress"]
     assert "train: 300 steps" in seen["trainAfterOpen"], seen["trainAfterOpen"]  # the attached run's config
-    for name in ("teacher", "student", "train", "monitor", "explorer", "monitor-prep"):
+    for name in ("teacher", "student", "train", "monitor", "monitor-second", "explorer", "monitor-prep"):
         assert (art / f"widgets-{name}.png").stat().st_size > 10_000
