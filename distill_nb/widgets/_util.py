@@ -205,8 +205,9 @@ def svg_chart(series: Sequence[Series], *, title: str = "", width: int = 420, he
                      "data…</text></svg>")
         return "".join(parts)
     x0, x1 = min(xs_all), max(xs_all)
-    if x1 == x0:
-        x1 = x0 + 1
+    if x1 == x0:  # one point: centre it
+        x0, x1 = x0 - 1, x1 + 1
+    integer_x = all(float(x).is_integer() for x in xs_all)  # steps: no 40.25 ticks
     if y_range:
         y0, y1 = y_range
     else:
@@ -224,7 +225,7 @@ def svg_chart(series: Sequence[Series], *, title: str = "", width: int = 420, he
     for y in nice_ticks(y0, y1, 5):
         parts.append(f"<line x1='{pad_l}' x2='{width - pad_r}' y1='{sy(y):.1f}' y2='{sy(y):.1f}' stroke='#eee'/>"
                      f"<text x='{pad_l - 4}' y='{sy(y) + 3:.1f}' text-anchor='end' fill='#555'>{fmt_tick(y)}</text>")
-    x_ticks = [x for x in nice_ticks(x0, x1, 5) if x0 <= x <= x1]
+    x_ticks = [x for x in nice_ticks(x0, x1, 5) if x0 <= x <= x1 and (not integer_x or float(x).is_integer())]
     for i, x in enumerate(x_ticks):
         label = fmt_tick(x) + (f" {x_label}" if i == len(x_ticks) - 1 else "")
         anchor = "end" if i == len(x_ticks) - 1 and sx(x) > width - pad_r - 40 else "middle"
@@ -236,7 +237,7 @@ def svg_chart(series: Sequence[Series], *, title: str = "", width: int = 420, he
                      f"stroke-dasharray='4 3'><title>{esc(label)}: {y_format(y)}</title></line>"
                      f"<text x='{width - pad_r - 2}' y='{sy(y) - 3:.1f}' text-anchor='end' fill='{colour}'>"
                      f"{esc(label)}</text>")
-    legend_x = pad_l + 110
+    legend_x = pad_l + 6.5 * len(title) + 14  # after the title, never over it
     for s in series:
         name, xs, ys, colour = s[:4]
         dashed = len(s) > 4 and s[4]

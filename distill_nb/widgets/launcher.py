@@ -100,7 +100,7 @@ class Launcher(Panel):
                                                 continuous_update=False)
         self.columns_note = W.HTML()
         self.estimate = W.HTML()
-        self.estimate_button = W.Button(description="Estimate time", icon="clock-o", layout=W.Layout(width="140px"),
+        self.estimate_button = W.Button(description="Estimate time", icon="clock-o", layout=W.Layout(width="170px"),
                                         tooltip="time a batch of teacher and student on this machine")
         self.rates: dict[str, Any] | None = None
         self.backend_dropdown = W.Dropdown(options=BACKENDS, value=backend, description="backend", style=s,
