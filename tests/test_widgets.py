@@ -521,3 +521,16 @@ def test_errors_headers_and_compare_without_a_run(tiny_pair):
     assert "on these 2 examples" in ea.summary.value
     comp = Comparison()
     assert comp.chart.layout.display == "none"  # no broken image before a report
+
+
+def test_launcher_several_text_columns(tmp_path, tiny_teacher, runs_root):
+    """Two text columns become a list when the config takes one; otherwise the tab says the config refuses it."""
+    data = tmp_path / "pairs.csv"
+    data.write_text("premise,hypothesis,label\n" + "".join(f"a good movie,it was fun,{i % 2}\n" for i in range(20)))
+    launcher = Launcher(DistillConfig(teacher=str(tiny_teacher), dataset=str(data)), root=str(runs_root))
+    launcher.fields["text_column"].value = ["premise", "hypothesis"]
+    takes_lists = "list" in str(DistillConfig.__annotations__["text_column"])
+    if takes_lists:
+        assert launcher.build_config().text_column == ["premise", "hypothesis"] and launcher.error == ""
+    else:
+        assert "text_column" in launcher.error
