@@ -12,6 +12,7 @@ import functools
 import html
 import math
 import re
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -175,6 +176,33 @@ def smooth(ys: Sequence[float], weight: float) -> list[float]:
         norm = weight * norm + (1 - weight)
         out.append(last / norm)
     return out
+
+
+MAX_POINTS = 400  # points per SVG polyline; older points are thinned, never dropped from the record
+
+
+def thin(xs: list[float], ys: list[float], n: int = MAX_POINTS) -> tuple[list[float], list[float]]:
+    """At most about ``n`` points of a curve (every k-th, and the last): the record keeps them all."""
+    if len(xs) <= n:
+        return xs, ys
+    stride = math.ceil(len(xs) / n)
+    keep = list(range(0, len(xs), stride)) + [len(xs) - 1]
+    return [xs[i] for i in keep], [ys[i] for i in keep]
+
+
+def fmt_number(value: Any, pattern: str) -> str:
+    return pattern.format(float(value)) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+
+
+def elapsed_s(status: dict[str, Any]) -> float | None:
+    """Seconds since the run was created, up to when it finished (None when the status has no times)."""
+    start = status.get("created_at")
+    if not isinstance(start, (int, float)):
+        return None
+    end = status.get("finished_at") if status.get("state") not in ("queued", "running") else None
+    end = end if isinstance(end, (int, float)) else (status.get("updated_at") if status.get("state") not in (
+        "queued", "running") else time.time())
+    return max(0.0, float(end or time.time()) - float(start))
 
 
 Series = tuple  # (name, xs, ys, colour) or (name, xs, ys, colour, dashed)

@@ -18,18 +18,8 @@ from typing import Any
 import ipywidgets as W
 import traitlets as T
 
-from ._util import Panel, buttons_say, error_html, esc, fmt_eta, run_progress, smooth, svg_chart, table_html
-
-MAX_POINTS = 400  # points per SVG polyline; older points are thinned, never dropped from the record
-
-
-def _thin(xs: list[float], ys: list[float], n: int = MAX_POINTS) -> tuple[list[float], list[float]]:
-    if len(xs) <= n:
-        return xs, ys
-    stride = math.ceil(len(xs) / n)
-    keep = list(range(0, len(xs), stride)) + [len(xs) - 1]
-    return [xs[i] for i in keep], [ys[i] for i in keep]
-
+from ._util import (Panel, buttons_say, elapsed_s, error_html, esc, fmt_eta, fmt_number, run_progress, smooth,
+                    svg_chart, table_html, thin)
 
 class RunMonitor(Panel):
     """Watch a run: curves, progress, ETA, state, and the error text if it fails.
@@ -279,7 +269,7 @@ class RunMonitor(Panel):
         self.progress.bar_style = {"completed": "success", "failed": "danger", "stopped": "warning"}.get(
             self.state, "info")
         speed = f" · {self.examples_per_s:.0f} ex/s" if math.isfinite(self.examples_per_s) else ""
-        elapsed = _elapsed(status)
+        elapsed = elapsed_s(status)
         self.progress_text.value = (f"&nbsp;{esc(self.progress_line)}{speed}"
                                     + (f" · elapsed {fmt_eta(elapsed)}" if elapsed is not None else ""))
         if charts:
@@ -290,10 +280,10 @@ class RunMonitor(Panel):
                 n = f" on {self.eval_examples} eval examples" if self.eval_examples else ""
                 self.last_eval.value = table_html([
                     ("last eval (step)", e.get("step")),
-                    (f"student accuracy{n}", _fmt(e.get("accuracy"), "{:.4f}")),
-                    (f"teacher accuracy{n}", _fmt(e.get("teacher_accuracy"), "{:.4f}")),
-                    ("retention (student / teacher)", _fmt(e.get("retention"), "{:.1%}")),
-                    ("agreement with teacher", _fmt(e.get("agreement"), "{:.1%}"))])
+                    (f"student accuracy{n}", fmt_number(e.get("accuracy"), "{:.4f}")),
+                    (f"teacher accuracy{n}", fmt_number(e.get("teacher_accuracy"), "{:.4f}")),
+                    ("retention (student / teacher)", fmt_number(e.get("retention"), "{:.1%}")),
+                    ("agreement with teacher", fmt_number(e.get("agreement"), "{:.1%}"))])
         self.run_error_box.value = error_html(("the run's files cannot be read: " if self.state == "unreadable" else "the run failed: ")
                                     + buttons_say(self.run_error)) if self.run_error else ""
         tb = status.get("traceback") if self.state == "failed" else None
@@ -307,7 +297,7 @@ class RunMonitor(Panel):
         for name, colour in (("loss", "#2a7ae2"), ("kd", "#e67e22"), ("ce", "#27ae60")):
             ys = self._train[name]
             if any(math.isfinite(y) for y in ys):  # ce is absent (nan) when alpha_ce is 0
-                series.append((name, *_thin(xs, smooth(ys, self.smoothing)), colour))
+                series.append((name, *thin(xs, smooth(ys, self.smoothing)), colour))
         title = "training loss" + (f" (smoothed {self.smoothing:.2f})" if self.smoothing else "")
         return svg_chart(series, title=title)
 
@@ -406,21 +396,6 @@ class RunMonitor(Panel):
         err = f", error: {self.run_error}" if self.run_error else ""
         return (f"RunMonitor({self.run_id!r}: {self.state}, step {self.step}/{self.total_steps}, "
                 f"ETA {fmt_eta(self.eta_s)}{acc}{err})")
-
-
-def _fmt(value: Any, pattern: str) -> str:
-    return pattern.format(float(value)) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
-
-
-def _elapsed(status: dict[str, Any]) -> float | None:
-    """Seconds since the run was created, up to when it finished (None when the status has no times)."""
-    start = status.get("created_at")
-    if not isinstance(start, (int, float)):
-        return None
-    end = status.get("finished_at") if status.get("state") not in ("queued", "running") else None
-    end = end if isinstance(end, (int, float)) else (status.get("updated_at") if status.get("state") not in (
-        "queued", "running") else time.time())
-    return max(0.0, float(end or time.time()) - float(start))
 
 
 __all__ = ["RunMonitor"]
