@@ -25,6 +25,12 @@ pytestmark = pytest.mark.skipif(browser_missing() is not None, reason=browser_mi
 
 
 def test_sidebar_stop_and_launcher(lab, runs_root, tiny_teacher, tiny_dataset):
+    # what the real server lists: a corrupt run (unreadable, the others unaffected) and a remote-code run
+    broken = create_run(DistillConfig(teacher="tiny"), runs_root, "corrupt-run")
+    (broken / "status.json").write_bytes(b"\xff\xfe{not json")
+    remote = create_run(DistillConfig(teacher="tiny", trust_remote_code=True, student_layers=2), runs_root,
+                        "remote-code-run")
+    write_status(remote, state="stopped", step=5, total_steps=50)
     done = create_run(DistillConfig(teacher="tiny", max_steps=100), runs_root, "sst2-done")
     write_status(done, state="completed", step=100, total_steps=100)
     append_metrics(done, {"step": 100, "split": "eval", "accuracy": 0.875})
@@ -41,7 +47,7 @@ def test_sidebar_stop_and_launcher(lab, runs_root, tiny_teacher, tiny_dataset):
         artifacts = REPO / "artifacts"
         artifacts.mkdir(exist_ok=True)
         env = {**os.environ, "JLAB_URL": lab["url"], "JLAB_TOKEN": lab["token"], "RUN_ID": "sst2-live",
-               "DONE_ID": "sst2-done", "ARTIFACTS": str(artifacts), "CHROMIUM": CHROMIUM}
+               "DONE_ID": "sst2-done", "BROKEN_ID": "corrupt-run", "REMOTE_ID": "remote-code-run", "ARTIFACTS": str(artifacts), "CHROMIUM": CHROMIUM}
         out = subprocess.run(["node", str(LABEXT / "ui-tests" / "sidebar.mjs")], env=env, cwd=LABEXT,
                              capture_output=True, text=True, timeout=240, check=False)
         assert out.returncode == 0, f"{out.stdout}\n{out.stderr}\n--- lab log ---\n{lab['log'].read_text()[-3000:]}"
@@ -50,8 +56,10 @@ def test_sidebar_stop_and_launcher(lab, runs_root, tiny_teacher, tiny_dataset):
         if live.state.active:
             live.kill()
 
-    assert seen["stateBefore"] == "running" and re.fullmatch(r"step \d+/100000", seen["stepsBefore"])
+    assert seen["stateBefore"] == "running" and re.search(r"step \d+/100000", seen["stepsBefore"])
     assert seen["doneAccuracy"] == "acc 87.5%" and seen["doneStopDisabled"]
+    assert seen["serverBroken"][0] == "unreadable" and seen["serverBroken"][1], seen["serverBroken"]
+    assert seen["serverRemote"] == ["remote code", "tiny → 2-layer student · sst2"], seen["serverRemote"]
     assert not [e for e in seen["consoleErrors"] if "distill" in e.lower()], seen["consoleErrors"]
     assert seen["stateAfter"] == "stopped"
     assert live.state.value == "stopped"  # Stop went from the button through the server to the worker
@@ -59,5 +67,26 @@ def test_sidebar_stop_and_launcher(lab, runs_root, tiny_teacher, tiny_dataset):
     assert any("distill_nb" in text for text in seen["templateText"])
     assert 'RunMonitor.attach("sst2-live")' in seen["monitorText"]
     notebooks = sorted(lab["home"].glob("Untitled*.ipynb"))
-    assert len(notebooks) == 2  # the launcher's and the sidebar's "Open in notebook"
+    assert len(notebooks) == 1  # the launcher's; "Open" names its notebook after the run
+    assert (lab["home"] / "monitor-sst2-live.ipynb").is_file()
+    assert seen["monitorTabs"] == 1 and seen["currentTab"].startswith("monitor-sst2-live")  # Open twice: one tab
     assert (artifacts / "browser-sidebar.png").stat().st_size > 10_000
+
+    # the REST contract (issue 12, 16): a fixed reply with an unreadable run, a remote-code run, a run in prep
+    assert seen["prepSteps"].startswith("preparing the teacher 40/300 · phase 2/6") and "ETA 1:20" in seen["prepSteps"]
+    assert seen["prepBar"] == [40, 300]
+    assert seen["prepSummary"] == "minilm-l6 → 3-layer student · sst2"
+    assert seen["brokenState"] == "unreadable" and "not UTF-8" in seen["brokenError"]
+    assert seen["remoteFlag"] == "remote code" and seen["prepFlagCount"] == 0
+    assert seen["remoteSummary"] == "custom-bert → 2-layer student · reviews.csv"
+    assert "Resume continues" in seen["remoteError"] and "resume()" not in seen["remoteError"]
+    assert "on 872 eval examples" in seen["remoteAccuracyTitle"]
+    assert seen["prepDeleteDisabled"] and seen["prepResumeDisabled"] and float(seen["disabledOpacity"]) < 0.6
+    assert "trust_remote_code" in seen["dialogText"] and "custom-bert" in seen["dialogText"]
+    assert seen["postsAfterCancel"] == 0  # Cancel sends nothing
+    resume, delete = seen["posted"]
+    assert resume["method"] == "POST" and resume["url"].endswith("/distill-nb/runs/remote-run/resume")
+    assert json.loads(resume["body"]) == {"trust_remote_code": True}
+    assert delete["method"] == "DELETE" and delete["url"].endswith("/distill-nb/runs/broken-run")
+    assert "instead of a list" in seen["notListError"] and seen["runsAfterBadReply"] == 0
+    assert (artifacts / "sidebar-contract.png").stat().st_size > 5_000

@@ -25,6 +25,7 @@ from distill_nb.widgets import (
     TeacherPicker,
 )
 from distill_nb.widgets.student import head_options
+from distill_nb.widgets.teacher import CUSTOM as CUSTOM_CHOICE
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +242,8 @@ def test_attribution_explorer_renders_side_by_side(tiny_pair):
     assert ex.error == "" and comp is ex.comparison
     assert "teacher" in ex.teacher_view.value and "student" in ex.student_view.value
     assert "great" in ex.teacher_view.value and "great" in ex.student_view.value
-    assert "diff" in ex.diff_view.value and "Spearman" in ex.metrics_view.value
+    assert "T − S" in ex.diff_view.value and "Spearman" in ex.metrics_view.value
+    assert "against" in ex.legend.value and "display:inline-block" in ex.teacher_view.value  # a scale; tokens wrap
     assert set(ex.metrics) >= {"spearman", "topk_jaccard", "prediction_agree"}
     ex.method_dropdown.value = "saliency"
     assert ex.explain("a boring film").teacher.method == "saliency"
@@ -336,3 +338,199 @@ print(type(mon._task).__name__, mon._thread, launcher.error)""")
         assert out == "stopped"
     finally:
         km.shutdown_kernel(now=True)
+
+
+# --- issue 16: cost before Start, one progress model, no stale state, data fields, Explain on long text -------
+def test_monitor_shows_phase_progress_and_clears_on_a_new_run(runs_root):
+    old = create_run(DistillConfig(teacher="tiny", max_steps=10, max_eval_examples=50), runs_root, "old")
+    write_status(old, state="completed", step=10, total_steps=10, pid=None)
+    for step in (5, 10):
+        append_metrics(old, {"step": step, "split": "train", "loss": 1.0 / step})
+        append_metrics(old, {"step": step, "split": "eval", "accuracy": 0.8, "teacher_accuracy": 0.9,
+                             "retention": 0.89, "agreement": 0.95})
+    mon = RunMonitor.attach("old", autostart=False)
+    assert "<polyline" in mon.loss_chart.value and "on 50 eval examples" in mon.last_eval.value
+    assert "eval accuracy (50 examples)" in mon.acc_chart.value and mon.accuracy == 0.8
+    new = create_run(DistillConfig(teacher="tiny", max_steps=300), runs_root, "new")
+    write_status(new, state="running", pid=None, phase="preparing_teacher", phase_step=40, phase_total=300,
+                 eta_s=80.0, message="preparing the teacher")
+    mon.watch(Run(new))
+    assert mon.run_id == "new" and mon.phase == "preparing_teacher"
+    assert "preparing the teacher 40/300" in mon.progress_text.value and "ETA 1:20" in mon.progress_text.value
+    assert (mon.progress.value, mon.progress.max) == (40, 300)
+    # nothing of the old run is left: no curves, no last-eval table, no accuracy
+    assert "<polyline" not in mon.loss_chart.value and "<polyline" not in mon.acc_chart.value
+    assert mon.last_eval.value == "" and math.isnan(mon.accuracy)
+    assert [o[1] for o in mon.overlay_dropdown.options] == ["", "old"]  # earlier evals can be overlaid
+    mon.overlay_dropdown.value = "old"
+    assert "old acc" in mon.acc_chart.value and "stroke-dasharray='5 3'" in mon.acc_chart.value
+    write_status(new, phase="training", phase_step=3, phase_total=300, step=3, total_steps=300)
+    mon.poll()
+    assert "training step 3/300 · phase 4/6" in mon.progress_text.value and "elapsed" in mon.progress_text.value
+
+
+def test_monitor_smoothing_and_rounded_ticks(runs_root):
+    path = create_run(DistillConfig(teacher="tiny", max_steps=40), runs_root, "s")
+    write_status(path, state="running", pid=None, step=40, total_steps=40)
+    for step in range(1, 41):
+        append_metrics(path, {"step": step, "split": "train", "loss": 1.0 + (step % 2)})
+    mon = RunMonitor.attach("s", autostart=False)
+    raw = mon.loss_chart.value
+    assert ">40 step<" in raw and "0.30000000000000004" not in raw and "<title>loss at step 3: 2</title>" in raw
+    mon.smoothing_slider.value = 0.9
+    assert mon.loss_chart.value != raw and "smoothed 0.90" in mon.loss_chart.value
+
+
+def test_monitor_says_resume_where_the_button_is(runs_root):
+    path = create_run(DistillConfig(teacher="tiny"), runs_root, "f")
+    write_status(path, state="failed", pid=None, error="the worker process died (last step 3); resume() continues "
+                 "from the last checkpoint.")
+    mon = RunMonitor.attach("f", autostart=False)
+    assert "Resume continues" in mon.run_error_box.value and "resume()" not in mon.run_error_box.value
+
+
+def test_monitor_shows_an_unreadable_run(runs_root):
+    path = create_run(DistillConfig(teacher="tiny"), runs_root, "u")
+    (path / "status.json").write_bytes(b"\xff\xfe not json")
+    mon = RunMonitor.attach("u", autostart=False)
+    assert mon.state == "unreadable" and "cannot be read" in mon.run_error_box.value and not mon.polling
+
+
+def test_launcher_double_click_launches_one_run(monkeypatch, tiny_teacher, tiny_dataset, runs_root):
+    import distill_nb.runs as runs
+
+    calls = []
+
+    def fake_launch(config, **kw):
+        calls.append(config)
+        return Run(create_run(config, runs_root))
+
+    monkeypatch.setattr(runs, "launch", fake_launch)
+    base = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text", max_steps=2)
+    launcher = Launcher(base, root=str(runs_root))
+    launcher.start_button.click()
+    launcher.start_button.click()  # the second click of a double-click
+    assert len(calls) == 1 and launcher.start_button.disabled
+
+
+def test_launcher_failed_start_enables_start_again(tmp_path, runs_root):
+    launcher = Launcher(DistillConfig(teacher=str(tmp_path / "missing"), text_column="text"), root=str(runs_root))
+    launcher.start_button.click()
+    assert launcher.error and not launcher.start_button.disabled
+
+
+def test_launcher_offers_the_files_columns_and_counts_steps(tmp_path, tiny_teacher, runs_root):
+    data = tmp_path / "reviews.csv"
+    data.write_text("id,review,category\n" + "".join(f"{i},the movie was good,{i % 2}\n" for i in range(50)))
+    base = DistillConfig(teacher=str(tiny_teacher), dataset=str(data), batch_size=8, max_steps=None, epochs=1.0,
+                         eval_every=3)
+    launcher = Launcher(base, root=str(runs_root))  # text_column="sentence" is not in the file
+    assert list(launcher.fields["text_column"].allowed_tags) == ["id", "review", "category"]
+    assert launcher.fields["text_column"].value == ["review"] and launcher.fields["label_column"].value == "category"
+    config = launcher.build_config()
+    assert (config.text_column, config.label_column) == ("review", "category")
+    assert "review" in launcher.columns_note.value and "category" in launcher.columns_note.value
+    # 50 rows, one file: 45 train (10 % held out), 6 steps of 8, evaluated at 3 and 6
+    assert launcher.plan["train_examples"] == 45 and launcher.plan["total_steps"] == 6
+    assert launcher.plan["evaluations"] == 2 and "<b>6</b> steps" in launcher.estimate.value
+    launcher.fields["teacher_prep_steps"].value = 17
+    assert launcher.build_config().teacher_prep_steps == 17
+    launcher.fields["label_column"].value = "nope"
+    assert "nope" in launcher.estimate.value  # the missing column is named before Start
+
+
+def test_launcher_prints_a_readable_learning_rate(tiny_teacher, runs_root):
+    launcher = Launcher(DistillConfig(teacher=str(tiny_teacher)), root=str(runs_root))
+    launcher.fields["learning_rate"].value = 10 ** -4.3
+    assert json.loads(launcher.preview.value)["learning_rate"] == 5e-05
+    assert '"learning_rate": 5e-05' in launcher.preview.value
+
+
+def test_estimate_measures_this_machine_and_stores_the_rate(tiny_teacher, tiny_dataset, monkeypatch, tmp_path):
+    from distill_nb.widgets import estimate
+
+    monkeypatch.setenv("DISTILL_NB_CACHE", str(tmp_path / "cache"))
+    config = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text", batch_size=8,
+                           max_steps=20, max_length=16, device="cpu")
+    assert estimate.stored_rates(config) is None
+    launcher = Launcher(config)
+    assert "press Estimate time" in launcher.estimate.value and "<b>20</b> steps" in launcher.estimate.value
+    rates = launcher.measure()
+    assert rates["student_train_s"] > 0 and rates["teacher_forward_s"] > 0
+    assert "≈" in launcher.estimate.value and "on CPU" in launcher.estimate.value
+    assert estimate.stored_rates(config) == rates  # the next app reads it instead of measuring
+    secs = estimate.minutes(launcher.plan, rates, 8)
+    assert secs["training"] == pytest.approx(20 * rates["student_train_s"])
+
+
+def test_app_reattached_shows_the_runs_config(tiny_teacher, tiny_dataset, runs_root):
+    cfg = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text", max_steps=7,
+                        student_layers=2, temperature=4.0, learning_rate=3e-4, batch_size=16, alpha_ce=0.5)
+    path = create_run(cfg, runs_root, "attached")
+    write_status(path, state="stopped", pid=None, step=3, total_steps=7)
+    app = DistillApp(run_id="attached", root=str(runs_root))
+    built = app.launcher.build_config()
+    for key in ("teacher", "max_steps", "student_layers", "temperature", "learning_rate", "batch_size", "alpha_ce",
+                "text_column", "dataset"):
+        assert getattr(built, key) == getattr(cfg, key), key
+    assert not app.launcher.resume_button.disabled and not app.launcher.start_button.disabled
+
+
+def test_app_defaults_are_workshop_sized():
+    from distill_nb.widgets.workshop import app_config
+
+    cfg = app_config()
+    assert cfg.max_steps and cfg.max_steps <= 500 and cfg.max_train_examples and cfg.teacher_prep_steps <= 300
+
+
+def test_picker_bad_id_keeps_dropdown_and_config_agreeing(tiny_teacher, tmp_path):
+    picker = TeacherPicker(str(tiny_teacher))
+    picker.text.value = str(tmp_path / "typo")
+    picker.load_button.click()
+    assert "cannot load model" in picker.error and "stays" in picker.error
+    assert picker.teacher == str(tiny_teacher) and picker.teacher_config is not None
+    assert picker.dropdown.value == CUSTOM_CHOICE and picker.text.value == str(tiny_teacher)
+    picker.dropdown.value = "minilm-l6"
+    picker.text.value = str(tmp_path / "typo")
+    picker.load_button.click()
+    assert picker.teacher == "minilm-l6" and picker.dropdown.value == "minilm-l6"
+
+
+def test_explorer_target_class_names_and_clear(tiny_pair):
+    teacher, tok, student = tiny_pair
+    ex = AttributionExplorer(teacher, student, teacher_tokenizer=tok, label_names=["negative", "positive"],
+                             n_steps=4, method="saliency")
+    long_text = " ".join(["the movie was very good but the acting was awful and the story was boring"] * 3)
+    assert len(long_text.split()) > 40
+    ex.target_dropdown.value = 0
+    comp = ex.explain(long_text)
+    assert comp.teacher.target == 0 and comp.student.target == 0
+    assert "explaining class <b>negative</b>" in ex.status.value and "teacher → " in ex.teacher_view.value
+    assert "(0)" not in ex.teacher_view.value  # names, not ids
+    assert "flex-wrap:wrap" in ex.diff_view.value  # the aligned view wraps instead of running off the side
+    ex.clear()
+    assert ex.comparison is None and ex.teacher_view.value == "" and ex.diff_view.value == "" and ex.text == ""
+
+
+def test_errors_headers_and_compare_without_a_run(tiny_pair):
+    teacher, tok, student = tiny_pair
+    ex = AttributionExplorer(teacher, student, teacher_tokenizer=tok, method="saliency")
+    ea = ErrorAnalysis(ex, texts=["good", "bad"], labels=[1, 0], label_names=["neg", "pos"], n_examples=2)
+    ea.run_sweep()
+    assert "teacher says" in ea.table.value and "teacher_pred" not in ea.table.value
+    assert "on these 2 examples" in ea.summary.value
+    comp = Comparison()
+    assert comp.chart.layout.display == "none"  # no broken image before a report
+
+
+def test_launcher_several_text_columns(tmp_path, tiny_teacher, runs_root):
+    """Two text columns become a list when the config takes one; otherwise the tab says the config refuses it."""
+    data = tmp_path / "pairs.csv"
+    data.write_text("premise,hypothesis,label\n" + "".join(f"a good movie,it was fun,{i % 2}\n" for i in range(20)))
+    launcher = Launcher(DistillConfig(teacher=str(tiny_teacher), dataset=str(data)), root=str(runs_root))
+    launcher.fields["text_column"].value = ["premise", "hypothesis"]
+    takes_lists = "list" in str(DistillConfig.__annotations__["text_column"])
+    if takes_lists:
+        assert launcher.build_config().text_column == ["premise", "hypothesis"] and launcher.error == ""
+    else:
+        assert "text_column" in launcher.error

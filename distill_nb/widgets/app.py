@@ -19,6 +19,7 @@ from .launcher import Launcher
 from .monitor import RunMonitor
 from .student import StudentDesigner
 from .teacher import TeacherPicker
+from .workshop import app_config
 
 TABS = ["Teacher", "Student", "Train", "Monitor", "Explain", "Errors", "Compare"]
 
@@ -27,7 +28,8 @@ class DistillApp(W.VBox):
     """Teacher -> Student -> Train -> Monitor -> Explain -> Errors -> Compare, as tabs.
 
     Args:
-        config: the starting config (default ``DistillConfig()``: the offline MiniLM-L6 teacher on SST-2).
+        config: the starting config (default ``workshop.app_config()``: the offline MiniLM-L6 teacher on a
+            workshop-sized slice of SST-2; the Train tab shows its steps and minutes before Start).
         run_id: open an existing run (monitor, and explorer/comparison once it has completed).
         backend: how Start runs the training ("auto", "subprocess", "kernel").
         root: the runs folder (default ``$DISTILL_NB_RUNS``).
@@ -38,7 +40,7 @@ class DistillApp(W.VBox):
     def __init__(self, config: DistillConfig | None = None, *, run_id: str | None = None, backend: str = "auto",
                  root: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        config = config or DistillConfig()
+        config = config or app_config()
         self.root = root
         self.picker = TeacherPicker(config.teacher)
         self.designer = StudentDesigner(self.picker.teacher_config, layers=config.student_layers,
@@ -53,6 +55,7 @@ class DistillApp(W.VBox):
                                     self.errors, self.comparison], titles=TABS)
         self.picker.observe(self._teacher_changed, names=["teacher_config"])
         self.launcher.observe(self._started, names=["run_id"])
+        self.tabs.observe(self._tab_shown, names=["selected_index"])
         self.monitor.observe(self._state_changed, names=["state"])
         self.errors.on_open = lambda _: setattr(self.tabs, "selected_index", TABS.index("Explain"))
         self.children = [W.HTML("<h3 style='margin:4px 0'>distill_nb — distil a transformer classifier</h3>"),
@@ -66,7 +69,17 @@ class DistillApp(W.VBox):
 
     def _started(self, change: dict[str, Any]) -> None:
         self.run_id = change["new"]
+        for view in (self.explorer, self.errors, self.comparison):  # nothing of the previous run stays
+            view.clear()
         self.tabs.selected_index = TABS.index("Monitor")
+
+    def _tab_shown(self, change: dict[str, Any]) -> None:
+        # the first look at Train measures this machine (a few seconds) so minutes show before Start
+        if change["new"] == TABS.index("Train") and self.launcher.rates is None and self.auto_estimate:
+            self.auto_estimate = False
+            self.launcher.measure()
+
+    auto_estimate = True  # set False to never time a batch on its own
 
     def _state_changed(self, change: dict[str, Any]) -> None:
         if change["new"] in ("completed", "failed", "stopped"):
@@ -82,9 +95,18 @@ class DistillApp(W.VBox):
         from ..runs import Run
 
         run = Run.attach(run_id, self.root)
+        config = run.config
+        # every tab shows the attached run's config, so Start there runs what the person sees
+        if self.picker.teacher != config.teacher:
+            self.picker.teacher = config.teacher
+        self.designer.set_config(config)
+        self.launcher.set_config(config)
         self.run_id = run.id
+        for view in (self.explorer, self.errors, self.comparison):
+            view.clear()
         self.launcher.run_id = run.id
         self.monitor.watch(run)
+        self.launcher.run_finished(self.monitor.state or "stopped")  # Start/Stop/Resume as the run stands
         self.tabs.selected_index = TABS.index("Monitor")
 
     def __repr__(self) -> str:

@@ -28,7 +28,8 @@ class Comparison(Panel):
         self.measure_button = W.Button(description="Measure", icon="tachometer", button_style="primary")
         self.status = W.HTML(note_html("finish a run first, then press Measure"))
         self.table = W.HTML()
-        self.chart = W.Image(format="png", layout=W.Layout(max_width="900px"))
+        # hidden until there is a chart: an empty Image shows as a broken image
+        self.chart = W.Image(format="png", layout=W.Layout(max_width="900px", display="none"))
         self.measure_button.on_click(lambda _: self.measure())
         self.children = [W.HTML("<b>7. Compare</b> — size, latency, accuracy and retention, as DistilBERT reports "
                                 "them"), W.HBox([self.max_eval, self.measure_button]), self.status, self.table,
@@ -36,10 +37,25 @@ class Comparison(Panel):
         if run is not None:
             self.set_run(run)
 
+    def clear(self) -> None:
+        """Forget the previous run's report (a new run starts without one)."""
+        self.run_path, self.report = None, None
+        self.table.value = ""
+        self.chart.layout.display = "none"
+        self.chart.value = b""
+        self.status.value = note_html("finish a run first, then press Measure")
+        self.error = ""
+
     def set_run(self, run: Any) -> None:
+        from ..config import DistillConfig
         from .attribution import _run_path
 
+        self.clear()
         self.run_path = _run_path(run)
+        try:  # the same eval subset as the run's own evaluations, so accuracies agree between tabs
+            self.max_eval.value = DistillConfig.from_json(self.run_path / "config.json").max_eval_examples or 0
+        except Exception:  # noqa: BLE001 - Measure reports an unreadable config
+            pass
         self.status.value = note_html(f"run <code>{esc(self.run_path.name)}</code>: press Measure (loads both "
                                       "models and times them on this machine)")
 
@@ -49,10 +65,14 @@ class Comparison(Panel):
 
         if self.run_path is None:
             raise ValueError("no run: finish a run (or set_run(run_id)) before measuring.")
+        from ._util import quiet_loading
+
         self.status.value = note_html("measuring…")
-        report = compare_run(self.run_path, max_eval=self.max_eval.value or None, repeats=self.repeats)
+        with quiet_loading():
+            report = compare_run(self.run_path, max_eval=self.max_eval.value or None, repeats=self.repeats)
         self.show(report)
-        self.status.value = note_html(f"device {esc(report.device)}; data {esc(report.data)}")
+        subset = f"the first {self.max_eval.value} eval examples" if self.max_eval.value else "the whole eval split"
+        self.status.value = note_html(f"device {esc(report.device)}; accuracy on {subset} of {esc(report.data)}")
         return report
 
     def show(self, report: Any) -> None:
@@ -61,6 +81,7 @@ class Comparison(Panel):
         self.report = report
         self.table.value = report_html(report)
         self.chart.value = plots.to_png(plots.report_figure(report.to_frame()), dpi=80)
+        self.chart.layout.display = ""
 
     def __repr__(self) -> str:
         return str(self.report) if self.report is not None else "Comparison(not measured yet)"

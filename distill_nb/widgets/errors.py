@@ -12,6 +12,9 @@ import traitlets as T
 from ._util import Panel, esc, guarded, note_html
 
 ALL = -1  # label filter value meaning "all labels"
+HEADERS = {"divergence_rank": "rank", "text": "text", "label": "gold label", "teacher_pred": "teacher says",
+           "student_pred": "student says", "teacher_prob": "teacher p", "student_prob": "student p",
+           "spearman": "rank correlation", "topk_jaccard": "top-k overlap"}
 
 
 class ErrorAnalysis(Panel):
@@ -57,11 +60,23 @@ class ErrorAnalysis(Panel):
                          self.rows, self.table, *self._footer()]
         self._update_label_options()
 
+    def clear(self) -> None:
+        """Forget the previous run's examples and sweep."""
+        self.texts, self.labels, self.label_names = [], None, []
+        self.result = None
+        self.visible = []
+        self.rows.options = []
+        self.table.value = self.summary.value = ""
+        self.progress.value = 0
+        self._update_label_options()
+        self.error = ""
+
     @guarded
     def set_run(self, run: Any) -> None:
         """Use a run's eval split (its models come from the explorer)."""
         from .attribution import run_examples
 
+        self.clear()
         self.texts, self.labels, self.label_names = run_examples(run, self.n_box.value)
         self._update_label_options()
 
@@ -101,7 +116,8 @@ class ErrorAnalysis(Panel):
         parts = [f"{len(result)} examples", f"predictions agree on {100 * s['prediction_agree']:.0f}%",
                  f"mean rank correlation {s['spearman']:.2f}", f"top-k overlap {s['topk_jaccard']:.2f}"]
         if "student_accuracy" in s:
-            parts.append(f"accuracy teacher {s['teacher_accuracy']:.2f} / student {s['student_accuracy']:.2f}")
+            parts.append(f"accuracy on these {len(result)} examples: teacher {s['teacher_accuracy']:.2f} / "
+                         f"student {s['student_accuracy']:.2f}")
         self.summary.value = note_html(" · ".join(parts), "#222")
         self._filter(None)
         return result
@@ -135,7 +151,8 @@ class ErrorAnalysis(Panel):
     def table_html(self, frame: Any, limit: int = 25) -> str:
         cols = ["divergence_rank", "text", "label", "teacher_pred", "student_pred", "teacher_prob", "student_prob",
                 "spearman", "topk_jaccard"]
-        head = "".join(f"<th style='padding:2px 6px;border-bottom:1px solid #999'>{c}</th>" for c in cols)
+        head = "".join(f"<th style='padding:2px 6px;border-bottom:1px solid #999'>{HEADERS.get(c, c)}</th>"
+                       for c in cols)
         body = []
         for _, r in frame.head(limit).iterrows():
             bg = "#fff0f0" if not r["prediction_agree"] else "#fff"

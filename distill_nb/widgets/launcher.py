@@ -1,8 +1,11 @@
-"""Launcher: losses, temperature, optimiser and system settings; the exact config it runs; Start/Stop/Resume."""
+"""Launcher: data columns, losses, temperature, optimiser and system settings; what the run will cost; the
+exact config it runs; Start/Stop/Resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +13,16 @@ import ipywidgets as W
 import traitlets as T
 
 from ..config import DistillConfig
-from ._util import Panel, esc, guarded, note_html
+from ._util import Panel, buttons_say, esc, guarded, note_html
+from .datafile import data_columns, guess_label_column, guess_text_column
 
 BACKENDS = ["auto", "subprocess", "kernel"]
+HAS_LABEL_NAMES = "label_names" in {f.name for f in dataclasses.fields(DistillConfig)}  # newer configs
+
+
+def round_lr(value: float) -> float:
+    """A log-slider value as a person would type it: 10**-4.3 = 5.0119e-05 becomes 5e-05."""
+    return float(f"{value:.2g}") if value > 0 and math.isfinite(value) else value
 
 
 class Launcher(Panel):
@@ -35,7 +45,7 @@ class Launcher(Panel):
         self.picker, self.designer, self.monitor, self.root = picker, designer, monitor, root
         c = config or DistillConfig()
         s = {"description_width": "120px"}
-        lay = W.Layout(width="330px")
+        lay = W.Layout(width="300px")
         self.fields: dict[str, W.ValueWidget] = {
             "objective": W.Dropdown(options=[("classification (task)", "classification"),
                                              ("masked LM (task-agnostic)", "mlm")], value=c.objective,
@@ -61,7 +71,19 @@ class Launcher(Panel):
                                      description="batch size", style=s, layout=lay),
             "eval_every": W.BoundedIntText(c.eval_every, min=1, max=10**7, description="eval every", style=s,
                                            layout=lay),
-            "dataset": W.Text(c.dataset, description="dataset", style=s, layout=lay),
+            "dataset": W.Text(c.dataset, description="dataset", style=s, layout=lay, continuous_update=False),
+            "text_column": W.TagsInput(value=_as_list(c.text_column), allowed_tags=[], allow_duplicates=False,
+                                       layout=W.Layout(width="200px")),
+            "label_column": W.Combobox(value=c.label_column, options=[], ensure_option=False,
+                                       description="label column", style=s, layout=lay),
+            "train_split": W.Combobox(value=c.train_split, options=[], ensure_option=False,
+                                      description="train split", style=s, layout=lay),
+            "eval_split": W.Combobox(value=c.eval_split, options=[], ensure_option=False, description="eval split",
+                                     style=s, layout=lay),
+            "teacher_prep_steps": W.BoundedIntText(c.teacher_prep_steps, min=0, max=10**6,
+                                                   description="teacher prep", style=s, layout=lay,
+                                                   tooltip="steps to fine-tune a bare-encoder teacher on this task "
+                                                   "before distilling (teacher_prep_steps)"),
             "max_train_examples": W.BoundedIntText(c.max_train_examples or 0, min=0, max=10**9,
                                                    description="train cap (0: all)", style=s, layout=lay),
             "max_eval_examples": W.BoundedIntText(c.max_eval_examples or 0, min=0, max=10**9,
@@ -71,10 +93,20 @@ class Launcher(Panel):
             "device": W.Dropdown(options=sorted({"auto", "cpu", "cuda", c.device}), value=c.device,
                                  description="device", style=s, layout=lay),
         }
+        if HAS_LABEL_NAMES:
+            self.fields["label_names"] = W.Text(", ".join(getattr(c, "label_names", None) or []),
+                                                placeholder="e.g. negative, positive (empty: from the data)",
+                                                description="label names", style=s, layout=lay,
+                                                continuous_update=False)
+        self.columns_note = W.HTML()
+        self.estimate = W.HTML()
+        self.estimate_button = W.Button(description="Estimate time", icon="clock-o", layout=W.Layout(width="170px"),
+                                        tooltip="time a batch of teacher and student on this machine")
+        self.rates: dict[str, Any] | None = None
         self.backend_dropdown = W.Dropdown(options=BACKENDS, value=backend, description="backend", style=s,
                                            layout=lay)
         self.start_button = W.Button(description="Start", icon="play", button_style="success")
-        self.stop_button = W.Button(description="Stop", icon="stop", button_style="warning", disabled=True)
+        self.stop_button = W.Button(description="Stop", icon="stop", disabled=True)
         self.resume_button = W.Button(description="Resume", icon="redo", disabled=True)
         self.export_path = W.Text("distill_config.json", description="export to", style=s,
                                   layout=W.Layout(width="420px"))
@@ -85,27 +117,44 @@ class Launcher(Panel):
         self.backend = backend
         for w in self.fields.values():
             w.observe(self._changed, names=["value"])
+        self.fields["dataset"].observe(self._dataset_changed, names=["value"])
+        self.fields["train_split"].observe(self._dataset_changed, names=["value"])
+        self.estimate_button.on_click(lambda _: self.measure())
         self.backend_dropdown.observe(lambda ch: setattr(self, "backend", ch["new"]), names=["value"])
         for source in (picker, designer):
             if source is not None:
                 source.observe(self._changed, names=["teacher", "estimates", "init", "pretrained"]
                                if source is designer else ["teacher"])
-        self.start_button.on_click(lambda _: self.start())
+        # a double-click sends two clicks before the first disables the button: the second is ignored
+        self.start_button.on_click(lambda _: None if self.start_button.disabled else self.start())
         self.stop_button.on_click(lambda _: self.stop())
         self.resume_button.on_click(lambda _: self.resume())
         self.export_button.on_click(lambda _: self.export())
-        half = len(self.fields) // 2 + 1
-        keys = list(self.fields)
-        grid = W.HBox([W.VBox([self.fields[k] for k in keys[:half]]),
-                       W.VBox([self.fields[k] for k in keys[half:]] + [self.backend_dropdown])])
-        self.children = [W.HTML("<b>3. Train</b> — loss weights, temperature, optimiser; the config below is "
+        data_keys = ["dataset", "text_column", "label_column", "train_split", "eval_split", "label_names",
+                     "max_train_examples", "max_eval_examples", "max_length", "teacher_prep_steps"]
+        data_boxes = [W.HBox([W.Label("text column(s)", layout=W.Layout(width="120px")), self.fields[k]])
+                      if k == "text_column" else self.fields[k] for k in data_keys if k in self.fields]
+        rest = [k for k in self.fields if k not in data_keys]
+        half = (len(rest) + 1) // 2
+        grid = W.HBox([W.VBox([W.HTML("<b>data</b>")] + data_boxes + [self.columns_note],
+                              layout=W.Layout(width="310px")),
+                       W.VBox([W.HTML("<b>losses</b>")] + [self.fields[k] for k in rest[:half]]),
+                       W.VBox([W.HTML("<b>optimiser and system</b>")] + [self.fields[k] for k in rest[half:]]
+                              + [self.backend_dropdown])], layout=W.Layout(flex_flow="row wrap", gap="8px"))
+        self.children = [W.HTML("<b>3. Train</b> — data, loss weights, temperature, optimiser; the config below is "
                                 "exactly what runs (<code>distill-nb run FILE</code> takes the exported file)"),
-                         grid, W.HBox([self.start_button, self.stop_button, self.resume_button]), self.message,
+                         grid, W.HBox([self.estimate, self.estimate_button]),
+                         W.HBox([self.start_button, self.stop_button, self.resume_button]), self.message,
                          W.Accordion(children=[W.VBox([self.preview,
                                                        W.HBox([self.export_path, self.export_button])])],
                                      titles=("config JSON",)),
                          *self._footer()]
+        self._dataset_changed(None)
         self._changed(None)
+
+    def show_error(self, exc: BaseException) -> None:
+        super().show_error(exc)
+        self.error = buttons_say(self.error)  # this tab has Stop/Resume buttons, not stop()/resume()
 
     # --- the config ----------------------------------------------------------------------------------------
     def build_config(self) -> DistillConfig:
@@ -113,7 +162,17 @@ class Launcher(Panel):
         values: dict[str, Any] = {k: w.value for k, w in self.fields.items()}
         for key in ("max_steps", "max_train_examples", "max_eval_examples"):
             values[key] = values[key] or None  # 0 in the box means "none"
-        values["dataset"] = values["dataset"].strip()
+        for key in ("dataset", "label_column", "train_split", "eval_split"):
+            values[key] = values[key].strip()
+        values["learning_rate"] = round_lr(values["learning_rate"])
+        texts = [t.strip() for t in values["text_column"] if t.strip()]
+        if not texts:
+            raise ValueError("no text column: pick the column that holds the text (the data's columns are listed "
+                             "under the data fields).")
+        values["text_column"] = texts[0] if len(texts) == 1 else texts  # a list needs a config that takes one
+        if "label_names" in values:
+            names = [n.strip() for n in values["label_names"].split(",") if n.strip()]
+            values["label_names"] = names or None
         if self.picker is not None:
             values["teacher"] = self.picker.teacher
         if self.designer is not None and self.designer.estimates:
@@ -122,8 +181,93 @@ class Launcher(Panel):
 
     @guarded
     def _changed(self, change: Any) -> None:
-        self.config_json = self.build_config().to_json()
+        config = self.build_config()
+        self.config_json = config.to_json()
         self.preview.value = self.config_json
+        self.show_estimate(config)
+
+    def set_config(self, config: DistillConfig) -> None:
+        """Show ``config`` in every field (e.g. the config of a run the app re-attached to)."""
+        self.config = config
+        for key, w in self.fields.items():
+            value = getattr(config, key, None)
+            if key == "text_column":
+                value = _as_list(value)
+            elif key == "label_names":
+                value = ", ".join(value or [])
+            elif key in ("max_steps", "max_train_examples", "max_eval_examples"):
+                value = value or 0
+            elif key == "batch_size" and value not in w.options:
+                w.options = sorted({*w.options, value})
+            elif key == "device" and value not in w.options:
+                w.options = sorted({*w.options, value})
+            if value is not None and w.value != value:
+                w.value = value
+        self._changed(None)
+
+    # --- data columns -----------------------------------------------------------------------------------------
+    @guarded
+    def _dataset_changed(self, change: Any) -> None:
+        """Offer the file's columns and splits; pick likely ones when the current ones are not there."""
+        dataset = self.fields["dataset"].value.strip()
+        columns, splits, fixed = data_columns(dataset, self.fields["train_split"].value.strip() or "train")
+        text, label = self.fields["text_column"], self.fields["label_column"]
+        text.allowed_tags = [] if fixed else columns
+        label.options = columns
+        for key in ("train_split", "eval_split"):
+            self.fields[key].options = splits
+        for w in (text, label, self.fields["train_split"], self.fields["eval_split"]):
+            w.disabled = fixed
+        if columns and not fixed:
+            if not [t for t in text.value if t in columns]:
+                guess = guess_text_column(columns)
+                text.value = [guess] if guess else []
+            if label.value not in columns:
+                label.value = guess_label_column(columns) or label.value
+        if fixed:
+            self.columns_note.value = note_html(f"<code>{esc(dataset)}</code> is a packaged data set: its columns "
+                                                "and splits are fixed.")
+        elif columns:
+            where = "the train file" if len(splits) > 1 else "the file (10 % is held out for evaluation)"
+            self.columns_note.value = note_html(f"columns in {where}: " + ", ".join(f"<code>{esc(c)}</code>"
+                                                                                      for c in columns))
+        else:
+            self.columns_note.value = note_html("type the column names (a datasets name is read by the run)")
+
+    # --- cost estimate ------------------------------------------------------------------------------------------
+    def show_estimate(self, config: DistillConfig | None = None) -> None:
+        """Steps per phase now (no torch); minutes from rates measured on this machine, when there are some."""
+        from .estimate import plan, stored_rates, summary_html
+
+        config = config or self.build_config()
+        try:
+            p = plan(config)
+        except Exception as exc:  # noqa: BLE001 - a wrong column is shown here and by Start
+            self.estimate.value = note_html(f"<b>Estimate:</b> cannot count the steps yet: {esc(exc)}", "#a00")
+            return
+        self.rates = stored_rates(config)
+        self.plan = p
+        html = summary_html(p, self.rates, config.batch_size)
+        if self.rates is None:
+            html = html.replace("<i>Minutes: measuring this machine's speed…</i>",
+                                "<i>Minutes: press Estimate time (times one batch of each model here).</i>")
+        self.estimate.value = html
+
+    @guarded
+    def measure(self) -> dict[str, Any]:
+        """Time one batch of teacher and student on this machine (a few seconds) and show the minutes."""
+        from .estimate import measure, plan, summary_html
+
+        config = self.build_config()
+        p = plan(config)
+        self.estimate.value = summary_html(p, None, config.batch_size)
+        self.estimate_button.disabled = True
+        try:
+            self.rates = measure(config)
+        finally:
+            self.estimate_button.disabled = False
+        self.estimate.value = summary_html(p, self.rates, config.batch_size)
+        return self.rates
 
     @guarded
     def export(self, path: str | None = None) -> Path:
@@ -146,8 +290,15 @@ class Launcher(Panel):
         """Launch the config in the background (``runs.launch``) and hand the Run to the monitor."""
         from ..runs import launch
 
-        config = self.build_config()
-        run = launch(config, backend=self.backend, root=self.root, run_id=run_id)
+        self.start_button.disabled = True  # until the run ends; a failed launch enables it again
+        self.start_button.button_style = ""
+        try:
+            config = self.build_config()
+            run = launch(config, backend=self.backend, root=self.root, run_id=run_id)
+        except BaseException:
+            self.start_button.disabled = False
+            self.start_button.button_style = "success"
+            raise
         self.run_id = run.id
         self.message.value = note_html(f"started run <code>{esc(run.id)}</code> ({esc(self.backend)} backend) in "
                                        f"<code>{esc(run.path)}</code>")
@@ -170,7 +321,12 @@ class Launcher(Panel):
         """Continue a stopped or failed run from its last checkpoint."""
         if self.run is None:
             raise ValueError("no run to resume: press Start first.")
-        run = self.run.resume(backend=self.backend)
+        self.resume_button.disabled = True  # one click, one resume
+        try:
+            run = self.run.resume(backend=self.backend)
+        except BaseException:
+            self.resume_button.disabled = False
+            raise
         if self.monitor is not None:
             self.monitor.watch(run)
         self.message.value = note_html(f"resumed run <code>{esc(self.run_id)}</code>")
@@ -181,6 +337,10 @@ class Launcher(Panel):
         self.start_button.disabled = active
         self.stop_button.disabled = not active or state == "stopping"
         self.resume_button.disabled = active or state == "completed" or not self.run_id
+        # a disabled button keeps no accent colour, so it does not look pressable
+        for button, style in ((self.start_button, "success"), (self.stop_button, "warning"),
+                              (self.resume_button, "info")):
+            button.button_style = "" if button.disabled else style
 
     def run_finished(self, state: str) -> None:
         """Called by the monitor when the run leaves queued/running."""
@@ -196,4 +356,8 @@ class Launcher(Panel):
         return f"Launcher(run_id={self.run_id!r}, backend={self.backend!r}, config={summary})"
 
 
-__all__ = ["Launcher"]
+def _as_list(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else [str(v) for v in value or []]
+
+
+__all__ = ["Launcher", "round_lr"]

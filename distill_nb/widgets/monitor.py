@@ -18,18 +18,8 @@ from typing import Any
 import ipywidgets as W
 import traitlets as T
 
-from ._util import Panel, error_html, esc, fmt_eta, svg_chart, table_html
-
-MAX_POINTS = 400  # points per SVG polyline; older points are thinned, never dropped from the record
-
-
-def _thin(xs: list[float], ys: list[float], n: int = MAX_POINTS) -> tuple[list[float], list[float]]:
-    if len(xs) <= n:
-        return xs, ys
-    stride = math.ceil(len(xs) / n)
-    keep = list(range(0, len(xs), stride)) + [len(xs) - 1]
-    return [xs[i] for i in keep], [ys[i] for i in keep]
-
+from ._util import (Panel, buttons_say, elapsed_s, error_html, esc, fmt_eta, fmt_number, run_progress, smooth,
+                    svg_chart, table_html, thin)
 
 class RunMonitor(Panel):
     """Watch a run: curves, progress, ETA, state, and the error text if it fails.
@@ -57,6 +47,11 @@ class RunMonitor(Panel):
     run_error = T.Unicode("")
     polls = T.Int(0)
     interval = T.Float(0.5, help="seconds between polls (2 Hz by default)")
+    phase = T.Unicode("", help="status.json's phase (loading, preparing_teacher, ..., done); '' on older runs")
+    progress_line = T.Unicode("", help="the progress across phases as one line (the sidebar shows the same)")
+    eval_examples = T.Int(0, help="examples in the eval subset the accuracies are measured on (0: unknown)")
+    smoothing = T.Float(0.0, help="EMA weight for the loss curve (0: raw)")
+    overlay = T.Unicode("", help="id of an earlier run whose eval curve is drawn dashed ('' for none)")
 
     def __init__(self, run: Any = None, *, interval: float = 0.5, autostart: bool = True, **kwargs: Any):
         super().__init__(**kwargs)
@@ -65,6 +60,14 @@ class RunMonitor(Panel):
         self.header = W.HTML()
         self.progress = W.FloatProgress(value=0, min=0, max=1, layout=W.Layout(width="420px"))
         self.progress_text = W.HTML()
+        self.smoothing_slider = W.FloatSlider(0.0, min=0.0, max=0.99, step=0.01, description="smoothing",
+                                              style={"description_width": "70px"}, layout=W.Layout(width="260px"),
+                                              continuous_update=False)
+        self.overlay_dropdown = W.Dropdown(options=[("no earlier run", "")], value="", description="overlay",
+                                           style={"description_width": "55px"}, layout=W.Layout(width="330px"))
+        self.smoothing_slider.observe(lambda c: setattr(self, "smoothing", c["new"]), names=["value"])
+        self.overlay_dropdown.observe(lambda c: setattr(self, "overlay", c["new"] or ""), names=["value"])
+        self.observe(self._redraw, names=["smoothing", "overlay"])
         self.loss_chart = W.HTML()
         self.acc_chart = W.HTML()
         self.last_eval = W.HTML()
@@ -73,9 +76,11 @@ class RunMonitor(Panel):
         self.run_traceback_box = W.Accordion(children=[self.run_traceback], titles=("worker traceback",),
                                              layout=W.Layout(display="none"))
         self.children = [self.header, W.HBox([self.progress, self.progress_text]),
+                         W.HBox([self.smoothing_slider, self.overlay_dropdown]),
                          W.HBox([self.loss_chart, self.acc_chart], layout=W.Layout(flex_flow="row wrap")),
                          self.last_eval, self.run_error_box, self.run_traceback_box, *self._footer()]
         self.run: Any = None
+        self._overlay_evals: list[dict[str, Any]] = []
         self._task: asyncio.Task | None = None
         self._thread: threading.Thread | None = None
         self._halt = threading.Event()
@@ -102,15 +107,85 @@ class RunMonitor(Panel):
         self._finished_reported = False
 
     def watch(self, run: Any) -> None:
-        """Follow ``run`` (a ``Run``) from its first record; starts polling in the background."""
+        """Follow ``run`` (a ``Run``) from its first record; starts polling in the background.
+
+        Everything drawn for the previous run (charts, last eval, error, traceback) is cleared first.
+        """
         self.stop_polling()
         self.run = run
         self._reset()
+        self.clear()
         self.run_id = run.id
-        self.state, self.step, self.total_steps = "", 0, 0
+        self.eval_examples = self._eval_size(run)
+        self._offer_overlays()
         self.poll()
         if self.autostart:
             self.start_polling()
+
+    def clear(self) -> None:
+        """Forget every value and view of the previous run (a new run starts from a clean monitor)."""
+        nan = float("nan")
+        with self.hold_trait_notifications():
+            self.state, self.step, self.total_steps, self.phase, self.progress_line = "", 0, 0, "", ""
+            self.eta_s = self.examples_per_s = self.accuracy = self.teacher_accuracy = nan
+            self.retention = self.agreement = nan
+            self.run_error, self.eval_examples, self.polls = "", 0, 0
+        self.progress.value, self.progress.max = 0, 1
+        self.progress.bar_style = "info"
+        self.progress_text.value = ""
+        self.loss_chart.value = self.acc_chart.value = self.last_eval.value = self.run_error_box.value = ""
+        self.run_traceback.outputs = ()
+        self.run_traceback_box.layout.display = "none"
+        self._overlay_evals = []
+        self._bar = (0.0, 1.0)
+        self.error = ""
+
+    @staticmethod
+    def _eval_size(run: Any) -> int:
+        """The eval subset's size: the data's eval rows (counted once, no torch) capped by the config; eval
+        records that carry ``eval_examples`` override it. 0 when it cannot be counted."""
+        try:
+            config = run.config
+        except Exception:  # noqa: BLE001 - an unreadable config is reported by the poll, not here
+            return 0
+        try:
+            from .estimate import rows as count_rows
+
+            rows = count_rows(config)[1]
+        except Exception:  # noqa: BLE001 - a missing data file: fall back to the cap
+            rows = None
+        cap = config.max_eval_examples
+        return int(min(rows, cap) if rows and cap else rows or cap or 0)
+
+    def _offer_overlays(self) -> None:
+        """Earlier runs with evaluations, for the dashed overlay on the accuracy chart."""
+        from ..runs import list_runs
+
+        try:
+            others = [r for r in list_runs(self.run.path.parent) if r.get("run_id") != self.run_id
+                      and r.get("last_eval")]
+        except Exception:  # noqa: BLE001 - the overlay is optional; a bad runs folder never breaks watching
+            others = []
+        options = [("no earlier run", "")] + [(f"{r['run_id']} (acc {float(r['last_eval'].get('accuracy') or 0):.3f})",
+                                              r["run_id"]) for r in others[:30]]
+        self.overlay_dropdown.options = options
+        self.overlay_dropdown.value = ""
+        self.overlay = ""
+
+    def _redraw(self, change: dict[str, Any]) -> None:
+        if change["name"] == "overlay":
+            self._overlay_evals = []
+            if change["new"] and self.run is not None:
+                from ..runs import read_metrics
+
+                try:
+                    self._overlay_evals = [m for m in read_metrics(self.run.path.parent / change["new"])
+                                           if m.get("split") == "eval" and m.get("accuracy") is not None]
+                except Exception as exc:  # noqa: BLE001
+                    self.show_error(exc)
+        if self.run is not None:
+            self.loss_chart.value = self.loss_svg()
+            self.acc_chart.value = self.accuracy_svg()
 
     def on_finish(self, callback: Any) -> None:
         """Call ``callback(monitor)`` once when the run leaves queued/running."""
@@ -152,8 +227,12 @@ class RunMonitor(Panel):
         step = int(status.get("step") or 0)
         if self._train["step"]:
             step = max(step, int(self._train["step"][-1]))
+        text, value, top = run_progress({**status, "step": step})
         with self.hold_trait_notifications():
             self.state, self.total_steps, self.step = state, total, step
+            self.phase = str(status.get("phase") or "")
+            self.progress_line = text
+            self._bar = (value, top)
             eta = status.get("eta_s")
             self.eta_s = float(eta) if eta is not None and state == "running" else float("nan")
             if self._eval:
@@ -161,9 +240,11 @@ class RunMonitor(Panel):
                 for k in ("accuracy", "teacher_accuracy", "retention", "agreement"):
                     if last.get(k) is not None:
                         setattr(self, k, float(last[k]))
+                if isinstance(last.get("eval_examples"), int):
+                    self.eval_examples = last["eval_examples"]
             elif status.get("teacher_accuracy") is not None:
                 self.teacher_accuracy = float(status["teacher_accuracy"])
-            self.run_error = str(status.get("error") or "") if state == "failed" else ""
+            self.run_error = str(status.get("error") or "") if state in ("failed", "unreadable") else ""
             self.polls += 1
         self._render(status, charts=bool(fresh) or self.polls == 1)
         active = state in ("queued", "running")
@@ -181,28 +262,32 @@ class RunMonitor(Panel):
                   "queued": "#777"}.get(self.state, "#333")
         self.header.value = (f"<b>Run <code>{esc(self.run_id)}</code></b> &nbsp; <span style='color:{colour};"
                              f"font-weight:600'>{esc(self.state)}</span> &nbsp; "
-                             f"<span style='color:#555'>{esc(status.get('message') or '')}</span>"
+                             f"<span style='color:#555'>{esc(buttons_say(str(status.get('message') or '')))}</span>"
                              + (f"<br><span style='color:#777;font-size:0.9em'>{esc(status['data_note'])}</span>"
                                 if status.get("data_note") else ""))  # e.g. the hold-out of a single file
-        self.progress.max = max(self.total_steps, 1)
-        self.progress.value = min(self.step, self.progress.max) if self.total_steps else 0
+        value, top = getattr(self, "_bar", (0.0, 1.0))
+        self.progress.max = max(top, 1)
+        self.progress.value = min(value, self.progress.max)
         self.progress.bar_style = {"completed": "success", "failed": "danger", "stopped": "warning"}.get(
             self.state, "info")
         speed = f" · {self.examples_per_s:.0f} ex/s" if math.isfinite(self.examples_per_s) else ""
-        self.progress_text.value = (f"&nbsp;step {self.step}/{self.total_steps or '?'} · ETA {fmt_eta(self.eta_s)}"
-                                    f"{speed}")
+        elapsed = elapsed_s(status)
+        self.progress_text.value = (f"&nbsp;{esc(self.progress_line)}{speed}"
+                                    + (f" · elapsed {fmt_eta(elapsed)}" if elapsed is not None else ""))
         if charts:
             self.loss_chart.value = self.loss_svg()
             self.acc_chart.value = self.accuracy_svg()
             if self._eval:
                 e = self._eval[-1]
+                n = f" on {self.eval_examples} eval examples" if self.eval_examples else ""
                 self.last_eval.value = table_html([
                     ("last eval (step)", e.get("step")),
-                    ("student accuracy", f"{e.get('accuracy', float('nan')):.4f}"),
-                    ("teacher accuracy", f"{e.get('teacher_accuracy', float('nan')):.4f}"),
-                    ("retention", f"{100 * e.get('retention', float('nan')):.1f}%"),
-                    ("agreement with teacher", f"{100 * e.get('agreement', float('nan')):.1f}%")])
-        self.run_error_box.value = error_html(f"the run failed: {self.run_error}") if self.run_error else ""
+                    (f"student accuracy{n}", fmt_number(e.get("accuracy"), "{:.4f}")),
+                    (f"teacher accuracy{n}", fmt_number(e.get("teacher_accuracy"), "{:.4f}")),
+                    ("retention (student / teacher)", fmt_number(e.get("retention"), "{:.1%}")),
+                    ("agreement with teacher", fmt_number(e.get("agreement"), "{:.1%}"))])
+        self.run_error_box.value = error_html(("the run's files cannot be read: " if self.state == "unreadable" else "the run failed: ")
+                                    + buttons_say(self.run_error)) if self.run_error else ""
         tb = status.get("traceback") if self.state == "failed" else None
         self.run_traceback_box.layout.display = "" if tb else "none"
         if tb and not self.run_traceback.outputs:
@@ -214,8 +299,9 @@ class RunMonitor(Panel):
         for name, colour in (("loss", "#2a7ae2"), ("kd", "#e67e22"), ("ce", "#27ae60")):
             ys = self._train[name]
             if any(math.isfinite(y) for y in ys):  # ce is absent (nan) when alpha_ce is 0
-                series.append((name, *_thin(xs, ys), colour))
-        return svg_chart(series, title="training loss")
+                series.append((name, *thin(xs, smooth(ys, self.smoothing)), colour))
+        title = "training loss" + (f" (smoothed {self.smoothing:.2f})" if self.smoothing else "")
+        return svg_chart(series, title=title)
 
     def accuracy_svg(self) -> str:
         xs = [float(e["step"]) for e in self._eval]
@@ -224,7 +310,11 @@ class RunMonitor(Panel):
         hl = [(self.teacher_accuracy, "teacher", "#c0392b")] if math.isfinite(self.teacher_accuracy) else []
         if not xs:
             series = []
-        return svg_chart(series, title="eval accuracy", y_range=(0.0, 1.0), hlines=hl)
+        if self._overlay_evals:
+            series.append((f"{self.overlay} acc", [float(e["step"]) for e in self._overlay_evals],
+                           [float(e["accuracy"]) for e in self._overlay_evals], "#7f8c8d", True))
+        n = f" ({self.eval_examples} examples)" if self.eval_examples else ""
+        return svg_chart(series, title=f"eval accuracy{n}", y_range=(0.0, 1.0), hlines=hl)
 
     # --- scheduling -------------------------------------------------------------------------------------------
     def start_polling(self) -> None:

@@ -210,6 +210,24 @@ class StudentDesigner(Panel):
         self.layer_map = imitated
         self.map_box.value = layer_map_html(t["layers"], copied, imitated)
 
+    @guarded
+    def set_config(self, config: Any) -> None:
+        """Show the student of ``config`` (a DistillConfig), e.g. of a run the app re-attached to."""
+        init = config.student_init if config.student_init in ("every_k", "random") else "pretrained"
+        if init == "pretrained":
+            self.pretrained_text.value = config.student_init
+            self.pretrained = config.student_init
+        self._wanted_layers = config.student_layers
+        self.init = init
+        if self.teacher_config is None:
+            return
+        self.layers = min(config.student_layers, self.layers_slider.max)
+        if init == "random":
+            t = self.teacher_shape()
+            self.hidden = config.student_hidden or t["hidden"]
+            self.heads = config.student_heads or t["heads"]
+            self.ffn = config.student_ffn or (t["ffn"] if self.hidden == t["hidden"] else 4 * self.hidden)
+
     def config_fields(self) -> dict[str, Any]:
         """The ``DistillConfig`` fields of this design (every_k leaves widths to the teacher's)."""
         if self.init == "every_k":

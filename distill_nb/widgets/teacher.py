@@ -67,6 +67,8 @@ class TeacherPicker(Panel):
                            layout=W.Layout(width="420px"))
         self.load_button = W.Button(description="Load", icon="download", layout=W.Layout(width="90px"))
         self.summary = W.HTML()
+        self._loaded = ""  # the last teacher that loaded: a failed name falls back to it
+        self._syncing = False
         self.dropdown.observe(self._on_dropdown, names=["value"])
         self.load_button.on_click(lambda _: self._set(self.text.value.strip()))
         self.text.on_submit(lambda _: self._set(self.text.value.strip()))
@@ -78,8 +80,21 @@ class TeacherPicker(Panel):
         self._on_teacher({"new": teacher})
 
     def _on_dropdown(self, change: dict[str, Any]) -> None:
-        if change["new"] != CUSTOM:
+        if change["new"] != CUSTOM and not self._syncing:
             self._set(change["new"])
+
+    def _show_choice(self, name: str) -> None:
+        """Make the dropdown (and the id box) say ``name``, the teacher the config uses."""
+        values = [v for _, v in self.dropdown.options]
+        self._syncing = True
+        try:
+            if name in values and name != CUSTOM:
+                self.dropdown.value = name
+            else:
+                self.dropdown.value = CUSTOM
+                self.text.value = name
+        finally:
+            self._syncing = False
 
     def _set(self, name: str) -> None:
         if name == self.teacher:
@@ -95,10 +110,18 @@ class TeacherPicker(Panel):
         self.summary.value = note_html(f"loading the config of {esc(name)}…")
         try:
             config, info = teacher_info(name)
-        except Exception:
+        except Exception as exc:
+            previous = self._loaded
+            if previous and previous != name:
+                # keep dropdown, config and designer on the teacher that works; say what failed
+                self.teacher = previous
+                raise type(exc)(f"{exc}\nThe teacher stays {previous!r}.") if _plain(exc) else exc
             self.teacher_config, self.info = None, {}
             self.summary.value = ""
+            self._show_choice(name)
             raise
+        self._loaded = name
+        self._show_choice(name)
         self.teacher_config, self.info = config, info
         self.summary.value = self.summary_html()
 
@@ -125,6 +148,15 @@ class TeacherPicker(Panel):
         kind = "classifier" if i["is_classifier"] else "bare encoder (fine-tuned on the task first)"
         return (f"TeacherPicker(teacher={self.teacher!r}: {i['model_type']} {kind}, {i['layers']} layers, "
                 f"hidden {i['hidden']}, {fmt_params(i['params'])} params, {i['mb']:.1f} MB)")
+
+
+def _plain(exc: BaseException) -> bool:
+    """True when ``type(exc)(message)`` rebuilds the exception (OSError, ValueError, ...)."""
+    try:
+        type(exc)("x")
+    except Exception:  # noqa: BLE001
+        return False
+    return True
 
 
 __all__ = ["TeacherPicker", "teacher_info", "teacher_options"]

@@ -29,6 +29,15 @@ def workshop_config(small: bool | None = None) -> DistillConfig:
     return DistillConfig(**dict(DEMO, device="cpu"))
 
 
+def app_config() -> DistillConfig:
+    """What ``distill_nb.app()`` starts with: the offline MiniLM-L6 teacher distilled into 3 layers on a
+    workshop-sized slice of SST-2 (8,000 training sentences, 250 steps, the full 872-sentence dev set), not
+    one epoch of all 67k sentences. The Train tab shows the steps and minutes for this machine before Start."""
+    return DistillConfig(teacher="minilm-l6", dataset="sst2", student_layers=3, teacher_prep_steps=200,
+                         max_train_examples=8000, max_steps=250, batch_size=32, max_length=64, alpha_kd=1.0,
+                         alpha_ce=0.5, temperature=2.0, learning_rate=1e-4, eval_every=50, checkpoint_every=50)
+
+
 def workshop_run_id(small: bool | None = None) -> str:
     return "workshop-small" if (small_mode() if small is None else small) else "workshop"
 
@@ -59,4 +68,4 @@ def workshop_run(small: bool | None = None, *, root: str | None = None, backend:
     return run
 
 
-__all__ = ["small_mode", "workshop_config", "workshop_run", "workshop_run_id"]
+__all__ = ["app_config", "small_mode", "workshop_config", "workshop_run", "workshop_run_id"]

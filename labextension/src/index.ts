@@ -8,7 +8,11 @@ import { IDefaultFileBrowser } from "@jupyterlab/filebrowser";
 import { ILauncher } from "@jupyterlab/launcher";
 import { LabIcon } from "@jupyterlab/ui-components";
 
-import { fetchTemplate, monitorNotebook, openNewNotebook } from "./notebooks";
+import {
+  fetchTemplate,
+  openMonitorNotebook,
+  openNewNotebook,
+} from "./notebooks";
 import { RunsPanel } from "./sidebar";
 
 const NEW_NOTEBOOK = "distill-nb:new-notebook";
@@ -50,8 +54,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     palette?.addItem({ command: NEW_NOTEBOOK, category: "Distillation" });
 
     const panel = new RunsPanel({
-      openMonitor: (runId) =>
-        openNewNotebook(app, monitorNotebook(runId), folder({})),
+      openMonitor: (runId) => openMonitorNotebook(app, runId, folder({})),
       newNotebook: () => app.commands.execute(NEW_NOTEBOOK),
     });
     panel.id = "distill-nb-runs";

@@ -30,6 +30,36 @@ export async function openNewNotebook(
   return model.path;
 }
 
+/**
+ * Show the monitor notebook of run `runId`: the open tab if there is one, else the saved
+ * `monitor-<runId>.ipynb` in `cwd`, else a new one under that name (never another UntitledN).
+ */
+export async function openMonitorNotebook(
+  app: JupyterFrontEnd,
+  runId: string,
+  cwd = "",
+): Promise<string> {
+  const contents = app.serviceManager.contents;
+  const path = (cwd ? `${cwd}/` : "") + `monitor-${runId}.ipynb`;
+  let exists = true;
+  try {
+    await contents.get(path, { content: false });
+  } catch {
+    exists = false;
+  }
+  if (!exists) {
+    const content = monitorNotebook(runId);
+    content.metadata = { kernelspec: KERNELSPEC };
+    await contents.save(path, { type: "notebook", format: "json", content });
+  }
+  // docmanager:open activates the existing tab when the file is already open
+  await app.commands.execute("docmanager:open", {
+    path,
+    factory: "Notebook",
+  });
+  return path;
+}
+
 /** The quickstart notebook from the server (a built-in starter when it is not installed). */
 export function fetchTemplate(): Promise<any> {
   return requestAPI<any>("template");

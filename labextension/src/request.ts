@@ -1,15 +1,51 @@
 import { URLExt } from "@jupyterlab/coreutils";
 import { ServerConnection } from "@jupyterlab/services";
 
-/** One run as `GET /distill-nb/runs` returns it (a status.json plus `run_id` and `last_eval`). */
+/** The phases of a run, in order; status.json's `phase` (older runs have none). */
+export type Phase =
+  | "queued"
+  | "loading"
+  | "preparing_teacher"
+  | "caching_logits"
+  | "training"
+  | "evaluating"
+  | "saving"
+  | "done";
+
+/** What a run list entry says about its config (teacher → student on a dataset). */
+export interface IRunConfigSummary {
+  teacher?: string;
+  dataset?: string;
+  student_layers?: number;
+  objective?: string;
+}
+
+/**
+ * One run as `GET /distill-nb/runs` returns it: a status.json plus `run_id`, `last_eval`,
+ * `summary` and `trust_remote_code`. A run whose files cannot be read comes back as
+ * `{run_id, state: "unreadable", error}` and nothing else.
+ */
 export interface IRunSummary {
   run_id: string;
-  state: "queued" | "running" | "completed" | "failed" | "stopped";
-  step?: number;
+  state:
+    "queued" | "running" | "completed" | "failed" | "stopped" | "unreadable";
+  step?: number | null;
   total_steps?: number | null;
-  last_eval?: { step?: number; accuracy?: number } | null;
+  phase?: Phase | null;
+  phase_step?: number | null;
+  phase_total?: number | null;
+  eta_s?: number | null;
+  message?: string | null;
+  last_eval?: {
+    step?: number;
+    accuracy?: number;
+    retention?: number;
+    eval_examples?: number;
+  } | null;
   error?: string | null;
   stale?: boolean;
+  trust_remote_code?: boolean;
+  summary?: IRunConfigSummary | null;
 }
 
 /**
