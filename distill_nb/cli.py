@@ -9,13 +9,16 @@ from pathlib import Path
 
 from .config import ConfigError, DistillConfig
 
-# The demo: a real packaged teacher (all-MiniLM-L6-v2, fine-tuned on SST-2 first), a 3-layer student made
-# from every other teacher layer, distilled on SST-2 and evaluated on the SST-2 dev set, on CPU.
-DEMO = dict(teacher="minilm-l6", dataset="sst2", student_layers=3, teacher_prep_steps=400,
+# The demo: a real packaged teacher (all-MiniLM-L6-v2, fine-tuned on SST-2 to its plateau first, cached), a
+# 3-layer student made from every other teacher layer, distilled on SST-2 and evaluated on the SST-2 dev set.
+DEMO = dict(teacher="minilm-l6", dataset="sst2", student_layers=3, teacher_prep_steps=1500, teacher_prep_minutes=30,
             max_train_examples=20000, max_steps=400, batch_size=32, max_length=64, alpha_kd=1.0, alpha_ce=0.5,
             temperature=2.0, learning_rate=1e-4, eval_every=100, checkpoint_every=200)
-DEMO_SMALL = dict(DEMO, teacher_prep_steps=60, max_train_examples=2000, max_eval_examples=200, max_steps=60,
-                  eval_every=30, checkpoint_every=30)
+# The small mode (workshops, CI): the teacher is capped at 150 steps / 5 minutes (its new head learns at 20x the
+# encoder's rate, so it leaves chance early; the Teacher tab and the report show the dev accuracy it reached), and
+# the student trains 60 steps. A teacher prepared to its plateau by the full demo is reused here.
+DEMO_SMALL = dict(DEMO, teacher_prep_steps=150, teacher_prep_minutes=5, max_train_examples=2000,
+                  max_eval_examples=200, max_steps=60, eval_every=30, checkpoint_every=30)
 
 
 def _run(config: DistillConfig, run_dir: Path) -> int:

@@ -3,7 +3,7 @@
 On CUDA ``precision="auto"`` is bf16 where supported, else fp16. On a CPU it is bf16 only where this machine
 runs it measurably faster than fp32 and close enough to it: a one-time check (a transformer-sized MLP forward
 and backward, interleaved fp32/bf16 repeats, medians) whose verdict is cached in
-``$DISTILL_NB_CACHE/precision.json`` per CPU model, thread count and torch version. ``fp32`` is always available.
+``$DISTILL_NB_CACHE/precision.json`` per CPU model and torch version. ``fp32`` is always available.
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ def cpu_bf16_check(refresh: bool = False) -> dict[str, Any]:
     Returns:
         {use_bf16, supported, fp32_s, bf16_s, speedup, rel_error, cpu, threads, torch, reason}.
     """
-    key = f"{cpu_name()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    # per CPU model and torch build, not per thread count: every process of a run (DDP ranks run 1 thread
+    # each) must make the same choice, and the bf16/fp32 ratio is a property of the cores, not their number
+    key = f"{cpu_name()}|bf16={cpu_bf16_supported()}|torch={torch.__version__}"
     path = cache_dir() / "precision.json"
     cached: dict[str, Any] = {}
     if path.is_file():
