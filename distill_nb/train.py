@@ -90,6 +90,10 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         if config.num_threads:  # before the precision check: its cached verdict is per thread count
             torch.set_num_threads(config.num_threads)
         amp_dtype = amp_dtype_for(config.precision, device)  # CPU: bf16 only where measured faster here
+        if world > 1 and config.precision == "auto" and device.type == "cpu":  # every process the same choice
+            agree = torch.tensor([float(amp_dtype is not None)])
+            dist.all_reduce(agree, op=dist.ReduceOp.MIN)
+            amp_dtype = torch.bfloat16 if agree.item() else None
         autocast = autocast_for(amp_dtype, device)
         scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
         rec.update(device=str(device), precision=describe_precision(amp_dtype))
@@ -338,7 +342,8 @@ def _prep_progress(rec: Recorder, can_stop: bool) -> Callable[[int, int], None]:
     def progress(step: int, steps: int) -> None:
         if can_stop and rec.stop_requested():
             raise _StopRequested
-        rec.phase("preparing_teacher", f"preparing the teacher: fine-tuning step {step}/{steps}", step, steps)
+        rec.phase("preparing_teacher", f"preparing the teacher: fine-tuning step {step}/{steps} (at most; it "
+                  "stops earlier when its held-out accuracy stops improving)", step, steps)
 
     return progress
 

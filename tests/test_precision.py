@@ -50,3 +50,20 @@ def test_real_bf16_check_and_a_bf16_run(tiny_teacher, tiny_dataset, tmp_path, mo
                         student_layers=2, batch_size=8, precision="bf16")
     record = train(cfg, tmp_path / "run", log=lambda *_: None)
     assert read_status(tmp_path / "run")["precision"] == "bf16" and 0 <= record["accuracy"] <= 1
+
+
+@pytest.mark.skipif(not precision.cpu_bf16_supported(), reason="this CPU has no native bf16")
+def test_bf16_attributions_track_fp32(tiny_teacher):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distill_nb.attribution import attribute
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    texts = ["the movie was very good", "the plot was a boring mess"]
+    full = attribute(model, tok, texts, target=1, n_steps=8)
+    low = attribute(model, tok, texts, target=1, n_steps=8, precision="bf16")
+    for a, b in zip(full, low):
+        assert b.scores.dtype == a.scores.dtype
+        cos = float((a.scores * b.scores).sum() / ((a.scores ** 2).sum() * (b.scores ** 2).sum()) ** 0.5)
+        assert cos > 0.95, cos

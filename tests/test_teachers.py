@@ -86,3 +86,30 @@ def test_student_above_teacher_beyond_noise_is_flagged():
     assert student_beats_teacher(0.80, 0.85, 1000) is None  # below the teacher
     assert student_beats_teacher(0.9, 0.85, 20) is None  # 20 texts cannot tell
     assert accuracy_noise(0.5, 0.5, 100) == pytest.approx(2 * (0.5 / 100) ** 0.5)
+
+
+def test_teacher_tab_lists_refreshes_and_removes_prepared_teachers(bare):
+    from distill_nb.widgets.teacher import TeacherPicker
+
+    picker = TeacherPicker("minilm-l6") if _has_minilm() else TeacherPicker(bare)
+    assert picker.remove_button.disabled  # nothing prepared is selected
+    path = prepare_teacher(bare, toy(), max_steps=3, log=quiet)  # e.g. by a run, after the tab was built
+    assert str(path) not in [v for _, v in picker.dropdown.options]
+    picker.refresh()
+    label = {v: k for k, v in picker.dropdown.options}[str(path)]
+    assert label.startswith("prepared: in-memory-lists · ") and " dev " in label and "1 prepared teacher" in \
+        picker.cache_note.value
+    picker.dropdown.value = str(path)
+    assert not picker.remove_button.disabled and "dev accuracy" in picker.summary.value
+    picker.remove_selected()
+    assert not picker.error, picker.error
+    assert str(path) not in [v for _, v in picker.dropdown.options] and not Path(path).exists()
+
+
+def _has_minilm() -> bool:
+    try:
+        from distill_nb.families import packaged_folder
+
+        return packaged_folder("minilm-l6") is not None
+    except FileNotFoundError:
+        return False

@@ -112,9 +112,10 @@ def test_ddp_two_processes_on_cpu_match_one_process(tiny_teacher, tiny_dataset, 
     assert [m["step"] for m in read_metrics(multi) if m["split"] == "train"] == [1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("flags", [["--multi_gpu"], []], ids=["multi_gpu", "plain"])
+@pytest.mark.parametrize("flags, module", [(["--multi_gpu"], "distill_nb.worker"), ([], "distill_nb.train")],
+                         ids=["multi_gpu-worker", "plain-train"])
 def test_accelerate_launch_two_cpu_processes_give_the_single_process_student(tiny_teacher, tiny_dataset, tmp_path,
-                                                                              flags):
+                                                                              flags, module):
     """accelerate launch --num_processes 2 on CPU (gloo): with --multi_gpu accelerate starts both processes
     itself; without it, its launcher starts one, and distill_nb.train starts the two it was asked for."""
     pytest.importorskip("accelerate")
@@ -127,8 +128,7 @@ def test_accelerate_launch_two_cpu_processes_give_the_single_process_student(tin
     proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_processes", "2",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                            "--main_process_port", str(29500 + len(flags) + os.getpid() % 500),
-                           "-m", "distill_nb.train", str(multi)], env=env, capture_output=True, text=True,
-                          timeout=300)
+                           "-m", module, str(multi)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     status = json.loads((multi / "status.json").read_text())
     assert status["state"] == "completed" and status["world_size"] == 2, status
