@@ -87,7 +87,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         if world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         device = _device(config.device, local_rank, world)
-        if config.num_threads:  # before the precision check: its cached verdict is per thread count
+        if config.num_threads:  # first: the precision check (on a first run) measures with these threads
             torch.set_num_threads(config.num_threads)
         amp_dtype = amp_dtype_for(config.precision, device)  # CPU: bf16 only where measured faster here
         if world > 1 and config.precision == "auto" and device.type == "cpu":  # every process the same choice
