@@ -43,10 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--small", action="store_true", help="a 1-minute version (fewer steps and examples)")
     p_demo.add_argument("--run-dir", help="run directory (default: <runs root>/demo-<time>)")
     sub.add_parser("list", help="list runs and their state")
+    p_teachers = sub.add_parser("teachers", help="list the prepared teachers in the cache ($DISTILL_NB_CACHE)")
+    p_teachers.add_argument("--remove", metavar="NAME", help="delete this prepared teacher (its folder name)")
     args = parser.parse_args(argv)
     from .rundir import RunBusy, create_run, list_runs, new_run_id, runs_root
 
     try:
+        if args.cmd == "teachers":
+            from .teachers import remove_teacher, teachers, teachers_dir
+
+            if args.remove:
+                print(f"removed {remove_teacher(args.remove)}")
+                return 0
+            found = teachers()
+            print(f"{len(found)} prepared teacher(s) in {teachers_dir()}")
+            for t in found:
+                print(f"{t.path.name:<40} {t.label}")
+            return 0
         if args.cmd == "list":
             for s in list_runs():
                 if s["state"] == "unreadable":  # a corrupt run is reported, never breaks the list

@@ -113,3 +113,14 @@ def _has_minilm() -> bool:
         return packaged_folder("minilm-l6") is not None
     except FileNotFoundError:
         return False
+
+
+def test_cli_lists_and_removes_prepared_teachers(bare, capsys):
+    from distill_nb.cli import main as cli
+
+    path = prepare_teacher(bare, toy(), max_steps=3, log=quiet)
+    assert cli(["teachers"]) == 0
+    out = capsys.readouterr().out
+    assert "1 prepared teacher(s)" in out and path.name in out and "in-memory-lists · " in out
+    assert cli(["teachers", "--remove", "nope"]) == 2 and "no prepared teacher 'nope'" in capsys.readouterr().err
+    assert cli(["teachers", "--remove", path.name]) == 0 and not path.exists()
