@@ -183,11 +183,11 @@ def distill_config(prof: Profile, **changes: Any) -> Any:
 
 def teacher_folder(prof: Profile, task: Any, log: Any = print) -> str:
     """A classifier teacher: the profile's teacher if it has a head, else the prepared (cached) one."""
-    from distill_nb.models import NotAClassifierError, load_teacher, prepare_teacher
+    from distill_nb.models import NotAClassifierError, load_teacher
+    from distill_nb.teachers import prepare_teacher
 
     try:
         load_teacher(prof.teacher)
         return prof.teacher
     except NotAClassifierError:
-        return str(prepare_teacher(prof.teacher, task, steps=prof.teacher_prep_steps, batch_size=prof.batch_size,
-                                   max_length=prof.max_length, log=log))
+        return str(prepare_teacher(prof.teacher, task, max_steps=prof.teacher_prep_steps, log=log))

@@ -79,8 +79,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[report] no head-pruned row: {e}", flush=True)
         heads = None
     steps = prof.student_steps
-    t_desc = (f"{prof.teacher} + head fine-tuned {prof.teacher_prep_steps} steps on {len(task.train)} train "
-              f"examples" if str(t_folder) != prof.teacher else prof.teacher)
+    from distill_nb.teachers import teacher_meta
+
+    prep = teacher_meta(t_folder) if str(t_folder) != prof.teacher else None
+    t_desc = (f"{prof.teacher} + head fine-tuned on {len(task.train)} train examples to "
+              f"{'its plateau' if prep.get('stopped_by') == 'plateau' else 'its cap'} ({prep.get('steps')} steps, "
+              f"stopped by {prep.get('stopped_by')}, dev accuracy {prep.get('dev_accuracy'):.4f}, "
+              f"{prep.get('precision')})" if prep else prof.teacher)
     cands = [
         Candidate("teacher", teacher, t_tok, t_folder if Path(t_folder).is_dir() else None, note=t_desc),
         Candidate("student distilled", kd, s_tok, kd_dir,

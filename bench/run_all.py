@@ -95,8 +95,13 @@ def summarise(results: dict[str, Any], errors: dict[str, str], timings: dict[str
     tp = results.get("train_throughput")
     if tp:
         s = tp["summary"]
-        goals.append(("training throughput >= 2x naive KD loop",
-                      f"{s['end_to_end_ratio']:.2f}x end to end, {s['loop_ratio']:.2f}x loop only", s["goal_2x"]))
+        best = max(s["train"].values(), key=lambda r: r["end_to_end_ratio"])
+        ratio = (f"{best['end_to_end_ratio']:.2f}x end to end ({best['precision_ran']}), "
+                 f"{best['loop_ratio']:.2f}x loop only")
+        roof = (f"{best['gflop_per_s']:.0f} GFLOP/s = {100 * best['fraction_bf16_peak']:.0f}% of "
+                f"{s['matmul_gflop_per_s']['bf16']:.0f}")
+        goals.append(("training throughput >= 4x naive KD loop", ratio, s["goal_4x"]))
+        goals.append((">= 60% of the bf16 matmul peak in the loop", roof, s["goal_60pct_bf16_peak"]))
     at = results.get("attribution")
     goals.append(("attribution throughput >= 5x naive captum loop",
                   f"{at['speedup']:.2f}x (ceiling {at['speedup_ceiling_same_arithmetic']:.1f}x on {at['device']}, "

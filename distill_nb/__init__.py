@@ -21,6 +21,21 @@ def app(**kwargs: Any):
     return DistillApp(**kwargs)
 
 
+def teachers() -> list:
+    """The prepared teachers in the cache (``$DISTILL_NB_CACHE/teachers``), newest first, each with its task,
+    base, dev accuracy, steps and date (``.label``): see :mod:`distill_nb.teachers`."""
+    from .teachers import teachers as _teachers
+
+    return _teachers()
+
+
+def remove_teacher(teacher: Any) -> Any:
+    """Delete a prepared teacher (a ``teachers()`` entry, its folder or its name) from the cache."""
+    from .teachers import remove_teacher as _remove
+
+    return _remove(teacher)
+
+
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
     return [{"src": "labextension", "dest": "distill-nb"}]
 
@@ -36,4 +51,5 @@ def _load_jupyter_server_extension(server_app: Any) -> None:
     server_app.log.info("distill_nb: REST routes registered under /distill-nb/")
 
 
-__all__ = ["ConfigError", "DistillConfig", "Run", "Status", "app", "launch", "list_runs", "__version__"]
+__all__ = ["ConfigError", "DistillConfig", "Run", "Status", "__version__", "app", "launch", "list_runs",
+           "remove_teacher", "teachers"]

@@ -9,13 +9,16 @@ from pathlib import Path
 
 from .config import ConfigError, DistillConfig
 
-# The demo: a real packaged teacher (all-MiniLM-L6-v2, fine-tuned on SST-2 first), a 3-layer student made
-# from every other teacher layer, distilled on SST-2 and evaluated on the SST-2 dev set, on CPU.
-DEMO = dict(teacher="minilm-l6", dataset="sst2", student_layers=3, teacher_prep_steps=400,
+# The demo: a real packaged teacher (all-MiniLM-L6-v2, fine-tuned on SST-2 to its plateau first, cached), a
+# 3-layer student made from every other teacher layer, distilled on SST-2 and evaluated on the SST-2 dev set.
+DEMO = dict(teacher="minilm-l6", dataset="sst2", student_layers=3, teacher_prep_steps=1500, teacher_prep_minutes=30,
             max_train_examples=20000, max_steps=400, batch_size=32, max_length=64, alpha_kd=1.0, alpha_ce=0.5,
             temperature=2.0, learning_rate=1e-4, eval_every=100, checkpoint_every=200)
-DEMO_SMALL = dict(DEMO, teacher_prep_steps=60, max_train_examples=2000, max_eval_examples=200, max_steps=60,
-                  eval_every=30, checkpoint_every=30)
+# The small mode (workshops, CI): the teacher is capped at 150 steps / 5 minutes (its new head learns at 20x the
+# encoder's rate, so it leaves chance early; the Teacher tab and the report show the dev accuracy it reached), and
+# the student trains 60 steps. A teacher prepared to its plateau by the full demo is reused here.
+DEMO_SMALL = dict(DEMO, teacher_prep_steps=150, teacher_prep_minutes=5, max_train_examples=2000,
+                  max_eval_examples=200, max_steps=60, eval_every=30, checkpoint_every=30)
 
 
 def _run(config: DistillConfig, run_dir: Path) -> int:
@@ -40,10 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--small", action="store_true", help="a 1-minute version (fewer steps and examples)")
     p_demo.add_argument("--run-dir", help="run directory (default: <runs root>/demo-<time>)")
     sub.add_parser("list", help="list runs and their state")
+    p_teachers = sub.add_parser("teachers", help="list the prepared teachers in the cache ($DISTILL_NB_CACHE)")
+    p_teachers.add_argument("--remove", metavar="NAME", help="delete this prepared teacher (its folder name)")
     args = parser.parse_args(argv)
     from .rundir import RunBusy, create_run, list_runs, new_run_id, runs_root
 
     try:
+        if args.cmd == "teachers":
+            from .teachers import remove_teacher, teachers, teachers_dir
+
+            if args.remove:
+                print(f"removed {remove_teacher(args.remove)}")
+                return 0
+            found = teachers()
+            print(f"{len(found)} prepared teacher(s) in {teachers_dir()}")
+            for t in found:
+                print(f"{t.path.name:<40} {t.label}")
+            return 0
         if args.cmd == "list":
             for s in list_runs():
                 if s["state"] == "unreadable":  # a corrupt run is reported, never breaks the list

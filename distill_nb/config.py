@@ -24,7 +24,8 @@ class ConfigError(ValueError):
 class DistillConfig:
     # --- teacher -------------------------------------------------------------------------------------------
     teacher: str = "minilm-l6"  # transformers id, local path, or packaged alias ("minilm-l6", "mpnet-base")
-    teacher_prep_steps: int = 300  # steps to fine-tune a head when the teacher is a bare encoder (0: refuse)
+    teacher_prep_steps: int = 1500  # a bare encoder is fine-tuned to its plateau, at most this many steps (0: refuse)
+    teacher_prep_minutes: float | None = None  # ... and at most this many minutes (None: no time cap)
     trust_remote_code: bool = False  # run model code from the hub; only for models you trust
     # --- data ----------------------------------------------------------------------------------------------
     dataset: str = "sst2"  # alias (sst2, trec6), datasets name, or a CSV/TSV/JSON/JSONL/Parquet file or dir
@@ -67,7 +68,7 @@ class DistillConfig:
     seed: int = 0  # seeds data order, init and dropout
     # --- system --------------------------------------------------------------------------------------------
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
-    precision: str = "auto"  # "auto" (bf16/fp16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
+    precision: str = "auto"  # "auto" (CUDA: bf16/fp16; CPU: bf16 where measured faster), "fp32", "bf16", "fp16"
     cache_teacher_logits: bool = True  # run the teacher once per example (classification, logit-only losses)
     num_threads: int | None = None  # torch CPU threads (None: torch's default)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
@@ -102,6 +103,9 @@ class DistillConfig:
         if self.max_train_examples == 1:
             raise ConfigError("max_train_examples=1 is too few: one example is one class; use None (all) or at "
                               "least 2 (hundreds to learn anything).")
+        if self.teacher_prep_minutes is not None and not 0 < self.teacher_prep_minutes < float("inf"):
+            raise ConfigError(f"teacher_prep_minutes={self.teacher_prep_minutes!r} is invalid: use minutes > 0 "
+                              "or None (no time cap).")
         if self.temperature <= 0:
             raise ConfigError(f"temperature={self.temperature!r} is invalid: use a value > 0 (1-4 is usual).")
         if self.temperature < MIN_TEMPERATURE:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -121,8 +120,8 @@ def load_teacher(name: str, *, head: str = "classification", trust_remote_code: 
     if head != "mlm" and not is_classifier(config):
         raise NotAClassifierError(
             f"{name!r} is a {config.model_type} model without a sequence-classification head "
-            f"(architectures={config.architectures}). Fine-tune one first: use prepare_teacher({name!r}, task), "
-            "or set teacher_prep_steps > 0 so train() and launch() do it automatically.")
+            f"(architectures={config.architectures}). Fine-tune one first: use distill_nb.teachers.prepare_teacher("
+            f"{name!r}, task), or set teacher_prep_steps > 0 so train() and launch() do it automatically.")
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         auto = AutoModelForMaskedLM if head == "mlm" else AutoModelForSequenceClassification
@@ -133,66 +132,6 @@ def load_teacher(name: str, *, head: str = "classification", trust_remote_code: 
                                 "the model.") from e
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model.to(device or "cpu").eval(), tokenizer
-
-
-def prepare_teacher(name: str, task: Any, *, steps: int = 300, batch_size: int = 32, learning_rate: float = 5e-5,
-                    max_length: int = 128, seed: int = 0, device: str | torch.device = "cpu",
-                    trust_remote_code: bool = False, log: Any = print,
-                    progress: Callable[[int, int], None] | None = None) -> Path:
-    """Fine-tune a bare encoder (+ a new classification head) on ``task`` and save it; cached by inputs.
-
-    ``progress(step, steps)`` is called after every step; an exception it raises abandons the fine-tuning
-    (nothing is cached) and propagates.
-
-    Returns:
-        The folder of the prepared teacher (``save_pretrained`` + tokenizer), reused on later calls.
-    """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
-
-    from .data import collate, encode, length_batches
-
-    key = hashlib.sha256(repr((name, task.source, len(task.train), task.label_names, steps, batch_size,
-                               learning_rate, max_length, seed)).encode()).hexdigest()[:12]
-    out = cache_dir() / "teachers" / f"{Path(str(name)).name}-{key}"
-    if (out / "config.json").is_file():
-        return out
-    path, _ = load_config(name, trust_remote_code)
-    log(f"preparing teacher: {name!r} has no classification head; fine-tuning encoder + head for {steps} "
-        f"steps on {task.source} (cached in {out})")
-    torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=task.num_labels, id2label=dict(enumerate(task.label_names)),
-        label2id={n: i for i, n in enumerate(task.label_names)}, trust_remote_code=trust_remote_code).to(device)
-    enc = encode(tok, task.train.texts, max_length)
-    labels = torch.tensor(task.train.labels)
-    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
-    sched = get_linear_schedule_with_warmup(opt, int(0.1 * steps), steps)
-    model.train()
-    step, epoch = 0, 0
-    while step < steps:
-        for idx in length_batches([len(e) for e in enc], batch_size, seed=seed + epoch):
-            batch = {k: v.to(device) for k, v in collate(enc, idx, tok.pad_token_id).items()}
-            loss = model(**batch, labels=labels[idx].to(device)).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-            step += 1
-            if step % 50 == 0 or step == steps:
-                log(f"  teacher step {step}/{steps} loss {loss.item():.4f}")
-            if progress is not None:
-                progress(step, steps)
-            if step >= steps:
-                break
-        epoch += 1
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    model.eval().save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not out.exists():
-        os.replace(tmp, out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 # --- student shape ---------------------------------------------------------------------------------------------

@@ -194,11 +194,17 @@ def compare(models: dict[str, tuple[nn.Module, Any, str | os.PathLike | None]] |
                      accuracy=(accuracy(c.model, c.tokenizer, texts, labels, max_length=max_length)
                                if labels is not None else None), note=c.note)
             for c, t1, t32 in zip(cands, b1, b32)]
+    notes = list(notes)
+    if labels is not None:  # a student above its teacher beyond noise means the teacher is the bottleneck
+        from .teachers import student_beats_teacher
+
+        notes += [f"{r.name}: {w}" for r in rows[1:]
+                  if (w := student_beats_teacher(r.accuracy, rows[0].accuracy, len(texts)))]
     tok = cands[0].tokenizer
     n32 = tok(list(texts[:32]), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     lat = (f"median of {repeats} interleaved forwards; batch 1 = first text, batch 32 = first 32 texts padded to "
            f"{n32['input_ids'].shape[1]} tokens; threads={torch.get_num_threads()}")
-    return Report(rows, str(_device(cands[0].model)), data, lat, list(notes))
+    return Report(rows, str(_device(cands[0].model)), data, lat, notes)
 
 
 def load_run_models(run_dir: str | os.PathLike, *, final_only: bool = True) -> tuple[Any, Any, Any, Any]:
@@ -238,13 +244,25 @@ def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repe
     run_dir = Path(run_dir)
     config = DistillConfig.from_json(run_dir / "config.json")
     task = run_task(run_dir, max_eval=max_eval)  # the run's own label mapping: numbers match training
+    from .teachers import teacher_meta
+
     teacher, t_tok, student, s_tok = load_run_models(run_dir)
-    t_folder = read_status(run_dir).get("teacher_path")
+    status = read_status(run_dir)
+    t_folder = status.get("teacher_path")
     t_path = Path(t_folder or config.teacher)
-    return compare([Candidate("teacher", teacher, t_tok, t_folder if t_path.is_dir() else None,
-                              note=f"{config.teacher}" + (f" (fine-tuned: {t_folder})" if t_folder else "")),
+    prep = teacher_meta(t_folder) if t_folder else None
+    t_note = config.teacher
+    if prep:  # how the teacher was prepared: is it at its plateau?
+        t_note += (f" + head fine-tuned to {'its plateau' if prep.get('stopped_by') == 'plateau' else 'a cap'} "
+                   f"({prep.get('steps')} steps, {(prep.get('seconds') or 0) / 60:.1f} min, dev accuracy "
+                   f"{prep.get('dev_accuracy'):.4f}, stopped by {prep.get('stopped_by')}): {t_folder}")
+    elif t_folder:
+        t_note += f" (fine-tuned: {t_folder})"
+    run_notes = [(f"the run trained in {status.get('precision') or '?'} on {status.get('device') or '?'}; "
+                  "latencies here are fp32")]
+    return compare([Candidate("teacher", teacher, t_tok, t_folder if t_path.is_dir() else None, note=t_note),
                     Candidate("student (distilled)", student, s_tok, run_dir / "student",
                               note=f"{config.student_layers} layers, {config.student_init} init, "
                                    f"{config.max_steps or config.epochs} {'steps' if config.max_steps else 'epochs'}")],
                    task.eval.texts, task.eval.labels, data=task.source, repeats=repeats,
-                   max_length=config.max_length)
+                   max_length=config.max_length, notes=run_notes)

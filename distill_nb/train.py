@@ -15,7 +15,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,13 +42,16 @@ from .models import (
     load_teacher,
     make_student,
     predict_logits,
-    prepare_teacher,
     shape,
 )
+from .precision import amp_dtype as amp_dtype_for
+from .precision import autocast_for
+from .precision import describe as describe_precision
 from .preflight import check_max_length
 from .recorder import Recorder
 from .rundata import align_labels, task_for
 from .rundir import Status, truncate_metrics
+from .teachers import prepare_teacher, student_beats_teacher, teacher_meta
 
 
 class Distiller(nn.Module):
@@ -86,12 +88,16 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         if world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         device = _device(config.device, local_rank, world)
-        amp_dtype = _amp_dtype(config.precision, device)
-        autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-        if config.num_threads:
+        if config.num_threads:  # first: the precision check (on a first run) measures with these threads
             torch.set_num_threads(config.num_threads)
-        rec.update(device=str(device), precision=str(amp_dtype or torch.float32).replace("torch.", ""))
+        amp_dtype = amp_dtype_for(config.precision, device)  # CPU: bf16 only where measured faster here
+        if world > 1 and config.precision == "auto" and device.type == "cpu":  # every process the same choice
+            agree = torch.tensor([float(amp_dtype is not None)])
+            dist.all_reduce(agree, op=dist.ReduceOp.MIN)
+            amp_dtype = torch.bfloat16 if agree.item() else None
+        autocast = autocast_for(amp_dtype, device)
+        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+        rec.update(device=str(device), precision=describe_precision(amp_dtype))
         torch.manual_seed(config.seed)
         mlm = config.objective == "mlm"  # task-agnostic: masked-LM distillation on the texts, labels unused
         head = "mlm" if mlm else "classification"
@@ -109,9 +115,11 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             if world > 1 and not main_proc:
                 dist.barrier()  # process 0 prepares (and caches) the teacher; the others then load it
             try:  # minutes on a CPU: process 0 shows its progress, and a Stop ends it (single process only)
-                prepared = prepare_teacher(config.teacher, task, steps=config.teacher_prep_steps, seed=config.seed,
-                                           batch_size=config.batch_size, max_length=config.max_length,
-                                           device=device, trust_remote_code=config.trust_remote_code, log=log,
+                # on the whole training split (not the run's capped subset): the cache key is the data, not the run
+                prepared = prepare_teacher(config.teacher, data or _full_task(config),
+                                           max_steps=config.teacher_prep_steps, max_minutes=config.teacher_prep_minutes,
+                                           device=device, autocast=autocast, log=log,
+                                           trust_remote_code=config.trust_remote_code,
                                            progress=_prep_progress(rec, world == 1) if main_proc else None)
             except _StopRequested:
                 rec.stopped(0, "stopped while preparing the teacher; Resume starts its fine-tuning again")
@@ -119,7 +127,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             if world > 1 and main_proc:
                 dist.barrier()
             teacher, tokenizer = load_teacher(str(prepared), attn_implementation=attn)
-            rec.update(teacher_path=str(prepared))
+            rec.update(teacher_path=str(prepared), teacher_prep=teacher_meta(prepared))
         teacher = teacher.to(device).eval().requires_grad_(False)
         if not mlm:  # named labels follow the teacher's id2label order (not sorted); ids must match its count
             teacher_names = [str(teacher.config.id2label[i]) for i in range(teacher.config.num_labels)]
@@ -303,10 +311,13 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             rec.metrics(record)
             rec.phase("saving", "saving the student", force=True)
             save_student(run_dir, model.student, student_tok)  # Diverged instead of a non-finite student
+            warning = student_beats_teacher(record.get("accuracy"), record.get("teacher_accuracy"), len(t_eval))
+            rec.update(teacher_warning=warning)  # the Monitor and the report show it; None clears an old one
             rec.completed(step, record, f"done: accuracy {record['accuracy']:.4f} (teacher "
-                                        f"{record['teacher_accuracy']:.4f}, {len(t_eval)} eval texts)")
+                                        f"{record['teacher_accuracy']:.4f}, {len(t_eval)} eval texts)"
+                                        + (f". {warning}" if warning else ""))
             log(f"done: student accuracy {record['accuracy']:.4f}, teacher {record['teacher_accuracy']:.4f}, "
-                f"retention {_percent(record['retention'])}")
+                f"retention {_percent(record['retention'])}" + (f"\nwarning: {warning}" if warning else ""))
         return record
     except BaseException as e:
         rec.failed(e, config)
@@ -329,7 +340,8 @@ def _prep_progress(rec: Recorder, can_stop: bool) -> Callable[[int, int], None]:
     def progress(step: int, steps: int) -> None:
         if can_stop and rec.stop_requested():
             raise _StopRequested
-        rec.phase("preparing_teacher", f"preparing the teacher: fine-tuning step {step}/{steps}", step, steps)
+        rec.phase("preparing_teacher", f"preparing the teacher: fine-tuning step {step}/{steps} (at most; it "
+                  "stops earlier when its held-out accuracy stops improving)", step, steps)
 
     return progress
 
@@ -378,21 +390,50 @@ def _device(name: str, local_rank: int, world: int) -> torch.device:
     return torch.device(name)
 
 
-def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        if precision in ("bf16", "fp16"):
-            raise ValueError(f"precision={precision!r} needs a CUDA device; on CPU use 'auto' or 'fp32'.")
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+def _full_task(config: DistillConfig) -> TaskData:
+    """The run's data without its caps: a prepared teacher depends on the data set, not on the run's subset."""
+    from .data import load_task
+
+    return load_task(config.dataset, text_column=config.text_column, label_column=config.label_column,
+                     train_split=config.train_split, eval_split=config.eval_split, seed=config.seed,
+                     label_names=config.label_names, text_pair=config.text_pair)
+
+
+def _accelerate_processes() -> int:
+    """N when ``accelerate launch --num_processes N`` (N > 1) started this one process, else 0.
+
+    Without ``--multi_gpu`` accelerate's launcher starts a single process (no WORLD_SIZE) on a CPU-only host,
+    whatever ``--num_processes`` says; its command line (the parent process) still says how many were wanted.
+    """
+    if "WORLD_SIZE" in os.environ or "ACCELERATE_MIXED_PRECISION" not in os.environ:
+        return 0
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return 0
+    for i, arg in enumerate(args):
+        if arg.startswith("--num_processes="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--num_processes" and i + 1 < len(args):
+            value = args[i + 1]
+        else:
+            continue
+        return int(value) if value.isdigit() and int(value) > 1 else 0
+    return 0
 
 
 if __name__ == "__main__":  # `torchrun ... -m distill_nb.train RUN_DIR` keeps working: the worker is the entry
+    import subprocess
     import sys
 
     from .worker import main
 
     if len(sys.argv) != 2:
         sys.exit("usage: python -m distill_nb.worker RUN_DIR")
+    if n := _accelerate_processes():  # accelerate's single-process launcher: start the N processes it meant
+        print(f"distill_nb.train: accelerate launch asked for {n} processes but started one (add --multi_gpu to "
+              f"let accelerate do it); starting {n} with torch.distributed.run", file=sys.stderr)
+        sys.exit(subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc_per_node={n}", "-m", "distill_nb.train", sys.argv[1]]))
     sys.exit(main(sys.argv[1]))

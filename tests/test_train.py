@@ -112,6 +112,32 @@ def test_ddp_two_processes_on_cpu_match_one_process(tiny_teacher, tiny_dataset, 
     assert [m["step"] for m in read_metrics(multi) if m["split"] == "train"] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("flags, module", [(["--multi_gpu"], "distill_nb.worker"), ([], "distill_nb.train")],
+                         ids=["multi_gpu-worker", "plain-train"])
+def test_accelerate_launch_two_cpu_processes_give_the_single_process_student(tiny_teacher, tiny_dataset, tmp_path,
+                                                                              flags, module):
+    """accelerate launch --num_processes 2 on CPU (gloo): with --multi_gpu accelerate starts both processes
+    itself; without it, its launcher starts one, and distill_nb.train starts the two it was asked for."""
+    pytest.importorskip("accelerate")
+    cfg = tiny_config(tiny_teacher, tiny_dataset, max_steps=4, eval_every=100, checkpoint_every=100,
+                      precision="fp32")
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    train(cfg, single, log=lambda *_: None)
+    cfg.to_json(multi / "config.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "--main_process_port", str(29500 + len(flags) + os.getpid() % 500),
+                           "-m", module, str(multi)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    status = json.loads((multi / "status.json").read_text())
+    assert status["state"] == "completed" and status["world_size"] == 2, status
+    a, b = load_file(single / "student" / "model.safetensors"), load_file(multi / "student" / "model.safetensors")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-4, worst
+    assert [m["step"] for m in read_metrics(multi) if m["split"] == "train"] == [1, 2, 3, 4]
+
+
 def test_bad_inputs_fail_with_clear_errors(tiny_teacher, tiny_dataset, tmp_path):
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         train(tiny_config(tmp_path / "no-such-model", tiny_dataset), tmp_path / "r1", log=lambda *_: None)

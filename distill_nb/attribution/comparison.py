@@ -78,7 +78,7 @@ def compare(teacher: Any, student: Any, texts: Sequence[str] | str, *, teacher_t
             target: int | Sequence[int] | None = None, top_k: int = 5, n_steps: int = 32,
             internal_batch_size: int | None = None, batch_size: int | None = None,
             faithfulness_steps: int | None = 10,
-            device: Any = None, max_length: int = 128) -> list[Comparison]:
+            device: Any = None, max_length: int = 128, precision: str = "fp32") -> list[Comparison]:
     """Attribute each text with both models for the same class and measure how they agree.
 
     Args:
@@ -104,7 +104,7 @@ def compare(teacher: Any, student: Any, texts: Sequence[str] | str, *, teacher_t
     check_positive(top_k=top_k, faithfulness_steps=faithfulness_steps)
     student_tokenizer = teacher_tokenizer if student_tokenizer is None else student_tokenizer
     kw = {"n_steps": n_steps, "internal_batch_size": internal_batch_size, "batch_size": batch_size,
-          "device": device, "max_length": max_length}
+          "device": device, "max_length": max_length, "precision": precision}
     t_attr = attribute(teacher, teacher_tokenizer, texts, method, target, **kw)
     s_attr = attribute(student, student_tokenizer, texts, method, [a.target for a in t_attr], **kw)
     if len(t_attr[0].probs) != len(s_attr[0].probs):
@@ -231,7 +231,7 @@ def sweep(teacher: Any, student: Any, texts: Sequence[str], labels: Sequence[int
           target: int | Sequence[int] | None = None, top_k: int = 5, n_steps: int = 32,
           internal_batch_size: int | None = None, batch_size: int | None = None,
           faithfulness_steps: int | None = 10,
-          device: Any = None, max_length: int = 128,
+          device: Any = None, max_length: int = 128, precision: str = "fp32",
           progress: Callable[[int, int], None] | None = None) -> SweepResult:
     """``compare`` over a data set in batches and rank the examples by divergence.
 
@@ -256,7 +256,7 @@ def sweep(teacher: Any, student: Any, texts: Sequence[str], labels: Sequence[int
             teacher, student, texts[start:start + chunk], teacher_tokenizer=teacher_tokenizer,
             student_tokenizer=student_tokenizer, method=method, target=part,
             top_k=top_k, n_steps=n_steps, internal_batch_size=internal_batch_size, batch_size=batch_size,
-            faithfulness_steps=faithfulness_steps, device=device, max_length=max_length)
+            faithfulness_steps=faithfulness_steps, device=device, max_length=max_length, precision=precision)
         if progress is not None:
             progress(len(comparisons), len(texts))
     return SweepResult(tuple(comparisons), None if labels is None else tuple(int(x) for x in labels),

@@ -331,7 +331,7 @@ _IMPL = {"integrated_gradients": _integrated_gradients, "saliency": _saliency,
 def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: str = "integrated_gradients",
               target: int | Sequence[int] | None = None, *, n_steps: int = 32,
               internal_batch_size: int | None = None, batch_size: int | None = None, device: str | torch.device | None = None,
-              max_length: int = 128) -> list[Attribution]:
+              max_length: int = 128, precision: str = "fp32") -> list[Attribution]:
     """Attribute each text's target logit to its tokens.
 
     Texts are sorted by length and attributed ``batch_size`` at a time (one captum call per batch).
@@ -352,6 +352,8 @@ def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: st
         batch_size: texts per captum call.
         device: move the model there first; default: leave it where it is and use its device.
         max_length: tokens kept per text (truncation).
+        precision: "fp32" (default: the completeness delta stays small), "bf16", or "auto" (bf16 where
+            :mod:`distill_nb.precision` picks it for training on this device); scores are returned in fp32.
 
     Returns:
         N ``Attribution`` in the order of ``texts``.
@@ -369,6 +371,9 @@ def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: st
     results: list[Attribution | None] = [None] * len(texts)
     order = sorted(range(len(texts)), key=lambda i: len(items[i].ids))  # length buckets: little padding
     with prepared(model, device) as dev:
+        from ..precision import amp_dtype, autocast_for
+
+        autocast = autocast_for(amp_dtype(precision, torch.device(dev)), torch.device(dev))
         batch_size, internal_batch_size = batch_sizes(dev, batch_size, internal_batch_size)
         fn = logits_fn(model)
         layer = None
@@ -380,14 +385,16 @@ def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: st
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             ids, mask, words, special = collate([items[i] for i in idx], pad, dev)
-            probs = forward_rows(fn, ids, mask, internal_batch_size).float().softmax(-1)  # (B, C)
+            with autocast():
+                probs = forward_rows(fn, ids, mask, internal_batch_size).float().softmax(-1)  # (B, C)
             tgt = [targets[i] if targets[i] is not None else int(p.argmax()) for i, p in zip(idx, probs)]
             bad = [t for t in tgt if not 0 <= t < probs.shape[1]]
             if bad:
                 raise ValueError(f"target {bad[0]} is out of range: the model has {probs.shape[1]} classes")
             tgt_t = torch.tensor(tgt, device=dev)
-            scores, delta = _IMPL[method](fn, layer, ids, mask, words, special, tgt_t, pad, n_steps,
-                                          internal_batch_size)
+            with autocast():
+                scores, delta = _IMPL[method](fn, layer, ids, mask, words, special, tgt_t, pad, n_steps,
+                                              internal_batch_size)
             scores = torch.where(words >= 0, scores, torch.zeros_like(scores)).detach().float().cpu().numpy()
             probs_np = probs.cpu().numpy()
             for b, i in enumerate(idx):

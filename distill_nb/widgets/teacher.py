@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
@@ -13,15 +14,13 @@ CUSTOM = "other (type an id or path)…"
 
 
 def teacher_options() -> list[tuple[str, str]]:
-    """(label, value) pairs: packaged aliases, then teachers already fine-tuned in the cache."""
-    from ..models import PACKAGED, cache_dir
+    """(label, value) pairs: packaged aliases, then the prepared teachers in the cache, newest first, each
+    named by task, base, dev accuracy, steps and date."""
+    from ..models import PACKAGED
+    from ..teachers import teachers
 
     options = [(f"{alias} — {desc}", alias) for alias, (_, desc) in PACKAGED.items()]
-    prepared = cache_dir() / "teachers"
-    if prepared.is_dir():
-        for folder in sorted(prepared.iterdir()):
-            if (folder / "config.json").is_file():
-                options.append((f"{folder.name} (prepared in cache)", str(folder)))
+    options += [(f"prepared: {t.label}", str(t.path)) for t in teachers()]
     return options
 
 
@@ -32,13 +31,15 @@ def teacher_info(name: str) -> tuple[Any, dict[str, Any]]:
         (transformers config, info dict with model_type, architecture, shape, params, mb, labels,
         is_classifier, path).
     """
-    from ..models import load_config, describe, is_classifier
+    from ..models import describe, is_classifier, load_config
+    from ..teachers import teacher_meta
 
     path, config = load_config(name, False)
     info = describe(config)
     info.update(name=name, path=str(path), architecture=", ".join(config.architectures or [config.model_type]),
                 is_classifier=is_classifier(config),
-                labels=[config.id2label[i] for i in sorted(config.id2label)] if is_classifier(config) else [])
+                labels=[config.id2label[i] for i in sorted(config.id2label)] if is_classifier(config) else [],
+                prepared=teacher_meta(path) if Path(path).is_dir() else None)
     return config, info
 
 
@@ -66,22 +67,71 @@ class TeacherPicker(Panel):
                            description="id / path", style={"description_width": "70px"},
                            layout=W.Layout(width="420px"))
         self.load_button = W.Button(description="Load", icon="download", layout=W.Layout(width="90px"))
+        self.refresh_button = W.Button(description="Refresh list", icon="refresh", layout=W.Layout(width="120px"),
+                                       tooltip="list the prepared teachers in the cache again")
+        self.remove_button = W.Button(description="Remove", icon="trash", button_style="danger",
+                                      layout=W.Layout(width="100px"), disabled=True,
+                                      tooltip="delete the selected prepared teacher from the cache")
+        self.cache_note = W.HTML()
         self.summary = W.HTML()
         self._loaded = ""  # the last teacher that loaded: a failed name falls back to it
         self._syncing = False
         self.dropdown.observe(self._on_dropdown, names=["value"])
         self.load_button.on_click(lambda _: self._set(self.text.value.strip()))
         self.text.on_submit(lambda _: self._set(self.text.value.strip()))
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.remove_button.on_click(lambda _: self.remove_selected())
         self.observe(self._on_teacher, names=["teacher"])
         self.children = [W.HTML("<b>1. Teacher</b> — a fine-tuned classifier, or a bare encoder (it is "
                                 "fine-tuned on your task first)"),
-                         self.dropdown, W.HBox([self.text, self.load_button]), self.summary, *self._footer()]
+                         W.HBox([self.dropdown, self.refresh_button, self.remove_button]),
+                         W.HBox([self.text, self.load_button]), self.cache_note, self.summary, *self._footer()]
+        self._note_cache()
         self.teacher = teacher
         self._on_teacher({"new": teacher})
 
     def _on_dropdown(self, change: dict[str, Any]) -> None:
+        self.remove_button.disabled = not self._is_prepared(change["new"])
         if change["new"] != CUSTOM and not self._syncing:
             self._set(change["new"])
+
+    @staticmethod
+    def _is_prepared(value: str) -> bool:
+        from ..teachers import teachers_dir
+
+        return value not in (CUSTOM, "") and Path(value).parent == teachers_dir()
+
+    def _note_cache(self) -> None:
+        from ..teachers import teachers, teachers_dir
+
+        n = len(teachers())
+        self.cache_note.value = note_html(
+            f"{n} prepared teacher{'s' if n != 1 else ''} in <code>{esc(teachers_dir())}</code> (set "
+            "<code>$DISTILL_NB_CACHE</code> to move the cache; <code>distill_nb.teachers()</code> lists them).")
+
+    @guarded
+    def refresh(self) -> None:
+        """List the cache again (a teacher prepared by a run since, or removed elsewhere)."""
+        current = self.dropdown.value
+        options = teacher_options()
+        values = [v for _, v in options]
+        self.dropdown.options = options + [(CUSTOM, CUSTOM)]
+        self.dropdown.value = current if current in values or current == CUSTOM else CUSTOM
+        self.remove_button.disabled = not self._is_prepared(self.dropdown.value)
+        self._note_cache()
+
+    @guarded
+    def remove_selected(self) -> None:
+        """Delete the selected prepared teacher from the cache and fall back to the packaged default."""
+        from ..teachers import remove_teacher
+
+        value = self.dropdown.value
+        if not self._is_prepared(value):
+            raise ValueError("only a prepared teacher from the cache can be removed: select one in the list.")
+        remove_teacher(value)
+        self.teacher = "minilm-l6"
+        self.refresh()
+        self.dropdown.value = "minilm-l6"
 
     def _show_choice(self, name: str) -> None:
         """Make the dropdown (and the id box) say ``name``, the teacher the config uses."""
@@ -134,11 +184,20 @@ class TeacherPicker(Panel):
                 ("parameters", f"{fmt_params(i['params'])} ({i['mb']:.1f} MB fp32)"),
                 ("labels", esc(", ".join(map(str, i["labels"]))) if i["labels"] else "none (bare encoder)"),
                 ("folder", f"<code>{esc(i['path'])}</code>")]
+        if p := i.get("prepared"):
+            acc = p.get("dev_accuracy")
+            rows.insert(0, ("prepared", esc(f"{p.get('task')} from {p.get('base')}: dev accuracy "
+                                            f"{acc:.4f} on {p.get('dev_examples')} texts, {p.get('steps')} steps, "
+                                            f"{(p.get('seconds') or 0) / 60:.1f} min, stopped by "
+                                            f"{p.get('stopped_by')}, {p.get('precision')}"
+                                            if acc is not None else "no record (teacher.json missing)")))
         html = table_html(rows)
         if not i["is_classifier"]:
             html += note_html("This is a bare encoder without a classification head: the run fine-tunes it "
-                              "(with a new head) on the task first, for <code>teacher_prep_steps</code> steps, "
-                              "and caches the result.", "#8a5a00")
+                              "(with a new head) on the task first, until its accuracy on a held-out slice of "
+                              "the training data stops improving (at most <code>teacher_prep_steps</code> steps "
+                              "or <code>teacher_prep_minutes</code>), and caches the result here by task.",
+                              "#8a5a00")
         return html
 
     def __repr__(self) -> str:

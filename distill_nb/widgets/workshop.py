@@ -23,7 +23,7 @@ def workshop_config(small: bool | None = None) -> DistillConfig:
 
     small = small_mode() if small is None else small
     if small:  # smaller than DEMO_SMALL still: the notebooks' tests run all of them in a few minutes
-        return DistillConfig(**dict(DEMO_SMALL, teacher_prep_steps=30, batch_size=16, max_train_examples=600,
+        return DistillConfig(**dict(DEMO_SMALL, batch_size=16, max_train_examples=600,
                                     max_eval_examples=100, max_steps=30, eval_every=15, checkpoint_every=30,
                                     max_length=40, device="cpu"))
     return DistillConfig(**dict(DEMO, device="cpu"))

@@ -1,0 +1,360 @@
+"""Prepared teachers: fine-tune a bare encoder (+ a new head) on a task to its plateau, and the cache of them.
+
+A bare encoder (e.g. the packaged ``minilm-l6``) has no classifier, so it is fine-tuned on the task first. The
+fine-tuning holds out a slice of the *training* split, evaluates on it every ``RECIPE["eval_every"]`` steps,
+halves the learning rate when it stops improving and stops after ``RECIPE["patience"]`` evaluations without
+improvement (or at the step / time cap), keeping the best weights. Its dev accuracy, steps and time are saved
+beside the weights in ``teacher.json``.
+
+The cache lives in ``$DISTILL_NB_CACHE/teachers/`` (default ``~/.cache/distill_nb/teachers/``), one folder per
+teacher, named ``<task>-<base>-<key>``. The key is exactly what determines the teacher: the base model, the
+training data (a hash of its texts and labels, so of the file contents, columns and split), the label names
+and the preparation recipe (its version, seed and settings below) -- not the run's batch size, max length,
+caps or train-set subset. List with :func:`teachers`, remove with :func:`remove_teacher`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import atomic_write_text
+from .families import cache_dir
+from .models import load_config, predict_logits
+
+# The preparation recipe. Anything here changes the teacher, so it is part of the cache key; bump the version
+# when the code of the loop changes what it produces.
+RECIPE = {"version": 2, "seed": 0, "batch_size": 32, "max_length": 128, "learning_rate": 5e-5,
+          "head_learning_rate": 1e-3, "weight_decay": 0.01, "warmup_steps": 30, "eval_every": 50, "patience": 3,
+          "holdout_fraction": 0.1, "holdout_max": 500}
+META = "teacher.json"
+
+
+@dataclass(frozen=True)
+class PreparedTeacher:
+    """One cached teacher: where it is and what it is, as :func:`teachers` lists it."""
+
+    path: Path
+    task: str
+    base: str
+    dev_accuracy: float | None  # on the task's eval split
+    holdout_accuracy: float | None  # on the held-out slice of the training split (what stopped it)
+    steps: int
+    seconds: float
+    stopped_by: str  # "plateau", "max_steps" or "time"
+    created_at: float
+    meta: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        """A readable name: task, base, dev accuracy, steps and date."""
+        acc = f"dev {self.dev_accuracy:.3f}" if self.dev_accuracy is not None else "dev ?"
+        day = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created_at)) if self.created_at else "?"
+        stop = "" if self.stopped_by == "plateau" else f", stopped by {self.stopped_by.replace('_', ' ')}"
+        return f"{self.task} · {self.base} · {acc} · {self.steps} steps{stop} · {day}"
+
+
+def teachers_dir() -> Path:
+    return cache_dir() / "teachers"
+
+
+def teachers() -> list[PreparedTeacher]:
+    """The prepared teachers in the cache, newest first (folders without a readable ``teacher.json`` are
+    listed with what is known, never skipped silently)."""
+    root = teachers_dir()
+    out = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if (folder / "config.json").is_file() and not folder.name.startswith("."):
+            out.append(_read(folder))
+    return sorted(out, key=lambda t: -t.created_at)
+
+
+def remove_teacher(teacher: str | os.PathLike | PreparedTeacher) -> Path:
+    """Delete one prepared teacher from the cache (a run that used it keeps its own student).
+
+    Args:
+        teacher: a :class:`PreparedTeacher`, its folder, or its folder name.
+    Raises:
+        FileNotFoundError: no such teacher in the cache (the message lists those there are).
+        ValueError: the path is not inside the teachers cache (nothing outside it is ever deleted).
+    """
+    path = teacher.path if isinstance(teacher, PreparedTeacher) else Path(teacher)
+    if not path.is_absolute():
+        path = teachers_dir() / path
+    path = path.resolve()
+    if path.parent != teachers_dir().resolve():
+        raise ValueError(f"{str(path)!r} is not a prepared teacher in {teachers_dir()}: remove_teacher() only "
+                         "deletes folders of that cache.")
+    if not (path / "config.json").is_file():
+        names = [t.path.name for t in teachers()]
+        raise FileNotFoundError(f"no prepared teacher {path.name!r} in {teachers_dir()}; there are: {names}")
+    trash = path.with_name(f".removing-{path.name}-{os.getpid()}")
+    os.replace(path, trash)  # atomic: a concurrent lister sees the teacher or nothing, never half of it
+    shutil.rmtree(trash, ignore_errors=True)
+    return path
+
+
+def teacher_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``teacher.json`` summary of a prepared teacher (dev accuracy, steps, seconds, ...), or None."""
+    try:
+        meta = json.loads((Path(path) / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    keep = ("task", "base", "dev_accuracy", "dev_examples", "holdout_accuracy", "steps", "best_step", "seconds",
+            "stopped_by", "created_at", "precision", "max_steps", "max_minutes")
+    return {k: meta.get(k) for k in keep} if isinstance(meta, dict) else None
+
+
+def data_key(task: Any) -> str:
+    """A hash of a task's training texts and labels and its label names (its identity, whatever the file)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(list(task.label_names)).encode())
+    for text, label in zip(task.train.texts, task.train.labels):
+        h.update(f"{label}\t{text}\n".encode())
+    return h.hexdigest()
+
+
+def base_key(name: str, trust_remote_code: bool = False) -> str:
+    """The base model's identity: its name, plus a hash of its config and weight files' sizes when local."""
+    path, _ = load_config(name, trust_remote_code)
+    folder = Path(path)
+    if not folder.is_dir():
+        return str(name)
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+def task_name(task: Any) -> str:
+    """A short name for a task: ``sst2`` for ``"sst2 (/.../sst2)"``, the file stem for a file, ..."""
+    source = str(task.source).split(" (")[0]
+    stem = Path(source.split(":")[0]).stem or source
+    return re.sub(r"[^a-z0-9_]+", "-", stem.lower()).strip("-")[:24] or "task"
+
+
+def prepare_teacher(name: str, task: Any, *, max_steps: int = 2000, max_minutes: float | None = None,
+                    device: str | torch.device = "cpu", autocast: Callable[[], Any] = nullcontext,
+                    trust_remote_code: bool = False, log: Callable[[str], None] = print,
+                    progress: Callable[[int, int], None] | None = None, refresh: bool = False,
+                    recipe: dict[str, Any] | None = None) -> Path:
+    """Fine-tune a bare encoder (+ a new classification head) on ``task`` until it stops improving; cached.
+
+    Args:
+        name: the base encoder (alias, id or folder).
+        task: a :class:`~distill_nb.data.TaskData`; its whole training split is used (a slice is held out).
+        max_steps: cap on optimiser steps (not in the cache key; a teacher stopped by a smaller cap is prepared
+            again when a larger one is asked for).
+        max_minutes: cap on wall-clock minutes (None: no cap).
+        autocast: the run's autocast factory (bf16 on a CPU that supports it).
+        progress: ``progress(step, max_steps)`` after every step; an exception it raises abandons the
+            fine-tuning (nothing is cached) and propagates.
+        refresh: prepare again even if a cached teacher exists (it is replaced).
+        recipe: overrides of :data:`RECIPE` (part of the key).
+
+    Returns:
+        The folder of the prepared teacher (``save_pretrained`` + tokenizer + ``teacher.json``).
+    """
+    recipe = {**RECIPE, **(recipe or {})}
+    identity = {"base": base_key(name, trust_remote_code), "data": data_key(task), "recipe": recipe}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(name)).name)[:32]
+    out = teachers_dir() / f"{task_name(task)}-{base}-{key}"
+    if not refresh and (out / "config.json").is_file():
+        meta = teacher_meta(out) or {}
+        if _covers(meta, max_steps, max_minutes):
+            log(f"prepared teacher found in the cache: {_read(out).label} ({out})")
+            return out
+        log(f"the cached teacher {out.name} stopped at a smaller cap ({meta.get('steps')} steps, "
+            f"{meta.get('stopped_by')}) before its plateau; preparing it again with max_steps={max_steps}"
+            + (f", max_minutes={max_minutes:g}" if max_minutes else ""))
+    model, tok, meta = _fine_tune(name, task, recipe, max_steps=max_steps, max_minutes=max_minutes, device=device,
+                                  autocast=autocast, trust_remote_code=trust_remote_code, log=log,
+                                  progress=progress)
+    meta.update(task=task_name(task), base=str(name), source=str(task.source), key=key, identity=identity,
+                created_at=time.time(), max_steps=max_steps, max_minutes=max_minutes)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.eval().save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    atomic_write_text(tmp / META, json.dumps(meta, indent=1, allow_nan=False) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # refresh (or a racing preparer): replace the old one atomically enough
+        old = out.with_name(f".removing-{out.name}-{os.getpid()}")
+        os.replace(out, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, out)
+    log(f"prepared teacher: {_read(out).label} -> {out}")
+    return out
+
+
+def _covers(meta: dict[str, Any], max_steps: int, max_minutes: float | None) -> bool:
+    """Whether a cached teacher is what these caps would give: it plateaued, or stopped at a cap >= these."""
+    stop = meta.get("stopped_by")
+    if stop == "plateau":
+        return True
+    if stop == "max_steps":
+        return (meta.get("steps") or 0) >= max_steps
+    if stop == "time":
+        return max_minutes is not None and (meta.get("max_minutes") or 0) >= max_minutes
+    return False
+
+
+def _fine_tune(name: str, task: Any, recipe: dict[str, Any], *, max_steps: int, max_minutes: float | None,
+               device: str | torch.device, autocast: Callable[[], Any], trust_remote_code: bool,
+               log: Callable[[str], None], progress: Callable[[int, int], None] | None
+               ) -> tuple[Any, Any, dict[str, Any]]:
+    """The loop: held-out slice, warm-up, evaluate, halve the LR on no improvement, stop at patience or a cap."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .data import collate, encode, length_batches
+
+    device = torch.device(device)
+    path, _ = load_config(name, trust_remote_code)
+    torch.manual_seed(recipe["seed"])
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=task.num_labels, id2label=dict(enumerate(task.label_names)),
+        label2id={n: i for i, n in enumerate(task.label_names)}, trust_remote_code=trust_remote_code).to(device)
+    # a seeded held-out slice of the training split decides when to stop; the dev split is only reported
+    order = list(range(len(task.train)))
+    random.Random(recipe["seed"]).shuffle(order)
+    n_hold = min(recipe["holdout_max"], max(1, int(len(order) * recipe["holdout_fraction"])))
+    hold, fit = (order[:n_hold], order[n_hold:]) if len(order) > 1 else (order, order)
+    enc = encode(tok, task.train.texts, recipe["max_length"])
+    labels = torch.tensor(task.train.labels)
+    fit_enc, fit_labels = [enc[i] for i in fit], labels[fit]
+    hold_enc, hold_labels = [enc[i] for i in hold], labels[hold]
+    # the new head learns from scratch: a larger learning rate than the pretrained encoder's
+    prefix = getattr(model, "base_model_prefix", "")
+    groups = [{"params": [p for n, p in model.named_parameters() if n.startswith(prefix + ".")],
+               "lr": recipe["learning_rate"]},
+              {"params": [p for n, p in model.named_parameters() if not n.startswith(prefix + ".")],
+               "lr": recipe["head_learning_rate"]}]
+    opt = torch.optim.AdamW(groups, weight_decay=recipe["weight_decay"])
+    peak = [g["lr"] for g in opt.param_groups]
+    scale = 1.0  # halved on each evaluation without improvement
+
+    def set_lr(step: int) -> None:
+        warm = min(1.0, (step + 1) / max(1, recipe["warmup_steps"]))
+        for g, lr in zip(opt.param_groups, peak):
+            g["lr"] = lr * warm * scale
+
+    def holdout_accuracy() -> float:
+        logits = predict_logits(model, hold_enc, tok.pad_token_id, device, autocast)
+        model.train()
+        return (logits.argmax(-1) == hold_labels).float().mean().item()
+
+    log(f"preparing teacher: fine-tuning {name!r} + a new head on {len(fit)} examples of {task.source} until "
+        f"the accuracy on {len(hold)} held-out training examples stops improving (at most {max_steps} steps"
+        + (f" or {max_minutes:g} min" if max_minutes else "") + f"); cached in {teachers_dir()}")
+    start = time.time()
+    best_acc, best_step, best_state, bad, history = -1.0, 0, None, 0, []
+    stopped_by, step, epoch = "max_steps", 0, 0
+    model.train()
+    while step < max_steps and stopped_by == "max_steps":
+        for idx in length_batches([len(e) for e in fit_enc], recipe["batch_size"], seed=recipe["seed"] + epoch):
+            set_lr(step)
+            batch = {k: v.to(device) for k, v in collate(fit_enc, idx, tok.pad_token_id).items()}
+            with autocast():
+                logits = model(**batch).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), fit_labels[idx].to(device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            if progress is not None:
+                progress(step, max_steps)
+            out_of_time = max_minutes is not None and time.time() - start > 60 * max_minutes
+            if step % recipe["eval_every"] == 0 or step >= max_steps or out_of_time:
+                acc = holdout_accuracy()
+                history.append({"step": step, "holdout_accuracy": acc, "loss": loss.item(), "lr_scale": scale})
+                if acc > best_acc:
+                    best_acc, best_step, bad = acc, step, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    bad += 1
+                    scale /= 2
+                log(f"  teacher step {step}/{max_steps}: held-out accuracy {acc:.4f} (best {best_acc:.4f} at "
+                    f"step {best_step}), loss {loss.item():.4f}")
+                if bad >= recipe["patience"]:
+                    stopped_by = "plateau"
+                elif out_of_time:
+                    stopped_by = "time"
+            if stopped_by != "max_steps" or step >= max_steps:
+                break
+        epoch += 1
+    if best_state is not None:
+        model.load_state_dict(best_state)  # the best held-out checkpoint, not the last
+    model.eval()
+    dev = predict_logits(model, encode(tok, task.eval.texts, recipe["max_length"]), tok.pad_token_id, device,
+                         autocast)
+    dev_acc = (dev.argmax(-1) == torch.tensor(task.eval.labels)).float().mean().item()
+    meta = {"dev_accuracy": dev_acc, "dev_examples": len(task.eval), "holdout_accuracy": best_acc,
+            "holdout_examples": len(hold), "train_examples": len(fit), "steps": step, "best_step": best_step,
+            "seconds": time.time() - start, "stopped_by": stopped_by, "history": history,
+            "precision": _precision_name(autocast)}
+    log(f"teacher prepared: dev accuracy {dev_acc:.4f} on {len(task.eval)} texts, best held-out {best_acc:.4f} "
+        f"at step {best_step}, {step} steps in {meta['seconds']:.0f} s (stopped by {stopped_by})")
+    return model, tok, meta
+
+
+def _precision_name(autocast: Callable[[], Any]) -> str:
+    ctx = autocast()
+    dtype = getattr(ctx, "fast_dtype", None) if getattr(ctx, "_enabled", True) else None
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
+def _read(folder: Path) -> PreparedTeacher:
+    meta = {}
+    try:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = {}
+    if not isinstance(meta, dict):
+        meta = {}
+    num = lambda v: v if isinstance(v, (int, float)) and math.isfinite(v) else None
+    return PreparedTeacher(path=folder, task=str(meta.get("task") or folder.name.split("-")[0]),
+                           base=str(meta.get("base") or "?"), dev_accuracy=num(meta.get("dev_accuracy")),
+                           holdout_accuracy=num(meta.get("holdout_accuracy")), steps=int(meta.get("steps") or 0),
+                           seconds=float(num(meta.get("seconds")) or 0.0),
+                           stopped_by=str(meta.get("stopped_by") or "unknown"),
+                           created_at=float(num(meta.get("created_at")) or folder.stat().st_mtime), meta=meta)
+
+
+# --- is the teacher the bottleneck? ---------------------------------------------------------------------------
+def accuracy_noise(student: float, teacher: float, n: int) -> float:
+    """Two standard errors of the difference of two accuracies measured on the same ``n`` texts."""
+    return 2 * math.sqrt(max(student * (1 - student) + teacher * (1 - teacher), 1e-12) / max(n, 1))
+
+
+def student_beats_teacher(student: float | None, teacher: float | None, n: int) -> str | None:
+    """A warning when the student beats its teacher by more than noise on ``n`` eval texts, else None."""
+    if student is None or teacher is None or n < 1:
+        return None
+    noise = accuracy_noise(student, teacher, n)
+    if student - teacher <= noise:
+        return None
+    return (f"the student ({student:.3f}) beats its teacher ({teacher:.3f}) by {100 * (student - teacher):.1f} "
+            f"points on {n} eval texts, beyond noise (±{100 * noise:.1f}): the teacher looks undertrained, so "
+            "retention and agreement understate the student's distance to a good teacher. Prepare the teacher "
+            "to its plateau (raise teacher_prep_steps / teacher_prep_minutes; remove a capped teacher with "
+            "distill_nb.remove_teacher(...)) or use a stronger teacher, then distil again.")
+
+
+__all__ = ["RECIPE", "PreparedTeacher", "accuracy_noise", "data_key", "prepare_teacher", "remove_teacher",
+           "student_beats_teacher", "teacher_meta", "teachers", "teachers_dir"]

@@ -1,0 +1,69 @@
+"""precision.py: which autocast a run gets on a CPU, the measured bf16 check and its cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from distill_nb import precision
+
+
+def test_cpu_precisions_fail_or_choose_with_reasons(monkeypatch):
+    cpu = torch.device("cpu")
+    assert precision.amp_dtype("fp32", cpu) is None
+    with pytest.raises(ValueError, match="fp16.*needs a CUDA device"):
+        precision.amp_dtype("fp16", cpu)
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: False)
+    with pytest.raises(ValueError, match="native bf16"):
+        precision.amp_dtype("bf16", cpu)
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: True)
+    assert precision.amp_dtype("bf16", cpu) is torch.bfloat16
+    for verdict, expected in [(True, torch.bfloat16), (False, None)]:
+        monkeypatch.setattr(precision, "cpu_bf16_check", lambda refresh=False, v=verdict: {"use_bf16": v})
+        assert precision.amp_dtype("auto", cpu) is expected
+
+
+def test_bf16_check_is_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_NB_CACHE", str(tmp_path))
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: True)
+    calls = []
+    monkeypatch.setattr(precision, "_measure", lambda: calls.append(1) or {"use_bf16": True, "speedup": 2.0})
+    assert precision.cpu_bf16_check()["use_bf16"] and precision.cpu_bf16_check()["use_bf16"]
+    assert len(calls) == 1
+    (tmp_path / "precision.json").write_text("{not json")  # a corrupt cache is measured again
+    assert precision.cpu_bf16_check()["use_bf16"] and len(calls) == 2
+    assert json.loads((tmp_path / "precision.json").read_text())
+
+
+@pytest.mark.skipif(not precision.cpu_bf16_supported(), reason="this CPU has no native bf16")
+def test_real_bf16_check_and_a_bf16_run(tiny_teacher, tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_NB_CACHE", str(tmp_path / "cache"))
+    check = precision.cpu_bf16_check()
+    assert check["supported"] and check["rel_error"] < 0.05 and check["speedup"] > 0
+    from distill_nb import DistillConfig
+    from distill_nb.runs import read_status
+    from distill_nb.train import train
+
+    cfg = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text", max_steps=3,
+                        student_layers=2, batch_size=8, precision="bf16")
+    record = train(cfg, tmp_path / "run", log=lambda *_: None)
+    assert read_status(tmp_path / "run")["precision"] == "bf16" and 0 <= record["accuracy"] <= 1
+
+
+@pytest.mark.skipif(not precision.cpu_bf16_supported(), reason="this CPU has no native bf16")
+def test_bf16_attributions_track_fp32(tiny_teacher):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distill_nb.attribution import attribute
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    texts = ["the movie was very good", "the plot was a boring mess"]
+    full = attribute(model, tok, texts, target=1, n_steps=8)
+    low = attribute(model, tok, texts, target=1, n_steps=8, precision="bf16")
+    for a, b in zip(full, low):
+        assert b.scores.dtype == a.scores.dtype
+        cos = float((a.scores * b.scores).sum() / ((a.scores ** 2).sum() * (b.scores ** 2).sum()) ** 0.5)
+        assert cos > 0.95, cos
