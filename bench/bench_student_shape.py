@@ -1,0 +1,170 @@
+"""Student shape by evidence: which teacher layers to copy (every-k, first-k, the advisor's), and vocabulary trimming.
+
+MiniLM-L6 (a head fine-tuned by ``prepare_teacher``, or ``--teacher TASK=FOLDER``) -> 3-layer students trained with
+``train()`` for the same steps, on the same seeded training subset, for each seed:
+
+- ``every_k``: copy teacher layers 0, 2, 4 (DistilBERT's rule); ``first_k``: 0, 1, 2;
+- ``advisor``: the layers ``suggest_layers`` picks on 256 training texts (its wall time is reported);
+- ``advisor+vocab``: the advisor's layers with ``student_vocab`` (default "task": the training texts' tokens).
+
+Accuracy is on the full eval split (SST-2 dev 872, TREC-6 test 500); mean and sample sd over seeds. The trimmed
+and untrimmed students of the first seed are then measured side by side with the teacher (params, MB on disk,
+interleaved CPU latency). The teacher's logits on the training subset are computed once per task and copied
+into every run directory (train() reads them from there), so the runs differ only in the student.
+
+    python bench/bench_student_shape.py --tasks trec6 --seeds 0 1 2 --steps 120 --batch-size 16 \\
+        --teacher trec6=FOLDER --out artifacts/student_shape_trec6.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import _common  # noqa: F401  (offline env vars, repo on sys.path)
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", nargs="+", default=["sst2", "trec6"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--max-train", type=int, default=4000)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--student-layers", type=int, default=3)
+    p.add_argument("--vocab", default="task", help="student_vocab of the trimmed student: 'task' or an integer")
+    p.add_argument("--advisor-examples", type=int, default=256)
+    p.add_argument("--teacher", action="append", default=[], help="TASK=FOLDER: a prepared classifier teacher")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a "
+                   "shared machine)")
+    p.add_argument("--repeats", type=int, default=10, help="timed forwards per model for latency")
+    p.add_argument("--out", default="artifacts/student_shape.json")
+    p.add_argument("--runs", default="artifacts/runs/student_shape")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from distill_nb.advisor import suggest_layers
+    from distill_nb.checkpoint import cached_tensor
+    from distill_nb.config import DistillConfig
+    from distill_nb.data import encode, load_task
+    from distill_nb.models import count_params, every_k_layers, load_teacher, predict_logits, prepare_teacher
+    from distill_nb.report import Candidate, compare
+    from distill_nb.train import train
+    from distill_nb.vocab import choose_vocab, outside_vocab
+
+    vocab = int(args.vocab) if args.vocab.isdigit() else args.vocab
+    teachers = dict(t.split("=", 1) for t in args.teacher)
+    runs_root = Path(args.runs)
+    result: dict[str, Any] = {"bench": "student_shape", "args": vars(args), "environment": _common.environment(),
+                              "tasks": {}}
+
+    def save() -> None:
+        _common.write_json(args.out, result)
+
+    setups: dict[str, dict[str, Any]] = {}
+    for name in args.tasks:  # teacher, advisor, shared teacher logits, vocabulary coverage: once per task
+        task = load_task(name, max_train=args.max_train, seed=0)
+        folder = teachers.get(name) or str(prepare_teacher("minilm-l6", task, steps=300, batch_size=32,
+                                                           max_length=args.max_length))
+        teacher, tok = load_teacher(folder)
+        t0 = time.perf_counter()
+        advice = suggest_layers(teacher, tok, task.train.texts, task.train.labels, n_layers=args.student_layers,
+                                max_examples=args.advisor_examples, max_length=args.max_length)
+        print(advice, flush=True)
+        logits_file = runs_root / name / "teacher_logits.safetensors"
+        logits_file.parent.mkdir(parents=True, exist_ok=True)
+        cached_tensor(logits_file, True, lambda: predict_logits(
+            teacher, encode(tok, task.train.texts, args.max_length), tok.pad_token_id, torch.device("cpu")))
+        trim = choose_vocab(tok, task.train.texts, vocab, max_length=args.max_length)
+        coverage = outside_vocab(tok, trim, task.eval.texts, max_length=args.max_length)
+        setups[name] = {"task": task, "teacher": folder, "advice": advice, "logits": logits_file}
+        result["tasks"][name] = {
+            "teacher": folder, "source": task.source, "train": len(task.train), "eval": len(task.eval),
+            "advisor": {"chosen": list(advice.chosen), "layer_map": list(advice.layer_map),
+                        "seconds": advice.seconds, "examples": advice.n_examples, "search": advice.search,
+                        "skip_kl": list(advice.skip_kl), "cka_with_input": list(advice.cka_with_input),
+                        "probe_accuracy": list(advice.probe_accuracy or []),
+                        "baselines": {k: [list(v[0]), v[1]] for k, v in advice.baselines.items()},
+                        "candidates": [[list(c[0]), c[1], c[2]] for c in advice.candidates],
+                        "wall_s_incl_setup": time.perf_counter() - t0},
+            "vocab": {"mode": vocab, "kept": trim.size, "source_size": trim.source_size,
+                      "task_tokens": trim.task_tokens, "eval_outside": coverage},
+            "runs": []}
+        del teacher
+        save()
+    n = args.student_layers
+    variants = {"every_k": {}, "first_k": {"student_layers_from": list(range(n))}}
+    for seed in args.seeds:
+        for name, setup in setups.items():
+            chosen = list(setup["advice"].chosen)
+            plan = {**variants, "advisor": {"student_layers_from": chosen},
+                    "advisor+vocab": {"student_layers_from": chosen, "student_vocab": vocab}}
+            for variant, changes in plan.items():
+                run_dir = runs_root / name / f"{variant.replace('+', '_')}-s{seed}"
+                shutil.rmtree(run_dir, ignore_errors=True)
+                run_dir.mkdir(parents=True)
+                shutil.copy(setup["logits"], run_dir / "teacher_logits.safetensors")
+                config = DistillConfig(
+                    teacher=setup["teacher"], dataset=name, max_train_examples=args.max_train,
+                    student_layers=n, max_steps=args.steps, batch_size=args.batch_size,
+                    max_length=args.max_length, learning_rate=args.learning_rate, alpha_kd=1.0, alpha_ce=0.5,
+                    temperature=2.0, eval_every=10**6, checkpoint_every=10**6, keep_checkpoints=1, seed=seed,
+                    device="cpu", num_threads=args.threads, **changes)
+                t0 = time.perf_counter()
+                record = train(config, run_dir, data=setup["task"], log=lambda m: None)
+                seconds = time.perf_counter() - t0
+                row = {"variant": variant, "seed": seed, "layers": changes.get("student_layers_from") or
+                       every_k_layers(setup["advice"].teacher_layers, n), "accuracy": record["accuracy"],
+                       "teacher_accuracy": record["teacher_accuracy"], "agreement": record.get("agreement"),
+                       "seconds": seconds, "run_dir": str(run_dir)}
+                result["tasks"][name]["runs"].append(row)
+                print(f"[shape] {name} seed {seed} {variant:<14} acc {record['accuracy']:.4f} "
+                      f"(teacher {record['teacher_accuracy']:.4f}) {seconds:.0f} s", flush=True)
+                save()
+    for name, setup in setups.items():  # summaries, then sizes and latency of seed 0's trimmed/untrimmed pair
+        runs = result["tasks"][name]["runs"]
+        summary = {}
+        for variant in ["every_k", "first_k", "advisor", "advisor+vocab"]:
+            accs = [r["accuracy"] for r in runs if r["variant"] == variant]
+            if accs:
+                m, sd = mean_sd(accs)
+                summary[variant] = {"mean": m, "sd": sd, "n": len(accs), "accs": accs}
+        result["tasks"][name]["summary"] = summary
+        save()
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        seed = args.seeds[0]
+        teacher, tok = load_teacher(setup["teacher"])
+        cands = [Candidate("teacher", teacher, tok, setup["teacher"], note=setup["teacher"])]
+        for variant in ["advisor", "advisor+vocab"]:
+            folder = runs_root / name / f"{variant.replace('+', '_')}-s{seed}" / "student"
+            model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+            cands.append(Candidate(f"student {variant}", model, AutoTokenizer.from_pretrained(folder), folder,
+                                   note=str(folder)))
+        task = setup["task"]
+        report = compare(cands, task.eval.texts, task.eval.labels, data=task.source, repeats=args.repeats,
+                         max_length=args.max_length)
+        print(report, flush=True)
+        result["tasks"][name]["size_latency"] = report.to_dict()
+        result["tasks"][name]["params"] = {c.name: count_params(c.model) for c in cands}
+        save()
+    print(json.dumps({k: v.get("summary") for k, v in result["tasks"].items()}, indent=1), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+    sys.exit(0)
