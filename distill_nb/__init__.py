@@ -21,6 +21,13 @@ def app(**kwargs: Any):
     return DistillApp(**kwargs)
 
 
+def suggest_layers(*args: Any, **kwargs: Any):
+    """Which teacher layers a student should copy, from evidence on task data: see :mod:`distill_nb.advisor`."""
+    from .advisor import suggest_layers as _suggest_layers
+
+    return _suggest_layers(*args, **kwargs)
+
+
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
     return [{"src": "labextension", "dest": "distill-nb"}]
 
@@ -36,4 +43,5 @@ def _load_jupyter_server_extension(server_app: Any) -> None:
     server_app.log.info("distill_nb: REST routes registered under /distill-nb/")
 
 
-__all__ = ["ConfigError", "DistillConfig", "Run", "Status", "app", "launch", "list_runs", "__version__"]
+__all__ = ["ConfigError", "DistillConfig", "Run", "Status", "app", "launch", "list_runs", "suggest_layers",
+           "__version__"]

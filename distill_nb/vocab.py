@@ -55,7 +55,7 @@ class VocabTrim:
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly summary (stored in the student's config as ``distill_nb_vocab``)."""
-        return {"mode": self.mode, "size": self.size, "source_size": self.source_size,
+        return {"mode": self.mode, "size": self.size, "source_size": self.source_size, "unk_id": self.unk_id,
                 "task_tokens": self.task_tokens, "texts": self.texts, "kept_ids": list(self.kept_ids)}
 
 
@@ -224,6 +224,13 @@ def outside_vocab(tokenizer: Any, trim: VocabTrim, texts: Sequence[str], *,
             "top_outside": [tokenizer.convert_ids_to_tokens(i) for i, _ in missing.most_common(10)]}
 
 
-def embedding_params(hidden: int, size: int) -> int:
-    """Word-embedding parameters of a student with ``size`` tokens and width ``hidden``."""
-    return hidden * size
+def trim_of(model_or_config: Any) -> VocabTrim | None:
+    """The :class:`VocabTrim` a saved student was trimmed with (from its config), or None if it was not."""
+    config = getattr(model_or_config, "config", model_or_config)
+    info = getattr(config, "distill_nb_vocab", None)
+    if not info:
+        return None
+    kept = tuple(int(i) for i in info["kept_ids"])
+    unk = info.get("unk_id")
+    return VocabTrim(kept, int(info["source_size"]), int(unk) if unk is not None else kept[0], info["mode"],
+                     int(info["task_tokens"]), int(info["texts"]))

@@ -151,3 +151,30 @@ def test_train_copies_the_chosen_layers(tiny_teacher, tiny_dataset, tmp_path):
     train(config, tmp_path / "run", log=lambda *_: None)
     saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "student")
     assert saved.config.distill_nb_init["teacher_layers"] == [1, 3]
+
+
+def test_designer_suggest_button_shows_the_advice_and_uses_it(teacher_and_tok):
+    from distill_nb.data import TaskData
+    from distill_nb.vocab import choose_vocab
+    from distill_nb.widgets.student import StudentDesigner
+
+    teacher, tok = teacher_and_tok
+    task = TaskData.from_lists(TEXTS, LABELS, TEXTS[:4], LABELS[:4], ["negative", "positive"])
+    d = StudentDesigner(teacher.config, layers=2)
+    full_params = d.estimates["params"]
+    d.suggest_button.click()  # without task data: says what is missing, changes nothing
+    assert "use_task" in d.advice_box.value and d.layers_from == []
+    d.use_task(task, teacher, tok)
+    assert d.task_vocab_size == choose_vocab(tok, TEXTS, "task", max_length=128).size
+    d.suggest_button.click()
+    assert d.advice is not None and d.layers_from == list(d.advice.chosen)
+    assert "suggested: copy teacher layers" in d.advice_box.value
+    assert d.config_fields()["student_layers_from"] == list(d.advice.chosen)
+    assert d.layer_map == models.copied_layer_map(d.advice.chosen, 4)
+    d.vocab_dropdown.value = "task"
+    assert d.config_fields()["student_vocab"] == "task"
+    hidden = teacher.config.hidden_size
+    assert full_params - d.estimates["params"] == (teacher.config.vocab_size - d.task_vocab_size) * hidden
+    DistillConfig(**d.config_fields())  # a valid config
+    d.layers_slider.value = 3  # advice was for 2 layers: back to every k-th
+    assert d.layers_from == [] and d.config_fields()["student_layers_from"] is None
