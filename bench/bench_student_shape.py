@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import _common  # noqa: F401  (offline env vars, repo on sys.path)
+import _common  # offline env vars, repo on sys.path
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(advice, flush=True)
         logits_file = runs_root / name / "teacher_logits.safetensors"
         logits_file.parent.mkdir(parents=True, exist_ok=True)
-        cached_tensor(logits_file, True, lambda: predict_logits(
-            teacher, encode(tok, task.train.texts, args.max_length), tok.pad_token_id, torch.device("cpu")))
+        encoded = encode(tok, task.train.texts, args.max_length)
+        cached_tensor(logits_file, True, lambda t=teacher, e=encoded, pad=tok.pad_token_id: predict_logits(
+            t, e, pad, torch.device("cpu")))
         trim = choose_vocab(tok, task.train.texts, vocab, max_length=args.max_length)
         coverage = outside_vocab(tok, trim, task.eval.texts, max_length=args.max_length)
         setups[name] = {"task": task, "teacher": folder, "advice": advice, "logits": logits_file}

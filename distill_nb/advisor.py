@@ -60,9 +60,10 @@ class LayerAdvice:
                 "student_layers_from": list(self.chosen), "layer_map": list(self.layer_map)}
 
     def __str__(self) -> str:
-        lines = [f"suggest_layers: {self.teacher_layers} -> {self.student_layers} layers, copy {list(self.chosen)}"
-                 f" (imitate {list(self.layer_map)}); {self.search} search over {len(self.candidates)} candidates"
-                 f", {self.n_examples} examples, {self.seconds:.1f} s on {self.device}"]
+        lines = [(f"suggest_layers: {self.teacher_layers} -> {self.student_layers} layers, copy "
+                  f"{list(self.chosen)} (imitate {list(self.layer_map)}); {self.search} search over "
+                  f"{len(self.candidates)} candidates, {self.n_examples} examples, {self.seconds:.1f} s on "
+                  f"{self.device}")]
         best_kl = self.candidates[0][1]
         for name, (layers, kl) in self.baselines.items():
             lines.append(f"  {name:<8} {list(layers)}: KL {kl:.4f} (chosen {best_kl:.4f})")

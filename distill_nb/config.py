@@ -6,6 +6,7 @@ Standard library only: the server extension and the run-directory code read conf
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import tempfile
@@ -138,7 +139,7 @@ class DistillConfig:
             if len(given) != self.student_layers:
                 raise ConfigError(f"student_layers_from={given!r} has {len(given)} entries but the student has "
                                   f"{self.student_layers} layers: give one teacher layer per student layer.")
-            if any(i < 0 for i in given) or any(b <= a for a, b in zip(given, given[1:])):
+            if any(i < 0 for i in given) or any(b <= a for a, b in itertools.pairwise(given)):
                 raise ConfigError(f"student_layers_from={given!r} is invalid: use strictly increasing 0-based "
                                   f"teacher layers, e.g. {sorted({abs(i) for i in given})}.")
         vocab = self.student_vocab

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.metadata
+import itertools
 import os
 import shutil
 import statistics
@@ -266,7 +267,7 @@ def check_layers_from(layers_from: Sequence[int], teacher_layers: int, student_l
                          f"{student_layers} layers: give one teacher layer per student layer.")
     if any(not 0 <= i < teacher_layers for i in picked):
         raise ValueError(f"student_layers_from={picked} is outside the teacher's layers 0..{teacher_layers - 1}.")
-    if any(b <= a for a, b in zip(picked, picked[1:])):
+    if any(b <= a for a, b in itertools.pairwise(picked)):
         raise ValueError(f"student_layers_from={picked} must be strictly increasing (the student keeps the "
                          f"teacher's order, each layer once), e.g. {sorted(set(picked))}.")
     return picked

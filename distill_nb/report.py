@@ -266,7 +266,8 @@ def vocab_notes(student: nn.Module, teacher_tokenizer: Any, eval_texts: Sequence
     if trim is None:
         return []
     out = outside_vocab(teacher_tokenizer, trim, eval_texts, max_length=max_length)
-    return [f"student vocabulary: {trim.size:,} of {trim.source_size:,} tokens (student_vocab={trim.mode!r}, chosen "
-            f"from {trim.texts:,} training texts); {out['outside']:,} of {out['tokens']:,} eval tokens "
-            f"({100 * out['outside_fraction']:.1f}%, in {out['texts_with_outside']:,} of {out['texts']:,} texts) fall "
-            f"outside it and read as [UNK]"]
+    note = (f"student vocabulary: {trim.size:,} of {trim.source_size:,} tokens (student_vocab={trim.mode!r}, "
+            f"chosen from {trim.texts:,} training texts); {out['outside']:,} of {out['tokens']:,} eval tokens "
+            f"({100 * out['outside_fraction']:.1f}%, in {out['texts_with_outside']:,} of {out['texts']:,} texts) "
+            "fall outside it and read as [UNK]")
+    return [note]
