@@ -34,7 +34,47 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def markdown(results: list[dict[str, Any]]) -> str:
+    """README tables from one or more result JSONs: accuracy per variant, then trimmed vs untrimmed."""
+    lines = ["| task | steps x batch | every-k | first-k | advisor (layers, time) | advisor + vocab |",
+             "|---|---|---|---|---|---|"]
+    sizes = ["| task | student | layers | vocab | params | % of teacher | MB | b1 ms | b32 ms | accuracy (seed 0) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        a = result["args"]
+        for name, t in result["tasks"].items():
+            runs = t["runs"]
+            cell = {}
+            for variant in ["every_k", "first_k", "advisor", "advisor+vocab"]:
+                accs = [r["accuracy"] for r in runs if r["variant"] == variant]
+                if accs:
+                    m, sd = mean_sd(accs)
+                    cell[variant] = f"{100 * m:.1f} ± {100 * sd:.1f} (n={len(accs)})"
+                else:
+                    cell[variant] = "-"
+            adv = t["advisor"]
+            teacher_acc = runs[0]["teacher_accuracy"] if runs else float("nan")
+            lines.append(f"| {name} (teacher {100 * teacher_acc:.1f}) | {a['steps']} x {a['batch_size']} | "
+                         f"{cell['every_k']} | {cell['first_k']} | {cell['advisor']} {adv['chosen']}, "
+                         f"{adv['seconds']:.0f} s | {cell['advisor+vocab']} |")
+            rows = (t.get("size_latency") or {}).get("rows", [])
+            for r in rows:
+                vocab = (f"{t['vocab']['kept']:,} ({t['vocab']['mode']})" if "vocab" in r["name"]
+                         else f"{t['vocab']['source_size']:,}")
+                layers = "6" if r["name"] == "teacher" else str(adv["chosen"])
+                sizes.append(f"| {name} | {r['name']} | {layers} | {vocab} | {r['params']:,} | "
+                             f"{r['params_%']:.1f} % | {r['mb']:.1f} | {r['latency_b1_ms']:.1f} | "
+                             f"{r['latency_b32_ms']:.1f} | {100 * r['accuracy']:.1f} |")
+            out = t["vocab"]["eval_outside"]
+            sizes.append(f"| {name} | eval tokens outside the kept vocabulary | | | | | | | | "
+                         f"{out['outside']:,} / {out['tokens']:,} ({100 * out['outside_fraction']:.1f} %) |")
+    return "\n".join(lines) + "\n\n" + "\n".join(sizes)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    if argv and argv[0] == "--markdown":  # python bench/bench_student_shape.py --markdown a.json b.json
+        print(markdown([json.loads(Path(f).read_text()) for f in argv[1:]]))
+        return {}
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=["sst2", "trec6"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
