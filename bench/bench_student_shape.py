@@ -40,9 +40,20 @@ def markdown(results: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|"]
     sizes = ["| task | student | layers | vocab | params | % of teacher | MB | b1 ms | b32 ms | accuracy (seed 0) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for result in results:
-        a = result["args"]
+    merged: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}  # task -> (args, task result), merged by task
+    for result in results:  # a --sizes file and a bench's own file may both hold a task: keep the most of each
         for name, t in result["tasks"].items():
+            if name not in merged:
+                merged[name] = (result["args"], dict(t))
+                continue
+            have = merged[name][1]
+            if len(t["runs"]) > len(have["runs"]):
+                have["runs"] = t["runs"]
+            for key in ("size_latency", "params"):
+                if key in t and key not in have:
+                    have[key] = t[key]
+    for name, (a, t) in merged.items():
+        if True:
             runs = t["runs"]
             cell = {}
             for variant in ["every_k", "first_k", "advisor", "advisor+vocab"]:
@@ -71,10 +82,45 @@ def markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(sizes)
 
 
+def sizes(teacher_folder: str, task: Any, task_runs: Path, seed: int, *, repeats: int,
+          max_length: int) -> dict[str, Any]:
+    """Teacher vs the seed's untrimmed and trimmed advisor students: params, MB on disk, interleaved latency."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distill_nb.models import count_params, load_teacher
+    from distill_nb.report import Candidate, compare
+
+    teacher, tok = load_teacher(teacher_folder)
+    cands = [Candidate("teacher", teacher, tok, teacher_folder, note=teacher_folder)]
+    for variant in ["advisor", "advisor+vocab"]:
+        folder = task_runs / f"{variant.replace('+', '_')}-s{seed}" / "student"
+        model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        cands.append(Candidate(f"student {variant}", model, AutoTokenizer.from_pretrained(folder), folder,
+                               note=str(folder)))
+    report = compare(cands, task.eval.texts, task.eval.labels, data=task.source, repeats=repeats,
+                     max_length=max_length)
+    print(report, flush=True)
+    return {"size_latency": report.to_dict(), "params": {c.name: count_params(c.model) for c in cands}}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     if argv and argv[0] == "--markdown":  # python bench/bench_student_shape.py --markdown a.json b.json
         print(markdown([json.loads(Path(f).read_text()) for f in argv[1:]]))
         return {}
+    if argv and argv[0] == "--sizes":  # --sizes RESULT.json OUT.json: the size/latency table of a (running) bench
+        import torch
+
+        from distill_nb.data import load_task
+
+        torch.set_num_threads(1)
+        result = json.loads(Path(argv[1]).read_text())
+        a = result["args"]
+        for name, t in result["tasks"].items():
+            task = load_task(name, max_train=a["max_train"], seed=0)
+            t.update(sizes(t["teacher"], task, Path(a["runs"]) / name, a["seeds"][0], repeats=a["repeats"],
+                           max_length=a["max_length"]))
+        _common.write_json(argv[2], result)
+        return result
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=["sst2", "trec6"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -100,8 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from distill_nb.checkpoint import cached_tensor
     from distill_nb.config import DistillConfig
     from distill_nb.data import encode, load_task
-    from distill_nb.models import count_params, every_k_layers, load_teacher, predict_logits, prepare_teacher
-    from distill_nb.report import Candidate, compare
+    from distill_nb.models import every_k_layers, load_teacher, predict_logits, prepare_teacher
     from distill_nb.train import train
     from distill_nb.vocab import choose_vocab, outside_vocab
 
@@ -185,22 +230,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 summary[variant] = {"mean": m, "sd": sd, "n": len(accs), "accs": accs}
         result["tasks"][name]["summary"] = summary
         save()
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        seed = args.seeds[0]
-        teacher, tok = load_teacher(setup["teacher"])
-        cands = [Candidate("teacher", teacher, tok, setup["teacher"], note=setup["teacher"])]
-        for variant in ["advisor", "advisor+vocab"]:
-            folder = runs_root / name / f"{variant.replace('+', '_')}-s{seed}" / "student"
-            model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-            cands.append(Candidate(f"student {variant}", model, AutoTokenizer.from_pretrained(folder), folder,
-                                   note=str(folder)))
-        task = setup["task"]
-        report = compare(cands, task.eval.texts, task.eval.labels, data=task.source, repeats=args.repeats,
-                         max_length=args.max_length)
-        print(report, flush=True)
-        result["tasks"][name]["size_latency"] = report.to_dict()
-        result["tasks"][name]["params"] = {c.name: count_params(c.model) for c in cands}
+        result["tasks"][name].update(sizes(setup["teacher"], setup["task"], runs_root / name, args.seeds[0],
+                                           repeats=args.repeats, max_length=args.max_length))
         save()
     print(json.dumps({k: v.get("summary") for k, v in result["tasks"].items()}, indent=1), flush=True)
     return result
