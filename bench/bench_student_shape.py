@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--student-layers", type=int, default=3)
     p.add_argument("--vocab", default="task", help="student_vocab of the trimmed student: 'task' or an integer")
     p.add_argument("--advisor-examples", type=int, default=256)
+    p.add_argument("--advisor-layers", help="L1,L2,...: use these layers as the 'advisor' variant instead of running "
+                   "suggest_layers (e.g. another pick from its candidate list)")
+    p.add_argument("--variants", nargs="+", default=["every_k", "first_k", "advisor", "advisor+vocab"])
+    p.add_argument("--no-sizes", action="store_true", help="skip the size/latency table at the end")
     p.add_argument("--teacher", action="append", default=[], help="TASK=FOLDER: a prepared classifier teacher")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a "
                    "shared machine)")
@@ -166,9 +170,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                            max_length=args.max_length))
         teacher, tok = load_teacher(folder)
         t0 = time.perf_counter()
-        advice = suggest_layers(teacher, tok, task.train.texts, task.train.labels, n_layers=args.student_layers,
-                                max_examples=args.advisor_examples, max_length=args.max_length)
-        print(advice, flush=True)
+        if args.advisor_layers:  # a given choice: the record below says so (seconds 0, search "given")
+            from distill_nb.advisor import LayerAdvice
+            from distill_nb.models import copied_layer_map, shape
+
+            chosen = tuple(int(i) for i in args.advisor_layers.split(","))
+            n_t = shape(teacher.config)["layers"]
+            advice = LayerAdvice(n_t, len(chosen), chosen, tuple(copied_layer_map(chosen, n_t)), (), (), (), None,
+                                 ((chosen, float("nan"), None),), {}, search="given")
+        else:
+            advice = suggest_layers(teacher, tok, task.train.texts, task.train.labels,
+                                    n_layers=args.student_layers, max_examples=args.advisor_examples,
+                                    max_length=args.max_length)
+        print(advice if advice.search != "given" else f"given layers {advice.chosen}", flush=True)
         logits_file = runs_root / name / "teacher_logits.safetensors"
         logits_file.parent.mkdir(parents=True, exist_ok=True)
         encoded = encode(tok, task.train.texts, args.max_length)
@@ -198,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             chosen = list(setup["advice"].chosen)
             plan = {**variants, "advisor": {"student_layers_from": chosen},
                     "advisor+vocab": {"student_layers_from": chosen, "student_vocab": vocab}}
-            for variant, changes in plan.items():
+            for variant, changes in [(v, c) for v, c in plan.items() if v in args.variants]:
                 run_dir = runs_root / name / f"{variant.replace('+', '_')}-s{seed}"
                 shutil.rmtree(run_dir, ignore_errors=True)
                 run_dir.mkdir(parents=True)
@@ -230,8 +244,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 summary[variant] = {"mean": m, "sd": sd, "n": len(accs), "accs": accs}
         result["tasks"][name]["summary"] = summary
         save()
-        result["tasks"][name].update(sizes(setup["teacher"], setup["task"], runs_root / name, args.seeds[0],
-                                           repeats=args.repeats, max_length=args.max_length))
+        if not args.no_sizes:
+            result["tasks"][name].update(sizes(setup["teacher"], setup["task"], runs_root / name, args.seeds[0],
+                                               repeats=args.repeats, max_length=args.max_length))
         save()
     print(json.dumps({k: v.get("summary") for k, v in result["tasks"].items()}, indent=1), flush=True)
     return result
