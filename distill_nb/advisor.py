@@ -12,7 +12,9 @@ It then ranks candidate students directly: a student that copies layers ``S`` st
 other layers removed (embeddings and head copied), so the KL between the teacher and that pruned teacher is
 the distance training has to close. Every increasing ``S`` of the chosen depth is scored when there are at
 most ``max_candidates`` of them (6 -> 3 layers: 20); otherwise greedy backward elimination drops, one at a time,
-the layer whose removal raises the KL least. Every-k and first-k are always scored for reference.
+the layer whose removal raises the KL least. Every-k and first-k are always scored for reference. By default
+only students that copy layer 0 are candidates (``keep_first``): the KL at init is dominated by keeping the
+last layer (the head reads it), and the unconstrained winner (the top layers) trained worse than every-k.
 
 Cost: one teacher forward over the sample per candidate (each with fewer layers) plus one per teacher layer;
 measured in ``LayerAdvice.seconds`` (MiniLM-L6, 256 short texts, 6 -> 3: see bench/README.md).
@@ -49,7 +51,7 @@ class LayerAdvice:
     probe_accuracy: tuple[float, ...] | None  # per teacher layer: held-out accuracy of a linear probe
     candidates: tuple[tuple[tuple[int, ...], float, float | None], ...]  # (layers, KL, accuracy) best first
     baselines: dict[str, tuple[tuple[int, ...], float]] = field(default_factory=dict)  # name -> (layers, KL)
-    search: str = "exhaustive"  # "exhaustive" or "greedy"
+    search: str = "exhaustive"  # "exhaustive" or "greedy" (+ ", layer 0 kept")
     n_examples: int = 0
     seconds: float = 0.0  # wall time of the whole measurement on this machine
     device: str = "cpu"
@@ -194,7 +196,7 @@ def _logits(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> torch.T
 def suggest_layers(teacher: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int] | None = None,
                    *, n_layers: int, max_examples: int = 256, batch_size: int = 32, max_length: int = 128,
                    max_candidates: int = 64, probe: bool = True, max_tokens: int = 4096, seed: int = 0,
-                   device: str | torch.device | None = None) -> LayerAdvice:
+                   keep_first: bool = True, device: str | torch.device | None = None) -> LayerAdvice:
     """Measure per-layer evidence on a sample of the task and propose which teacher layers a student copies.
 
     Args:
@@ -208,6 +210,9 @@ def suggest_layers(teacher: nn.Module, tokenizer: Any, texts: Sequence[str], lab
             greedily (backward elimination).
         probe: fit a logistic probe per layer (needs labels).
         max_tokens: token representations (seeded sample) used for CKA.
+        keep_first: only consider students that copy teacher layer 0, the one layer trained on the raw
+            embeddings the student keeps. Without it, the lowest KL at init went to the top layers (3, 4, 5 of
+            MiniLM-L6 on SST-2 and TREC-6), which trained 1-6 points worse than every-k in bench_student_shape.
 
     Returns:
         a frozen :class:`LayerAdvice` (``print`` it, ``.plot()`` it, ``.config_fields()`` for DistillConfig).
@@ -277,22 +282,25 @@ def suggest_layers(teacher: nn.Module, tokenizer: Any, texts: Sequence[str], lab
         if n_subsets <= max_candidates:
             search = "exhaustive"
             for keep in itertools.combinations(range(n_teacher), n_layers):
-                score(keep)
+                if not keep_first or keep[0] == 0:
+                    score(keep)
         else:
             search = "greedy"
             keep = tuple(range(n_teacher))
             while len(keep) > n_layers:
-                options = [tuple(j for j in keep if j != i) for i in keep]
+                options = [tuple(j for j in keep if j != i) for i in keep if not (keep_first and i == 0)]
                 keep = min(options, key=score)
         baselines_layers = {"every_k": tuple(every_k_layers(n_teacher, n_layers)), "first_k": tuple(range(n_layers))}
         baselines = {name: (layers, score(layers)) for name, layers in baselines_layers.items()}
     finally:
         teacher.train(was_training)
-    ranked = sorted(((k, v) for k, v in scored.items() if len(k) == n_layers), key=lambda kv: (kv[1][0], kv[0]))
+    ranked = sorted(((k, v) for k, v in scored.items() if len(k) == n_layers and (not keep_first or k[0] == 0)),
+                    key=lambda kv: (kv[1][0], kv[0]))
     chosen = ranked[0][0]
     return LayerAdvice(
         teacher_layers=n_teacher, student_layers=n_layers, chosen=chosen,
         layer_map=tuple(copied_layer_map(chosen, n_teacher)), skip_kl=tuple(skip_kl),
         cka_with_input=tuple(cka[i][i + 1] for i in range(n_teacher)), cka=cka, probe_accuracy=probes,
-        candidates=tuple((k, kl, acc) for k, (kl, acc) in ranked), baselines=baselines, search=search,
+        candidates=tuple((k, kl, acc) for k, (kl, acc) in ranked), baselines=baselines,
+        search=search + (", layer 0 kept" if keep_first else ""),
         n_examples=len(sample), seconds=time.perf_counter() - start, device=str(device))

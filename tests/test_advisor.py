@@ -65,7 +65,7 @@ def test_skipping_layers_equals_a_student_that_copied_the_others(teacher_and_tok
 
 def test_suggest_layers_picks_the_candidate_closest_to_the_teacher(teacher_and_tok):
     teacher, tok = teacher_and_tok
-    adv = advisor.suggest_layers(teacher, tok, TEXTS, LABELS, n_layers=2, max_examples=24)
+    adv = advisor.suggest_layers(teacher, tok, TEXTS, LABELS, n_layers=2, max_examples=24, keep_first=False)
     assert adv.search == "exhaustive" and len(adv.candidates) == math.comb(4, 2)
     assert adv.n_examples == 24 and adv.seconds > 0 and len(adv.skip_kl) == 4 and all(k >= 0 for k in adv.skip_kl)
     assert all(adv.cka[i][i] == pytest.approx(1.0, abs=1e-9) for i in range(5))
@@ -88,9 +88,21 @@ def test_suggest_layers_picks_the_candidate_closest_to_the_teacher(teacher_and_t
     assert "suggest_layers: 4 -> 2" in str(adv) and "copy teacher layers" in adv.to_html()
 
 
+def test_keep_first_ranks_only_students_that_copy_layer_0(teacher_and_tok):
+    teacher, tok = teacher_and_tok
+    adv = advisor.suggest_layers(teacher, tok, TEXTS, LABELS, n_layers=2, max_examples=24)
+    assert adv.search == "exhaustive, layer 0 kept" and adv.chosen[0] == 0
+    assert sorted(c[0] for c in adv.candidates) == [(0, 1), (0, 2), (0, 3)]
+    free = advisor.suggest_layers(teacher, tok, TEXTS, LABELS, n_layers=2, max_examples=24, keep_first=False)
+    assert dict((c[0], c[1]) for c in free.candidates)[adv.chosen] == pytest.approx(adv.candidates[0][1])
+    greedy = advisor.suggest_layers(teacher, tok, TEXTS, None, n_layers=2, max_examples=16, max_candidates=1)
+    assert greedy.search == "greedy, layer 0 kept" and greedy.chosen[0] == 0
+
+
 def test_greedy_search_without_labels(teacher_and_tok):
     teacher, tok = teacher_and_tok
-    adv = advisor.suggest_layers(teacher, tok, TEXTS, None, n_layers=2, max_examples=16, max_candidates=1)
+    adv = advisor.suggest_layers(teacher, tok, TEXTS, None, n_layers=2, max_examples=16, max_candidates=1,
+                                 keep_first=False)
     assert adv.search == "greedy" and adv.probe_accuracy is None
     assert len(adv.chosen) == 2 and list(adv.chosen) == sorted(adv.chosen)
     assert all(acc is None for _, _, acc in adv.candidates)
