@@ -94,7 +94,7 @@ def test_keep_first_ranks_only_students_that_copy_layer_0(teacher_and_tok):
     assert adv.search == "exhaustive, layer 0 kept" and adv.chosen[0] == 0
     assert sorted(c[0] for c in adv.candidates) == [(0, 1), (0, 2), (0, 3)]
     free = advisor.suggest_layers(teacher, tok, TEXTS, LABELS, n_layers=2, max_examples=24, keep_first=False)
-    assert dict((c[0], c[1]) for c in free.candidates)[adv.chosen] == pytest.approx(adv.candidates[0][1])
+    assert {c[0]: c[1] for c in free.candidates}[adv.chosen] == pytest.approx(adv.candidates[0][1])
     greedy = advisor.suggest_layers(teacher, tok, TEXTS, None, n_layers=2, max_examples=16, max_candidates=1)
     assert greedy.search == "greedy, layer 0 kept" and greedy.chosen[0] == 0
 
