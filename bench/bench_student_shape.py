@@ -41,8 +41,18 @@ def markdown(results: list[dict[str, Any]]) -> str:
     sizes = ["| task | student | layers | vocab | params | % of teacher | MB | b1 ms | b32 ms | accuracy (seed 0) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     merged: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}  # task -> (args, task result), merged by task
+    extra: list[str] = []
     for result in results:  # a --sizes file and a bench's own file may both hold a task: keep the most of each
+        given = result["args"].get("advisor_layers")
         for name, t in result["tasks"].items():
+            if given:  # a measured pick from the advisor's candidates: its own row
+                accs = [r["accuracy"] for r in t["runs"]]
+                if accs:
+                    m, sd = mean_sd(accs)
+                    a = result["args"]
+                    extra.append(f"| {name} | {a['steps']} x {a['batch_size']} | | | layers [{given}] "
+                                 f"(given): {100 * m:.1f} ± {100 * sd:.1f} (n={len(accs)}) | |")
+                continue
             if name not in merged:
                 merged[name] = (result["args"], dict(t))
                 continue
@@ -79,7 +89,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
             out = t["vocab"]["eval_outside"]
             sizes.append(f"| {name} | eval tokens outside the kept vocabulary | | | | | | | | "
                          f"{out['outside']:,} / {out['tokens']:,} ({100 * out['outside_fraction']:.1f} %) |")
-    return "\n".join(lines) + "\n\n" + "\n".join(sizes)
+    return "\n".join(lines + extra) + "\n\n" + "\n".join(sizes)
 
 
 def sizes(teacher_folder: str, task: Any, task_runs: Path, seed: int, *, repeats: int,
