@@ -61,13 +61,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                          max_length=prof.max_length) for f in prof.sweep_heads]
     except ValueError as e:  # another attention layout (e.g. MPNet): no head rows
         print(f"[compress] no head-pruning rows: {e}", flush=True)
+    results.append(compress.trim_vocabulary(student, tok, task.train.texts, "task", eval_texts=task.eval.texts,
+                                            max_length=prof.max_length))
     names = ["int8 dynamic"]
     names += [f"magnitude {int(100 * a)}%" for a in prof.sweep_magnitude]
-    names += [f"heads -{r.details['removed']}/{r.details['total']}" for r in results[1 + len(prof.sweep_magnitude):]]
+    names += [f"heads -{r.details['removed']}/{r.details['total']}" for r in results[1 + len(prof.sweep_magnitude):-1]]
+    names.append(f"vocab task ({results[-1].details['size']:,} tokens)")
     cands = [Candidate("student (fp32)", student, tok, folder, note=str(folder))]
     for name, r in zip(names, results):
         params = count_params(student) if r.method == "int8-dynamic" else None
-        cands.append(Candidate(name, r.model, tok, params=params, note=r.summary))
+        cands.append(Candidate(name, r.model, r.tokenizer or tok, params=params, note=r.summary))
     print(f"[compress] measuring {len(cands)} models (interleaved latencies)", flush=True)
     report = compare(cands, task.eval.texts, task.eval.labels, data=f"{task.source}: eval {len(task.eval)}",
                      repeats=prof.repeats, max_length=prof.max_length,
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ref = predictions(student, tok, task.eval.texts, prof.max_length)
     agreement = {}
     for c in cands[1:]:
-        pred = predictions(c.model, tok, task.eval.texts, prof.max_length)
+        pred = predictions(c.model, c.tokenizer, task.eval.texts, prof.max_length)
         agreement[c.name] = sum(a == b for a, b in zip(pred, ref)) / len(ref)
     print("[compress] agreement with the fp32 student: "
           + ", ".join(f"{k} {100 * v:.1f}%" for k, v in agreement.items()), flush=True)

@@ -100,6 +100,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if heads is not None:
         cands.append(Candidate(f"distilled heads-{heads.details['removed']}/{heads.details['total']}", heads.model,
                                s_tok, note=heads.summary))
+    try:  # the training texts' vocabulary; the note says how many dev tokens fall outside it
+        vocab = compress.trim_vocabulary(kd, s_tok, task.train.texts, "task", eval_texts=task.eval.texts,
+                                         max_length=prof.max_length)
+        cands.append(Candidate("distilled vocab-task", vocab.model, vocab.tokenizer, note=vocab.summary))
+    except ValueError as e:  # a tokenizer other than WordPiece/WordLevel: no vocabulary row
+        print(f"[report] no vocabulary-trimmed row: {e}", flush=True)
     data_desc = (f"{task.source}: eval {len(task.eval)} examples"
                  f"{' (all of SST-2 dev)' if prof.dataset == 'sst2' and prof.max_eval is None else ''}; "
                  f"train subset {len(task.train)}")

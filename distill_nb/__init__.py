@@ -36,6 +36,13 @@ def remove_teacher(teacher: Any) -> Any:
     return _remove(teacher)
 
 
+def suggest_layers(*args: Any, **kwargs: Any):
+    """Which teacher layers a student should copy, from evidence on task data: see :mod:`distill_nb.advisor`."""
+    from .advisor import suggest_layers as _suggest_layers
+
+    return _suggest_layers(*args, **kwargs)
+
+
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
     return [{"src": "labextension", "dest": "distill-nb"}]
 
@@ -52,4 +59,4 @@ def _load_jupyter_server_extension(server_app: Any) -> None:
 
 
 __all__ = ["ConfigError", "DistillConfig", "Run", "Status", "__version__", "app", "launch", "list_runs",
-           "remove_teacher", "teachers"]
+           "remove_teacher", "suggest_layers", "teachers"]

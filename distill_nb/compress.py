@@ -1,10 +1,11 @@
-"""Compress a trained student further: dynamic int8 quantization, magnitude pruning, attention-head pruning.
+"""Compress a trained student further: int8 quantization, magnitude pruning, head pruning, vocabulary trimming.
 
 Each function takes a model (left untouched: it works on a copy) and returns :class:`Compressed`, the new
 model plus a plain account of what was done. Sizes are measured by serialising the weights
 (:func:`state_size_bytes`), never estimated. Magnitude pruning zeroes weights but keeps dense tensors, so it
 does *not* shrink the file or speed up dense kernels on its own; head pruning removes rows and columns, so it
-shrinks both.
+shrinks both; vocabulary trimming removes word-embedding rows (the file shrinks, the speed barely changes) and
+comes with its own tokenizer (:attr:`Compressed.tokenizer`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Compressed:
     method: str  # "int8-dynamic", "magnitude", "heads"
     summary: str  # one line for tables and logs: what was done
     details: dict[str, Any] = field(default_factory=dict)  # numbers behind the summary (JSON-friendly)
+    tokenizer: Any = None  # a new tokenizer the model needs (vocabulary trimming), else None: keep the old one
 
 
 # --- sizes -----------------------------------------------------------------------------------------------------
@@ -273,3 +275,36 @@ def prune_heads(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: 
                        "heads_after": after, "dropped": {str(k): v for k, v in drop.items()},
                        "params_before": params_before, "params_after": params_after,
                        "scores": scores.tolist(), "importance_examples": len(texts)})
+
+
+# --- vocabulary ------------------------------------------------------------------------------------------------
+def trim_vocabulary(model: nn.Module, tokenizer: Any, texts: Sequence[str], size: str | int = "task", *,
+                    eval_texts: Sequence[str] | None = None, max_length: int | None = 128) -> Compressed:
+    """Keep only the word embeddings of the tokens ``texts`` use (see :mod:`distill_nb.vocab`); a copy.
+
+    Args:
+        texts: the training texts (the vocabulary is chosen from them, never from the eval split).
+        size: "task" or an integer number of tokens (the most frequent, then topped up).
+        eval_texts: when given, ``details["eval_outside"]`` counts their tokens outside the kept vocabulary
+            (they read as [UNK]); the summary says how many.
+
+    Returns:
+        :class:`Compressed` whose ``tokenizer`` must be used with the model (``save_pretrained`` both).
+    """
+    from .vocab import outside_vocab, trim_student
+
+    source = copy.deepcopy(model).cpu().eval()
+    before = sum(p.numel() for p in source.parameters())
+    trimmed, new_tok, trim = trim_student(source, tokenizer, texts, size, max_length=max_length)
+    after = sum(p.numel() for p in trimmed.parameters())
+    details: dict[str, Any] = {"size": trim.size, "source_size": trim.source_size, "mode": size,
+                               "task_tokens": trim.task_tokens, "texts": len(texts), "params_before": before,
+                               "params_after": after}
+    summary = (f"vocabulary trimmed to {trim.size:,} of {trim.source_size:,} tokens ({size}: from {len(texts):,} "
+               f"texts); params {before:,} -> {after:,} ({100 * after / before:.0f}%)")
+    if eval_texts is not None:
+        out = outside_vocab(tokenizer, trim, eval_texts, max_length=max_length)
+        details["eval_outside"] = out
+        summary += (f"; {out['outside']:,} of {out['tokens']:,} eval tokens ({100 * out['outside_fraction']:.1f}%) "
+                    f"fall outside and read as [UNK]")
+    return Compressed(trimmed, "vocab", summary, details, tokenizer=new_tok)

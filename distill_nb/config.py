@@ -6,6 +6,7 @@ Standard library only: the server extension and the run-directory code read conf
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -45,6 +46,10 @@ class DistillConfig:
     student_ffn: int | None = None  # feed-forward width (None: 4 x hidden, or the teacher's at equal width)
     student_init: str = "every_k"  # "every_k" (copy every k-th teacher layer), "random", or a model id/path
     student_dropout: float | None = None  # dropout in the student (None: the teacher's)
+    student_layers_from: list[int] | None = None  # teacher layers copied at init, increasing (None: every k-th;
+    # e.g. suggest_layers(...).chosen); needs student_init="every_k"
+    student_vocab: str | int = "full"  # "full", "task" (tokens of the train texts + specials) or N (the N most
+    # frequent task tokens incl. specials, topped up in the tokenizer's order); other tokens become [UNK]
     # --- losses --------------------------------------------------------------------------------------------
     objective: str = "classification"  # "classification" (task-specific) or "mlm" (masked-LM KD on the texts; no labels)
     mlm_probability: float = 0.15  # with objective="mlm": fraction of real tokens masked per text (BERT: 0.15)
@@ -163,6 +168,27 @@ class DistillConfig:
             raise ConfigError(f"device={dev!r} is invalid: use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
         if self.student_dropout is not None and not 0 <= self.student_dropout < 1:
             raise ConfigError(f"student_dropout={self.student_dropout!r} is invalid: use a value in [0, 1).")
+        if self.student_layers_from is not None:
+            given = self.student_layers_from
+            if self.student_init != "every_k":
+                raise ConfigError(f"student_layers_from={given!r} copies teacher layers, so it needs "
+                                  f"student_init='every_k' (got {self.student_init!r}): change one of them.")
+            if len(given) != self.student_layers:
+                raise ConfigError(f"student_layers_from={given!r} has {len(given)} entries but the student has "
+                                  f"{self.student_layers} layers: give one teacher layer per student layer.")
+            if any(i < 0 for i in given) or any(b <= a for a, b in itertools.pairwise(given)):
+                raise ConfigError(f"student_layers_from={given!r} is invalid: use strictly increasing 0-based "
+                                  f"teacher layers, e.g. {sorted({abs(i) for i in given})}.")
+        vocab = self.student_vocab
+        if isinstance(vocab, str) and vocab not in ("full", "task"):
+            raise ConfigError(f"student_vocab={vocab!r} is invalid: use 'full', 'task', or an integer number of "
+                              "tokens to keep (e.g. 8000).")
+        if isinstance(vocab, int) and vocab < 16:
+            raise ConfigError(f"student_vocab={vocab!r} is too small: keep at least 16 tokens (the specials plus "
+                              "some words), or use 'task'.")
+        if vocab != "full" and self.objective == "mlm":
+            raise ConfigError(f"student_vocab={vocab!r} needs objective='classification': masked-LM distillation "
+                              "compares the full vocabulary distribution. Use student_vocab='full' with 'mlm'.")
         if self.layer_map is not None:
             if len(self.layer_map) != self.student_layers:
                 raise ConfigError(f"layer_map={self.layer_map!r} has {len(self.layer_map)} entries but the "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import itertools
 import os
 import shutil
 import statistics
@@ -191,6 +192,30 @@ def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
     return [min(teacher_layers - 1, max(0, round((j + 1) * k) - 1)) for j in range(student_layers)]
 
 
+def copied_layer_map(copied: Sequence[int], teacher_layers: int) -> list[int]:
+    """Teacher layer whose output each student layer imitates, for a student that copied ``copied``.
+
+    Student layer j (a copy of teacher layer ``copied[j]``) feeds what teacher layer ``copied[j + 1]`` would
+    read, so it imitates the output just below it; the last student layer imitates the teacher's last layer.
+    For every-k copies this is :func:`default_layer_map` (copies 0, 2, 4 of 6 -> imitate 1, 3, 5).
+    """
+    return [nxt - 1 for nxt in copied[1:]] + [teacher_layers - 1]
+
+
+def check_layers_from(layers_from: Sequence[int], teacher_layers: int, student_layers: int) -> list[int]:
+    """``layers_from`` as a list, or a ValueError saying what is wrong with it and how to fix it."""
+    picked = [int(i) for i in layers_from]
+    if len(picked) != student_layers:
+        raise ValueError(f"student_layers_from={picked} names {len(picked)} teacher layers but the student has "
+                         f"{student_layers} layers: give one teacher layer per student layer.")
+    if any(not 0 <= i < teacher_layers for i in picked):
+        raise ValueError(f"student_layers_from={picked} is outside the teacher's layers 0..{teacher_layers - 1}.")
+    if any(b <= a for a, b in itertools.pairwise(picked)):
+        raise ValueError(f"student_layers_from={picked} must be strictly increasing (the student keeps the "
+                         f"teacher's order, each layer once), e.g. {sorted(set(picked))}.")
+    return picked
+
+
 def layer_list(model: nn.Module) -> nn.ModuleList:
     """The model's transformer blocks (``bert.encoder.layer`` and the like), found by their count."""
     n_layers = shape(model.config)["layers"]
@@ -202,13 +227,16 @@ def layer_list(model: nn.Module) -> nn.ModuleList:
 
 def make_student(teacher: nn.Module, *, n_layers: int, hidden_size: int | None = None, n_heads: int | None = None,
                  ffn_size: int | None = None, init: str = "every_k", dropout: float | None = None,
-                 head: str = "classification", trust_remote_code: bool = False) -> nn.Module:
+                 head: str = "classification", trust_remote_code: bool = False,
+                 layers_from: Sequence[int] | None = None) -> nn.Module:
     """A smaller model of the teacher's family, initialised from the teacher, randomly, or from a checkpoint.
 
     Args:
         teacher: a transformers sequence-classification (or, with head="mlm", masked-LM) model.
         init: "every_k" copies the embeddings, the head and every k-th layer (the widths must match);
             "random" starts from scratch; anything else is a pretrained model id/path of the same labels.
+        layers_from: with init="every_k", the teacher layers to copy instead of every k-th one (strictly
+            increasing, one per student layer), e.g. the choice of :func:`distill_nb.suggest_layers`.
         head: "classification" or "mlm" (the student gets the teacher's masked-LM head, tied to its embeddings).
     """
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
@@ -216,6 +244,9 @@ def make_student(teacher: nn.Module, *, n_layers: int, hidden_size: int | None =
     if head not in ("classification", "mlm"):
         raise ValueError(f"head={head!r} is invalid: use 'classification' or 'mlm'.")
     tcfg = teacher.config
+    if layers_from is not None and init != "every_k":
+        raise ValueError(f"layers_from={list(layers_from)} copies teacher layers, so it needs init='every_k' "
+                         f"(got init={init!r}): set init='every_k' or layers_from=None.")
     if init not in ("every_k", "random"):
         if head == "mlm":
             return AutoModelForMaskedLM.from_pretrained(resolve(init), trust_remote_code=trust_remote_code)
@@ -234,7 +265,8 @@ def make_student(teacher: nn.Module, *, n_layers: int, hidden_size: int | None =
         raise ValueError(f"init='every_k' copies teacher layers, so hidden/heads/ffn must equal the teacher's "
                          f"({t['hidden']}/{t['heads']}/{t['ffn']}), got {s['hidden']}/{s['heads']}/{s['ffn']}. "
                          "Leave them unset, or use init='random' for a narrower student.")
-    picked = every_k_layers(t["layers"], n_layers)
+    picked = (check_layers_from(layers_from, t["layers"], n_layers) if layers_from is not None
+              else every_k_layers(t["layers"], n_layers))
     t_layers, s_layers = layer_list(teacher), layer_list(student)
     t_state = teacher.state_dict()
     prefix = next(k for k in t_state if ".0." in k).split(".0.")[0]  # e.g. "bert.encoder.layer"
@@ -243,7 +275,8 @@ def make_student(teacher: nn.Module, *, n_layers: int, hidden_size: int | None =
     assert not [k for k in missing.unexpected_keys], missing.unexpected_keys
     for j, i in enumerate(picked):
         s_layers[j].load_state_dict(t_layers[i].state_dict())
-    student.config.distill_nb_init = {"init": "every_k", "teacher_layers": picked}
+    student.config.distill_nb_init = {"init": "every_k" if layers_from is None else "layers_from",
+                                      "teacher_layers": picked}
     return student
 
 

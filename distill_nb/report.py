@@ -247,6 +247,7 @@ def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repe
     from .teachers import teacher_meta
 
     teacher, t_tok, student, s_tok = load_run_models(run_dir)
+    notes = vocab_notes(student, t_tok, task.eval.texts, max_length=config.max_length)
     status = read_status(run_dir)
     t_folder = status.get("teacher_path")
     t_path = Path(t_folder or config.teacher)
@@ -262,7 +263,26 @@ def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repe
                   "latencies here are fp32")]
     return compare([Candidate("teacher", teacher, t_tok, t_folder if t_path.is_dir() else None, note=t_note),
                     Candidate("student (distilled)", student, s_tok, run_dir / "student",
-                              note=f"{config.student_layers} layers, {config.student_init} init, "
+                              note=f"{config.student_layers} layers, {config.student_init} init"
+                                   + (f" from {config.student_layers_from}" if config.student_layers_from else "")
+                                   + (f", vocab {config.student_vocab}" if config.student_vocab != "full" else "")
+                                   + ", "
                                    f"{config.max_steps or config.epochs} {'steps' if config.max_steps else 'epochs'}")],
                    task.eval.texts, task.eval.labels, data=task.source, repeats=repeats,
-                   max_length=config.max_length, notes=run_notes)
+                   max_length=config.max_length, notes=run_notes + notes)
+
+
+def vocab_notes(student: nn.Module, teacher_tokenizer: Any, eval_texts: Sequence[str], *,
+                max_length: int | None = 128) -> list[str]:
+    """A report note for a vocabulary-trimmed student: its size and how many eval tokens fall outside it."""
+    from .vocab import outside_vocab, trim_of
+
+    trim = trim_of(student)
+    if trim is None:
+        return []
+    out = outside_vocab(teacher_tokenizer, trim, eval_texts, max_length=max_length)
+    note = (f"student vocabulary: {trim.size:,} of {trim.source_size:,} tokens (student_vocab={trim.mode!r}, "
+            f"chosen from {trim.texts:,} training texts); {out['outside']:,} of {out['tokens']:,} eval tokens "
+            f"({100 * out['outside_fraction']:.1f}%, in {out['texts_with_outside']:,} of {out['texts']:,} texts) "
+            "fall outside it and read as [UNK]")
+    return [note]

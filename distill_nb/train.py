@@ -38,6 +38,7 @@ from .data import TaskData, collate, encode, length_batches, steps_per_epoch
 from .evaluation import evaluate_classifier, evaluate_mlm, mlm_batch
 from .models import (
     NotAClassifierError,
+    copied_layer_map,
     default_layer_map,
     load_teacher,
     make_student,
@@ -52,6 +53,7 @@ from .recorder import Recorder
 from .rundata import align_labels, task_for
 from .rundir import Status, truncate_metrics
 from .teachers import prepare_teacher, student_beats_teacher, teacher_meta
+from .vocab import trim_student
 
 
 class Distiller(nn.Module):
@@ -140,11 +142,13 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         student = make_student(teacher, n_layers=config.student_layers, hidden_size=config.student_hidden,
                                n_heads=config.student_heads, ffn_size=config.student_ffn, init=config.student_init,
                                dropout=config.student_dropout, head=head,
-                               trust_remote_code=config.trust_remote_code)
+                               trust_remote_code=config.trust_remote_code, layers_from=config.student_layers_from)
         if attn:
             student.set_attn_implementation("eager")
         t_shape, s_shape = shape(teacher.config), shape(student.config)
-        layer_map = config.layer_map or default_layer_map(t_shape["layers"], s_shape["layers"])
+        layer_map = config.layer_map or (copied_layer_map(config.student_layers_from, t_shape["layers"])
+                                         if config.student_layers_from else
+                                         default_layer_map(t_shape["layers"], s_shape["layers"]))
         if max(layer_map) >= t_shape["layers"]:
             raise ValueError(f"layer_map={layer_map} points past the teacher's {t_shape['layers']} layers "
                              f"(valid: 0..{t_shape['layers'] - 1}).")
@@ -159,6 +163,11 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                                  "hidden/attention losses and objective='mlm' need shared tokens. Use a student "
                                  "with the teacher's tokenizer, or (classification) set alpha_hidden=alpha_attn=0 "
                                  "(logit distillation works across tokenizers).")
+        if config.student_vocab != "full":  # the student keeps the task's tokens; the teacher keeps its own ids
+            student, student_tok, trim = trim_student(student, student_tok, task.train.texts, config.student_vocab,
+                                                      max_length=config.max_length)
+            rec.update(student_vocab={"size": trim.size, "source_size": trim.source_size,
+                                      "task_tokens": trim.task_tokens})
         model = Distiller(student, len(layer_map) if config.alpha_hidden else 0, s_shape["hidden"],
                           t_shape["hidden"]).to(device)
         # --- tokens (once) and the teacher's logits (once, when no per-step teacher states are needed) --------
@@ -168,6 +177,12 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         s_eval = t_eval if student_tok is tokenizer else encode(student_tok, task.eval.texts, config.max_length)
         train_labels, eval_labels = torch.tensor(task.train.labels), torch.tensor(task.eval.labels)
         needs_teacher_states = bool(config.alpha_hidden or config.alpha_attn)
+        if needs_teacher_states and s_train is not t_train and any(
+                len(a) != len(b) for a, b in zip(s_train, t_train)):  # token-aligned losses need equal splits
+            raise ValueError(f"the student splits some training texts differently from the teacher "
+                             f"(student_vocab={config.student_vocab!r}, student_init={config.student_init!r}), so "
+                             "hidden-state/attention losses cannot pair their tokens: use student_vocab='task' "
+                             "(keeps every training token), or set alpha_hidden=alpha_attn=0.")
         cached_logits = None
         # mlm: never cached, the teacher runs every step: its logits are (S, V) per text (~15 MB at S=128,
         # V=30k, so GBs for a corpus), and the masked positions change from step to step anyway

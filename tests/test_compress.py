@@ -120,3 +120,17 @@ def test_head_importance_is_zero_for_a_silent_head(model_and_tok):
 def test_remove_all_heads_of_a_layer_is_refused(model_and_tok):
     with pytest.raises(ValueError, match="keep one"):
         compress.remove_heads(copy.deepcopy(model_and_tok[0]), {0: [0, 1, 2, 3]})
+
+
+def test_trim_vocabulary_sits_with_the_other_compressions(model_and_tok):
+    model, tok = model_and_tok
+    before = copy.deepcopy(model.state_dict())
+    train_texts, eval_texts = TEXTS[:6], ["the movie was brilliant", "a dull film"]
+    v = compress.trim_vocabulary(model, tok, train_texts, eval_texts=eval_texts)
+    assert v.method == "vocab" and v.tokenizer is not None
+    assert v.details["params_after"] < v.details["params_before"]
+    assert compress.state_size_bytes(v.model)[0] < compress.state_size_bytes(model)[0]
+    assert v.details["eval_outside"]["outside"] == 2  # "brilliant" and "dull" are not in the six texts
+    assert "fall outside and read as [UNK]" in v.summary
+    assert torch.allclose(_logits(v.model, v.tokenizer, train_texts), _logits(model, tok, train_texts), atol=1e-5)
+    assert all(torch.equal(before[k], t) for k, t in model.state_dict().items())  # the source is untouched

@@ -106,7 +106,8 @@ def test_designer_offers_only_valid_shapes(teacher_config):
     d.layers_slider.value = 4
     assert "copied by student" in d.map_box.value
     assert d.config_fields() == {"student_layers": 4, "student_hidden": None, "student_heads": None,
-                                 "student_ffn": None, "student_init": "every_k"}
+                                 "student_ffn": None, "student_init": "every_k", "student_vocab": "full",
+                                 "student_layers_from": None}
 
 
 def test_exported_config_round_trips(tmp_path, tiny_teacher, tiny_dataset):

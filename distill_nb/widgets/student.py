@@ -1,6 +1,8 @@
 """StudentDesigner: shape a student with sliders that only offer valid shapes; live size and speed-up.
 
 Estimates come from configs (``models.student_config`` + ``models.describe``): no model is built per tick.
+With task data (``use_task``) it also suggests which teacher layers to copy (``advisor.suggest_layers``) and
+counts the task's vocabulary for a trimmed student (``vocab.choose_vocab``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from ._util import Panel, esc, fmt_params, guarded, note_html, table_html
 
 INITS = [("every_k: copy every k-th teacher layer (DistilBERT)", "every_k"), ("random init", "random"),
          ("pretrained model (id or path)…", "pretrained")]
+
+
+VOCABS = [("full: the teacher's vocabulary", "full"), ("task: tokens of the training texts", "task"),
+          ("N most frequent tokens…", "count")]
 
 
 def hidden_options(teacher_hidden: int) -> list[int]:
@@ -58,6 +64,9 @@ class StudentDesigner(Panel):
     pretrained = T.Unicode("")
     estimates = T.Dict()
     layer_map = T.List(T.Int())
+    layers_from = T.List(T.Int())  # teacher layers to copy (the advisor's choice); [] = every k-th
+    vocab = T.Union([T.Unicode(), T.Int()], default_value="full")  # student_vocab: "full", "task" or N
+    task_vocab_size = T.Int(0)  # tokens the task's training texts use (0: not counted yet, see use_task)
 
     def __init__(self, teacher_config: Any = None, *, layers: int = 3, init: str = "every_k", **kwargs: Any):
         super().__init__(**kwargs)
@@ -74,6 +83,19 @@ class StudentDesigner(Panel):
                                       style=style, layout=W.Layout(width="460px", display="none"))
         self.estimate_box = W.HTML()
         self.map_box = W.HTML()
+        self._task: tuple[Any, Any, Any] | None = None  # (task, teacher model, tokenizer), see use_task
+        self.vocab_dropdown = W.Dropdown(options=VOCABS, value="full", description="vocabulary", style=style,
+                                         layout=W.Layout(width="460px"))
+        self.vocab_size = W.BoundedIntText(value=8000, min=16, max=10**7, description="tokens", style=style,
+                                           layout=W.Layout(width="200px", display="none"))
+        self.suggest_button = W.Button(description="suggest layers", icon="lightbulb-o",
+                                       tooltip="measure per-layer evidence on task data and propose the layers")
+        self.advice_box = W.HTML()
+        self.advice = None  # the last advisor.LayerAdvice
+        self.vocab_dropdown.observe(self._vocab_changed, names=["value"])
+        self.vocab_size.observe(self._vocab_changed, names=["value"])
+        self.suggest_button.on_click(lambda _: self.suggest())
+        self.observe(self._on_evidence, names=["vocab", "task_vocab_size", "layers_from"])
         self._syncing = False
         for slider, name in [(self.layers_slider, "layers"), (self.hidden_slider, "hidden"),
                              (self.heads_slider, "heads"), (self.ffn_slider, "ffn")]:
@@ -85,8 +107,9 @@ class StudentDesigner(Panel):
         self.observe(self._on_shape, names=["layers", "hidden", "heads", "ffn"])
         self.children = [W.HTML("<b>2. Student</b> — only valid shapes can be chosen"), self.init_dropdown,
                          self.pretrained_text, self.layers_slider, self.hidden_slider, self.heads_slider,
-                         self.ffn_slider, W.HBox([self.estimate_box, self.map_box],
-                                                 layout=W.Layout(gap="24px")), *self._footer()]
+                         self.ffn_slider, W.HBox([self.vocab_dropdown, self.vocab_size]),
+                         W.HBox([self.estimate_box, self.map_box], layout=W.Layout(gap="24px")),
+                         W.HBox([self.suggest_button]), self.advice_box, *self._footer()]
         self._wanted_layers = layers
         self.init = init
         if teacher_config is not None:
@@ -192,21 +215,29 @@ class StudentDesigner(Panel):
                               n_heads=self.heads, ffn_size=self.ffn)
 
     def _refresh(self) -> None:
-        from ..models import default_layer_map, describe, every_k_layers
+        from ..models import copied_layer_map, default_layer_map, describe, every_k_layers
 
         if self.teacher_config is None:
             return
-        self.estimates = describe(self.student_config(), self.teacher_config)
+        if self.layers_from and (self.init != "every_k" or len(self.layers_from) != self.layers):
+            self.layers_from = []  # the advice was for another depth or init: back to every k-th
+        config = self.student_config()
+        tokens = self.vocab_tokens()
+        if tokens and self.init != "pretrained":
+            config.vocab_size = min(tokens, config.vocab_size)
+        self.estimates = describe(config, self.teacher_config)
         e = self.estimates
         t = self.teacher_shape()
         self.estimate_box.value = table_html([
             ("parameters", f"<b>{fmt_params(e['params'])}</b> ({100 * e['params_ratio']:.0f}% of the teacher)"),
             ("size", f"<b>{e['mb']:.1f} MB</b> fp32"),
             ("speed-up", f"<b>{e['speedup']:.2f}x</b> (estimated from FLOPs, an upper bound)"),
-            ("shape", f"{e['layers']} x {e['hidden']} wide, {e['heads']} heads, FFN {e['ffn']}")])
+            ("shape", f"{e['layers']} x {e['hidden']} wide, {e['heads']} heads, FFN {e['ffn']}"),
+            ("vocabulary", self._vocab_text(tokens))])
         n = e["layers"]
-        imitated = default_layer_map(t["layers"], n) if n <= t["layers"] else []
-        copied = every_k_layers(t["layers"], n) if self.init == "every_k" else []
+        copied = (list(self.layers_from) or every_k_layers(t["layers"], n)) if self.init == "every_k" else []
+        imitated = (copied_layer_map(self.layers_from, t["layers"]) if self.layers_from else
+                    default_layer_map(t["layers"], n) if n <= t["layers"] else [])
         self.layer_map = imitated
         self.map_box.value = layer_map_html(t["layers"], copied, imitated)
 
@@ -230,6 +261,10 @@ class StudentDesigner(Panel):
 
     def config_fields(self) -> dict[str, Any]:
         """The ``DistillConfig`` fields of this design (every_k leaves widths to the teacher's)."""
+        return {**self._shape_fields(), "student_vocab": self.vocab,
+                "student_layers_from": list(self.layers_from) or None}
+
+    def _shape_fields(self) -> dict[str, Any]:
         if self.init == "every_k":
             return {"student_layers": self.layers, "student_hidden": None, "student_heads": None, "student_ffn": None,
                         "student_init": "every_k"}
@@ -238,6 +273,79 @@ class StudentDesigner(Panel):
                         "student_heads": None, "student_ffn": None, "student_init": self.pretrained}
         return {"student_layers": self.layers, "student_hidden": self.hidden, "student_heads": self.heads,
                     "student_ffn": self.ffn, "student_init": "random"}
+
+    # --- evidence: the layer advisor and the task's vocabulary -----------------------------------------------------
+    def use_task(self, task: Any, teacher: Any = None, tokenizer: Any = None, *, max_length: int = 128) -> None:
+        """Task data for "suggest layers" (needs the teacher model too) and the task-vocabulary count.
+
+        Args:
+            task: a ``data.TaskData`` (its training split is used, never the eval split).
+            teacher, tokenizer: the teacher model and its tokenizer (``models.load_teacher``).
+        """
+        self._task = (task, teacher, tokenizer)
+        if tokenizer is not None:
+            from ..vocab import choose_vocab
+
+            self.task_vocab_size = choose_vocab(tokenizer, task.train.texts, "task", max_length=max_length).size
+
+    def vocab_tokens(self) -> int | None:
+        """Tokens the student keeps under the current vocabulary choice (None: full, or not counted yet)."""
+        if self.vocab == "task":
+            return self.task_vocab_size or None
+        return self.vocab if isinstance(self.vocab, int) else None
+
+    @guarded
+    def suggest(self, *, max_examples: int = 256) -> Any:
+        """Run ``advisor.suggest_layers`` on the task's training texts for the current depth; show and use it."""
+        from ..advisor import suggest_layers
+
+        if self._task is None or self._task[1] is None:
+            self.advice_box.value = note_html("suggest layers needs task data and the teacher model: call "
+                                              "designer.use_task(task, teacher, tokenizer) first")
+            return None
+        if self.init != "every_k":
+            self.advice_box.value = note_html("suggest layers chooses teacher layers to copy: set init to every_k")
+            return None
+        task, teacher, tokenizer = self._task
+        n = min(max_examples, len(task.train))
+        self.advice_box.value = note_html(f"measuring on {n} training texts: about {2 + 2 * self.teacher_shape()['layers']}"
+                                          " teacher passes or more (seconds on a GPU, minutes on a busy CPU)...")
+        self.suggest_button.disabled = True
+        try:
+            advice = suggest_layers(teacher, tokenizer, task.train.texts, task.train.labels, n_layers=self.layers,
+                                    max_examples=max_examples)
+        finally:
+            self.suggest_button.disabled = False
+        self.advice = advice
+        self.advice_box.value = advice.to_html()
+        self.layers_from = list(advice.chosen)
+        return advice
+
+    def _vocab_text(self, tokens: int | None) -> str:
+        full = getattr(self.teacher_config, "vocab_size", 0)
+        if self.vocab == "full" or self.init == "pretrained":
+            return f"{full:,} tokens (the teacher's)"
+        if tokens is None:
+            return ("task: counted when the run starts (designer.use_task(task, teacher, tokenizer) shows it "
+                    "here); the estimate above is for the full vocabulary")
+        return f"<b>{min(tokens, full):,}</b> of {full:,} tokens; the rest read as [UNK]"
+
+    @guarded
+    def _vocab_changed(self, change: dict[str, Any]) -> None:
+        choice = self.vocab_dropdown.value
+        self.vocab_size.layout.display = "" if choice == "count" else "none"
+        self.vocab = self.vocab_size.value if choice == "count" else choice
+
+    @guarded
+    def _on_evidence(self, change: dict[str, Any]) -> None:
+        if change["name"] == "vocab":
+            want = "count" if isinstance(self.vocab, int) else self.vocab
+            if self.vocab_dropdown.value != want:
+                self.vocab_dropdown.value = want
+            if isinstance(self.vocab, int) and self.vocab_size.value != self.vocab:
+                self.vocab_size.value = self.vocab
+        if self.teacher_config is not None and not self._syncing:
+            self._refresh()
 
     def __repr__(self) -> str:
         e = self.estimates

@@ -1,0 +1,147 @@
+"""vocab: the kept ids, identical logits on in-vocabulary text, [UNK] consistently, pipeline round trip, train()."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from distill_nb import ConfigError, DistillConfig, vocab
+
+TRAIN = ["the movie was good", "the film was bad", "a great story", "boring plot and awful music",
+         "i loved the acting", "the worst film"]
+IN_VOCAB = ["the film was good", "a great movie and the acting was bad", "awful music"]  # only pieces of TRAIN
+OOV = ["brilliant city number", "what year is it"]  # words TRAIN never uses
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_teacher):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    return (AutoModelForSequenceClassification.from_pretrained(tiny_teacher).eval(),
+            AutoTokenizer.from_pretrained(tiny_teacher))
+
+
+@torch.no_grad()
+def _logits(model, tok, texts):
+    return model(**tok(texts, padding=True, return_tensors="pt")).logits
+
+
+def test_task_vocab_keeps_specials_and_every_training_token(teacher):
+    _, tok = teacher
+    trim = vocab.choose_vocab(tok, TRAIN, "task")
+    used = {i for ids in tok(TRAIN)["input_ids"] for i in ids}
+    assert set(trim.kept_ids) == used | set(tok.all_special_ids)
+    assert list(trim.kept_ids) == sorted(trim.kept_ids) and trim.source_size == tok.vocab_size
+    table = trim.old_to_new()
+    assert table[tok.unk_token_id] == trim.kept_ids.index(tok.unk_token_id)
+    assert all(table[i] == j for j, i in enumerate(trim.kept_ids))
+
+
+def test_integer_size_keeps_the_most_frequent_then_tops_up(teacher):
+    _, tok = teacher
+    small = vocab.choose_vocab(tok, TRAIN, 8)  # 5 specials + the 3 most frequent task tokens
+    assert small.size == 8
+    the, was = tok.convert_tokens_to_ids(["the", "was"])
+    assert {the, was} <= set(small.kept_ids)
+    big = vocab.choose_vocab(tok, TRAIN, 60)
+    assert big.size == 60 and set(vocab.choose_vocab(tok, TRAIN, "task").kept_ids) < set(big.kept_ids)
+    with pytest.raises(ValueError, match="no room beyond the 5 special tokens"):
+        vocab.choose_vocab(tok, TRAIN, 5)
+    with pytest.raises(ValueError, match="larger than the tokenizer"):
+        vocab.choose_vocab(tok, TRAIN, 10**6)
+    with pytest.raises(ValueError, match="size='half' is invalid"):
+        vocab.choose_vocab(tok, TRAIN, "half")
+
+
+def test_trimmed_student_gives_identical_logits_on_in_vocabulary_text(teacher):
+    model, tok = teacher
+    trimmed, ttok, trim = vocab.trim_student(copy.deepcopy(model), tok, TRAIN)
+    assert trimmed.get_input_embeddings().num_embeddings == trim.size == trimmed.config.vocab_size
+    assert trimmed.config.distill_nb_vocab["kept_ids"] == list(trim.kept_ids)
+    n_before = sum(p.numel() for p in model.parameters())
+    n_after = sum(p.numel() for p in trimmed.parameters())
+    assert n_before - n_after == (trim.source_size - trim.size) * model.config.hidden_size
+    texts = TRAIN + IN_VOCAB
+    assert ttok(texts)["input_ids"] == trim.remap(tok(texts)["input_ids"])  # same split, renumbered
+    assert torch.allclose(_logits(trimmed, ttok, texts), _logits(model, tok, texts), atol=1e-5)
+
+
+def test_out_of_vocabulary_words_become_one_unk_consistently(teacher, tmp_path):
+    from transformers import AutoTokenizer
+
+    model, tok = teacher
+    _, ttok, trim = vocab.trim_student(copy.deepcopy(model), tok, TRAIN)
+    unk = ttok.unk_token_id
+    ids = ttok("the brilliant film")["input_ids"]
+    assert ids == [ttok.cls_token_id, ttok.convert_tokens_to_ids("the"), unk, ttok.convert_tokens_to_ids("film"),
+                   ttok.sep_token_id]
+    assert ttok.convert_ids_to_tokens(unk) == "[UNK]"
+    ttok.save_pretrained(tmp_path / "tok")
+    again = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert again(OOV + IN_VOCAB)["input_ids"] == ttok(OOV + IN_VOCAB)["input_ids"]  # after a save, the same ids
+    assert max(i for ids in again(OOV)["input_ids"] for i in ids) < trim.size
+    stats = vocab.outside_vocab(tok, trim, ["the brilliant film", "the film"])
+    assert stats["tokens"] == 5 and stats["outside"] == 1 and stats["texts_with_outside"] == 1
+    assert stats["top_outside"] == ["brilliant"]
+
+
+def test_pipeline_on_the_saved_trimmed_student_gives_the_training_predictions(tiny_teacher, tiny_dataset, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    from distill_nb.data import encode, load_task
+    from distill_nb.models import predict_logits
+    from distill_nb.train import train
+
+    config = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text",
+                           student_layers=2, max_steps=3, batch_size=8, eval_every=10, checkpoint_every=2,
+                           alpha_ce=0.5, student_vocab="task", student_dropout=0.0)
+    run = tmp_path / "run"
+    record = train(config, run, log=lambda *_: None)
+    student = AutoModelForSequenceClassification.from_pretrained(run / "student").eval()
+    stok = AutoTokenizer.from_pretrained(run / "student")
+    assert student.get_input_embeddings().num_embeddings < 100  # the tiny vocab has 118 tokens; the task fewer
+    task = load_task(str(tiny_dataset), text_column="text")
+    texts = task.eval.texts + OOV  # eval texts plus words training never saw
+    clf = pipeline("text-classification", model=str(run / "student"), tokenizer=str(run / "student"))
+    label_ids = {v: int(k) for k, v in student.config.id2label.items()}
+    piped = [label_ids[o["label"]] for o in clf(texts)]
+    trained = predict_logits(student, encode(stok, texts, config.max_length), stok.pad_token_id,
+                             torch.device("cpu")).argmax(-1).tolist()
+    assert piped == trained
+    n_eval = len(task.eval)
+    accuracy = sum(p == y for p, y in zip(piped[:n_eval], task.eval.labels)) / n_eval
+    assert accuracy == pytest.approx(record["accuracy"], abs=1e-6)  # what training reported, through pipeline()
+
+
+def test_config_and_train_errors(tiny_teacher, tiny_dataset, tmp_path):
+    assert DistillConfig(student_vocab=8000).student_vocab == 8000
+    with pytest.raises(ConfigError, match="student_vocab='some' is invalid"):
+        DistillConfig(student_vocab="some")
+    with pytest.raises(ConfigError, match="too small"):
+        DistillConfig(student_vocab=3)
+    with pytest.raises(ConfigError, match="needs objective='classification'"):
+        DistillConfig(student_vocab="task", objective="mlm")
+    from distill_nb.train import train
+
+    data = tmp_path / "data"  # "xqz" is split into x ##q ##z: rare pieces a 16-token vocabulary drops
+    data.mkdir()
+    for split in ("train", "validation"):
+        rows = ["text,label", "the film was xqz,0"] + ["the movie was good,1", "the movie was bad,0",
+                                                         "a great fun story,1", "an awful dull plot,0"] * 4
+        (data / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    config = DistillConfig(teacher=str(tiny_teacher), dataset=str(data), text_column="text",
+                           student_layers=2, max_steps=1, batch_size=8, alpha_hidden=1.0, student_vocab=16)
+    with pytest.raises(ValueError, match="splits some training texts differently"):
+        train(config, tmp_path / "run", log=lambda *_: None)
+
+
+def test_masked_lm_models_are_refused(tmp_path):
+    from conftest import make_tiny_bert
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    folder = make_tiny_bert(tmp_path / "mlm", mlm=True)
+    model, tok = AutoModelForMaskedLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    with pytest.raises(ValueError, match="classifiers only"):
+        vocab.trim_student(model, tok, TRAIN)
