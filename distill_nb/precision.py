@@ -9,6 +9,7 @@ and backward, interleaved fp32/bf16 repeats, best of each) whose verdict is cach
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -62,6 +63,10 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
                              f"device; this CPU ({cpu_name()}) has neither: use 'auto' or 'fp32'.")
         return torch.bfloat16
     if precision == "auto" and device.type == "cpu":
+        # $DISTILL_NB_CPU_AUTO=fp32|bf16 fixes the choice (reproducible runs, tests); unset: measured once here
+        forced = os.environ.get("DISTILL_NB_CPU_AUTO", "").strip().lower()
+        if forced in ("fp32", "bf16"):
+            return torch.bfloat16 if forced == "bf16" and cpu_bf16_supported() else None
         return torch.bfloat16 if cpu_bf16_check()["use_bf16"] else None
     return None
 

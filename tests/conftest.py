@@ -18,6 +18,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# precision="auto" on a CPU: fp32 in tests (bf16 is chosen by a timing check that a busy machine can flip)
+os.environ.setdefault("DISTILL_NB_CPU_AUTO", "fp32")
 
 WORDS = ("the a an and or but not no very really quite movie film story plot acting actor actors music "
          "good great fine fun funny best love loved wonderful beautiful brilliant enjoy enjoyed "

@@ -11,6 +11,7 @@ from distill_nb import precision
 
 
 def test_cpu_precisions_fail_or_choose_with_reasons(monkeypatch):
+    monkeypatch.delenv("DISTILL_NB_CPU_AUTO", raising=False)  # conftest pins fp32; here the verdict decides
     cpu = torch.device("cpu")
     assert precision.amp_dtype("fp32", cpu) is None
     with pytest.raises(ValueError, match="fp16.*needs a CUDA device"):
@@ -67,3 +68,13 @@ def test_bf16_attributions_track_fp32(tiny_teacher):
         assert b.scores.dtype == a.scores.dtype
         cos = float((a.scores * b.scores).sum() / ((a.scores ** 2).sum() * (b.scores ** 2).sum()) ** 0.5)
         assert cos > 0.95, cos
+
+
+def test_cpu_auto_can_be_pinned(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "cpu_bf16_check", lambda refresh=False: {"use_bf16": True})
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: True)
+    monkeypatch.setenv("DISTILL_NB_CPU_AUTO", "fp32")
+    assert precision.amp_dtype("auto", cpu) is None
+    monkeypatch.setenv("DISTILL_NB_CPU_AUTO", "bf16")
+    assert precision.amp_dtype("auto", cpu) is torch.bfloat16
