@@ -1,0 +1,245 @@
+"""Reason fidelity: does the student decide for the teacher's reasons, and a loss that makes it.
+
+Two pieces that ``train()`` plugs in with a few lines:
+
+- ``ReasonTracker``: a fixed, seeded probe set of eval examples (``probe.json`` in the run directory); the
+  teacher's attributions on it are computed once (and cached across runs); at every evaluation the student's
+  are computed and their agreement (Spearman, top-k overlap, sign agreement) joins the eval record as
+  ``reason_spearman``, ``reason_topk``, ``reason_sign`` (and ``reason_s``, the seconds it took).
+- ``Aligner``: the teacher's token attributions of the training examples, computed once and cached like the
+  teacher logits; each step the student's gradient x input on its input embeddings is computed
+  differentiably (``create_graph=True``) and ``losses.attribution_loss`` pulls it towards the teacher's.
+
+The teacher-attribution cache (``<cache>/attributions/<key>.safetensors``) is keyed by the teacher's weights,
+the texts, the method, ``n_steps`` and ``max_length``; this module alone reads and writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import losses
+from .attribution.methods import Attribution, attribute, encode
+from .attribution.metrics import agreement, align
+from .config import atomic_write_text
+from .families import cache_dir
+
+PROBE_FILE = "probe.json"
+
+
+# --- the teacher-attribution cache --------------------------------------------------------------------------------
+def fingerprint(model: nn.Module) -> str:
+    """A short hash of a model's weights: the cache key's 'which teacher' (a path alone can be rewritten)."""
+    h = hashlib.blake2b(digest_size=12)
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(teacher_id: str, texts: Sequence[str], method: str, n_steps: int, max_length: int) -> str:
+    h = hashlib.sha256(repr((teacher_id, method, n_steps if method == "integrated_gradients" else None,
+                             max_length, len(texts))).encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "replace") + b"\0")
+    return h.hexdigest()[:20]
+
+
+def teacher_attributions(teacher: nn.Module, tokenizer: Any, texts: Sequence[str], *, method: str, n_steps: int,
+                         max_length: int, device: torch.device, teacher_id: str | None = None,
+                         save: bool = True, log: Callable[[str], None] = print) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                        torch.Tensor, bool]:
+    """The teacher's token attributions of ``texts`` (its predicted class), from the cache or computed once.
+
+    Returns:
+        (scores (N, S) float32 right-padded with 0, zero at specials; lengths (N,) long; targets (N,) long;
+        True when they came from the cache).
+    """
+    teacher_id = teacher_id or fingerprint(teacher)
+    path = cache_dir() / "attributions" / f"{cache_key(teacher_id, texts, method, n_steps, max_length)}.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    if path.is_file():
+        try:
+            data = load_file(path)
+            return data["scores"], data["lengths"], data["targets"], True
+        except Exception as e:  # noqa: BLE001 — a corrupt cache file is recomputed, never fatal
+            log(f"attribution cache {path.name} unreadable ({e}); recomputing")
+    t0 = time.time()
+    was_training = teacher.training
+    # Gradient methods batch well here (length-sorted texts, one backward per batch); IG keeps captum's default.
+    batch = 16 if method in ("input_x_gradient", "saliency") else None
+    attrs = attribute(teacher, tokenizer, list(texts), method, n_steps=n_steps, max_length=max_length,
+                      batch_size=batch, device=device)
+    teacher.train(was_training)
+    width = max(len(a.scores) for a in attrs)
+    scores = torch.zeros(len(attrs), width)
+    for i, a in enumerate(attrs):
+        scores[i, :len(a.scores)] = torch.as_tensor(a.scores, dtype=torch.float32)
+    lengths = torch.tensor([len(a.scores) for a in attrs])
+    targets = torch.tensor([a.target for a in attrs])
+    log(f"teacher attributions ({method}) of {len(texts)} texts: {time.time() - t0:.1f} s (cached in {path})")
+    if save:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"scores": scores.contiguous(), "lengths": lengths, "targets": targets}, tmp)
+        os.replace(tmp, path)
+    return scores, lengths, targets, False
+
+
+# --- live tracking on a probe set ---------------------------------------------------------------------------------
+def probe_indices(n_eval: int, size: int, seed: int) -> list[int]:
+    """A seeded, sorted subset of ``size`` eval indices (all of them when the eval set is smaller)."""
+    if size >= n_eval:
+        return list(range(n_eval))
+    return sorted(random.Random(seed).sample(range(n_eval), size))
+
+
+class ReasonTracker:
+    """Teacher-vs-student attribution agreement on a fixed probe set, measured at each evaluation.
+
+    Args:
+        run_dir: the run directory; ``probe.json`` (indices, texts, method) is written there, or reused on resume.
+        teacher, tokenizer: the teacher and its tokenizer.
+        student_tokenizer: the student's (word-level alignment when it differs from the teacher's).
+        eval_texts: the run's eval texts; the probe is ``size`` of them, chosen with ``seed``.
+        method, n_steps, top_k: attribution method, IG steps, and k of the top-k overlap.
+    """
+
+    def __init__(self, run_dir: Path, teacher: nn.Module, tokenizer: Any, student_tokenizer: Any,
+                 eval_texts: Sequence[str], *, size: int, seed: int, method: str, n_steps: int, top_k: int,
+                 max_length: int, device: torch.device, log: Callable[[str], None] = print):
+        t0 = time.time()
+        path = Path(run_dir) / PROBE_FILE
+        probe = _read_probe(path)
+        if probe is None or probe.get("method") != method or probe.get("n_steps") != n_steps:
+            idx = probe_indices(len(eval_texts), size, seed)
+            probe = {"indices": idx, "texts": [eval_texts[i] for i in idx], "method": method,
+                     "n_steps": n_steps, "top_k": top_k, "seed": seed}
+            atomic_write_text(path, json.dumps(probe, indent=1) + "\n")
+        self.texts: list[str] = probe["texts"]
+        self.method, self.n_steps, self.top_k, self.max_length = method, n_steps, top_k, max_length
+        self.student_tokenizer, self.device = student_tokenizer, device
+        scores, lengths, targets, _ = teacher_attributions(teacher, tokenizer, self.texts, method=method,
+                                                           n_steps=n_steps, max_length=max_length, device=device,
+                                                           log=log)
+        self.teacher = _as_attributions(tokenizer, self.texts, scores, lengths, targets, method, max_length)
+        self.targets = [int(t) for t in targets]
+        self.setup_s = time.time() - t0
+
+    def measure(self, student: nn.Module) -> dict[str, float | None]:
+        """``reason_spearman``, ``reason_topk`` (Jaccard of the top-k tokens), ``reason_sign`` (NaN-free: None
+        when no example gives a value), and ``reason_s`` (seconds). Leaves the student's train/eval mode as it was."""
+        t0 = time.time()
+        mine = attribute(student, self.student_tokenizer, self.texts, self.method, self.targets,
+                         n_steps=self.n_steps, max_length=self.max_length, device=self.device)
+        rows = [agreement(*align(t, s)[2:], self.top_k) for t, s in zip(self.teacher, mine)]
+        out: dict[str, float | None] = {}
+        for key, name in [("reason_spearman", "spearman"), ("reason_topk", "topk_jaccard"),
+                          ("reason_sign", "sign_agreement")]:
+            values = [r[name] for r in rows if not math.isnan(r[name])]
+            out[key] = float(np.mean(values)) if values else None
+        out["reason_s"] = time.time() - t0
+        return out
+
+    def wrap(self, evaluate: Callable[[int], dict[str, Any]], student: nn.Module) -> Callable[[int], dict[str, Any]]:
+        """``evaluate(step)`` with the reason agreement added to its record."""
+
+        def evaluate_with_reasons(step: int) -> dict[str, Any]:
+            return {**evaluate(step), **self.measure(student)}
+
+        return evaluate_with_reasons
+
+
+def _read_probe(path: Path) -> dict[str, Any] | None:
+    try:
+        probe = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(probe, dict) and isinstance(probe.get("texts"), list) and probe["texts"]
+    return probe if ok else None
+
+
+def _as_attributions(tokenizer: Any, texts: list[str], scores: torch.Tensor, lengths: torch.Tensor,
+                     targets: torch.Tensor, method: str, max_length: int) -> list[Attribution]:
+    """Cached score rows back into ``Attribution`` objects (tokens and offsets re-encoded: cheap)."""
+    items = encode(tokenizer, texts, max_length)
+    out = []
+    for i, (e, text) in enumerate(zip(items, texts)):
+        n = int(lengths[i])
+        if n != len(e.ids):
+            raise RuntimeError(f"cached attributions of {text[:40]!r} have {n} tokens but it encodes to "
+                               f"{len(e.ids)}: delete {cache_dir() / 'attributions'} and run again")
+        out.append(Attribution(text=text, tokens=tuple(tokenizer.convert_ids_to_tokens(e.ids)),
+                               token_ids=tuple(e.ids), word_ids=tuple(e.word_ids), offsets=tuple(e.offsets),
+                               scores=scores[i, :n].numpy().astype(np.float64), label=int(targets[i]),
+                               probs=np.zeros(0), target=int(targets[i]), delta=None, method=method))
+    return out
+
+
+# --- the alignment loss's per-step plumbing --------------------------------------------------------------------------
+class Aligner:
+    """The teacher's cached attributions of the training set, and the student's differentiable ones per step.
+
+    Use: ``inputs = aligner.embed(student, batch)`` (input ids -> input embeddings that require grad), run the
+    (DDP-wrapped) model on ``inputs``, then ``aligner.loss(logits, inputs, batch, idx)``.
+    """
+
+    def __init__(self, teacher: nn.Module, tokenizer: Any, train_texts: Sequence[str], encoded: Sequence[Sequence[int]],
+                 *, method: str, n_steps: int, top_k: int | None, max_length: int, device: torch.device,
+                 save: bool = True, log: Callable[[str], None] = print):
+        t0 = time.time()
+        self.scores, lengths, self.targets, cached = teacher_attributions(
+            teacher, tokenizer, train_texts, method=method, n_steps=n_steps, max_length=max_length, device=device,
+            save=save, log=log)
+        bad = [i for i, e in enumerate(encoded) if len(e) != int(lengths[i])]
+        if bad:
+            raise RuntimeError(f"teacher attributions do not line up with the training tokens (example {bad[0]}: "
+                               f"{int(lengths[bad[0]])} vs {len(encoded[bad[0]])} tokens)")
+        self.top_k = top_k
+        self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+        self.setup_s, self.cached = time.time() - t0, cached
+
+    @staticmethod
+    def embed(student: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch with ``input_ids`` swapped for the word embeddings (B, S, H), the graph node that
+        the student's gradient x input is taken at (captum's ``input_x_gradient`` attributes the same layer)."""
+        inputs = {k: v for k, v in batch.items() if k != "input_ids"}
+        inputs["inputs_embeds"] = student.get_input_embeddings()(batch["input_ids"])
+        return inputs
+
+    def loss(self, logits: torch.Tensor, inputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+             idx: Sequence[int]) -> torch.Tensor:
+        """``losses.attribution_loss`` between the student's gradient x input (of the teacher's predicted class,
+        kept in the graph so the loss trains the student) and the teacher's cached attributions.
+
+        Args:
+            logits: (B, C) the student's logits computed from ``inputs``.
+            inputs: what ``embed`` returned (its ``inputs_embeds`` (B, S, H)).
+            batch: the collated batch (``input_ids``, ``attention_mask`` (B, S)).
+            idx: the B training-example indices of the batch.
+        """
+        emb = inputs["inputs_embeds"]
+        targets = self.targets[list(idx)].to(logits.device)  # (B,)
+        chosen = logits.float().gather(1, targets[:, None]).sum()  # rows are independent: one grad gives all
+        (grad,) = torch.autograd.grad(chosen, emb, create_graph=True)  # (B, S, H)
+        s_attr = (grad.float() * emb.float()).sum(-1)  # (B, S)
+        width = s_attr.shape[1]
+        t_attr = self.scores[list(idx), :width]  # (B, S'): cached rows are padded to the longest training text
+        if t_attr.shape[1] < width:
+            t_attr = torch.nn.functional.pad(t_attr, (0, width - t_attr.shape[1]))
+        ids = batch["input_ids"]
+        counted = batch["attention_mask"].bool() & ~torch.isin(ids, self.special.to(ids.device))  # (B, S)
+        return losses.attribution_loss(s_attr, t_attr.to(s_attr.device), counted, self.top_k)
