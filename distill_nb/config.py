@@ -59,14 +59,15 @@ class DistillConfig:
     hidden_loss: str = "cosine"  # "cosine" or "mse"
     layer_map: list[int] | None = None  # teacher layer for each student layer (None: every k-th, last to last)
     alpha_attn: float = 0.0  # weight of attention-map transfer
-    alpha_attr: float = 0.0  # weight of attribution alignment: student's gradient x input pulled to the teacher's
+    alpha_attr: float = 0.0  # weight of attribution alignment: student's grad x input pulled to the teacher's
     attr_method: str = "input_x_gradient"  # teacher attributions aligned to: "input_x_gradient" or "integrated_gradients"
     attr_n_steps: int = 16  # integration steps when attr_method="integrated_gradients"
     attr_top_k: int | None = None  # align only each example's k tokens the teacher ranks highest (None: all)
+    attr_examples: int | None = 8  # batch rows aligned per step (None: all); each costs ~3 forward-backwards
     # --- reason fidelity (tracked at each evaluation) -------------------------------------------------------
     reason_probe: int = 64  # eval examples whose teacher/student attributions are compared at each eval (0: off)
-    reason_method: str = "integrated_gradients"  # attribution method of the probe (see distill_nb.attribution)
-    reason_n_steps: int = 8  # integration steps of the probe's integrated gradients
+    reason_method: str = "input_x_gradient"  # probe's attribution method (distill_nb.attribution.METHODS)
+    reason_n_steps: int = 8  # integration steps when reason_method="integrated_gradients"
     reason_top_k: int = 5  # k of the probe's top-k token overlap
     # --- optimisation --------------------------------------------------------------------------------------
     learning_rate: float = 5e-5  # AdamW peak learning rate
@@ -170,6 +171,9 @@ class DistillConfig:
         for name in ["attr_n_steps", "reason_n_steps", "reason_top_k"]:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: use an integer >= 1.")
+        if self.attr_examples is not None and self.attr_examples < 1:
+            raise ConfigError(f"attr_examples={self.attr_examples!r} is invalid: use an integer >= 1 or None (the "
+                              "whole batch).")
         if self.attr_top_k is not None and self.attr_top_k < 1:
             raise ConfigError(f"attr_top_k={self.attr_top_k!r} is invalid: use an integer >= 1 or None (all tokens).")
         if self.reason_probe < 0:

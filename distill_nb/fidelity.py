@@ -193,13 +193,16 @@ def _as_attributions(tokenizer: Any, texts: list[str], scores: torch.Tensor, len
 class Aligner:
     """The teacher's cached attributions of the training set, and the student's differentiable ones per step.
 
-    Use: ``inputs = aligner.embed(student, batch)`` (input ids -> input embeddings that require grad), run the
-    (DDP-wrapped) model on ``inputs``, then ``aligner.loss(logits, inputs, batch, idx)``.
+    Use inside the step's autocast: ``parts["attr"] = aligner.loss(student, batch, idx)``. It runs its own
+    forward on at most ``examples`` rows of the batch (the double backward costs ~3 forward-backwards per row,
+    so a sub-batch keeps the step affordable), takes gradient x input on the word embeddings with
+    ``create_graph=True`` and returns ``losses.attribution_loss`` against the teacher's attributions.
+    The student needs eager attention (the SDPA kernels have no double backward).
     """
 
     def __init__(self, teacher: nn.Module, tokenizer: Any, train_texts: Sequence[str], encoded: Sequence[Sequence[int]],
-                 *, method: str, n_steps: int, top_k: int | None, max_length: int, device: torch.device,
-                 save: bool = True, log: Callable[[str], None] = print):
+                 *, method: str, n_steps: int, top_k: int | None, examples: int | None, max_length: int,
+                 device: torch.device, save: bool = True, log: Callable[[str], None] = print):
         t0 = time.time()
         self.scores, lengths, self.targets, cached = teacher_attributions(
             teacher, tokenizer, train_texts, method=method, n_steps=n_steps, max_length=max_length, device=device,
@@ -208,38 +211,37 @@ class Aligner:
         if bad:
             raise RuntimeError(f"teacher attributions do not line up with the training tokens (example {bad[0]}: "
                                f"{int(lengths[bad[0]])} vs {len(encoded[bad[0]])} tokens)")
-        self.top_k = top_k
+        self.top_k, self.examples = top_k, examples
         self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
         self.setup_s, self.cached = time.time() - t0, cached
 
-    @staticmethod
-    def embed(student: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The batch with ``input_ids`` swapped for the word embeddings (B, S, H), the graph node that
-        the student's gradient x input is taken at (captum's ``input_x_gradient`` attributes the same layer)."""
-        inputs = {k: v for k, v in batch.items() if k != "input_ids"}
-        inputs["inputs_embeds"] = student.get_input_embeddings()(batch["input_ids"])
-        return inputs
-
-    def loss(self, logits: torch.Tensor, inputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
-             idx: Sequence[int]) -> torch.Tensor:
-        """``losses.attribution_loss`` between the student's gradient x input (of the teacher's predicted class,
-        kept in the graph so the loss trains the student) and the teacher's cached attributions.
-
-        Args:
-            logits: (B, C) the student's logits computed from ``inputs``.
-            inputs: what ``embed`` returned (its ``inputs_embeds`` (B, S, H)).
-            batch: the collated batch (``input_ids``, ``attention_mask`` (B, S)).
-            idx: the B training-example indices of the batch.
-        """
-        emb = inputs["inputs_embeds"]
-        targets = self.targets[list(idx)].to(logits.device)  # (B,)
+    def student_attributions(self, student: nn.Module, batch: dict[str, torch.Tensor], targets: torch.Tensor
+                             ) -> torch.Tensor:
+        """Gradient x input (B, S) of the ``targets`` (B,) logits on the word embeddings, differentiable."""
+        emb = student.get_input_embeddings()(batch["input_ids"])  # (B, S, H); captum's input_x_gradient layer
+        rest = {k: v for k, v in batch.items() if k != "input_ids"}
+        logits = student(inputs_embeds=emb, **rest).logits  # (B, C)
         chosen = logits.float().gather(1, targets[:, None]).sum()  # rows are independent: one grad gives all
         (grad,) = torch.autograd.grad(chosen, emb, create_graph=True)  # (B, S, H)
-        s_attr = (grad.float() * emb.float()).sum(-1)  # (B, S)
-        width = s_attr.shape[1]
-        t_attr = self.scores[list(idx), :width]  # (B, S'): cached rows are padded to the longest training text
+        return (grad.float() * emb.float()).sum(-1)  # (B, S)
+
+    def loss(self, student: nn.Module, batch: dict[str, torch.Tensor], idx: Sequence[int]) -> torch.Tensor:
+        """The alignment loss of (the first ``examples`` rows of) a training batch.
+
+        Args:
+            student: the student (unwrapped; under DDP its gradients are reduced with the rest of the step's).
+            batch: the collated batch on the device: ``input_ids``, ``attention_mask`` (B, S).
+            idx: the B training-example indices of the batch rows.
+        """
+        n = len(idx) if self.examples is None else min(self.examples, len(idx))
+        rows = list(idx)[:n]
+        batch = {k: v[:n] for k, v in batch.items()}
+        width = int(batch["attention_mask"].sum(1).max())  # drop columns that are padding in every kept row
+        batch = {k: v[:, :width] for k, v in batch.items()}  # (n, S)
+        s_attr = self.student_attributions(student, batch, self.targets[rows].to(batch["input_ids"].device))
+        t_attr = self.scores[rows, :width]  # (n, S'): cached rows are padded to the longest training text
         if t_attr.shape[1] < width:
             t_attr = torch.nn.functional.pad(t_attr, (0, width - t_attr.shape[1]))
         ids = batch["input_ids"]
-        counted = batch["attention_mask"].bool() & ~torch.isin(ids, self.special.to(ids.device))  # (B, S)
+        counted = batch["attention_mask"].bool() & ~torch.isin(ids, self.special.to(ids.device))  # (n, S)
         return losses.attribution_loss(s_attr, t_attr.to(s_attr.device), counted, self.top_k)

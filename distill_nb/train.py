@@ -190,8 +190,9 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                                teacher_eval, teacher_acc, device, autocast)
         # --- reasons (distill_nb.fidelity): probe agreement at each eval; the attribution-alignment loss --------
         aligner = fidelity.Aligner(teacher, tokenizer, task.train.texts, t_train, method=config.attr_method,
-                                   n_steps=config.attr_n_steps, top_k=config.attr_top_k, max_length=config.max_length,
-                                   device=device, save=main_proc, log=log) if config.alpha_attr else None
+                                   n_steps=config.attr_n_steps, top_k=config.attr_top_k, examples=config.attr_examples,
+                                   max_length=config.max_length, device=device, save=main_proc,
+                                   log=log) if config.alpha_attr else None
         if config.reason_probe and not mlm and main_proc:  # seed 0: all runs on a data set share one probe
             evaluate = fidelity.ReasonTracker(
                 run_dir, teacher, tokenizer, student_tok, task.eval.texts, size=config.reason_probe, seed=0,
@@ -232,8 +233,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                 batch = {k: v.to(device) for k, v in batch.items()}
                 model.train()
                 with autocast():
-                    inputs = aligner.embed(model.student, batch) if aligner else batch  # grad x input is taken there
-                    out = ddp(**inputs, output_hidden_states=bool(config.alpha_hidden),
+                    out = ddp(**batch, output_hidden_states=bool(config.alpha_hidden),
                               output_attentions=bool(config.alpha_attn))
                     if cached_logits is not None:
                         t_logits, t_out = cached_logits[mine].to(device), None
@@ -268,7 +268,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                             losses.attention_loss(out.attentions[j], t_out.attentions[i], batch["attention_mask"])
                             for j, i in enumerate(layer_map)]).mean()
                     if aligner:
-                        parts["attr"] = aligner.loss(out.logits, inputs, batch, mine)
+                        parts["attr"] = aligner.loss(model.student, batch, mine)
                     weights = {"kd": config.alpha_kd, "ce": config.alpha_ce, "hidden": config.alpha_hidden,
                                "attn": config.alpha_attn, "attr": config.alpha_attr}
                     loss = sum(weights[k] * v for k, v in parts.items())

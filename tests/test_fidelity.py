@@ -109,23 +109,24 @@ def test_aligner_gradient_reaches_the_student_and_identical_models_give_zero(tin
     texts = ["a good movie", "the plot was boring and slow", "great fun", "bad"]
     enc = encode(tok, texts, 32)
     aligner = fidelity.Aligner(teacher, tok, texts, enc, method="input_x_gradient", n_steps=1, top_k=None,
-                               max_length=32, device=torch.device("cpu"), save=False, log=lambda *_: None)
+                               examples=None, max_length=32, device=torch.device("cpu"), save=False,
+                               log=lambda *_: None)
     batch = collate(enc, [0, 1, 2, 3], tok.pad_token_id)
     student = AutoModelForSequenceClassification.from_pretrained(  # a copy of the teacher; SDPA has no double backward
         tiny_teacher, attn_implementation="eager").eval()
-    inputs = aligner.embed(student, batch)
-    loss = aligner.loss(student(**inputs).logits, inputs, batch, [0, 1, 2, 3])
-    assert loss.item() == pytest.approx(0.0, abs=1e-8)
+    assert aligner.loss(student, batch, [0, 1, 2, 3]).item() == pytest.approx(0.0, abs=1e-8)
     with torch.no_grad():
         for p in student.bert.encoder.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    inputs = aligner.embed(student, batch)
-    loss = aligner.loss(student(**inputs).logits, inputs, batch, [0, 1, 2, 3])
+    loss = aligner.loss(student, batch, [0, 1, 2, 3])
     loss.backward()
     assert loss.item() > 0
     grads = {n: p.grad for n, p in student.named_parameters()}
     assert grads["bert.encoder.layer.0.attention.self.query.weight"].abs().sum() > 0
     assert grads["bert.embeddings.word_embeddings.weight"].abs().sum() > 0
+    aligner.examples = 2  # a sub-batch: only the first two rows count
+    sub = aligner.loss(student, batch, [0, 1, 2, 3])
+    assert sub.item() == pytest.approx(aligner.loss(student, {k: v[:2] for k, v in batch.items()}, [0, 1]).item())
 
 
 def test_config_checks_for_the_reason_fields():
