@@ -14,6 +14,7 @@ Also reports the live probe tracking's cost (``reason_s`` in the eval records) a
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import statistics
@@ -91,8 +92,7 @@ def run_task(args: Any, base: Any, name: str, steps: int, out_dir: Path) -> dict
             shutil.rmtree(run, ignore_errors=True)
             logs: list[str] = []
             t0 = time.time()
-            final = train(cfg, run, data=data, log=lambda m: (logs.append(m), print(f"  [{name} {arm} {seed}] {m}",
-                                                                                      flush=True)))
+            final = train(cfg, run, data=data, log=_logger(logs, f"  [{name} {arm} {seed}]"))
             wall = time.time() - t0
             row = {"seed": seed, "accuracy": final["accuracy"], "teacher_accuracy": final["teacher_accuracy"],
                    "retention": final["retention"], "wall_s": wall, **run_costs(run, logs, t0),
@@ -105,13 +105,21 @@ def run_task(args: Any, base: Any, name: str, steps: int, out_dir: Path) -> dict
                                                                         for a, r in rows.items()}}
 
 
+def _logger(logs: list[str], prefix: str) -> Any:
+    def log(message: str) -> None:
+        logs.append(message)
+        print(f"{prefix} {message}", flush=True)
+
+    return log
+
+
 def run_costs(run: Path, logs: list[str], t0: float) -> dict[str, Any]:
     """Seconds per step (median gap between train records) and the probe tracking's share of training time."""
     from distill_nb.runs import read_metrics
 
     records = read_metrics(run)
     times = [m["time"] for m in records if m["split"] == "train"]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     per_step = statistics.median(gaps) if gaps else math.nan
     probe = [m["reason_s"] for m in records if m["split"] == "eval" and "reason_s" in m]
     # the teacher's probe attributions (first run of a task only; later runs read the cache)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 # distill_nb.attribution.METHODS, repeated here: this module imports the standard library only
 ATTRIBUTION_METHODS = ("integrated_gradients", "saliency", "input_x_gradient", "occlusion", "leave_one_out")
 
