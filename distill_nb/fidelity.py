@@ -245,3 +245,67 @@ class Aligner:
         ids = batch["input_ids"]
         counted = batch["attention_mask"].bool() & ~torch.isin(ids, self.special.to(ids.device))  # (n, S)
         return losses.attribution_loss(s_attr, t_attr.to(s_attr.device), counted, self.top_k)
+
+
+# --- two students side by side --------------------------------------------------------------------------------------
+def compare_students(runs: dict[str, Any] | Sequence[Any], *, max_eval: int | None = 200,
+                     method: str = "input_x_gradient", n_steps: int = 16, top_k: int = 5) -> Any:
+    """Students of finished runs (e.g. KD with and without ``alpha_attr``) on the same eval texts.
+
+    For each run: its student's accuracy, the teacher's, the reason agreement with its teacher (mean Spearman,
+    top-k Jaccard and sign agreement of token attributions, teacher's predicted class) and the faithfulness of
+    its own attributions (comprehensiveness: higher is better; sufficiency: lower is better).
+
+    Args:
+        runs: run folders / ids / ``Run`` objects, or ``{name: run}``; each run's own eval split is used (the
+            first ``max_eval`` texts, None: all).
+        method, n_steps: attribution method (``distill_nb.attribution.METHODS``) and IG steps.
+
+    Returns:
+        a pandas DataFrame, one row per run.
+    """
+    import pandas as pd
+
+    from .attribution import attribute, faithfulness
+    from .config import DistillConfig
+    from .data import load_task
+    from .report import accuracy, load_run_models
+    from .runs import run_dir
+
+    named = dict(runs) if isinstance(runs, dict) else {Path(_path(r, run_dir)).name: r for r in runs}
+    rows = []
+    for name, run in named.items():
+        folder = Path(_path(run, run_dir))
+        config = DistillConfig.from_json(folder / "config.json")
+        task = load_task(config.dataset, text_column=config.text_column, label_column=config.label_column,
+                         train_split=config.train_split, eval_split=config.eval_split, max_train=1,
+                         max_eval=max_eval or config.max_eval_examples, seed=0)  # seed 0: same texts for all
+        teacher, t_tok, student, s_tok = load_run_models(folder)
+        texts, labels = task.eval.texts, task.eval.labels
+        t_attr = attribute(teacher, t_tok, texts, method, n_steps=n_steps, max_length=config.max_length)
+        s_attr = attribute(student, s_tok, texts, method, [a.target for a in t_attr], n_steps=n_steps,
+                           max_length=config.max_length)
+        agree = [agreement(*align(t, s)[2:], top_k) for t, s in zip(t_attr, s_attr)]
+        faith = faithfulness(student, s_tok, s_attr, top_k=top_k)
+        rows.append({"run": name, "alpha_attr": config.alpha_attr,
+                     "accuracy": accuracy(student, s_tok, texts, labels, max_length=config.max_length),
+                     "teacher_accuracy": accuracy(teacher, t_tok, texts, labels, max_length=config.max_length),
+                     "reason_spearman": _nanmean(agree, "spearman"), "reason_topk": _nanmean(agree, "topk_jaccard"),
+                     "reason_sign": _nanmean(agree, "sign_agreement"),
+                     "comprehensiveness": float(np.mean([f.comprehensiveness for f in faith])),
+                     "sufficiency": float(np.mean([f.sufficiency for f in faith])), "examples": len(texts),
+                     "method": method})
+    return pd.DataFrame(rows).set_index("run")
+
+
+def _nanmean(rows: list[dict[str, float]], key: str) -> float:
+    values = [r[key] for r in rows if not math.isnan(r[key])]
+    return float(np.mean(values)) if values else math.nan
+
+
+def _path(run: Any, run_dir: Callable[[str], Path]) -> Path:
+    if hasattr(run, "path"):
+        return Path(run.path)
+    if isinstance(run, (str, os.PathLike)) and Path(run).is_dir():
+        return Path(run)
+    return run_dir(str(run))
