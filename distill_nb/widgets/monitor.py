@@ -18,8 +18,21 @@ from typing import Any
 import ipywidgets as W
 import traitlets as T
 
-from ._util import (Panel, buttons_say, elapsed_s, error_html, esc, fmt_eta, fmt_number, run_progress, smooth,
-                    svg_chart, table_html, thin)
+from ._util import (
+    Panel,
+    buttons_say,
+    elapsed_s,
+    error_html,
+    esc,
+    fmt_eta,
+    fmt_number,
+    run_progress,
+    smooth,
+    svg_chart,
+    table_html,
+    thin,
+)
+
 
 class RunMonitor(Panel):
     """Watch a run: curves, progress, ETA, state, and the error text if it fails.
