@@ -99,6 +99,7 @@ def run_task(args: Any, base: Any, name: str, steps: int, out_dir: Path) -> dict
                    "probe_spearman_final": final.get("reason_spearman"),
                    **dev_reasons(args, folder, run / "student", data.eval.texts)}
             rows[arm].append(row)
+            _common.write_json(out_dir / f"bench_alignment-{name}-partial.json", {"task": name, "rows": rows})
             print(f"[{name}] {arm} seed {seed}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in row.items()), flush=True)
     return {"teacher": str(folder), "teacher_prep_steps": prof.teacher_prep_steps, "eval_examples": len(data.eval),
             "train_examples": len(data.train), "steps": steps, "arms": {a: {"runs": r, "summary": summarise(r)}

@@ -44,7 +44,7 @@ def test_probe_tracking_writes_reason_keys_and_the_probe_set(tiny_teacher, tiny_
         assert -1 <= m["reason_spearman"] <= 1 and 0 <= m["reason_topk"] <= 1 and 0 <= m["reason_sign"] <= 1
     probe = json.loads((run / "probe.json").read_text())
     assert len(probe["texts"]) == 8 and probe["indices"] == sorted(probe["indices"])
-    assert probe["method"] == "integrated_gradients"
+    assert probe["method"] == "input_x_gradient"  # the default: one backward per probe text
 
 
 def test_switched_off_writes_no_reason_keys(tiny_teacher, tiny_dataset, tmp_path):
