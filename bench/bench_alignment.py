@@ -15,8 +15,10 @@ Also reports the live probe tracking's cost (``reason_s`` in the eval records) a
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
+import shutil
 import statistics
 import time
 from dataclasses import replace
@@ -35,7 +37,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
     p.add_argument("--steps", type=int, help="optimiser steps per student (default: 100; tiny: 3)")
     p.add_argument("--max-train", type=int, default=2000, help="students' training examples (one fixed subset)")
-    p.add_argument("--alpha-attr", type=float, default=1.0, help="weight of the alignment loss")
+    p.add_argument("--alpha-attr", type=float, default=0.02, help="weight of the alignment loss")
     p.add_argument("--attr-top-k", type=int, help="align only the teacher's top-k tokens (default: all)")
     p.add_argument("--attr-examples", type=int, default=8, help="batch rows aligned per step")
     p.add_argument("--attr-method", default="input_x_gradient", help="teacher attributions aligned to")
@@ -43,6 +45,7 @@ def main() -> None:
     p.add_argument("--ig-check", type=int, default=64, help="dev examples of the IG (n_steps=16) check; 0: off")
     p.add_argument("--eval-every", type=int, help="evaluation (and probe) interval (default: steps // 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--reuse", action="store_true", help="reuse finished runs with the same config (no retraining)")
     args = p.parse_args()
     import torch
 
@@ -87,13 +90,16 @@ def run_task(args: Any, base: Any, name: str, steps: int, out_dir: Path) -> dict
                                          max_train_examples=args.max_train, max_steps=steps, seed=seed,
                                          eval_every=eval_every, reason_probe=64, **extra)
             run = out_dir / "runs" / "alignment" / name / f"{arm.replace('+', '_')}-seed{seed}"
-            import shutil
-
-            shutil.rmtree(run, ignore_errors=True)
             logs: list[str] = []
-            t0 = time.time()
-            final = train(cfg, run, data=data, log=_logger(logs, f"  [{name} {arm} {seed}]"))
-            wall = time.time() - t0
+            final = _finished(run, cfg) if args.reuse else None
+            if final is None:  # train it (again)
+                shutil.rmtree(run, ignore_errors=True)
+                t0 = time.time()
+                final = train(cfg, run, data=data, log=_logger(logs, f"  [{name} {arm} {seed}]"))
+                wall = time.time() - t0
+            else:
+                print(f"  [{name} {arm} {seed}] reusing the finished run in {run} (same config)", flush=True)
+                t0, wall = float(json.loads((run / "status.json").read_text())["started_at"]), math.nan
             row = {"seed": seed, "accuracy": final["accuracy"], "teacher_accuracy": final["teacher_accuracy"],
                    "retention": final["retention"], "wall_s": wall, **run_costs(run, logs, t0),
                    "probe_spearman_final": final.get("reason_spearman"),
@@ -104,6 +110,20 @@ def run_task(args: Any, base: Any, name: str, steps: int, out_dir: Path) -> dict
     return {"teacher": str(folder), "teacher_prep_steps": prof.teacher_prep_steps, "eval_examples": len(data.eval),
             "train_examples": len(data.train), "steps": steps, "arms": {a: {"runs": r, "summary": summarise(r)}
                                                                         for a, r in rows.items()}}
+
+
+def _finished(run: Path, cfg: Any) -> dict[str, Any] | None:
+    """The final eval record of a completed run with exactly this config (``--reuse``), else None."""
+    from distill_nb.config import DistillConfig
+    from distill_nb.runs import read_metrics
+
+    try:
+        same = DistillConfig.from_json(run / "config.json").to_dict() == cfg.to_dict()
+        done = json.loads((run / "status.json").read_text()).get("state") == "completed"
+    except (OSError, ValueError):
+        return None
+    evals = [m for m in read_metrics(run) if m["split"] == "eval"] if same and done else []
+    return evals[-1] if evals and (run / "student" / "config.json").is_file() else None
 
 
 def _logger(logs: list[str], prefix: str) -> Any:
