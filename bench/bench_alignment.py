@@ -46,11 +46,23 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, help="evaluation (and probe) interval (default: steps // 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--reuse", action="store_true", help="reuse finished runs with the same config (no retraining)")
+    p.add_argument("--table", action="store_true", help="only print the table of the runs finished so far "
+                   "(<out-dir>/bench_alignment-<task>-partial.json)")
     args = p.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir)
+    if args.table:
+        tables = {}
+        for path in sorted(out_dir.glob("bench_alignment-*-partial.json")):
+            rows = json.loads(path.read_text())["rows"]
+            n = min(len(r) for r in rows.values())  # seeds finished in both arms only: a paired comparison
+            if n:
+                tables[path.name.split("-")[1]] = {"arms": {a: {"runs": r[:n], "summary": summarise(r[:n])}
+                                                            for a, r in rows.items()}}
+        print_table(tables)
+        return
     base = _common.profile(args)
     steps = args.steps or (3 if args.tiny else 100)
     tasks = ["tiny"] if args.tiny else args.tasks.split(",")
@@ -227,7 +239,11 @@ def print_table(results: dict[str, Any]) -> None:
             s = data["summary"]
             cells = [f"{s[c]['mean']:.{d}f} ± {s[c]['sd']:.{d}f}" if c in s else "–" for c, d in cols]
             print(f"| {name} | {arm} | " + " | ".join(cells) + " |")
+        if len(res["arms"]) < 2:
+            continue
         kd, al = res["arms"]["kd"]["summary"], res["arms"]["kd+align"]["summary"]
+        n = min(len(res["arms"]["kd"]["runs"]), len(res["arms"]["kd+align"]["runs"]))
+        print(f"| {name} | seeds | {n} | | | | | | | |")
         if "dev_spearman" in kd and "dev_spearman" in al:
             print(f"| {name} | Δ (align − kd) | {100 * (al['accuracy']['mean'] - kd['accuracy']['mean']):+.2f} pts | | "
                   f"{al['dev_spearman']['mean'] - kd['dev_spearman']['mean']:+.3f} | "
