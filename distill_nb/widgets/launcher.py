@@ -25,7 +25,7 @@ def round_lr(value: float) -> float:
     return float(f"{value:.2g}") if value > 0 and math.isfinite(value) else value
 ATTR_HELP = ("<small><b>α attribution</b> (0: off) pulls the student's token attributions (gradient × input) towards "
              "the teacher's, so it decides for the same reasons; costs one teacher pass over the training set "
-             "(cached) and about 2× the time per step on CPU (<code>attr_examples</code>=8 rows aligned per step)."
+             "(cached) and ~1.5× the time per step (CPU, <code>attr_examples</code>=8 rows aligned per step)."
              "</small>")
 
 
