@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# distill_nb.attribution.METHODS, repeated here: this module imports the standard library only
+ATTRIBUTION_METHODS = ("integrated_gradients", "saliency", "input_x_gradient", "occlusion", "leave_one_out")
+
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message says what was given and how to fix it."""
@@ -60,6 +63,16 @@ class DistillConfig:
     hidden_loss: str = "cosine"  # "cosine" or "mse"
     layer_map: list[int] | None = None  # teacher layer for each student layer (None: every k-th, last to last)
     alpha_attn: float = 0.0  # weight of attention-map transfer
+    alpha_attr: float = 0.0  # weight of attribution alignment: student's grad x input pulled to the teacher's
+    attr_method: str = "input_x_gradient"  # teacher attributions aligned to: "input_x_gradient" or "integrated_gradients"
+    attr_n_steps: int = 16  # integration steps when attr_method="integrated_gradients"
+    attr_top_k: int | None = None  # align only each example's k tokens the teacher ranks highest (None: all)
+    attr_examples: int | None = 8  # batch rows aligned per step (None: all); each costs ~3 forward-backwards
+    # --- reason fidelity (tracked at each evaluation) -------------------------------------------------------
+    reason_probe: int = 64  # eval examples whose teacher/student attributions are compared at each eval (0: off)
+    reason_method: str = "input_x_gradient"  # probe's attribution method (distill_nb.attribution.METHODS)
+    reason_n_steps: int = 8  # integration steps when reason_method="integrated_gradients"
+    reason_top_k: int = 5  # k of the probe's top-k token overlap
     # --- optimisation --------------------------------------------------------------------------------------
     learning_rate: float = 5e-5  # AdamW peak learning rate
     weight_decay: float = 0.01  # AdamW weight decay
@@ -136,13 +149,13 @@ class DistillConfig:
                 raise ConfigError(f"label_names={names!r} is invalid: give at least 2 distinct, non-empty class "
                                   "names in label order (e.g. ['negative', 'positive'] for labels 0 and 1), or "
                                   "None.")
-        weights = {n: getattr(self, n) for n in ["alpha_kd", "alpha_ce", "alpha_hidden", "alpha_attn"]}
+        weights = {n: getattr(self, n) for n in ["alpha_kd", "alpha_ce", "alpha_hidden", "alpha_attn", "alpha_attr"]}
         negative = {n: w for n, w in weights.items() if w < 0}
         if negative:
             raise ConfigError(f"loss weights must be >= 0, got {negative}: set them to 0 (off) or a positive "
                               "weight.")
         if not any(weights.values()):
-            raise ConfigError("all loss weights are 0 (alpha_kd, alpha_ce, alpha_hidden, alpha_attn): "
+            raise ConfigError("all loss weights are 0 (alpha_kd, alpha_ce, alpha_hidden, alpha_attn, alpha_attr): "
                               "set at least one > 0, e.g. alpha_kd=1.0.")
         if self.objective not in ("classification", "mlm"):
             raise ConfigError(f"objective={self.objective!r} is invalid: use 'classification' (task-specific) or "
@@ -150,6 +163,26 @@ class DistillConfig:
         if not 0 < self.mlm_probability < 1:
             raise ConfigError(f"mlm_probability={self.mlm_probability!r} is invalid: use a value in (0, 1) "
                               "(BERT masks 0.15).")
+        if self.alpha_attr and self.objective == "mlm":
+            raise ConfigError(f"alpha_attr={self.alpha_attr!r} needs objective='classification' (it aligns "
+                              "attributions of the teacher's predicted class): set alpha_attr=0 for 'mlm'.")
+        if self.attr_method not in ("input_x_gradient", "integrated_gradients"):
+            raise ConfigError(f"attr_method={self.attr_method!r} is invalid: use 'input_x_gradient' (one backward "
+                              "per example) or 'integrated_gradients' (attr_n_steps backwards per example).")
+        if self.reason_method not in ATTRIBUTION_METHODS:
+            raise ConfigError(f"reason_method={self.reason_method!r} is invalid: use one of "
+                              f"{', '.join(ATTRIBUTION_METHODS)}.")
+        for name in ["attr_n_steps", "reason_n_steps", "reason_top_k"]:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: use an integer >= 1.")
+        if self.attr_examples is not None and self.attr_examples < 1:
+            raise ConfigError(f"attr_examples={self.attr_examples!r} is invalid: use an integer >= 1 or None (the "
+                              "whole batch).")
+        if self.attr_top_k is not None and self.attr_top_k < 1:
+            raise ConfigError(f"attr_top_k={self.attr_top_k!r} is invalid: use an integer >= 1 or None (all tokens).")
+        if self.reason_probe < 0:
+            raise ConfigError(f"reason_probe={self.reason_probe!r} is invalid: use 0 (off) or a number of eval "
+                              "examples (64 is the default).")
         if self.hidden_loss not in ("cosine", "mse"):
             raise ConfigError(f"hidden_loss={self.hidden_loss!r} is invalid: use 'cosine' or 'mse'.")
         if self.learning_rate > 1:

@@ -111,6 +111,38 @@ def attention_loss(student_attn: torch.Tensor, teacher_attn: torch.Tensor,
     return _masked_mean(per_query, attention_mask)
 
 
+def attribution_loss(student_attr: torch.Tensor, teacher_attr: torch.Tensor, mask: torch.Tensor,
+                     top_k: int | None = None) -> torch.Tensor:
+    """Pull the student's token attributions towards the teacher's (AD-KD style): MSE of L2-normalised vectors.
+
+    Each example's attributions over its counted tokens are divided by their L2 norm, so only the *shape* of
+    the explanation is matched, not its scale (the two models' logits differ in scale).
+
+    Args:
+        student_attr: (B, S) token attributions of the student (differentiable, e.g. gradient x input).
+        teacher_attr: (B, S) the teacher's attributions of the same tokens (a constant).
+        mask: (B, S) bool/0-1, tokens that count: real, non-special tokens.
+        top_k: if set, only each example's ``top_k`` tokens with the largest ``|teacher_attr|`` count.
+
+    Returns:
+        scalar: mean over examples with a counted token of ``sum_s (s/|s| - t/|t|)^2`` (in [0, 4]; 0 when the
+        normalised vectors are equal); 0 when nothing is counted.
+    """
+    keep = mask.bool()
+    t, s = teacher_attr.float().detach(), student_attr.float()
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k={top_k} must be >= 1 (or None for every token).")
+        magnitude = t.abs().masked_fill(~keep, -1.0)  # (B, S): uncounted tokens never make the top k
+        top = magnitude.topk(min(top_k, t.shape[1]), dim=1).indices  # (B, k)
+        keep = keep & torch.zeros_like(keep).scatter_(1, top, True)
+    s, t = s * keep, t * keep
+    s = s / s.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (B, S); an all-zero row stays zero
+    t = t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    per_example = (s - t).pow(2).sum(1)  # (B,)
+    return _masked_mean(per_example, keep.any(1))
+
+
 def mlm_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, masked: torch.Tensor,
                 temperature: float = 2.0) -> torch.Tensor:
     """Task-agnostic distillation: KD on the vocabulary distribution at masked positions.

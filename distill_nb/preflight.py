@@ -74,7 +74,7 @@ def preflight(config: DistillConfig) -> dict[str, Any]:
         s_cfg = model_config(config.student_init, "student_init", require_weights=True)
         if s_cfg is not None:
             check_family(s_cfg, config.student_init, "student_init")
-        if config.alpha_hidden or config.alpha_attn or mlm:
+        if config.alpha_hidden or config.alpha_attn or config.alpha_attr or mlm:
             check_shared_vocab(config.teacher, config.student_init, mlm=mlm)
     task = read_task_labels(config)
     if task is not None:
@@ -274,8 +274,9 @@ def check_shared_vocab(teacher: str, student: str, *, mlm: bool = False) -> None
     if a is not None and b is not None and a != b:
         fix = ("objective='mlm' compares vocabulary distributions: use a student with the teacher's tokenizer, "
                "or student_init='every_k'.") if mlm else (
-               "hidden/attention losses need shared tokens. Set alpha_hidden=0 and alpha_attn=0 (logit "
-               "distillation works across tokenizers), or use a student with the teacher's tokenizer.")
+               "hidden/attention/attribution losses need shared tokens. Set alpha_hidden, alpha_attn and "
+               "alpha_attr to 0 (logit distillation works across tokenizers), or use a student with the "
+               "teacher's tokenizer.")
         raise ConfigError(f"student_init={student!r} has another vocabulary than the teacher {teacher!r} "
                           f"({len(b)} vs {len(a)} tokens): {fix}")
 

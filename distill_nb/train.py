@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import losses, rundir
+from . import fidelity, losses, rundir
 from .checkpoint import (
     Diverged,
     cached_tensor,
@@ -143,7 +143,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                                n_heads=config.student_heads, ffn_size=config.student_ffn, init=config.student_init,
                                dropout=config.student_dropout, head=head,
                                trust_remote_code=config.trust_remote_code, layers_from=config.student_layers_from)
-        if attn:
+        if attn or config.alpha_attr:  # alpha_attr: the SDPA kernels have no double backward (create_graph)
             student.set_attn_implementation("eager")
         t_shape, s_shape = shape(teacher.config), shape(student.config)
         layer_map = config.layer_map or (copied_layer_map(config.student_layers_from, t_shape["layers"])
@@ -158,10 +158,11 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
 
             student_tok = AutoTokenizer.from_pretrained(student.name_or_path)
             if student_tok.get_vocab() != tokenizer.get_vocab() and (config.alpha_hidden or config.alpha_attn
-                                                                      or mlm):
+                                                                      or config.alpha_attr or mlm):
                 raise ValueError(f"the student {config.student_init!r} has another vocabulary than the teacher: "
-                                 "hidden/attention losses and objective='mlm' need shared tokens. Use a student "
-                                 "with the teacher's tokenizer, or (classification) set alpha_hidden=alpha_attn=0 "
+                                 "hidden/attention/attribution losses and objective='mlm' need shared tokens. Use "
+                                 "a student with the teacher's tokenizer, or (classification) set alpha_hidden="
+                                 "alpha_attn=alpha_attr=0 "
                                  "(logit distillation works across tokenizers).")
         if config.student_vocab != "full":  # the student keeps the task's tokens; the teacher keeps its own ids
             student, student_tok, trim = trim_student(student, student_tok, task.train.texts, config.student_vocab,
@@ -202,6 +203,16 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             teacher_acc = (teacher_eval.argmax(-1) == eval_labels).float().mean().item()
             evaluate = partial(evaluate_classifier, model.student, s_eval, student_tok.pad_token_id, eval_labels,
                                teacher_eval, teacher_acc, device, autocast)
+        # --- reasons (distill_nb.fidelity): probe agreement at each eval; the attribution-alignment loss --------
+        aligner = fidelity.Aligner(teacher, tokenizer, task.train.texts, t_train, method=config.attr_method,
+                                   n_steps=config.attr_n_steps, top_k=config.attr_top_k, examples=config.attr_examples,
+                                   max_length=config.max_length, device=device, save=main_proc,
+                                   log=log) if config.alpha_attr else None
+        if config.reason_probe and not mlm and main_proc:  # seed 0: all runs on a data set share one probe
+            evaluate = fidelity.ReasonTracker(
+                run_dir, teacher, tokenizer, student_tok, task.eval.texts, size=config.reason_probe, seed=0,
+                method=config.reason_method, n_steps=config.reason_n_steps, top_k=config.reason_top_k,
+                max_length=config.max_length, device=device, log=log).wrap(evaluate, model.student)
         # --- optimiser, schedule, resume --------------------------------------------------------------------
         per_epoch = steps_per_epoch(len(t_train), config.batch_size)
         total_steps = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))
@@ -271,8 +282,10 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                         parts["attn"] = torch.stack([
                             losses.attention_loss(out.attentions[j], t_out.attentions[i], batch["attention_mask"])
                             for j, i in enumerate(layer_map)]).mean()
+                    if aligner:
+                        parts["attr"] = aligner.loss(model.student, batch, mine)
                     weights = {"kd": config.alpha_kd, "ce": config.alpha_ce, "hidden": config.alpha_hidden,
-                               "attn": config.alpha_attn}
+                               "attn": config.alpha_attn, "attr": config.alpha_attr}
                     loss = sum(weights[k] * v for k, v in parts.items())
                 (scaler.scale(loss) if scaler else loss).backward()
                 if scaler:

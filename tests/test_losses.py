@@ -92,3 +92,50 @@ def test_mlm_kd_only_counts_masked_positions():
     special[0, 0] = True
     new, where = losses.mask_tokens(ids, torch.ones(1, 8), 99, special, prob=1.0)
     assert not where[0, 0] and (new[where] == 99).all()
+
+
+def test_attribution_loss_zero_for_same_attributions_and_scale_free():
+    t = torch.randn(3, 6)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[0, 4:] = False  # padding
+    assert losses.attribution_loss(t, t, mask).item() == pytest.approx(0.0, abs=1e-7)
+    # per-example L2 normalisation: only the shape of the explanation counts, not its scale
+    assert losses.attribution_loss(5.0 * t, t, mask).item() == pytest.approx(0.0, abs=1e-6)
+    # opposite explanation: |s_hat - t_hat|^2 = 4
+    assert losses.attribution_loss(-t, t, mask).item() == pytest.approx(4.0, abs=1e-5)
+    # padded positions do not count, whatever they hold
+    s = t.clone()
+    s[0, 4:] = 100.0
+    assert losses.attribution_loss(s, t, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_attribution_loss_all_masked_is_zero_with_finite_gradient():
+    s = torch.randn(2, 5, requires_grad=True)
+    loss = losses.attribution_loss(s, torch.randn(2, 5), torch.zeros(2, 5, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(s.grad).all()
+    # an all-zero student row (e.g. a dead student) gives a finite loss and gradient too
+    z = torch.zeros(1, 4, requires_grad=True)
+    out = losses.attribution_loss(z, torch.randn(1, 4), torch.ones(1, 4))
+    out.backward()
+    assert out.item() == pytest.approx(1.0) and torch.isfinite(z.grad).all()
+
+
+def test_attribution_loss_top_k_counts_only_the_teachers_largest_tokens():
+    t = torch.tensor([[5.0, -4.0, 0.1, 0.2]])
+    s = torch.tensor([[5.0, -4.0, 3.0, -3.0]])  # agrees on the teacher's top 2 (by magnitude), not elsewhere
+    mask = torch.ones(1, 4)
+    assert losses.attribution_loss(s, t, mask, top_k=2).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.attribution_loss(s, t, mask).item() > 0.1
+    assert losses.attribution_loss(s, t, mask, top_k=10).item() == pytest.approx(
+        losses.attribution_loss(s, t, mask).item())
+    with pytest.raises(ValueError, match="top_k"):
+        losses.attribution_loss(s, t, mask, top_k=0)
+
+
+def test_attribution_loss_under_bf16_autocast_is_float_and_finite():
+    s = torch.randn(2, 7, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = losses.attribution_loss(s.to(torch.bfloat16), torch.randn(2, 7), torch.ones(2, 7))
+    loss.backward()
+    assert loss.dtype == torch.float32 and math.isfinite(loss.item()) and torch.isfinite(s.grad).all()

@@ -535,3 +535,40 @@ def test_launcher_several_text_columns(tmp_path, tiny_teacher, runs_root):
         assert launcher.build_config().text_column == ["premise", "hypothesis"] and launcher.error == ""
     else:
         assert "text_column" in launcher.error
+
+
+def test_monitor_draws_the_reason_agreement_curve_and_the_launcher_has_alpha_attr(runs_root):
+    path = create_run(DistillConfig(teacher="tiny", max_steps=4), runs_root, "reasons")
+    write_status(path, state="running", step=0, total_steps=4, pid=None)
+    mon = RunMonitor.attach("reasons", autostart=False)
+    for step, rho in ((2, 0.31), (4, None)):  # None: no probe example gave a Spearman value
+        append_metrics(path, {"step": step, "split": "train", "loss": 1.0, "kd": 0.5, "attr": 0.7})
+        append_metrics(path, {"step": step, "split": "eval", "accuracy": 0.7, "teacher_accuracy": 0.8,
+                              "retention": 0.875, "agreement": 0.9, "reason_spearman": rho, "reason_topk": 0.5,
+                              "reason_sign": 0.8, "reason_s": 0.1})
+    mon.poll()
+    assert "reason agreement (probe)" in mon.reason_chart.value and "<polyline" in mon.reason_chart.value
+    assert "reason agreement" in mon.snapshot_html() and "attr" in mon.loss_chart.value
+    assert math.isnan(mon.reason_spearman) or mon.reason_spearman == pytest.approx(0.31)
+    off = create_run(DistillConfig(teacher="tiny", max_steps=2, reason_probe=0), runs_root, "no-reasons")
+    append_metrics(off, {"step": 2, "split": "eval", "accuracy": 0.7, "teacher_accuracy": 0.8})
+    quiet = RunMonitor.attach("no-reasons", autostart=False)
+    assert "off (reason_probe=0)" in quiet.reason_chart.value
+    launcher = Launcher(DistillConfig(teacher="tiny"))
+    launcher.fields["alpha_attr"].value = 0.5
+    assert launcher.build_config().alpha_attr == 0.5 and "α attribution" in launcher.children[2].value
+
+
+def test_students_table_marks_the_better_student():
+    import pandas as pd
+
+    from distill_nb.widgets.comparison import students_html
+
+    frame = pd.DataFrame([{"run": "kd", "accuracy": 0.80, "teacher_accuracy": 0.85, "alpha_attr": 0.0,
+                           "reason_spearman": 0.40, "reason_topk": 0.5, "reason_sign": 0.7,
+                           "comprehensiveness": 0.2, "sufficiency": 0.1},
+                          {"run": "aligned", "accuracy": 0.79, "teacher_accuracy": 0.85, "alpha_attr": 1.0,
+                           "reason_spearman": 0.55, "reason_topk": float("nan"), "reason_sign": 0.8,
+                           "comprehensiveness": 0.3, "sufficiency": 0.05}]).set_index("run")
+    html = students_html(frame)
+    assert "<b>0.550</b>" in html and "<b>0.8000</b>" in html and "<b>0.050</b>" in html and ">-<" in html

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ipywidgets as W
@@ -31,9 +32,23 @@ class Comparison(Panel):
         # hidden until there is a chart: an empty Image shows as a broken image
         self.chart = W.Image(format="png", layout=W.Layout(max_width="900px", display="none"))
         self.measure_button.on_click(lambda _: self.measure())
+        # two students side by side (e.g. with and without alpha_attr): accuracy, reasons, faithfulness
+        box = {"style": {"description_width": "70px"}, "layout": W.Layout(width="300px")}
+        self.run_a = W.Text("", description="student A", placeholder="run id or folder", **box)
+        self.run_b = W.Text("", description="student B", placeholder="run id or folder", **box)
+        self.students_button = W.Button(description="Compare students", icon="balance-scale")
+        self.students_status = W.HTML()
+        self.students_table = W.HTML()
+        self.students = None  # the last compare_students() DataFrame
+        self.students_button.on_click(lambda _: self.compare_students())
         self.children = [W.HTML("<b>7. Compare</b> — size, latency, accuracy and retention, as DistilBERT reports "
                                 "them"), W.HBox([self.max_eval, self.measure_button]), self.status, self.table,
-                         self.chart, *self._footer()]
+                         self.chart,
+                         W.HTML("<b>Two students</b> — accuracy, reason agreement with the teacher (Spearman of "
+                                "token attributions) and faithfulness of their own attributions, on the same "
+                                "eval texts"),
+                         W.HBox([self.run_a, self.run_b, self.students_button]), self.students_status,
+                         self.students_table, *self._footer()]
         if run is not None:
             self.set_run(run)
 
@@ -58,6 +73,8 @@ class Comparison(Panel):
             pass
         self.status.value = note_html(f"run <code>{esc(self.run_path.name)}</code>: press Measure (loads both "
                                       "models and times them on this machine)")
+        if not self.run_a.value:
+            self.run_a.value = str(self.run_path)
 
     @guarded
     def measure(self) -> Any:
@@ -74,6 +91,22 @@ class Comparison(Panel):
         subset = f"the first {self.max_eval.value} eval examples" if self.max_eval.value else "the whole eval split"
         self.status.value = note_html(f"device {esc(report.device)}; accuracy on {subset} of {esc(report.data)}")
         return report
+
+    @guarded
+    def compare_students(self, a: Any = None, b: Any = None, *, method: str = "input_x_gradient") -> Any:
+        """``fidelity.compare_students`` on the two runs (the boxes' values when not given); shows the table."""
+        from ..fidelity import compare_students
+
+        a, b = a or self.run_a.value.strip(), b or self.run_b.value.strip()
+        if not a or not b:
+            raise ValueError("give two finished runs (run ids or folders), e.g. one with alpha_attr=0 and one "
+                             "with alpha_attr>0.")
+        self.students_status.value = note_html("attributing both students and their teachers…")
+        frame = compare_students([a, b], max_eval=self.max_eval.value or None, method=method)
+        self.students = frame
+        self.students_table.value = students_html(frame)
+        self.students_status.value = note_html(f"{int(frame['examples'].iloc[0])} eval texts, {esc(method)}")
+        return frame
 
     def show(self, report: Any) -> None:
         from .. import plots
@@ -106,4 +139,27 @@ def report_html(report: Any) -> str:
     return f"<table style='border-collapse:collapse'><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-__all__ = ["Comparison", "report_html"]
+def students_html(frame: Any) -> str:
+    """``compare_students``' table: one column per student, the better value of each row in bold."""
+    rows = [("accuracy", "accuracy", "{:.4f}", max), ("teacher_accuracy", "teacher accuracy", "{:.4f}", None),
+            ("alpha_attr", "α attribution", "{:g}", None),
+            ("reason_spearman", "reason agreement (Spearman)", "{:.3f}", max),
+            ("reason_topk", "top-k overlap", "{:.3f}", max), ("reason_sign", "sign agreement", "{:.3f}", max),
+            ("comprehensiveness", "comprehensiveness ↑", "{:.3f}", max),
+            ("sufficiency", "sufficiency ↓", "{:.3f}", min)]
+    head = "<th></th>" + "".join(f"<th style='padding:3px 8px;border-bottom:1px solid #999'>{esc(n)}</th>"
+                                 for n in frame.index)
+    body = []
+    for key, label, fmt, best in rows:
+        values = [float(v) for v in frame[key]]
+        finite = [v for v in values if math.isfinite(v)]
+        top = best(finite) if best and len(finite) > 1 else None
+        cells = "".join(f"<td style='padding:3px 8px;text-align:right'>"
+                        f"{'<b>' if v == top else ''}{fmt.format(v) if math.isfinite(v) else '-'}"
+                        f"{'</b>' if v == top else ''}</td>"
+                        for v in values)
+        body.append(f"<tr><th style='text-align:left;padding:3px 8px'>{esc(label)}</th>{cells}</tr>")
+    return f"<table style='border-collapse:collapse'><tr>{head}</tr>{''.join(body)}</table>"
+
+
+__all__ = ["Comparison", "report_html", "students_html"]

@@ -23,6 +23,10 @@ HAS_LABEL_NAMES = "label_names" in {f.name for f in dataclasses.fields(DistillCo
 def round_lr(value: float) -> float:
     """A log-slider value as a person would type it: 10**-4.3 = 5.0119e-05 becomes 5e-05."""
     return float(f"{value:.2g}") if value > 0 and math.isfinite(value) else value
+ATTR_HELP = ("<small><b>α attribution</b> (0: off) pulls the student's token attributions (gradient × input) towards "
+             "the teacher's, so it decides for the same reasons; costs one teacher pass over the training set "
+             "(cached) and ~1.5× the time per step (CPU, <code>attr_examples</code>=8 rows aligned per step)."
+             "</small>")
 
 
 class Launcher(Panel):
@@ -57,6 +61,8 @@ class Launcher(Panel):
             "alpha_hidden": W.BoundedFloatText(c.alpha_hidden, min=0, max=100, step=0.1, description="α hidden",
                                                style=s, layout=lay),
             "alpha_attn": W.BoundedFloatText(c.alpha_attn, min=0, max=100, step=0.1, description="α attention",
+                                             style=s, layout=lay),
+            "alpha_attr": W.BoundedFloatText(c.alpha_attr, min=0, max=100, step=0.1, description="α attribution",
                                              style=s, layout=lay),
             "temperature": W.FloatSlider(c.temperature, min=0.5, max=10, step=0.5, description="temperature T",
                                          style=s, layout=lay),
@@ -143,7 +149,7 @@ class Launcher(Panel):
                               + [self.backend_dropdown])], layout=W.Layout(flex_flow="row wrap", gap="8px"))
         self.children = [W.HTML("<b>3. Train</b> — data, loss weights, temperature, optimiser; the config below is "
                                 "exactly what runs (<code>distill-nb run FILE</code> takes the exported file)"),
-                         grid, W.HBox([self.estimate, self.estimate_button]),
+                         grid, W.HTML(ATTR_HELP), W.HBox([self.estimate, self.estimate_button]),
                          W.HBox([self.start_button, self.stop_button, self.resume_button]), self.message,
                          W.Accordion(children=[W.VBox([self.preview,
                                                        W.HBox([self.export_path, self.export_button])])],

@@ -18,8 +18,21 @@ from typing import Any
 import ipywidgets as W
 import traitlets as T
 
-from ._util import (Panel, buttons_say, elapsed_s, error_html, esc, fmt_eta, fmt_number, run_progress, smooth,
-                    svg_chart, table_html, thin)
+from ._util import (
+    Panel,
+    buttons_say,
+    elapsed_s,
+    error_html,
+    esc,
+    fmt_eta,
+    fmt_number,
+    run_progress,
+    smooth,
+    svg_chart,
+    table_html,
+    thin,
+)
+
 
 class RunMonitor(Panel):
     """Watch a run: curves, progress, ETA, state, and the error text if it fails.
@@ -30,6 +43,8 @@ class RunMonitor(Panel):
     Traits:
         run_id, state, step, total_steps, eta_s, examples_per_s: mirrored from status.json / metrics.jsonl.
         accuracy, teacher_accuracy, retention, agreement: the last eval record (nan before one).
+        reason_spearman: the last eval's reason agreement (mean Spearman of teacher/student attributions on the
+            run's probe set; nan before one, or when the run tracks no reasons).
         run_error: the run's error message when it failed.
         polls: how many polls ran (tests and latency checks read it).
     """
@@ -44,6 +59,7 @@ class RunMonitor(Panel):
     teacher_accuracy = T.Float(float("nan"))
     retention = T.Float(float("nan"))
     agreement = T.Float(float("nan"))
+    reason_spearman = T.Float(float("nan"))
     run_error = T.Unicode("")
     polls = T.Int(0)
     interval = T.Float(0.5, help="seconds between polls (2 Hz by default)")
@@ -70,6 +86,7 @@ class RunMonitor(Panel):
         self.observe(self._redraw, names=["smoothing", "overlay"])
         self.loss_chart = W.HTML()
         self.acc_chart = W.HTML()
+        self.reason_chart = W.HTML()
         self.last_eval = W.HTML()
         self.run_error_box = W.HTML()
         self.run_traceback = W.Output()
@@ -77,7 +94,7 @@ class RunMonitor(Panel):
                                              layout=W.Layout(display="none"))
         self.children = [self.header, W.HBox([self.progress, self.progress_text]),
                          W.HBox([self.smoothing_slider, self.overlay_dropdown]),
-                         W.HBox([self.loss_chart, self.acc_chart], layout=W.Layout(flex_flow="row wrap")),
+                         W.HBox([self.loss_chart, self.acc_chart, self.reason_chart], layout=W.Layout(flex_flow="row wrap")),
                          self.last_eval, self.run_error_box, self.run_traceback_box, *self._footer()]
         self.run: Any = None
         self._overlay_evals: list[dict[str, Any]] = []
@@ -100,7 +117,7 @@ class RunMonitor(Panel):
         return cls(Run.attach(run_id, root), **kwargs)
 
     def _reset(self) -> None:
-        self._train: dict[str, list[float]] = {"step": [], "loss": [], "kd": [], "ce": []}
+        self._train: dict[str, list[float]] = {"step": [], "loss": [], "kd": [], "ce": [], "attr": []}
         self._eval: list[dict[str, Any]] = []
         self._seen: set[tuple[int, str]] = set()
         self._since: int | None = None
@@ -237,7 +254,7 @@ class RunMonitor(Panel):
             self.eta_s = float(eta) if eta is not None and state == "running" else float("nan")
             if self._eval:
                 last = self._eval[-1]
-                for k in ("accuracy", "teacher_accuracy", "retention", "agreement"):
+                for k in ("accuracy", "teacher_accuracy", "retention", "agreement", "reason_spearman"):
                     if last.get(k) is not None:
                         setattr(self, k, float(last[k]))
                 if isinstance(last.get("eval_examples"), int):
@@ -277,6 +294,7 @@ class RunMonitor(Panel):
         if charts:
             self.loss_chart.value = self.loss_svg()
             self.acc_chart.value = self.accuracy_svg()
+            self.reason_chart.value = self.reason_svg()
             if self._eval:
                 e = self._eval[-1]
                 n = f" on {self.eval_examples} eval examples" if self.eval_examples else ""
@@ -285,7 +303,9 @@ class RunMonitor(Panel):
                     (f"student accuracy{n}", fmt_number(e.get("accuracy"), "{:.4f}")),
                     (f"teacher accuracy{n}", fmt_number(e.get("teacher_accuracy"), "{:.4f}")),
                     ("retention (student / teacher)", fmt_number(e.get("retention"), "{:.1%}")),
-                    ("agreement with teacher", fmt_number(e.get("agreement"), "{:.1%}"))])
+                    ("agreement with teacher", fmt_number(e.get("agreement"), "{:.1%}"))]
+                    + ([("reason agreement (Spearman, probe)", fmt_number(e.get("reason_spearman"), "{:.3f}"))]
+                       if e.get("reason_spearman") is not None else []))
         self.run_error_box.value = error_html(("the run's files cannot be read: " if self.state == "unreadable" else "the run failed: ")
                                     + buttons_say(self.run_error)) if self.run_error else ""
         tb = status.get("traceback") if self.state == "failed" else None
@@ -296,9 +316,9 @@ class RunMonitor(Panel):
     def loss_svg(self) -> str:
         xs = self._train["step"]
         series = []
-        for name, colour in (("loss", "#2a7ae2"), ("kd", "#e67e22"), ("ce", "#27ae60")):
+        for name, colour in (("loss", "#2a7ae2"), ("kd", "#e67e22"), ("ce", "#27ae60"), ("attr", "#16a085")):
             ys = self._train[name]
-            if any(math.isfinite(y) for y in ys):  # ce is absent (nan) when alpha_ce is 0
+            if any(math.isfinite(y) for y in ys):  # ce/attr are absent (nan) when their weight is 0
                 series.append((name, *thin(xs, smooth(ys, self.smoothing)), colour))
         title = "training loss" + (f" (smoothed {self.smoothing:.2f})" if self.smoothing else "")
         return svg_chart(series, title=title)
@@ -315,6 +335,19 @@ class RunMonitor(Panel):
                            [float(e["accuracy"]) for e in self._overlay_evals], "#7f8c8d", True))
         n = f" ({self.eval_examples} examples)" if self.eval_examples else ""
         return svg_chart(series, title=f"eval accuracy{n}", y_range=(0.0, 1.0), hlines=hl)
+
+    def reason_svg(self) -> str:
+        """Reason agreement per eval: mean Spearman, top-k overlap and sign agreement of the student's token
+        attributions with the teacher's on the probe set (``reason_*`` keys; absent when tracking is off)."""
+        tracked = [e for e in self._eval if any(e.get(k) is not None for k in ("reason_spearman", "reason_topk"))]
+        xs = [float(e["step"]) for e in tracked]
+        value = lambda e, k: float("nan") if e.get(k) is None else float(e[k])  # None: no example had a value
+        series = [(label, xs, [value(e, key) for e in tracked], colour) for label, key, colour in
+                  (("Spearman", "reason_spearman", "#16a085"), ("top-k overlap", "reason_topk", "#d35400"),
+                   ("sign", "reason_sign", "#7f8c8d"))] if xs else []
+        low = min([0.0] + [y for _, _, ys, _ in series for y in ys if math.isfinite(y)])
+        title = "reason agreement (probe)" if xs or not self._eval else "reason agreement: off (reason_probe=0)"
+        return svg_chart(series, title=title, y_range=(low, 1.0))
 
     # --- scheduling -------------------------------------------------------------------------------------------
     def start_polling(self) -> None:
@@ -381,7 +414,8 @@ class RunMonitor(Panel):
         """Curves and numbers as self-contained HTML, to keep in a saved notebook."""
         self.poll()
         return (f"<div>{self.header.value}<div>{self.progress_text.value}</div>"
-                f"<div style='display:flex;flex-wrap:wrap;gap:8px'>{self.loss_svg()}{self.accuracy_svg()}</div>"
+                f"<div style='display:flex;flex-wrap:wrap;gap:8px'>{self.loss_svg()}{self.accuracy_svg()}"
+                f"{self.reason_svg()}</div>"
                 f"{self.last_eval.value}{self.run_error_box.value}</div>")
 
     def figure(self) -> Any:

@@ -1,0 +1,311 @@
+"""Reason fidelity: does the student decide for the teacher's reasons, and a loss that makes it.
+
+Two pieces that ``train()`` plugs in with a few lines:
+
+- ``ReasonTracker``: a fixed, seeded probe set of eval examples (``probe.json`` in the run directory); the
+  teacher's attributions on it are computed once (and cached across runs); at every evaluation the student's
+  are computed and their agreement (Spearman, top-k overlap, sign agreement) joins the eval record as
+  ``reason_spearman``, ``reason_topk``, ``reason_sign`` (and ``reason_s``, the seconds it took).
+- ``Aligner``: the teacher's token attributions of the training examples, computed once and cached like the
+  teacher logits; each step the student's gradient x input on its input embeddings is computed
+  differentiably (``create_graph=True``) and ``losses.attribution_loss`` pulls it towards the teacher's.
+
+The teacher-attribution cache (``<cache>/attributions/<key>.safetensors``) is keyed by the teacher's weights,
+the texts, the method, ``n_steps`` and ``max_length``; this module alone reads and writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import losses
+from .attribution.methods import Attribution, attribute, encode
+from .attribution.metrics import agreement, align
+from .config import atomic_write_text
+from .families import cache_dir
+
+PROBE_FILE = "probe.json"
+
+
+# --- the teacher-attribution cache --------------------------------------------------------------------------------
+def fingerprint(model: nn.Module) -> str:
+    """A short hash of a model's weights: the cache key's 'which teacher' (a path alone can be rewritten)."""
+    h = hashlib.blake2b(digest_size=12)
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(teacher_id: str, texts: Sequence[str], method: str, n_steps: int, max_length: int) -> str:
+    h = hashlib.sha256(repr((teacher_id, method, n_steps if method == "integrated_gradients" else None,
+                             max_length, len(texts))).encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "replace") + b"\0")
+    return h.hexdigest()[:20]
+
+
+def teacher_attributions(teacher: nn.Module, tokenizer: Any, texts: Sequence[str], *, method: str, n_steps: int,
+                         max_length: int, device: torch.device, teacher_id: str | None = None,
+                         save: bool = True, log: Callable[[str], None] = print) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                        torch.Tensor, bool]:
+    """The teacher's token attributions of ``texts`` (its predicted class), from the cache or computed once.
+
+    Returns:
+        (scores (N, S) float32 right-padded with 0, zero at specials; lengths (N,) long; targets (N,) long;
+        True when they came from the cache).
+    """
+    teacher_id = teacher_id or fingerprint(teacher)
+    path = cache_dir() / "attributions" / f"{cache_key(teacher_id, texts, method, n_steps, max_length)}.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    if path.is_file():
+        try:
+            data = load_file(path)
+            return data["scores"], data["lengths"], data["targets"], True
+        except Exception as e:  # noqa: BLE001 — a corrupt cache file is recomputed, never fatal
+            log(f"attribution cache {path.name} unreadable ({e}); recomputing")
+    t0 = time.time()
+    was_training = teacher.training
+    # Gradient methods batch well here (length-sorted texts, one backward per batch); IG keeps captum's default.
+    batch = 16 if method in ("input_x_gradient", "saliency") else None
+    attrs = attribute(teacher, tokenizer, list(texts), method, n_steps=n_steps, max_length=max_length,
+                      batch_size=batch, device=device)
+    teacher.train(was_training)
+    width = max(len(a.scores) for a in attrs)
+    scores = torch.zeros(len(attrs), width)
+    for i, a in enumerate(attrs):
+        scores[i, :len(a.scores)] = torch.as_tensor(a.scores, dtype=torch.float32)
+    lengths = torch.tensor([len(a.scores) for a in attrs])
+    targets = torch.tensor([a.target for a in attrs])
+    log(f"teacher attributions ({method}) of {len(texts)} texts: {time.time() - t0:.1f} s (cached in {path})")
+    if save:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"scores": scores.contiguous(), "lengths": lengths, "targets": targets}, tmp)
+        os.replace(tmp, path)
+    return scores, lengths, targets, False
+
+
+# --- live tracking on a probe set ---------------------------------------------------------------------------------
+def probe_indices(n_eval: int, size: int, seed: int) -> list[int]:
+    """A seeded, sorted subset of ``size`` eval indices (all of them when the eval set is smaller)."""
+    if size >= n_eval:
+        return list(range(n_eval))
+    return sorted(random.Random(seed).sample(range(n_eval), size))
+
+
+class ReasonTracker:
+    """Teacher-vs-student attribution agreement on a fixed probe set, measured at each evaluation.
+
+    Args:
+        run_dir: the run directory; ``probe.json`` (indices, texts, method) is written there, or reused on resume.
+        teacher, tokenizer: the teacher and its tokenizer.
+        student_tokenizer: the student's (word-level alignment when it differs from the teacher's).
+        eval_texts: the run's eval texts; the probe is ``size`` of them, chosen with ``seed``.
+        method, n_steps, top_k: attribution method, IG steps, and k of the top-k overlap.
+    """
+
+    def __init__(self, run_dir: Path, teacher: nn.Module, tokenizer: Any, student_tokenizer: Any,
+                 eval_texts: Sequence[str], *, size: int, seed: int, method: str, n_steps: int, top_k: int,
+                 max_length: int, device: torch.device, log: Callable[[str], None] = print):
+        t0 = time.time()
+        path = Path(run_dir) / PROBE_FILE
+        probe = _read_probe(path)
+        if probe is None or probe.get("method") != method or probe.get("n_steps") != n_steps:
+            idx = probe_indices(len(eval_texts), size, seed)
+            probe = {"indices": idx, "texts": [eval_texts[i] for i in idx], "method": method,
+                     "n_steps": n_steps, "top_k": top_k, "seed": seed}
+            atomic_write_text(path, json.dumps(probe, indent=1) + "\n")
+        self.texts: list[str] = probe["texts"]
+        self.method, self.n_steps, self.top_k, self.max_length = method, n_steps, top_k, max_length
+        self.student_tokenizer, self.device = student_tokenizer, device
+        scores, lengths, targets, _ = teacher_attributions(teacher, tokenizer, self.texts, method=method,
+                                                           n_steps=n_steps, max_length=max_length, device=device,
+                                                           log=log)
+        self.teacher = _as_attributions(tokenizer, self.texts, scores, lengths, targets, method, max_length)
+        self.targets = [int(t) for t in targets]
+        self.setup_s = time.time() - t0
+
+    def measure(self, student: nn.Module) -> dict[str, float | None]:
+        """``reason_spearman``, ``reason_topk`` (Jaccard of the top-k tokens), ``reason_sign`` (NaN-free: None
+        when no example gives a value), and ``reason_s`` (seconds). Leaves the student's train/eval mode as it was."""
+        t0 = time.time()
+        mine = attribute(student, self.student_tokenizer, self.texts, self.method, self.targets,
+                         n_steps=self.n_steps, max_length=self.max_length, device=self.device)
+        rows = [agreement(*align(t, s)[2:], self.top_k) for t, s in zip(self.teacher, mine)]
+        out: dict[str, float | None] = {}
+        for key, name in [("reason_spearman", "spearman"), ("reason_topk", "topk_jaccard"),
+                          ("reason_sign", "sign_agreement")]:
+            values = [r[name] for r in rows if not math.isnan(r[name])]
+            out[key] = float(np.mean(values)) if values else None
+        out["reason_s"] = time.time() - t0
+        return out
+
+    def wrap(self, evaluate: Callable[[int], dict[str, Any]], student: nn.Module) -> Callable[[int], dict[str, Any]]:
+        """``evaluate(step)`` with the reason agreement added to its record."""
+
+        def evaluate_with_reasons(step: int) -> dict[str, Any]:
+            return {**evaluate(step), **self.measure(student)}
+
+        return evaluate_with_reasons
+
+
+def _read_probe(path: Path) -> dict[str, Any] | None:
+    try:
+        probe = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(probe, dict) and isinstance(probe.get("texts"), list) and probe["texts"]
+    return probe if ok else None
+
+
+def _as_attributions(tokenizer: Any, texts: list[str], scores: torch.Tensor, lengths: torch.Tensor,
+                     targets: torch.Tensor, method: str, max_length: int) -> list[Attribution]:
+    """Cached score rows back into ``Attribution`` objects (tokens and offsets re-encoded: cheap)."""
+    items = encode(tokenizer, texts, max_length)
+    out = []
+    for i, (e, text) in enumerate(zip(items, texts)):
+        n = int(lengths[i])
+        if n != len(e.ids):
+            raise RuntimeError(f"cached attributions of {text[:40]!r} have {n} tokens but it encodes to "
+                               f"{len(e.ids)}: delete {cache_dir() / 'attributions'} and run again")
+        out.append(Attribution(text=text, tokens=tuple(tokenizer.convert_ids_to_tokens(e.ids)),
+                               token_ids=tuple(e.ids), word_ids=tuple(e.word_ids), offsets=tuple(e.offsets),
+                               scores=scores[i, :n].numpy().astype(np.float64), label=int(targets[i]),
+                               probs=np.zeros(0), target=int(targets[i]), delta=None, method=method))
+    return out
+
+
+# --- the alignment loss's per-step plumbing --------------------------------------------------------------------------
+class Aligner:
+    """The teacher's cached attributions of the training set, and the student's differentiable ones per step.
+
+    Use inside the step's autocast: ``parts["attr"] = aligner.loss(student, batch, idx)``. It runs its own
+    forward on at most ``examples`` rows of the batch (the double backward costs ~3 forward-backwards per row,
+    so a sub-batch keeps the step affordable), takes gradient x input on the word embeddings with
+    ``create_graph=True`` and returns ``losses.attribution_loss`` against the teacher's attributions.
+    The student needs eager attention (the SDPA kernels have no double backward).
+    """
+
+    def __init__(self, teacher: nn.Module, tokenizer: Any, train_texts: Sequence[str], encoded: Sequence[Sequence[int]],
+                 *, method: str, n_steps: int, top_k: int | None, examples: int | None, max_length: int,
+                 device: torch.device, save: bool = True, log: Callable[[str], None] = print):
+        t0 = time.time()
+        self.scores, lengths, self.targets, cached = teacher_attributions(
+            teacher, tokenizer, train_texts, method=method, n_steps=n_steps, max_length=max_length, device=device,
+            save=save, log=log)
+        bad = [i for i, e in enumerate(encoded) if len(e) != int(lengths[i])]
+        if bad:
+            raise RuntimeError(f"teacher attributions do not line up with the training tokens (example {bad[0]}: "
+                               f"{int(lengths[bad[0]])} vs {len(encoded[bad[0]])} tokens)")
+        self.top_k, self.examples = top_k, examples
+        self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+        self.setup_s, self.cached = time.time() - t0, cached
+
+    def student_attributions(self, student: nn.Module, batch: dict[str, torch.Tensor], targets: torch.Tensor
+                             ) -> torch.Tensor:
+        """Gradient x input (B, S) of the ``targets`` (B,) logits on the word embeddings, differentiable."""
+        emb = student.get_input_embeddings()(batch["input_ids"])  # (B, S, H); captum's input_x_gradient layer
+        rest = {k: v for k, v in batch.items() if k != "input_ids"}
+        logits = student(inputs_embeds=emb, **rest).logits  # (B, C)
+        chosen = logits.float().gather(1, targets[:, None]).sum()  # rows are independent: one grad gives all
+        (grad,) = torch.autograd.grad(chosen, emb, create_graph=True)  # (B, S, H)
+        return (grad.float() * emb.float()).sum(-1)  # (B, S)
+
+    def loss(self, student: nn.Module, batch: dict[str, torch.Tensor], idx: Sequence[int]) -> torch.Tensor:
+        """The alignment loss of (the first ``examples`` rows of) a training batch.
+
+        Args:
+            student: the student (unwrapped; under DDP its gradients are reduced with the rest of the step's).
+            batch: the collated batch on the device: ``input_ids``, ``attention_mask`` (B, S).
+            idx: the B training-example indices of the batch rows.
+        """
+        n = len(idx) if self.examples is None else min(self.examples, len(idx))
+        rows = list(idx)[:n]
+        batch = {k: v[:n] for k, v in batch.items()}
+        width = int(batch["attention_mask"].sum(1).max())  # drop columns that are padding in every kept row
+        batch = {k: v[:, :width] for k, v in batch.items()}  # (n, S)
+        s_attr = self.student_attributions(student, batch, self.targets[rows].to(batch["input_ids"].device))
+        t_attr = self.scores[rows, :width]  # (n, S'): cached rows are padded to the longest training text
+        if t_attr.shape[1] < width:
+            t_attr = torch.nn.functional.pad(t_attr, (0, width - t_attr.shape[1]))
+        ids = batch["input_ids"]
+        counted = batch["attention_mask"].bool() & ~torch.isin(ids, self.special.to(ids.device))  # (n, S)
+        return losses.attribution_loss(s_attr, t_attr.to(s_attr.device), counted, self.top_k)
+
+
+# --- two students side by side --------------------------------------------------------------------------------------
+def compare_students(runs: dict[str, Any] | Sequence[Any], *, max_eval: int | None = 200,
+                     method: str = "input_x_gradient", n_steps: int = 16, top_k: int = 5) -> Any:
+    """Students of finished runs (e.g. KD with and without ``alpha_attr``) on the same eval texts.
+
+    For each run: its student's accuracy, the teacher's, the reason agreement with its teacher (mean Spearman,
+    top-k Jaccard and sign agreement of token attributions, teacher's predicted class) and the faithfulness of
+    its own attributions (comprehensiveness: higher is better; sufficiency: lower is better).
+
+    Args:
+        runs: run folders / ids / ``Run`` objects, or ``{name: run}``; each run's own eval split is used (the
+            first ``max_eval`` texts, None: all).
+        method, n_steps: attribution method (``distill_nb.attribution.METHODS``) and IG steps.
+
+    Returns:
+        a pandas DataFrame, one row per run.
+    """
+    import pandas as pd
+
+    from .attribution import attribute, faithfulness
+    from .config import DistillConfig
+    from .data import load_task
+    from .report import accuracy, load_run_models
+    from .runs import run_dir
+
+    named = dict(runs) if isinstance(runs, dict) else {Path(_path(r, run_dir)).name: r for r in runs}
+    rows = []
+    for name, run in named.items():
+        folder = Path(_path(run, run_dir))
+        config = DistillConfig.from_json(folder / "config.json")
+        task = load_task(config.dataset, text_column=config.text_column, label_column=config.label_column,
+                         train_split=config.train_split, eval_split=config.eval_split, max_train=1,
+                         max_eval=max_eval or config.max_eval_examples, seed=0)  # seed 0: same texts for all
+        teacher, t_tok, student, s_tok = load_run_models(folder)
+        texts, labels = task.eval.texts, task.eval.labels
+        t_attr = attribute(teacher, t_tok, texts, method, n_steps=n_steps, max_length=config.max_length)
+        s_attr = attribute(student, s_tok, texts, method, [a.target for a in t_attr], n_steps=n_steps,
+                           max_length=config.max_length)
+        agree = [agreement(*align(t, s)[2:], top_k) for t, s in zip(t_attr, s_attr)]
+        faith = faithfulness(student, s_tok, s_attr, top_k=top_k)
+        rows.append({"run": name, "alpha_attr": config.alpha_attr,
+                     "accuracy": accuracy(student, s_tok, texts, labels, max_length=config.max_length),
+                     "teacher_accuracy": accuracy(teacher, t_tok, texts, labels, max_length=config.max_length),
+                     "reason_spearman": _nanmean(agree, "spearman"), "reason_topk": _nanmean(agree, "topk_jaccard"),
+                     "reason_sign": _nanmean(agree, "sign_agreement"),
+                     "comprehensiveness": float(np.mean([f.comprehensiveness for f in faith])),
+                     "sufficiency": float(np.mean([f.sufficiency for f in faith])), "examples": len(texts),
+                     "method": method})
+    return pd.DataFrame(rows).set_index("run")
+
+
+def _nanmean(rows: list[dict[str, float]], key: str) -> float:
+    values = [r[key] for r in rows if not math.isnan(r[key])]
+    return float(np.mean(values)) if values else math.nan
+
+
+def _path(run: Any, run_dir: Callable[[str], Path]) -> Path:
+    if hasattr(run, "path"):
+        return Path(run.path)
+    if isinstance(run, (str, os.PathLike)) and Path(run).is_dir():
+        return Path(run)
+    return run_dir(str(run))

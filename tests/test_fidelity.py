@@ -1,0 +1,173 @@
+"""Reason fidelity: the probe tracker in a 3-step run, the teacher-attribution cache, the alignment loss in train()."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from distill_nb import fidelity
+from distill_nb.config import ConfigError, DistillConfig
+from distill_nb.runs import read_metrics, read_status
+from distill_nb.train import train
+
+REASON_KEYS = {"reason_spearman", "reason_topk", "reason_sign"}
+
+
+def tiny_config(teacher, data, **kw) -> DistillConfig:
+    base = {"teacher": str(teacher), "dataset": str(data), "text_column": "text", "student_layers": 2,
+            "max_steps": 3, "batch_size": 8, "eval_every": 2, "checkpoint_every": 100, "seed": 0,
+            "student_dropout": 0.0, "reason_probe": 8, "reason_n_steps": 4}
+    return DistillConfig(**{**base, **kw})
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_NB_CACHE", str(tmp_path / "cache"))
+
+
+def _evals(run):
+    return [m for m in read_metrics(run) if m["split"] == "eval"]
+
+
+def test_probe_tracking_writes_reason_keys_and_the_probe_set(tiny_teacher, tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_teacher, tiny_dataset), run, log=lambda *_: None)
+    evals = _evals(run)
+    assert [m["step"] for m in evals] == [2, 3]
+    for m in evals:
+        assert REASON_KEYS <= set(m) and m["reason_s"] >= 0
+        assert -1 <= m["reason_spearman"] <= 1 and 0 <= m["reason_topk"] <= 1 and 0 <= m["reason_sign"] <= 1
+    probe = json.loads((run / "probe.json").read_text())
+    assert len(probe["texts"]) == 8 and probe["indices"] == sorted(probe["indices"])
+    assert probe["method"] == "input_x_gradient"  # the default: one backward per probe text
+
+
+def test_switched_off_writes_no_reason_keys(tiny_teacher, tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_teacher, tiny_dataset, reason_probe=0), run, log=lambda *_: None)
+    assert all(not (REASON_KEYS & set(m)) for m in _evals(run))
+    assert not (run / "probe.json").exists()
+
+
+def test_student_equal_to_teacher_agrees_fully(tiny_teacher):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher)
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    tracker = fidelity.ReasonTracker(tiny_teacher.parent / "probe-run", model, tok, tok,
+                                     ["a good movie", "the plot was boring and slow", "great fun"], size=3, seed=0,
+                                     method="input_x_gradient", n_steps=1, top_k=2, max_length=32,
+                                     device=torch.device("cpu"), log=lambda *_: None)
+    got = tracker.measure(model)
+    assert got["reason_spearman"] == pytest.approx(1.0) and got["reason_topk"] == 1.0 and got["reason_sign"] == 1.0
+
+
+def test_teacher_attribution_cache_is_reused_across_runs(tiny_teacher, tiny_dataset, tmp_path):
+    logs: list[str] = []
+    cfg = tiny_config(tiny_teacher, tiny_dataset, alpha_attr=1.0, max_steps=2)
+    train(cfg, tmp_path / "a", log=logs.append)
+    computed = [m for m in logs if m.startswith("teacher attributions")]
+    assert len(computed) == 2  # the training set (alignment) and the probe, once each
+    files = sorted((tmp_path / "cache" / "attributions").glob("*.safetensors"))
+    assert len(files) == 2
+    stamps = [f.stat().st_mtime_ns for f in files]
+    logs.clear()
+    train(cfg.replace(seed=1), tmp_path / "b", log=logs.append)  # another run, same teacher and texts
+    assert not [m for m in logs if m.startswith("teacher attributions")]
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+
+
+def test_alignment_loss_is_logged_and_trains(tiny_teacher, tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_teacher, tiny_dataset, alpha_attr=1.0, attr_top_k=3), run, log=lambda *_: None)
+    rows = [m for m in read_metrics(run) if m["split"] == "train"]
+    assert [m["step"] for m in rows] == [1, 2, 3]
+    assert all(0 <= m["attr"] <= 4 and torch.isfinite(torch.tensor(m["loss"])) for m in rows)
+    assert read_status(run)["state"] == "completed"
+
+
+def test_alignment_only_is_a_valid_objective_and_integrated_gradients_targets_work(tiny_teacher, tiny_dataset,
+                                                                                   tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_teacher, tiny_dataset, alpha_kd=0.0, alpha_attr=1.0, attr_method="integrated_gradients",
+                      attr_n_steps=4, reason_probe=0, max_steps=2), run, log=lambda *_: None)
+    assert [m["loss"] == m["attr"] for m in read_metrics(run) if m["split"] == "train"] == [True, True]
+
+
+def test_aligner_gradient_reaches_the_student_and_identical_models_give_zero(tiny_teacher):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distill_nb.data import collate, encode
+
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher).eval()
+    texts = ["a good movie", "the plot was boring and slow", "great fun", "bad"]
+    enc = encode(tok, texts, 32)
+    aligner = fidelity.Aligner(teacher, tok, texts, enc, method="input_x_gradient", n_steps=1, top_k=None,
+                               examples=None, max_length=32, device=torch.device("cpu"), save=False,
+                               log=lambda *_: None)
+    batch = collate(enc, [0, 1, 2, 3], tok.pad_token_id)
+    student = AutoModelForSequenceClassification.from_pretrained(  # a copy of the teacher; SDPA has no double backward
+        tiny_teacher, attn_implementation="eager").eval()
+    assert aligner.loss(student, batch, [0, 1, 2, 3]).item() == pytest.approx(0.0, abs=1e-8)
+    with torch.no_grad():
+        for p in student.bert.encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    loss = aligner.loss(student, batch, [0, 1, 2, 3])
+    loss.backward()
+    assert loss.item() > 0
+    grads = {n: p.grad for n, p in student.named_parameters()}
+    assert grads["bert.encoder.layer.0.attention.self.query.weight"].abs().sum() > 0
+    assert grads["bert.embeddings.word_embeddings.weight"].abs().sum() > 0
+    aligner.examples = 2  # a sub-batch: only the first two rows count
+    sub = aligner.loss(student, batch, [0, 1, 2, 3])
+    assert sub.item() == pytest.approx(aligner.loss(student, {k: v[:2] for k, v in batch.items()}, [0, 1]).item())
+
+
+def test_config_checks_for_the_reason_fields():
+    with pytest.raises(ConfigError, match="alpha_attr=nan"):
+        DistillConfig(alpha_attr=float("nan"))
+    with pytest.raises(ConfigError, match="attr_method"):
+        DistillConfig(attr_method="occlusion")
+    with pytest.raises(ConfigError, match="reason_method"):
+        DistillConfig(reason_method="shap")
+    with pytest.raises(ConfigError, match="attr_top_k"):
+        DistillConfig(attr_top_k=0)
+    with pytest.raises(ConfigError, match="objective='classification'"):
+        DistillConfig(alpha_attr=1.0, objective="mlm")
+    assert DistillConfig(alpha_kd=0.0, alpha_attr=1.0).alpha_attr == 1.0
+
+
+def test_alignment_needs_a_shared_tokenizer(tiny_teacher, tmp_path):
+    from conftest import make_tiny_bert
+
+    from distill_nb.preflight import check_shared_vocab
+
+    other = make_tiny_bert(tmp_path / "other")
+    (other / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nmovie\n")
+    (other / "tokenizer.json").unlink(missing_ok=True)
+    with pytest.raises(ConfigError, match="attribution losses need shared tokens"):
+        check_shared_vocab(str(tiny_teacher), str(other))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on linux only")
+def test_alignment_under_ddp_two_processes(tiny_teacher, tiny_dataset, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo) with alpha_attr: the double backward under DDP matches one process."""
+    from safetensors.torch import load_file
+
+    cfg = tiny_config(tiny_teacher, tiny_dataset, alpha_attr=1.0, max_steps=3, eval_every=100, reason_probe=0)
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    train(cfg, single, log=lambda *_: None)
+    cfg.to_json(multi / "config.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "distill_nb.train", str(multi)], check=False, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    a, b = load_file(single / "student" / "model.safetensors"), load_file(multi / "student" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
