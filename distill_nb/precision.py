@@ -165,3 +165,14 @@ def matmul_rate(device: torch.device | str = "cpu", dtype: torch.dtype = torch.f
 
 
 __all__ = ["amp_dtype", "autocast_for", "cpu_bf16_check", "cpu_bf16_supported", "describe", "matmul_rate"]
+
+
+def device_for(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
+    """The torch device a run uses: ``name`` ("auto", "cpu", "cuda", "cuda:N"), one GPU per process under DDP."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} but CUDA is not available here; use device='auto' or 'cpu'.")
+    if name == "cuda" and world > 1:
+        return torch.device("cuda", local_rank)
+    return torch.device(name)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 from .config import DistillConfig
 from .data import TaskData, load_task
@@ -85,3 +85,10 @@ def run_task(run_dir: str | os.PathLike, *, max_train: int | None = None,
         if names and len(names) == task.num_labels and not is_default_names(names):
             task = replace(task, label_names=names)
     return task
+
+
+def full_task_for(config: DistillConfig) -> TaskData:
+    """The run's data without its caps: a prepared teacher depends on the data set, not on the run's subset."""
+    return load_task(config.dataset, text_column=config.text_column, label_column=config.label_column,
+                     train_split=config.train_split, eval_split=config.eval_split, seed=config.seed,
+                     label_names=config.label_names, text_pair=config.text_pair)

@@ -46,11 +46,11 @@ from .models import (
     shape,
 )
 from .precision import amp_dtype as amp_dtype_for
-from .precision import autocast_for
+from .precision import autocast_for, device_for
 from .precision import describe as describe_precision
 from .preflight import check_max_length
 from .recorder import Recorder
-from .rundata import align_labels, task_for
+from .rundata import align_labels, full_task_for, task_for
 from .rundir import Status, truncate_metrics
 from .teachers import prepare_teacher, student_beats_teacher, teacher_meta
 from .vocab import trim_student
@@ -89,7 +89,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         # --- processes and device --------------------------------------------------------------------------
         if world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        device = _device(config.device, local_rank, world)
+        device = device_for(config.device, local_rank, world)
         if config.num_threads:  # first: the precision check (on a first run) measures with these threads
             torch.set_num_threads(config.num_threads)
         amp_dtype = amp_dtype_for(config.precision, device)  # CPU: bf16 only where measured faster here
@@ -118,7 +118,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                 dist.barrier()  # process 0 prepares (and caches) the teacher; the others then load it
             try:  # minutes on a CPU: process 0 shows its progress, and a Stop ends it (single process only)
                 # on the whole training split (not the run's capped subset): the cache key is the data, not the run
-                prepared = prepare_teacher(config.teacher, data or _full_task(config),
+                prepared = prepare_teacher(config.teacher, data or full_task_for(config),
                                            max_steps=config.teacher_prep_steps, max_minutes=config.teacher_prep_minutes,
                                            device=device, autocast=autocast, log=log,
                                            trust_remote_code=config.trust_remote_code,
@@ -408,60 +408,9 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def _device(name: str, local_rank: int, world: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} but CUDA is not available here; use device='auto' or 'cpu'.")
-    if name == "cuda" and world > 1:
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
-def _full_task(config: DistillConfig) -> TaskData:
-    """The run's data without its caps: a prepared teacher depends on the data set, not on the run's subset."""
-    from .data import load_task
-
-    return load_task(config.dataset, text_column=config.text_column, label_column=config.label_column,
-                     train_split=config.train_split, eval_split=config.eval_split, seed=config.seed,
-                     label_names=config.label_names, text_pair=config.text_pair)
-
-
-def _accelerate_processes() -> int:
-    """N when ``accelerate launch --num_processes N`` (N > 1) started this one process, else 0.
-
-    Without ``--multi_gpu`` accelerate's launcher starts a single process (no WORLD_SIZE) on a CPU-only host,
-    whatever ``--num_processes`` says; its command line (the parent process) still says how many were wanted.
-    """
-    if "WORLD_SIZE" in os.environ or "ACCELERATE_MIXED_PRECISION" not in os.environ:
-        return 0
-    try:
-        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
-            args = f.read().decode(errors="replace").split("\0")
-    except OSError:
-        return 0
-    for i, arg in enumerate(args):
-        if arg.startswith("--num_processes="):
-            value = arg.split("=", 1)[1]
-        elif arg == "--num_processes" and i + 1 < len(args):
-            value = args[i + 1]
-        else:
-            continue
-        return int(value) if value.isdigit() and int(value) > 1 else 0
-    return 0
-
-
-if __name__ == "__main__":  # `torchrun ... -m distill_nb.train RUN_DIR` keeps working: the worker is the entry
-    import subprocess
+if __name__ == "__main__":  # `torchrun/accelerate launch ... -m distill_nb.train RUN_DIR` keep working
     import sys
 
-    from .worker import main
+    from .worker import cli
 
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m distill_nb.worker RUN_DIR")
-    if n := _accelerate_processes():  # accelerate's single-process launcher: start the N processes it meant
-        print(f"distill_nb.train: accelerate launch asked for {n} processes but started one (add --multi_gpu to "
-              f"let accelerate do it); starting {n} with torch.distributed.run", file=sys.stderr)
-        sys.exit(subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                  f"--nproc_per_node={n}", "-m", "distill_nb.train", sys.argv[1]]))
-    sys.exit(main(sys.argv[1]))
+    sys.exit(cli(sys.argv, module="distill_nb.train"))

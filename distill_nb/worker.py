@@ -241,7 +241,42 @@ def _train(path: Path, config: DistillConfig | None) -> int:
         return 1
 
 
+def accelerate_processes() -> int:
+    """N when ``accelerate launch --num_processes N`` (N > 1) started this one process, else 0.
+
+    Without ``--multi_gpu`` accelerate's launcher starts a single process (no WORLD_SIZE) on a CPU-only host,
+    whatever ``--num_processes`` says; its command line (the parent process) still says how many were wanted.
+    """
+    if "WORLD_SIZE" in os.environ or "ACCELERATE_MIXED_PRECISION" not in os.environ:
+        return 0
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return 0
+    for i, arg in enumerate(args):
+        if arg.startswith("--num_processes="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--num_processes" and i + 1 < len(args):
+            value = args[i + 1]
+        else:
+            continue
+        return int(value) if value.isdigit() and int(value) > 1 else 0
+    return 0
+
+
+def cli(argv: list[str], module: str = "distill_nb.worker") -> int:
+    """``python -m distill_nb.worker RUN_DIR`` (also under torchrun/accelerate launch)."""
+    if len(argv) != 2:
+        print(f"usage: python -m {module} RUN_DIR", file=sys.stderr)
+        return 2
+    if n := accelerate_processes():  # accelerate's single-process launcher: start the N processes it meant
+        print(f"{module}: accelerate launch asked for {n} processes but started one (add --multi_gpu to let "
+              f"accelerate do it); starting {n} with torch.distributed.run", file=sys.stderr)
+        return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                f"--nproc_per_node={n}", "-m", module, argv[1]])
+    return main(argv[1])
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m distill_nb.worker RUN_DIR")
-    sys.exit(main(sys.argv[1]))
+    sys.exit(cli(sys.argv))
