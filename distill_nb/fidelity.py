@@ -143,8 +143,10 @@ class ReasonTracker:
         """``reason_spearman``, ``reason_topk`` (Jaccard of the top-k tokens), ``reason_sign`` (NaN-free: None
         when no example gives a value), and ``reason_s`` (seconds). Leaves the student's train/eval mode as it was."""
         t0 = time.time()
-        mine = attribute(student, self.student_tokenizer, self.texts, self.method, self.targets,
-                         n_steps=self.n_steps, max_length=self.max_length, device=self.device)
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # tracking on or off: the same training randomness afterwards
+            mine = attribute(student, self.student_tokenizer, self.texts, self.method, self.targets,
+                             n_steps=self.n_steps, max_length=self.max_length, device=self.device)
         rows = [agreement(*align(t, s)[2:], self.top_k) for t, s in zip(self.teacher, mine)]
         out: dict[str, float | None] = {}
         for key, name in [("reason_spearman", "spearman"), ("reason_topk", "topk_jaccard"),
