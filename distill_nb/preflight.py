@@ -274,8 +274,8 @@ def check_shared_vocab(teacher: str, student: str, *, mlm: bool = False) -> None
     if a is not None and b is not None and a != b:
         fix = ("objective='mlm' compares vocabulary distributions: use a student with the teacher's tokenizer, "
                "or student_init='every_k'.") if mlm else (
-               "hidden/attention/attribution losses need shared tokens. Set alpha_hidden, alpha_attn and "
-               "alpha_attr to 0 (logit distillation works across tokenizers), or use a student with the "
+               "hidden/attention/attribution losses need shared tokens. Set alpha_hidden=0, alpha_attn=0 and "
+               "alpha_attr=0 (logit distillation works across tokenizers), or use a student with the "
                "teacher's tokenizer.")
         raise ConfigError(f"student_init={student!r} has another vocabulary than the teacher {teacher!r} "
                           f"({len(b)} vs {len(a)} tokens): {fix}")
