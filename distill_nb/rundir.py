@@ -201,7 +201,7 @@ def transition(path: Path, allowed: set[Status], **fields: Any) -> dict[str, Any
         state = Status(current["state"])
         if state not in allowed:
             if state.active:
-                raise RunBusy(f"run {Path(path).name!r} is already {state.value} ({_who(current)}); wait for it or "
+                raise RunBusy(f"run {Path(path).name!r} is already {state.value} ({owner_of(current)}); wait for it or "
                               "stop it first.")
             if state is Status.UNREADABLE:
                 raise ValueError(f"run {Path(path).name!r} cannot be used: {current['error']}.")
@@ -210,7 +210,8 @@ def transition(path: Path, allowed: set[Status], **fields: Any) -> dict[str, Any
         return _merge_status(path, fields)
 
 
-def _who(status: dict[str, Any]) -> str:
+def owner_of(status: dict[str, Any]) -> str:
+    """"pid N on host" for a status (the worker, or the launcher before one started)."""
     pid = status.get("pid") or status.get("launcher_pid")
     return f"pid {pid} on {status.get('host') or status.get('launcher_host') or '?'}" if pid else "no worker yet"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import rundir, worker
 from .config import ConfigError, DistillConfig
-from .rundir import (  # noqa: F401  (re-exported for callers of runs)
+from .rundir import (  # re-exported for callers of runs (see __all__)
     STALE_AFTER_S,
     RunBusy,
     RunNotFound,
@@ -128,6 +128,10 @@ class Run:
         if self.state is Status.COMPLETED:
             raise ValueError(f"run {self.id!r} already completed; it is never trained again. Use run.fork(max_steps="
                              "...) to start a new run with changed settings.")
+        status = self.status()
+        if Status(status["state"]).active:  # answered at once; only a dead worker's lock is worth waiting for
+            raise RunBusy(f"run {self.id!r} is already {status['state']} ({rundir.owner_of(status)}); wait for "
+                          "it or stop it first.")
         deadline = time.time() + 10.0  # a worker that was just killed may take a moment to release its lock
         while not rundir.worker_lock_free(self.path):
             if time.time() > deadline:
