@@ -118,7 +118,7 @@ def load_checkpoint(ckpt: Path, student: nn.Module, proj: nn.Module, opt: torch.
         raise ConfigError(f"checkpoint {ckpt} has an unusable distill_config.json ({e}); delete that checkpoint folder "
                           "to resume from an earlier one.") from None
     if saved is not None and saved.to_dict() != config.to_dict():
-        diff = {k: (v, config.to_dict()[k]) for k, v in saved.to_dict().items() if config.to_dict()[k] != v}
+        diff = saved.diff(config)
         raise ConfigError(f"checkpoint {ckpt.name} was written with another config (saved -> now: {diff}); resuming "
                           "never changes a run's config: start a new run for the new settings (run.fork(...)).")
     student.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)

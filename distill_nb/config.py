@@ -297,6 +297,11 @@ class DistillConfig:
                               "configs: launch them one by one).")
         return cls.from_dict(data)
 
+    def diff(self, other: DistillConfig) -> dict[str, tuple[Any, Any]]:
+        """Fields that differ: ``{name: (self's value, other's value)}`` (empty when the configs are equal)."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (v, theirs[k]) for k, v in mine.items() if theirs[k] != v}
+
     def replace(self, **changes: Any) -> DistillConfig:
         """A copy with some fields changed (validated)."""
         return DistillConfig.from_dict({**self.to_dict(), **changes})

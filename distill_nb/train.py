@@ -389,7 +389,7 @@ def _claim(config: DistillConfig, run_dir: Path) -> bool:
         if os.path.lexists(path):
             saved = DistillConfig.from_json(path)
             if saved.to_dict() != config.to_dict():
-                diff = {k: (v, config.to_dict()[k]) for k, v in saved.to_dict().items() if config.to_dict()[k] != v}
+                diff = saved.diff(config)
                 raise ConfigError(f"{run_dir} holds a run with another config (its -> given: {diff}); a different "
                                   "config means a new run: use a new run directory, or Run.fork(**changes).")
         else:
