@@ -83,10 +83,13 @@ try {
   seen.afterRestart = { state: status.state, step: status.step };
   await sleep(4000);  // keeps training while the new kernel is up
   seen.attached = await runCell(page, 1, "attached");
-  // a restarted kernel counts executions from 1 again
-  seen.attachedPrompt = (
-    await page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell").nth(1).locator(".jp-InputPrompt").innerText()
-  ).trim();
+  // a restarted kernel counts executions from 1 again; the output can arrive before the execute reply that
+  // turns the prompt from [*] into [n], so wait for the prompt to settle before reading it
+  const attachedPrompt = page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell").nth(1).locator(".jp-InputPrompt");
+  await page
+    .waitForFunction((node) => /\[\d+\]/.test(node.textContent), await attachedPrompt.elementHandle(), { timeout: 60000 })
+    .catch(() => {});
+  seen.attachedPrompt = (await attachedPrompt.innerText()).trim();
   status = await runStatus(page);
   seen.later = { state: status.state, step: status.step };
   await page.screenshot({ path: `${ARTIFACTS}/kernel-restart.png` });
