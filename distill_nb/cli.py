@@ -65,9 +65,12 @@ def main(argv: list[str] | None = None) -> int:
                 if s["state"] == "unreadable":  # a corrupt run is reported, never breaks the list
                     print(f"{s['run_id']:<36} {s['state']:<10} {s.get('error')}")
                     continue
-                acc = (s.get("last_eval") or {}).get("accuracy")
+                last = s.get("last_eval") or {}
+                acc, reasons = last.get("accuracy"), last.get("reason_spearman")
                 acc = round(acc, 4) if isinstance(acc, (int, float)) else None
-                print(f"{s['run_id']:<36} {s['state']:<10} step {s.get('step')}/{s.get('total_steps')}  acc {acc}")
+                print(f"{s['run_id']:<36} {s['state']:<10} step {s.get('step')}/{s.get('total_steps')}  acc {acc}"
+                      + (f"  reasons {reasons:.3f}" if isinstance(reasons, (int, float))
+                         and not isinstance(reasons, bool) else ""))
             return 0
         if args.cmd == "run":
             config = DistillConfig.from_json(args.config)

@@ -6,6 +6,7 @@ rotating order) and summarised by the median, so background load on a shared mac
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -30,6 +31,7 @@ class ModelRow:
     latency_b32_ms: float  # median forward time, batch of 32
     accuracy: float | None
     note: str = ""  # what this model is (data, training, compression)
+    reason_spearman: float | None = None  # agreement of its token attributions with the teacher's (a run's probe)
 
     @property
     def throughput(self) -> float:
@@ -48,6 +50,7 @@ class Candidate:
     params: int | None = None  # override (e.g. the fp32 count for a quantized model, whose Linear weights
     # are no longer nn.Parameters)
     note: str = ""
+    reason_spearman: float | None = None  # measured elsewhere (a run's last probe); shown as "reasons"
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class Report:
         import pandas as pd
 
         frame = pd.DataFrame([asdict(r) for r in self.rows]).set_index("name")
+        if all(r.reason_spearman is None for r in self.rows):
+            frame = frame.drop(columns="reason_spearman")
         base = self.rows[0]
         frame["params_%"] = 100 * frame["params"] / base.params
         frame["throughput_b32"] = [r.throughput for r in self.rows]
@@ -90,6 +95,8 @@ class Report:
         width = max(22, *(len(r.name) + 2 for r in self.rows))
         head = (f"{'model':<{width}}{'params':>12}{'params%':>9}{'MB':>8}{'b1 ms':>8}{'b32 ms':>9}{'ex/s':>8}"
                 f"{'speed-up':>10}{'accuracy':>10}{'retention':>11}")
+        reasons = any(r.reason_spearman is not None for r in self.rows)
+        head += f"{'reasons':>9}" if reasons else ""
         lines = [f"device: {self.device}; data: {self.data}"]
         if self.latency_inputs:
             lines.append(f"latency: {self.latency_inputs}")
@@ -100,13 +107,18 @@ class Report:
             lines.append(f"{r.name:<{width}}{r.params:>12,}{100 * r.params / base.params:>8.1f}%{r.mb:>8.1f}"
                          f"{r.latency_b1_ms:>8.1f}{r.latency_b32_ms:>9.1f}{r.throughput:>8.0f}"
                          f"{base.latency_b32_ms / r.latency_b32_ms:>9.2f}x{acc:>10}"
-                         f"{f'{ret:.1f}%' if ret is not None else '-':>11}")
+                         f"{f'{ret:.1f}%' if ret is not None else '-':>11}"
+                         + (f"{_fmt(r.reason_spearman):>9}" if reasons else ""))
         lines += [f"  {r.name}: {r.note}" for r in self.rows if r.note]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         return self.to_frame().to_html(float_format=lambda v: f"{v:,.3f}")
+
+
+def _fmt(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "-"
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -192,7 +204,8 @@ def compare(models: dict[str, tuple[nn.Module, Any, str | os.PathLike | None]] |
     rows = [ModelRow(name=c.name, params=c.params if c.params is not None else count_params(c.model),
                      mb=disk_mb(c.folder, c.model), latency_b1_ms=1000 * t1, latency_b32_ms=1000 * t32,
                      accuracy=(accuracy(c.model, c.tokenizer, texts, labels, max_length=max_length)
-                               if labels is not None else None), note=c.note)
+                               if labels is not None else None), note=c.note,
+                     reason_spearman=c.reason_spearman)
             for c, t1, t32 in zip(cands, b1, b32)]
     notes = list(notes)
     if labels is not None:  # a student above its teacher beyond noise means the teacher is the bottleneck
@@ -261,8 +274,13 @@ def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repe
         t_note += f" (fine-tuned: {t_folder})"
     run_notes = [(f"the run trained in {status.get('precision') or '?'} on {status.get('device') or '?'}; "
                   "latencies here are fp32")]
+    reasons = last_reason_agreement(run_dir)
+    if reasons is not None:
+        run_notes.append(f"reasons: mean Spearman of the student's token attributions with the teacher's on the "
+                         f"run's {config.reason_probe} probe texts ({config.reason_method}) at step {reasons[1]}")
     return compare([Candidate("teacher", teacher, t_tok, t_folder if t_path.is_dir() else None, note=t_note),
                     Candidate("student (distilled)", student, s_tok, run_dir / "student",
+                              reason_spearman=reasons[0] if reasons is not None else None,
                               note=f"{config.student_layers} layers, {config.student_init} init"
                                    + (f" from {config.student_layers_from}" if config.student_layers_from else "")
                                    + (f", vocab {config.student_vocab}" if config.student_vocab != "full" else "")
@@ -270,6 +288,18 @@ def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repe
                                    f"{config.max_steps or config.epochs} {'steps' if config.max_steps else 'epochs'}")],
                    task.eval.texts, task.eval.labels, data=task.source, repeats=repeats,
                    max_length=config.max_length, notes=run_notes + notes)
+
+
+def last_reason_agreement(run_dir: str | os.PathLike) -> tuple[float, int] | None:
+    """(reason_spearman, step) of the run's last evaluation that measured it; None when it never did."""
+    from .rundir import read_metrics
+
+    for record in reversed(read_metrics(Path(run_dir))):
+        value = record.get("reason_spearman")
+        if (record.get("split") == "eval" and isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value)):
+            return float(value), int(record.get("step") or 0)
+    return None
 
 
 def vocab_notes(student: nn.Module, teacher_tokenizer: Any, eval_texts: Sequence[str], *,

@@ -33,7 +33,8 @@ def test_sidebar_stop_and_launcher(lab, runs_root, tiny_teacher, tiny_dataset):
     write_status(remote, state="stopped", step=5, total_steps=50)
     done = create_run(DistillConfig(teacher="tiny", max_steps=100), runs_root, "sst2-done")
     write_status(done, state="completed", step=100, total_steps=100)
-    append_metrics(done, {"step": 100, "split": "eval", "accuracy": 0.875})
+    append_metrics(done, {"step": 50, "split": "eval", "accuracy": 0.75, "reason_spearman": 0.2})
+    append_metrics(done, {"step": 100, "split": "eval", "accuracy": 0.875, "reason_spearman": 0.4321})
     # a real worker (python -m distill_nb.train) on the tiny offline teacher, long enough to be stopped
     config = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text",
                            student_layers=2, max_steps=100_000, eval_every=5, checkpoint_every=100_000,
@@ -58,6 +59,7 @@ def test_sidebar_stop_and_launcher(lab, runs_root, tiny_teacher, tiny_dataset):
 
     assert seen["stateBefore"] == "running" and re.search(r"step \d+/100000", seen["stepsBefore"])
     assert seen["doneAccuracy"] == "acc 87.5%" and seen["doneStopDisabled"]
+    assert seen["doneReasons"] == ["reasons ρ 0.43"] and seen["remoteReasons"] == [], seen  # the last value, once
     assert seen["serverBroken"][0] == "unreadable" and seen["serverBroken"][1], seen["serverBroken"]
     assert seen["serverRemote"] == ["remote code", "tiny → 2-layer student · sst2"], seen["serverRemote"]
     assert not [e for e in seen["consoleErrors"] if "distill" in e.lower()], seen["consoleErrors"]

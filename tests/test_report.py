@@ -38,6 +38,37 @@ def test_report_table_columns_and_retention():
     assert frame.loc["student", "speedup_b1"] == pytest.approx(2.0)
 
 
+def test_report_shows_reason_agreement_only_when_measured():
+    rows = [ModelRow("teacher", 1000, 4.0, 10.0, 80.0, 0.90),
+            ModelRow("student", 600, 2.4, 5.0, 40.0, 0.873, reason_spearman=0.4213)]
+    text = str(Report(rows, device="cpu", data="toy"))
+    header = next(line for line in text.splitlines() if line.startswith("model"))
+    assert header.split()[-2:] == ["retention", "reasons"]
+    assert next(line for line in text.splitlines() if line.startswith("teacher")).split()[-1] == "-"
+    assert next(line for line in text.splitlines() if line.startswith("student")).split()[-1] == "0.421"
+    assert "reason_spearman" in Report(rows, device="cpu", data="toy").to_frame().columns
+    assert "reason_spearman" not in _report().to_frame().columns and "reasons" not in str(_report())
+
+
+@pytest.mark.parametrize("records, expected", [
+    ([], None),
+    ([{"step": 1, "split": "train", "reason_spearman": 0.5}], None),  # only evals count
+    ([{"step": 1, "split": "eval", "accuracy": 0.5}], None),  # tracking off
+    ([{"step": 1, "split": "eval", "reason_spearman": 0.3}, {"step": 2, "split": "eval", "reason_spearman": None}],
+     (0.3, 1)),  # the last *measured* value (NaN is written as null)
+    ([{"step": 1, "split": "eval", "reason_spearman": 0.3}, {"step": 2, "split": "eval", "reason_spearman": 0.6}],
+     (0.6, 2)),
+    ([{"step": 1, "split": "eval", "reason_spearman": "0.9"}, {"step": 2, "split": "eval", "reason_spearman": True}],
+     None),  # not numbers
+])
+def test_last_reason_agreement(tmp_path, records, expected):
+    from distill_nb.report import last_reason_agreement
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records)
+                                            + '{"step": 3, "split": "eval", "reason_spearman": NaN}\n')
+    assert last_reason_agreement(tmp_path) == expected
+
+
 class _Logged(nn.Module):
     """Records its name on every forward, so the timing order can be checked."""
 
@@ -106,6 +137,10 @@ def test_compare_run_on_a_tiny_finished_run(tiny_teacher, tiny_dataset, tmp_path
     assert student.accuracy == pytest.approx(final["accuracy"])
     assert teacher.accuracy == pytest.approx(final["teacher_accuracy"])
     assert "retention" in str(rep)
+    # the run tracked its reasons (default probe): the student's row carries the last value it logged
+    assert final.get("reason_spearman") is not None, final
+    assert student.reason_spearman == pytest.approx(final["reason_spearman"]) and teacher.reason_spearman is None
+    assert "reasons" in str(rep) and any("probe texts" in n for n in rep.notes)
 
 
 def test_bench_run_all_tiny(tmp_path, monkeypatch, capsys):

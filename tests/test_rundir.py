@@ -114,6 +114,17 @@ def test_cli_list_survives_every_corrupt_status_at_once(tmp_path, monkeypatch, c
     assert "Traceback" not in out.err and "fine" in out.out and out.out.count("unreadable") >= 15
 
 
+def test_cli_list_shows_the_last_reason_agreement(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DISTILL_NB_RUNS", str(tmp_path))
+    rundir.append_metrics(make(tmp_path, "tracked", state="completed", step=10, total_steps=10),
+                          {"step": 10, "split": "eval", "accuracy": 0.8, "reason_spearman": 0.4567})
+    rundir.append_metrics(make(tmp_path, "untracked", state="completed", step=10, total_steps=10),
+                          {"step": 10, "split": "eval", "accuracy": 0.8, "reason_spearman": math.nan})
+    assert cli(["list"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["tracked"].endswith("reasons 0.457") and "reasons" not in lines["untracked"]
+
+
 # --- strict JSON: NaN never reaches disk or the wire -------------------------------------------------------------
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_numbers_are_written_as_null(tmp_path, bad):

@@ -41,6 +41,8 @@ export interface IRunSummary {
     accuracy?: number;
     retention?: number;
     eval_examples?: number;
+    /** mean Spearman of the student's token attributions with the teacher's on the run's probe texts */
+    reason_spearman?: number | null;
   } | null;
   error?: string | null;
   stale?: boolean;

@@ -158,6 +158,16 @@ export class RunsPanel extends Widget {
     const details = document.createElement("div");
     details.className = "jp-DistillNb-details";
     details.append(state, steps, accuracy);
+    const reasons = reasonsText(run);
+    if (reasons) {
+      const span = document.createElement("span");
+      span.className = "jp-DistillNb-reasons";
+      span.textContent = reasons;
+      span.title =
+        `reason agreement at step ${run.last_eval?.step ?? "?"}: mean Spearman correlation of the ` +
+        "student's token attributions with the teacher's on the run's probe texts (1 = same reasons)";
+      details.append(span);
+    }
 
     const actions = document.createElement("div");
     actions.className = "jp-DistillNb-actions";
@@ -332,6 +342,14 @@ function buttonsSay(message: string): string {
   return message
     .replace(/\bresume\(\)/g, "Resume")
     .replace(/\bstop\(\) it/g, "Stop it");
+}
+
+/** "reasons ρ 0.43" from the last eval's reason agreement, or "" when the run does not track it. */
+function reasonsText(run: IRunSummary): string {
+  const r = run.last_eval?.reason_spearman;
+  return typeof r === "number" && Number.isFinite(r)
+    ? `reasons ρ ${r.toFixed(2)}`
+    : "";
 }
 
 /** "minilm-l6 → 3 layers · sst2", or "" when the server sent no summary. */

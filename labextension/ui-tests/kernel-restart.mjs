@@ -10,26 +10,44 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"],
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+  ],
 });
 
 async function runStatus(page) {
-  const reply = await page.request.get(`${JLAB_URL}distill-nb/runs/${RUN_ID}?token=${JLAB_TOKEN}`);
+  const reply = await page.request.get(
+    `${JLAB_URL}distill-nb/runs/${RUN_ID}?token=${JLAB_TOKEN}`,
+  );
   return reply.ok() ? await reply.json() : { state: `http ${reply.status()}` };
 }
 
 async function runCell(page, index, expect) {
-  const cell = page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell").nth(index);
+  const cell = page
+    .locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell")
+    .nth(index);
   const prompt = cell.locator(".jp-InputPrompt");
   // a request sent while the kernel connection is still settling can be dropped: retry until it shows [*] or [n]
   for (let attempt = 0; attempt < 4; attempt++) {
     await cell.locator(".jp-InputArea-editor").click();
     await page.keyboard.press("Control+Enter");
     const started = await page
-      .waitForFunction((node) => /\[(\*|\d+)\]/.test(node.textContent), await prompt.elementHandle(),
-        { timeout: 20000 })
-      .then(() => true, () => false);
+      .waitForFunction(
+        (node) => /\[(\*|\d+)\]/.test(node.textContent),
+        await prompt.elementHandle(),
+        { timeout: 20000 },
+      )
+      .then(
+        () => true,
+        () => false,
+      );
     if (started) break;
   }
   const output = cell.locator(".jp-OutputArea-output", { hasText: expect });
@@ -38,7 +56,9 @@ async function runCell(page, index, expect) {
   } catch (error) {
     await page.screenshot({ path: `${ARTIFACTS}/kernel-restart-failed.png` });
     const outputs = await cell.locator(".jp-OutputArea").allInnerTexts();
-    throw new Error(`cell ${index} never printed ${expect}; its outputs: ${JSON.stringify(outputs)}`);
+    throw new Error(
+      `cell ${index} never printed ${expect}; its outputs: ${JSON.stringify(outputs)}`,
+    );
   }
   return (await output.innerText()).trim();
 }
@@ -52,7 +72,9 @@ async function waitForIdleKernel(page) {
 }
 
 try {
-  const page = await browser.newPage({ viewport: { width: 1400, height: 850 } });
+  const page = await browser.newPage({
+    viewport: { width: 1400, height: 850 },
+  });
   page.on("console", (msg) => {
     if (msg.type() === "error") seen.consoleErrors.push(msg.text());
   });
@@ -65,29 +87,50 @@ try {
   seen.launched = await runCell(page, 0, "launched");
   // let it train a little in its background kernel
   let status = await runStatus(page);
-  for (let i = 0; i < 240 && !(status.state === "running" && (status.step ?? 0) >= 3); i++) {
+  for (
+    let i = 0;
+    i < 240 && !(status.state === "running" && (status.step ?? 0) >= 3);
+    i++
+  ) {
     await sleep(500);
     status = await runStatus(page);
   }
-  seen.before = { state: status.state, step: status.step, backend: status.backend };
+  seen.before = {
+    state: status.state,
+    step: status.step,
+    backend: status.backend,
+  };
 
   // Kernel > Restart Kernel…, then confirm the dialog
   await page.locator(".lm-MenuBar-itemLabel", { hasText: /^Kernel$/ }).click();
-  await page.locator(".lm-Menu-itemLabel", { hasText: /^Restart Kernel/ }).first().click();
+  await page
+    .locator(".lm-Menu-itemLabel", { hasText: /^Restart Kernel/ })
+    .first()
+    .click();
   const confirm = page.locator(".jp-Dialog .jp-mod-accept");
-  await confirm.waitFor({ timeout: 10000 }).then(() => confirm.click()).catch(() => {});
+  await confirm
+    .waitFor({ timeout: 10000 })
+    .then(() => confirm.click())
+    .catch(() => {});
   seen.restartedAt = Date.now();
   await sleep(2000);
   await waitForIdleKernel(page);
   status = await runStatus(page);
   seen.afterRestart = { state: status.state, step: status.step };
-  await sleep(4000);  // keeps training while the new kernel is up
+  await sleep(4000); // keeps training while the new kernel is up
   seen.attached = await runCell(page, 1, "attached");
   // a restarted kernel counts executions from 1 again; the output can arrive before the execute reply that
   // turns the prompt from [*] into [n], so wait for the prompt to settle before reading it
-  const attachedPrompt = page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell").nth(1).locator(".jp-InputPrompt");
+  const attachedPrompt = page
+    .locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell")
+    .nth(1)
+    .locator(".jp-InputPrompt");
   await page
-    .waitForFunction((node) => /\[\d+\]/.test(node.textContent), await attachedPrompt.elementHandle(), { timeout: 60000 })
+    .waitForFunction(
+      (node) => /\[\d+\]/.test(node.textContent),
+      await attachedPrompt.elementHandle(),
+      { timeout: 60000 },
+    )
     .catch(() => {});
   seen.attachedPrompt = (await attachedPrompt.innerText()).trim();
   status = await runStatus(page);

@@ -53,6 +53,9 @@ try {
   seen.stepsBefore = await run.locator(".jp-DistillNb-steps").innerText();
   seen.doneAccuracy = await done.locator(".jp-DistillNb-accuracy").innerText();
   seen.doneStopDisabled = await done.locator(".jp-DistillNb-stop").isDisabled();
+  seen.doneReasons = await done
+    .locator(".jp-DistillNb-reasons")
+    .allInnerTexts();
   // the real server's list: a corrupt run is one unreadable row, a remote-code run carries its flag
   const brokenRow = panel.locator(
     `.jp-DistillNb-run[data-run-id="${BROKEN_ID}"]`,
@@ -64,6 +67,9 @@ try {
     await brokenRow.locator(".jp-DistillNb-state").innerText(),
     await brokenRow.locator(".jp-DistillNb-runError").innerText(),
   ];
+  seen.remoteReasons = await remoteRow
+    .locator(".jp-DistillNb-reasons")
+    .allInnerTexts();
   seen.serverRemote = [
     await remoteRow.locator(".jp-DistillNb-remoteCode").innerText(),
     await remoteRow.locator(".jp-DistillNb-summary").innerText(),
