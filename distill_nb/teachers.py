@@ -169,10 +169,8 @@ def prepare_teacher(name: str, task: Any, *, max_steps: int = 2000, max_minutes:
         The folder of the prepared teacher (``save_pretrained`` + tokenizer + ``teacher.json``).
     """
     recipe = {**RECIPE, **(recipe or {})}
-    identity = {"base": base_key(name, trust_remote_code), "data": data_key(task), "recipe": recipe}
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(name)).name)[:32]
-    out = teachers_dir() / f"{task_name(task)}-{base}-{key}"
+    out, identity = _cache_entry(name, task, recipe, trust_remote_code)
+    key = out.name.rsplit("-", 1)[1]
     if not refresh and (out / "config.json").is_file():
         meta = teacher_meta(out) or {}
         if _covers(meta, max_steps, max_minutes):
@@ -199,6 +197,24 @@ def prepare_teacher(name: str, task: Any, *, max_steps: int = 2000, max_minutes:
     os.replace(tmp, out)
     log(f"prepared teacher: {_read(out).label} -> {out}")
     return out
+
+
+def _cache_entry(name: str, task: Any, recipe: dict[str, Any], trust_remote_code: bool) -> tuple[Path, dict]:
+    """(the cache folder, the identity hashed into its name) of ``name`` prepared on ``task`` with ``recipe``."""
+    identity = {"base": base_key(name, trust_remote_code), "data": data_key(task), "recipe": recipe}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(name)).name)[:32]
+    return teachers_dir() / f"{task_name(task)}-{base}-{key}", identity
+
+
+def cached_teacher(name: str, task: Any, *, trust_remote_code: bool = False,
+                   recipe: dict[str, Any] | None = None) -> Path | None:
+    """The folder :func:`prepare_teacher` made (or would make) for ``name`` on ``task``, if it is in the cache.
+
+    What a run with this teacher and data would use, without fine-tuning anything: None when nothing is cached.
+    """
+    out, _ = _cache_entry(name, task, {**RECIPE, **(recipe or {})}, trust_remote_code)
+    return out if (out / "config.json").is_file() else None
 
 
 def _covers(meta: dict[str, Any], max_steps: int, max_minutes: float | None) -> bool:

@@ -190,3 +190,42 @@ def test_designer_suggest_button_shows_the_advice_and_uses_it(teacher_and_tok):
     DistillConfig(**d.config_fields())  # a valid config
     d.layers_slider.value = 3  # advice was for 2 layers: back to every k-th
     assert d.layers_from == [] and d.config_fields()["student_layers_from"] is None
+
+
+def test_app_suggest_layers_uses_the_train_tabs_data_and_the_runs_teacher(tiny_dataset, tmp_path, monkeypatch):
+    """In DistillApp no use_task call is needed: the Train tab's data and the teacher a run would use (for a bare
+    encoder, the prepared one from the cache; a clear error while there is none)."""
+    from transformers import BertModel
+
+    from conftest import make_tiny_bert
+    from distill_nb.rundata import full_task_for
+    from distill_nb.teachers import cached_teacher, prepare_teacher
+    from distill_nb.widgets.app import DistillApp
+
+    monkeypatch.setenv("DISTILL_NB_CACHE", str(tmp_path / "cache"))
+    classifier = make_tiny_bert(tmp_path / "clf", layers=4, seed=1)
+    bare = make_tiny_bert(tmp_path / "bare", layers=4, seed=2)
+    BertModel.from_pretrained(bare).save_pretrained(bare)
+
+    def app_for(teacher):
+        config = DistillConfig(teacher=str(teacher), dataset=str(tiny_dataset), text_column="text", student_layers=2)
+        app = DistillApp(config, root=str(tmp_path / "runs"))
+        app.auto_estimate = False
+        return app, config
+
+    app, _ = app_for(classifier)
+    app.designer.suggest_button.click()
+    assert app.designer.error == "" and app.designer.advice is not None, app.designer.error
+    assert app.designer.layers_from == list(app.designer.advice.chosen) and len(app.designer.layers_from) == 2
+    assert app.designer.task_vocab_size > 0  # the task's vocabulary was counted too
+    assert app.advice_inputs() is app.advice_inputs()  # loaded once while teacher and data stay
+
+    app, config = app_for(bare)
+    app.designer.suggest_button.click()
+    assert app.designer.advice is None and app.designer.layers_from == []
+    assert "bare encoder" in app.designer.error and "prepare" in app.designer.error, app.designer.error
+    prepared = prepare_teacher(str(bare), full_task_for(config), max_steps=2, log=lambda *_: None)
+    assert cached_teacher(str(bare), full_task_for(config)) == prepared
+    app.designer.suggest_button.click()  # the run's teacher is in the cache now
+    assert app.designer.error == "" and app.designer.advice is not None, app.designer.error
+    assert app.advice_inputs()[1].name_or_path == str(prepared)

@@ -58,6 +58,8 @@ class DistillApp(W.VBox):
         self.tabs.observe(self._tab_shown, names=["selected_index"])
         self.monitor.observe(self._state_changed, names=["state"])
         self.errors.on_open = lambda _: setattr(self.tabs, "selected_index", TABS.index("Explain"))
+        self._advice: tuple[tuple, tuple[Any, Any, Any]] | None = None
+        self.designer.task_source = self.advice_inputs  # "suggest layers" reads the Train tab's data
         self.children = [W.HTML("<h3 style='margin:4px 0'>distill_nb — distil a transformer classifier</h3>"),
                          self.tabs]
         if run_id:
@@ -89,6 +91,39 @@ class DistillApp(W.VBox):
             self.explorer.set_run(run)
             self.errors.set_run(run)
             self.comparison.set_run(run)
+
+    def advice_inputs(self) -> tuple[Any, Any, Any]:
+        """(task, teacher, tokenizer) for the Student tab's "suggest layers": the Train tab's data and the teacher
+        a run would distil from (for a bare encoder, its prepared teacher from the cache). Loaded once per
+        teacher + data setting.
+
+        Raises:
+            ValueError: the teacher is a bare encoder and no teacher has been prepared on this data yet.
+        """
+        from ..models import NotAClassifierError, load_teacher
+        from ..rundata import full_task_for
+        from ..teachers import cached_teacher
+
+        config = self.launcher.build_config()
+        key = tuple(str(getattr(config, k)) for k in ("teacher", "dataset", "text_column", "label_column",
+                                                     "train_split", "eval_split", "text_pair", "label_names",
+                                                     "seed", "trust_remote_code"))
+        if self._advice is not None and self._advice[0] == key:
+            return self._advice[1]
+        task = full_task_for(config)  # the data a prepared teacher is keyed on (the advisor samples from it)
+        try:
+            teacher, tokenizer = load_teacher(config.teacher, trust_remote_code=config.trust_remote_code)
+        except NotAClassifierError:
+            folder = cached_teacher(config.teacher, task, trust_remote_code=config.trust_remote_code)
+            if folder is None:
+                raise ValueError(
+                    f"suggest layers measures the teacher's classifier, and {config.teacher!r} is a bare encoder "
+                    f"with no teacher prepared on {task.source} yet. Start a run once (its first phase fine-tunes a "
+                    "head and caches the teacher; then suggest layers uses it), pick a prepared teacher in the "
+                    "Teacher tab, or call distill_nb.teachers.prepare_teacher(...).") from None
+            teacher, tokenizer = load_teacher(str(folder))
+        self._advice = (key, (task, teacher.eval(), tokenizer))
+        return self._advice[1]
 
     def open_run(self, run_id: str) -> None:
         """Show an existing run in the monitor (and, when completed, in the analysis tabs)."""

@@ -7,6 +7,7 @@ counts the task's vocabulary for a trimmed student (``vocab.choose_vocab``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as W
@@ -84,6 +85,9 @@ class StudentDesigner(Panel):
         self.estimate_box = W.HTML()
         self.map_box = W.HTML()
         self._task: tuple[Any, Any, Any] | None = None  # (task, teacher model, tokenizer), see use_task
+        # where "suggest layers" gets them when use_task was not called: DistillApp passes the Train tab's data and
+        # the Teacher tab's teacher; it returns the same objects while those settings are unchanged
+        self.task_source: Callable[[], tuple[Any, Any, Any]] | None = None
         self.vocab_dropdown = W.Dropdown(options=VOCABS, value="full", description="vocabulary", style=style,
                                          layout=W.Layout(width="460px"))
         self.vocab_size = W.BoundedIntText(value=8000, min=16, max=10**7, description="tokens", style=style,
@@ -299,6 +303,15 @@ class StudentDesigner(Panel):
         """Run ``advisor.suggest_layers`` on the task's training texts for the current depth; show and use it."""
         from ..advisor import suggest_layers
 
+        if self.task_source is not None:
+            self.advice_box.value = note_html("loading the task data and the teacher...")
+            try:
+                inputs = self.task_source()
+            except Exception:
+                self.advice_box.value = ""
+                raise
+            if self._task is None or any(a is not b for a, b in zip(inputs, self._task)):
+                self.use_task(*inputs)
         if self._task is None or self._task[1] is None:
             self.advice_box.value = note_html("suggest layers needs task data and the teacher model: call "
                                               "designer.use_task(task, teacher, tokenizer) first")
