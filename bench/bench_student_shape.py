@@ -34,10 +34,17 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+# every_k+vocab: DistilBERT's every-k layers with the trimmed vocabulary (the size goal without the advisor)
+VARIANTS = ["every_k", "first_k", "advisor", "advisor+vocab", "every_k+vocab"]
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     """README tables from one or more result JSONs: accuracy per variant, then trimmed vs untrimmed."""
-    lines = ["| task | steps x batch | every-k | first-k | advisor (layers, time) | advisor + vocab |",
-             "|---|---|---|---|---|---|"]
+    present = [v for v in VARIANTS if any(r["variant"] == v for res in results for t in res["tasks"].values()
+                                          for r in t["runs"])]
+    lines = ["| task | steps x batch | " + " | ".join(f"{v} (layers, time)" if v == "advisor" else v
+                                                        for v in present) + " |",
+             "|---|---|" + "---|" * len(present)]
     sizes = ["| task | student | layers | vocab | params | % of teacher | MB | b1 ms | b32 ms | accuracy (seed 0) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     merged: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}  # task -> (args, task result), merged by task
@@ -46,12 +53,14 @@ def markdown(results: list[dict[str, Any]]) -> str:
         given = result["args"].get("advisor_layers")
         for name, t in result["tasks"].items():
             if given:  # a measured pick from the advisor's candidates: its own row
-                accs = [r["accuracy"] for r in t["runs"]]
-                if accs:
-                    m, sd = mean_sd(accs)
-                    a = result["args"]
-                    extra.append(f"| {name} | {a['steps']} x {a['batch_size']} | | | layers [{given}] "
-                                 f"(given): {100 * m:.1f} ± {100 * sd:.1f} (n={len(accs)}) | |")
+                a, cells = result["args"], []
+                for variant in present:
+                    accs = [r["accuracy"] for r in t["runs"] if r["variant"] == variant]
+                    m, sd = mean_sd(accs) if accs else (0.0, 0.0)
+                    cells.append(f"layers [{given}] (given): {100 * m:.1f} ± {100 * sd:.1f} (n={len(accs)})"
+                                 if accs and variant.startswith("advisor") else "")
+                if any(cells):
+                    extra.append(f"| {name} | {a['steps']} x {a['batch_size']} | " + " | ".join(cells) + " |")
                 continue
             if name not in merged:
                 merged[name] = (result["args"], dict(t))
@@ -66,23 +75,25 @@ def markdown(results: list[dict[str, Any]]) -> str:
         if True:
             runs = t["runs"]
             cell = {}
-            for variant in ["every_k", "first_k", "advisor", "advisor+vocab"]:
+            adv = t["advisor"]
+            for variant in present:
                 accs = [r["accuracy"] for r in runs if r["variant"] == variant]
                 if accs:
                     m, sd = mean_sd(accs)
                     cell[variant] = f"{100 * m:.1f} ± {100 * sd:.1f} (n={len(accs)})"
                 else:
                     cell[variant] = "-"
-            adv = t["advisor"]
+                if variant == "advisor":
+                    cell[variant] += f" {adv['chosen']}, {adv['seconds']:.0f} s"
             teacher_acc = runs[0]["teacher_accuracy"] if runs else float("nan")
             lines.append(f"| {name} (teacher {100 * teacher_acc:.1f}) | {a['steps']} x {a['batch_size']} | "
-                         f"{cell['every_k']} | {cell['first_k']} | {cell['advisor']} {adv['chosen']}, "
-                         f"{adv['seconds']:.0f} s | {cell['advisor+vocab']} |")
+                         + " | ".join(cell[v] for v in present) + " |")
             rows = (t.get("size_latency") or {}).get("rows", [])
             for r in rows:
                 vocab = (f"{t['vocab']['kept']:,} ({t['vocab']['mode']})" if "vocab" in r["name"]
                          else f"{t['vocab']['source_size']:,}")
-                layers = "6" if r["name"] == "teacher" else str(adv["chosen"])
+                layers = (str(adv.get("teacher_layers", "?")) if r["name"] == "teacher" else
+                          str(next((x["layers"] for x in runs if f"student {x['variant']}" == r["name"]), "?")))
                 sizes.append(f"| {name} | {r['name']} | {layers} | {vocab} | {r['params']:,} | "
                              f"{r['params_%']:.1f} % | {r['mb']:.1f} | {r['latency_b1_ms']:.1f} | "
                              f"{r['latency_b32_ms']:.1f} | {100 * r['accuracy']:.1f} |")
@@ -94,7 +105,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def sizes(teacher_folder: str, task: Any, task_runs: Path, seed: int, *, repeats: int,
           max_length: int) -> dict[str, Any]:
-    """Teacher vs the seed's untrimmed and trimmed advisor students: params, MB on disk, interleaved latency."""
+    """Teacher vs the seed's students this bench trained (untrimmed and trimmed): params, MB on disk, latency."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from distill_nb.models import count_params, load_teacher
@@ -102,8 +113,10 @@ def sizes(teacher_folder: str, task: Any, task_runs: Path, seed: int, *, repeats
 
     teacher, tok = load_teacher(teacher_folder)
     cands = [Candidate("teacher", teacher, tok, teacher_folder, note=teacher_folder)]
-    for variant in ["advisor", "advisor+vocab"]:
+    for variant in ["every_k", "every_k+vocab", "advisor", "advisor+vocab"]:  # those this bench trained
         folder = task_runs / f"{variant.replace('+', '_')}-s{seed}" / "student"
+        if not (folder / "config.json").is_file():
+            continue
         model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
         cands.append(Candidate(f"student {variant}", model, AutoTokenizer.from_pretrained(folder), folder,
                                note=str(folder)))
@@ -142,9 +155,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--student-layers", type=int, default=3)
     p.add_argument("--vocab", default="task", help="student_vocab of the trimmed student: 'task' or an integer")
     p.add_argument("--advisor-examples", type=int, default=256)
+    p.add_argument("--teacher-steps", type=int, default=1500, help="cap of the teacher's preparation (it stops at "
+                   "its plateau on a held-out slice of the training subset)")
     p.add_argument("--advisor-layers", help="L1,L2,...: use these layers as the 'advisor' variant instead of running "
                    "suggest_layers (e.g. another pick from its candidate list)")
-    p.add_argument("--variants", nargs="+", default=["every_k", "first_k", "advisor", "advisor+vocab"])
+    p.add_argument("--variants", nargs="+", default=VARIANTS[:4], choices=VARIANTS)
     p.add_argument("--no-sizes", action="store_true", help="skip the size/latency table at the end")
     p.add_argument("--teacher", action="append", default=[], help="TASK=FOLDER: a prepared classifier teacher")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a "
@@ -160,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from distill_nb.checkpoint import cached_tensor
     from distill_nb.config import DistillConfig
     from distill_nb.data import encode, load_task
-    from distill_nb.models import every_k_layers, load_teacher, predict_logits, prepare_teacher
+    from distill_nb.models import every_k_layers, load_teacher, predict_logits
+    from distill_nb.teachers import prepare_teacher
     from distill_nb.train import train
     from distill_nb.vocab import choose_vocab, outside_vocab
 
@@ -176,8 +192,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setups: dict[str, dict[str, Any]] = {}
     for name in args.tasks:  # teacher, advisor, shared teacher logits, vocabulary coverage: once per task
         task = load_task(name, max_train=args.max_train, seed=0)
-        folder = teachers.get(name) or str(prepare_teacher("minilm-l6", task, steps=300, batch_size=32,
-                                                           max_length=args.max_length))
+        # without --teacher: MiniLM-L6 + a head fine-tuned on this training subset to its plateau (cached)
+        folder = teachers.get(name) or str(prepare_teacher("minilm-l6", task, max_steps=args.teacher_steps,
+                                                           log=lambda m: print(m, flush=True)))
         teacher, tok = load_teacher(folder)
         t0 = time.perf_counter()
         if args.advisor_layers:  # a given choice: the record below says so (seconds 0, search "given")
@@ -204,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["tasks"][name] = {
             "teacher": folder, "source": task.source, "train": len(task.train), "eval": len(task.eval),
             "advisor": {"chosen": list(advice.chosen), "layer_map": list(advice.layer_map),
+                        "teacher_layers": advice.teacher_layers,
                         "seconds": advice.seconds, "examples": advice.n_examples, "search": advice.search,
                         "skip_kl": list(advice.skip_kl), "cka_with_input": list(advice.cka_with_input),
                         "probe_accuracy": list(advice.probe_accuracy or []),
@@ -221,7 +239,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, setup in setups.items():
             chosen = list(setup["advice"].chosen)
             plan = {**variants, "advisor": {"student_layers_from": chosen},
-                    "advisor+vocab": {"student_layers_from": chosen, "student_vocab": vocab}}
+                    "advisor+vocab": {"student_layers_from": chosen, "student_vocab": vocab},
+                    "every_k+vocab": {"student_vocab": vocab}}
             for variant, changes in [(v, c) for v, c in plan.items() if v in args.variants]:
                 run_dir = runs_root / name / f"{variant.replace('+', '_')}-s{seed}"
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -247,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, setup in setups.items():  # summaries, then sizes and latency of seed 0's trimmed/untrimmed pair
         runs = result["tasks"][name]["runs"]
         summary = {}
-        for variant in ["every_k", "first_k", "advisor", "advisor+vocab"]:
+        for variant in VARIANTS:
             accs = [r["accuracy"] for r in runs if r["variant"] == variant]
             if accs:
                 m, sd = mean_sd(accs)

@@ -162,3 +162,28 @@ def test_bench_run_all_tiny(tmp_path, monkeypatch, capsys):
     assert {g["goal"] for g in summary["goals"]} >= {"retention >= 97% at <= 60% params",
                                                        "training throughput >= 4x naive KD loop"}
     assert "===== goals =====" in printed and "teacher" in printed
+
+
+def test_bench_student_shape_tiny(tmp_path, monkeypatch, shared_data):
+    """bench_student_shape.py end to end on a random 6-label tiny teacher and 64 TREC-6 texts: every variant
+    trains, the trimmed student is smaller, the README tables print (the bench is the evidence of issue 15)."""
+    from conftest import make_tiny_bert
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import bench_student_shape
+
+    teacher = make_tiny_bert(tmp_path / "teacher", layers=4, labels=6)
+    variants = ["every_k", "first_k", "advisor", "advisor+vocab", "every_k+vocab"]
+    result = bench_student_shape.main(
+        ["--tasks", "trec6", "--seeds", "0", "--steps", "2", "--max-train", "64", "--max-length", "16",
+         "--teacher", f"trec6={teacher}", "--advisor-examples", "16", "--vocab", "40", "--repeats", "1",
+         "--student-layers", "2", "--variants", *variants, "--out", str(tmp_path / "out.json"),
+         "--runs", str(tmp_path / "runs")])
+    task = result["tasks"]["trec6"]
+    assert sorted(r["variant"] for r in task["runs"]) == sorted(variants)
+    assert task["vocab"]["kept"] == 40 and task["advisor"]["teacher_layers"] == 4
+    params = task["params"]
+    assert params["student every_k+vocab"] < params["student every_k"] < params["teacher"]
+    assert params["student advisor+vocab"] < params["student advisor"]
+    text = bench_student_shape.markdown([json.loads((tmp_path / "out.json").read_text())])
+    assert "| trec6 | teacher | 4 |" in text and "every_k+vocab" in text and "40 (40)" in text
