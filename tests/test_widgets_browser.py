@@ -19,13 +19,10 @@ pytestmark = pytest.mark.skipif(browser_missing(need_build=False) is not None,
                                 reason=browser_missing(need_build=False) or "")
 
 SCRIPT = r"""
-import { createRequire } from "module";
-const require = createRequire(process.env.LABEXT_DIR + "/package.json");
-const { chromium } = require("playwright-core");
+const { launchChromium } = await import(process.env.LABEXT_DIR + "/ui-tests/browser.mjs");
 const { URL_, TOKEN, ART } = process.env;
 const seen = {};
-const browser = await chromium.launch({ executablePath: process.env.CHROMIUM, args: ["--headless", "--no-sandbox",
-  "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"] });
+const browser = await launchChromium();
 try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
   page.setDefaultTimeout(90000);

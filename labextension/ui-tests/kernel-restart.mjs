@@ -2,25 +2,13 @@
 // tests/test_browser_restart.py runs it. Input (env): JLAB_URL (with trailing /), JLAB_TOKEN, NOTEBOOK (path
 // relative to the server root, cell 1 launches run RUN_ID, cell 2 re-attaches), RUN_ID, ARTIFACTS.
 // Prints one JSON line of what it saw.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./browser.mjs";
 
 const { JLAB_URL, JLAB_TOKEN, NOTEBOOK, RUN_ID, ARTIFACTS } = process.env;
 const seen = { consoleErrors: [] };
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-  ],
-});
+const browser = await launchChromium();
 
 async function runStatus(page) {
   const reply = await page.request.get(

@@ -3,7 +3,7 @@
 // run with an accuracy), ARTIFACTS (folder for screenshots). Prints one JSON line of what it saw.
 // The second half feeds the sidebar a fixed `GET /distill-nb/runs` reply (an unreadable run, a run with
 // trust_remote_code, a run preparing its teacher, a reply that is not a list) to check the REST contract.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./browser.mjs";
 
 const {
   JLAB_URL,
@@ -16,20 +16,7 @@ const {
 } = process.env;
 const seen = { consoleErrors: [] };
 
-// Debian's chromium, never a downloaded one; flags keep it offline and quiet in a container
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-  ],
-});
+const browser = await launchChromium();
 try {
   const page = await browser.newPage({
     viewport: { width: 1400, height: 850 },
