@@ -17,7 +17,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +78,8 @@ def save_checkpoint(run_dir: Path, student: nn.Module, proj: nn.Module, opt: tor
         raise Diverged(f"diverged before step {step}: weights {bad[:3]} are not finite; nothing was saved, the last "
                        "good checkpoint is kept. Lower learning_rate and run again (run.fork(learning_rate=...)).")
     folder = _own_folder(run_dir, "checkpoints")
-    final, tmp = folder / f"step_{step:07d}", folder / f".tmp-step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    final = folder / f"step_{step:07d}"
+    with _replacing(final, folder=True) as tmp:
         student.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)
         if len(proj):
@@ -89,13 +88,6 @@ def save_checkpoint(run_dir: Path, student: nn.Module, proj: nn.Module, opt: tor
                    tmp / "optimizer.pt")
         config.to_json(tmp / "distill_config.json")  # config.json is the student's own (transformers)
         atomic_write_text(tmp / "trainer_state.json", json.dumps({"step": step, "time": time.time()}))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException as e:
-        _raise_disk_full(folder, e)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # after a failure, a full disk gets its space back
     for old in sorted((p for p in folder.glob("step_*") if p.name[5:].isdigit()), key=_step_of)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -138,18 +130,9 @@ def save_student(run_dir: Path, student: nn.Module, tokenizer: Any) -> Path:
         raise Diverged(f"the final student has non-finite weights ({bad[:3]}); it was not saved. Lower "
                        "learning_rate and run again (run.fork(learning_rate=...)).")
     target = _own_folder(run_dir, "student")
-    tmp = target.with_name(".tmp-student")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with _replacing(target, folder=True) as tmp:
         student.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    except BaseException as e:
-        _raise_disk_full(run_dir, e)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -163,16 +146,40 @@ def cached_tensor(path: Path, write: bool, compute: Callable[[], torch.Tensor]) 
         return load_file(path)["logits"]
     value = compute()
     if write:
-        tmp = path.with_name(f".tmp-{path.name}")
-        try:
+        with _replacing(path, folder=False) as tmp:
             save_file({"logits": value.contiguous()}, tmp)
-            os.replace(tmp, path)
-        except BaseException as e:
-            _raise_disk_full(path.parent, e)
-            raise
-        finally:
-            tmp.unlink(missing_ok=True)
     return value
+
+
+@contextmanager
+def _replacing(target: Path, *, folder: bool) -> Iterator[Path]:
+    """Yield a temp path (``.tmp-<name>`` beside ``target``; a fresh folder with ``folder``) to write into; when the
+    block ends without error, one rename puts it in ``target``'s place.
+
+    On any failure the temp is removed (a full disk gets its space back), ``target`` stays as it was, and a
+    write that failed for lack of space is re-raised as ENOSPC.
+    """
+    tmp = target.with_name(f".tmp-{target.name}")
+    _remove(tmp)
+    try:
+        if folder:
+            tmp.mkdir(parents=True)
+        yield tmp
+        if folder:
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except BaseException as e:
+        _raise_disk_full(target.parent, e)
+        raise
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _raise_disk_full(folder: Path, error: BaseException) -> None:
