@@ -199,12 +199,14 @@ class Aligner:
     forward on at most ``examples`` rows of the batch (the double backward costs ~3 forward-backwards per row,
     so a sub-batch keeps the step affordable), takes gradient x input on the word embeddings with
     ``create_graph=True`` and returns ``losses.attribution_loss`` against the teacher's attributions.
-    The student needs eager attention (the SDPA kernels have no double backward).
+    The student needs eager attention (the SDPA kernels have no double backward). Its attributions are taken
+    without dropout (``dropout=False``), as the teacher's were and as the probe measures them; the loss still
+    trains the student's weights.
     """
 
     def __init__(self, teacher: nn.Module, tokenizer: Any, train_texts: Sequence[str], encoded: Sequence[Sequence[int]],
                  *, method: str, n_steps: int, top_k: int | None, examples: int | None, max_length: int,
-                 device: torch.device, save: bool = True, log: Callable[[str], None] = print):
+                 device: torch.device, save: bool = True, dropout: bool = False, log: Callable[[str], None] = print):
         t0 = time.time()
         self.scores, lengths, self.targets, cached = teacher_attributions(
             teacher, tokenizer, train_texts, method=method, n_steps=n_steps, max_length=max_length, device=device,
@@ -213,7 +215,7 @@ class Aligner:
         if bad:
             raise RuntimeError(f"teacher attributions do not line up with the training tokens (example {bad[0]}: "
                                f"{int(lengths[bad[0]])} vs {len(encoded[bad[0]])} tokens)")
-        self.top_k, self.examples = top_k, examples
+        self.top_k, self.examples, self.dropout = top_k, examples, dropout
         self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
         self.setup_s, self.cached = time.time() - t0, cached
 
@@ -240,7 +242,13 @@ class Aligner:
         batch = {k: v[:n] for k, v in batch.items()}
         width = int(batch["attention_mask"].sum(1).max())  # drop columns that are padding in every kept row
         batch = {k: v[:, :width] for k, v in batch.items()}  # (n, S)
-        s_attr = self.student_attributions(student, batch, self.targets[rows].to(batch["input_ids"].device))
+        was_training = student.training
+        if not self.dropout:  # the explanation as at inference (the teacher's has no dropout either)
+            student.eval()
+        try:
+            s_attr = self.student_attributions(student, batch, self.targets[rows].to(batch["input_ids"].device))
+        finally:
+            student.train(was_training)
         t_attr = self.scores[rows, :width]  # (n, S'): cached rows are padded to the longest training text
         if t_attr.shape[1] < width:
             t_attr = torch.nn.functional.pad(t_attr, (0, width - t_attr.shape[1]))

@@ -171,3 +171,32 @@ def test_alignment_under_ddp_two_processes(tiny_teacher, tiny_dataset, tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     a, b = load_file(single / "student" / "model.safetensors"), load_file(multi / "student" / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_alignment_explains_the_student_without_dropout_and_leaves_its_mode(tiny_teacher):
+    """A training student (dropout on) is explained as at inference: a copy of the teacher has loss 0 and two
+    calls agree; the student is left in the mode it was in; ``dropout=True`` keeps the noisy training-mode one."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distill_nb.data import collate, encode
+
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher).eval()
+    texts = ["a good movie", "the plot was boring and slow", "great fun", "bad"]
+    enc = encode(tok, texts, 32)
+    batch = collate(enc, [0, 1, 2, 3], tok.pad_token_id)
+    student = AutoModelForSequenceClassification.from_pretrained(
+        tiny_teacher, attn_implementation="eager", hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)
+    kwargs = dict(method="input_x_gradient", n_steps=1, top_k=None, examples=None, max_length=32,
+                  device=torch.device("cpu"), save=False, log=lambda *_: None)
+    aligner = fidelity.Aligner(teacher, tok, texts, enc, **kwargs)
+    student.train()
+    assert aligner.loss(student, batch, [0, 1, 2, 3]).item() == pytest.approx(0.0, abs=1e-8)
+    assert student.training
+    student.eval()
+    aligner.loss(student, batch, [0, 1, 2, 3])
+    assert not student.training
+    noisy = fidelity.Aligner(teacher, tok, texts, enc, dropout=True, **kwargs)
+    student.train()
+    torch.manual_seed(0)
+    assert noisy.loss(student, batch, [0, 1, 2, 3]).item() > 1e-3  # dropout changes the explanation
