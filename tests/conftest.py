@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -32,6 +33,22 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 LABEXT = REPO / "labextension"  # the frontend source, with node_modules/playwright-core once installed
 BUILT = REPO / "distill_nb" / "labextension"  # the built extension
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+# every error message says how to fix the problem, not only what is wrong
+HINT = re.compile(r"\b(use|give|set|choose|pick|remove|rename|re-save|leave|map|drop|free|halve|pass|check|fix|save)\b",
+                  re.IGNORECASE)
+
+
+def clear_error(call, exc: type[BaseException] | tuple, needles) -> str:
+    """Run ``call()``; it must raise ``exc`` whose message holds every needle and a hint (:data:`HINT`)."""
+    with pytest.raises(exc) as info:
+        call()
+    message = info.value.args[0] if isinstance(info.value, KeyError) else str(info.value)
+    for needle in needles:
+        assert needle in message, (needle, message)
+    assert HINT.search(message), f"no hint on how to fix it: {message}"
+    return message
 
 
 def write_vocab(folder: Path) -> Path:
