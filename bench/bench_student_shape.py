@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--student-layers", type=int, default=3)
     p.add_argument("--vocab", default="task", help="student_vocab of the trimmed student: 'task' or an integer")
+    p.add_argument("--vocab-from", choices=["split", "subset"], default="split",
+                   help="texts the trimmed vocabulary comes from: the whole training split (train()'s default) "
+                        "or only the --max-train subset the students train on")
     p.add_argument("--advisor-examples", type=int, default=256)
     p.add_argument("--teacher-steps", type=int, default=1500, help="cap of the teacher's preparation (it stops at "
                    "its plateau on a held-out slice of the training subset)")
@@ -192,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setups: dict[str, dict[str, Any]] = {}
     for name in args.tasks:  # teacher, advisor, shared teacher logits, vocabulary coverage: once per task
         task = load_task(name, max_train=args.max_train, seed=0)
+        # the trimmed vocabulary: tokens of the whole training split, as train() chooses it without data=
+        vocab_texts = load_task(name, seed=0).train.texts if args.vocab_from == "split" else task.train.texts
         # without --teacher: MiniLM-L6 + a head fine-tuned on this training subset to its plateau (cached)
         folder = teachers.get(name) or str(prepare_teacher("minilm-l6", task, max_steps=args.teacher_steps,
                                                            log=lambda m: print(m, flush=True)))
@@ -215,9 +220,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         encoded = encode(tok, task.train.texts, args.max_length)
         cached_tensor(logits_file, True, lambda t=teacher, e=encoded, pad=tok.pad_token_id: predict_logits(
             t, e, pad, torch.device("cpu")))
-        trim = choose_vocab(tok, task.train.texts, vocab, max_length=args.max_length)
+        trim = choose_vocab(tok, vocab_texts, vocab, max_length=args.max_length)
         coverage = outside_vocab(tok, trim, task.eval.texts, max_length=args.max_length)
-        setups[name] = {"task": task, "teacher": folder, "advice": advice, "logits": logits_file}
+        setups[name] = {"task": task, "teacher": folder, "advice": advice, "logits": logits_file,
+                        "vocab_texts": vocab_texts}
         result["tasks"][name] = {
             "teacher": folder, "source": task.source, "train": len(task.train), "eval": len(task.eval),
             "advisor": {"chosen": list(advice.chosen), "layer_map": list(advice.layer_map),
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "baselines": {k: [list(v[0]), v[1]] for k, v in advice.baselines.items()},
                         "candidates": [[list(c[0]), c[1], c[2]] for c in advice.candidates],
                         "wall_s_incl_setup": time.perf_counter() - t0},
-            "vocab": {"mode": vocab, "kept": trim.size, "source_size": trim.source_size,
+            "vocab": {"mode": vocab, "from": args.vocab_from, "texts": len(vocab_texts), "kept": trim.size, "source_size": trim.source_size,
                       "task_tokens": trim.task_tokens, "eval_outside": coverage},
             "runs": []}
         del teacher
@@ -253,7 +259,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     temperature=2.0, eval_every=10**6, checkpoint_every=10**6, keep_checkpoints=1, seed=seed,
                     device="cpu", num_threads=args.threads, **changes)
                 t0 = time.perf_counter()
-                record = train(config, run_dir, data=setup["task"], log=lambda m: None)
+                record = train(config, run_dir, data=setup["task"], vocab_texts=setup["vocab_texts"],
+                               log=lambda m: None)
                 seconds = time.perf_counter() - t0
                 row = {"variant": variant, "seed": seed, "layers": changes.get("student_layers_from") or
                        every_k_layers(setup["advice"].teacher_layers, n), "accuracy": record["accuracy"],

@@ -52,7 +52,8 @@ class DistillConfig:
     student_layers_from: list[int] | None = None  # teacher layers copied at init, increasing (None: every k-th;
     # e.g. suggest_layers(...).chosen); needs student_init="every_k"
     student_vocab: str | int = "full"  # "full", "task" (tokens of the train texts + specials) or N (the N most
-    # frequent task tokens incl. specials, topped up in the tokenizer's order); other tokens become [UNK]
+    # frequent task tokens incl. specials, topped up in the tokenizer's order); other tokens become [UNK]. The
+    # texts are the whole training split, not only max_train_examples (kept rows are the teacher's embeddings)
     # --- losses --------------------------------------------------------------------------------------------
     objective: str = "classification"  # "classification" (task-specific) or "mlm" (masked-LM KD on the texts; no labels)
     mlm_probability: float = 0.15  # with objective="mlm": fraction of real tokens masked per text (BERT: 0.15)

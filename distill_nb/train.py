@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,8 +70,14 @@ class Distiller(nn.Module):
 
 
 def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData | None = None,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          vocab_texts: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Distil ``config.teacher`` into a smaller student; resumes if ``run_dir`` holds a checkpoint.
+
+    Args:
+        data: the task, already loaded (default: read from the config's data set).
+        vocab_texts: with ``student_vocab`` other than "full", the texts whose tokens the student keeps
+            (default: the data set's whole training split, not only the run's ``max_train_examples``; with
+            ``data``, its training texts).
 
     Returns:
         the final evaluation record (accuracy, teacher_accuracy, agreement, retention, ...; with
@@ -165,7 +171,9 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                                  "alpha_attn=alpha_attr=0 "
                                  "(logit distillation works across tokenizers).")
         if config.student_vocab != "full":  # the student keeps the task's tokens; the teacher keeps its own ids
-            student, student_tok, trim = trim_student(student, student_tok, task.train.texts, config.student_vocab,
+            if vocab_texts is None:  # kept rows are the teacher's: tokens outside the run's subset still mean something
+                vocab_texts = data.train.texts if data is not None else full_task_for(config).train.texts
+            student, student_tok, trim = trim_student(student, student_tok, vocab_texts, config.student_vocab,
                                                       max_length=config.max_length)
             rec.update(student_vocab={"size": trim.size, "source_size": trim.source_size,
                                       "task_tokens": trim.task_tokens})

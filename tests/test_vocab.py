@@ -145,3 +145,34 @@ def test_masked_lm_models_are_refused(tmp_path):
     model, tok = AutoModelForMaskedLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     with pytest.raises(ValueError, match="classifiers only"):
         vocab.trim_student(model, tok, TRAIN)
+
+
+def test_task_vocabulary_comes_from_the_whole_training_split(tiny_teacher, tmp_path):
+    """max_train_examples caps the steps' data, not the vocabulary: the kept rows are the teacher's embeddings,
+    so a token of the training split the run never trains on still means what it meant to the teacher."""
+    from transformers import AutoTokenizer
+
+    from distill_nb.data import load_task
+    from distill_nb.train import train
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = [f"the movie was {w},{i % 2}" for i, w in enumerate(["good", "bad"] * 20 + ["great", "awful", "fun",
+                                                                                      "dull"])]
+    (folder / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    (folder / "validation.csv").write_text("text,label\nthe movie was great,1\nthe movie was dull,0\n")
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    base = dict(teacher=str(tiny_teacher), dataset=str(folder), text_column="text", student_layers=2, max_steps=1,
+                batch_size=4, eval_every=10, checkpoint_every=10, student_vocab="task", max_train_examples=8,
+                reason_probe=0)
+    from distill_nb.rundata import task_for
+
+    seen = " ".join(task_for(DistillConfig(**base)).train.texts).split()
+    assert not {"great", "awful", "fun", "dull"} <= set(seen)  # the run's 8 texts miss some of them
+    train(DistillConfig(**base), tmp_path / "run", log=lambda *_: None)
+    kept = set(AutoTokenizer.from_pretrained(tmp_path / "run" / "student").get_vocab())
+    everything = vocab.choose_vocab(tok, load_task(str(folder), text_column="text").train.texts, "task")
+    assert len(kept) == everything.size and {"great", "awful", "fun", "dull"} <= kept
+    # explicit texts win
+    train(DistillConfig(**base), tmp_path / "run2", vocab_texts=["the movie was good"], log=lambda *_: None)
+    assert "great" not in AutoTokenizer.from_pretrained(tmp_path / "run2" / "student").get_vocab()
