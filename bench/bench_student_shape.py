@@ -52,7 +52,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
     for result in results:  # a --sizes file and a bench's own file may both hold a task: keep the most of each
         given = result["args"].get("advisor_layers")
         for name, t in result["tasks"].items():
-            if given:  # a measured pick from the advisor's candidates: its own row
+            if given and any(r["variant"].startswith("advisor") for r in t["runs"]):  # a measured pick: own row
                 a, cells = result["args"], []
                 for variant in present:
                     accs = [r["accuracy"] for r in t["runs"] if r["variant"] == variant]

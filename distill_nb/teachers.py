@@ -34,6 +34,7 @@ import torch
 from .config import atomic_write_text
 from .families import cache_dir
 from .models import load_config, predict_logits
+from .precision import adamw
 
 # The preparation recipe. Anything here changes the teacher, so it is part of the cache key; bump the version
 # when the code of the loop changes what it produces.
@@ -260,7 +261,7 @@ def _fine_tune(name: str, task: Any, recipe: dict[str, Any], *, max_steps: int, 
                "lr": recipe["learning_rate"]},
               {"params": [p for n, p in model.named_parameters() if not n.startswith(prefix + ".")],
                "lr": recipe["head_learning_rate"]}]
-    opt = torch.optim.AdamW(groups, weight_decay=recipe["weight_decay"])
+    opt = adamw(groups, torch.device(device), weight_decay=recipe["weight_decay"])  # fused: same update, rounding
     peak = [g["lr"] for g in opt.param_groups]
     scale = 1.0  # halved on each evaluation without improvement
 

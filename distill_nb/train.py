@@ -46,7 +46,7 @@ from .models import (
     shape,
 )
 from .precision import amp_dtype as amp_dtype_for
-from .precision import autocast_for, device_for
+from .precision import adamw, autocast_for, device_for
 from .precision import describe as describe_precision
 from .preflight import check_max_length
 from .recorder import Recorder
@@ -224,7 +224,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         # --- optimiser, schedule, resume --------------------------------------------------------------------
         per_epoch = steps_per_epoch(len(t_train), config.batch_size)
         total_steps = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))
-        opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        opt = adamw(model.parameters(), device, lr=config.learning_rate, weight_decay=config.weight_decay)
         from transformers import get_linear_schedule_with_warmup
 
         sched = get_linear_schedule_with_warmup(opt, int(config.warmup_ratio * total_steps), total_steps)
