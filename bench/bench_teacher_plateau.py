@@ -38,12 +38,12 @@ def bbc_file(folder: Path) -> Path:
     return out
 
 
-def load(name: str, folder: Path) -> Any:
+def load(name: str, folder: Path, max_train: int | None = None) -> Any:
     from distill_nb.data import load_task
 
     if name == "bbc":
-        return load_task(str(bbc_file(folder)), text_column="text")
-    return load_task(name)
+        return load_task(str(bbc_file(folder)), text_column="text", max_train=max_train, seed=0)
+    return load_task(name, max_train=max_train, seed=0)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--long-factor", type=float, default=3.0)
     parser.add_argument("--out", default="artifacts/teacher_plateau.json")
     parser.add_argument("--cache", default=None)
+    parser.add_argument("--max-train", type=int, default=None, help="a seeded subset of the training split (the "
+                        "benches' teachers use 4,000; default: all of it)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     os.environ["DISTILL_NB_CACHE"] = args.cache or str(out.parent / "teacher_cache")
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{torch.get_num_threads()}", flush=True)
     results = {}
     for name in args.tasks:
-        task = load(name, out.parent / "data")
+        task = load(name, out.parent / "data", args.max_train)
         t0 = time.time()
         plateau = teacher_meta(prepare_teacher(args.teacher, task, max_steps=args.max_steps, autocast=autocast,
                                                log=lambda m: print(m, flush=True)))
