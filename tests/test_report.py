@@ -187,3 +187,23 @@ def test_bench_student_shape_tiny(tmp_path, monkeypatch, shared_data):
     assert params["student advisor+vocab"] < params["student advisor"]
     text = bench_student_shape.markdown([json.loads((tmp_path / "out.json").read_text())])
     assert "| trec6 | teacher | 4 |" in text and "every_k+vocab" in text and "40 (40)" in text
+
+
+def test_bench_precision_tiny(tmp_path, monkeypatch, shared_data):
+    """bench_precision.py end to end on a random tiny teacher: both precisions train per seed, the table prints."""
+    from conftest import make_tiny_bert
+    from distill_nb.precision import cpu_bf16_supported
+
+    if not cpu_bf16_supported():
+        pytest.skip("this CPU has no native bf16: bench_precision compares bf16 with fp32")
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import bench_precision
+
+    teacher = make_tiny_bert(tmp_path / "teacher", layers=4, labels=6)
+    result = bench_precision.main(["--tasks", "trec6", "--seeds", "0", "--steps", "2", "--max-train", "32",
+                                   "--max-length", "16", "--teacher", f"trec6={teacher}",
+                                   "--out", str(tmp_path / "out.json"), "--runs", str(tmp_path / "runs")])
+    runs = result["tasks"]["trec6"]["runs"]
+    assert [len(runs["bf16"]), len(runs["fp32"])] == [1, 1] and len(result["tasks"]["trec6"]["diff_points"]) == 1
+    assert json.loads((tmp_path / "runs" / "trec6" / "bf16-s0" / "status.json").read_text())["precision"] == "bf16"
+    assert "| trec6 | 500 |" in bench_precision.table(result)
