@@ -8,9 +8,11 @@ and backward, interleaved fp32/bf16 repeats, best of each) whose verdict is cach
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -173,8 +175,31 @@ def adamw(params: Any, device: torch.device, **kwargs: Any) -> torch.optim.AdamW
     return torch.optim.AdamW(params, fused=device.type in ("cpu", "cuda") or None, **kwargs)
 
 
+_FREED_KEPT = False
+
+
+def keep_freed_memory() -> bool:
+    """Linux/glibc: keep freed large blocks in the heap for reuse instead of unmapping them (``mallopt``).
+
+    A CPU training step allocates the word embeddings' dense gradient anew (MiniLM-L6: 30,522 x 384 floats,
+    47 MB); by default glibc maps fresh pages for it and returns them on free, and zero-filling those fresh pages
+    was ~13 % of a 3-layer student's step (1 thread), ~1 % with this. Process-wide: the process may keep up to
+    1 GiB of freed memory for reuse. Returns whether it is in effect (False off glibc).
+    """
+    global _FREED_KEPT
+    if _FREED_KEPT or not sys.platform.startswith("linux"):
+        return _FREED_KEPT
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the running process's C library
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    _FREED_KEPT = bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 30))
+    return _FREED_KEPT
+
+
 __all__ = ["adamw", "amp_dtype", "autocast_for", "cpu_bf16_check", "cpu_bf16_supported", "describe",
-           "matmul_rate"]
+           "keep_freed_memory", "matmul_rate"]
 
 
 def device_for(name: str, local_rank: int = 0, world: int = 1) -> torch.device:

@@ -45,8 +45,8 @@ from .models import (
     predict_logits,
     shape,
 )
+from .precision import adamw, autocast_for, device_for, keep_freed_memory
 from .precision import amp_dtype as amp_dtype_for
-from .precision import adamw, autocast_for, device_for
 from .precision import describe as describe_precision
 from .preflight import check_max_length
 from .recorder import Recorder
@@ -96,6 +96,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         if world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         device = device_for(config.device, local_rank, world)
+        if device.type == "cpu":
+            keep_freed_memory()  # reuse the per-step embedding-gradient buffer instead of page-faulting a new one
         if config.num_threads:  # first: the precision check (on a first run) measures with these threads
             torch.set_num_threads(config.num_threads)
         amp_dtype = amp_dtype_for(config.precision, device)  # CPU: bf16 only where measured faster here

@@ -78,3 +78,19 @@ def test_cpu_auto_can_be_pinned(monkeypatch):
     assert precision.amp_dtype("auto", cpu) is None
     monkeypatch.setenv("DISTILL_NB_CPU_AUTO", "bf16")
     assert precision.amp_dtype("auto", cpu) is torch.bfloat16
+
+
+def test_keep_freed_memory_is_in_effect_after_a_cpu_run(tmp_path, tiny_teacher, tiny_dataset):
+    """train() on a CPU keeps freed large blocks for reuse (glibc mallopt); idempotent; a no-op elsewhere."""
+    import ctypes
+    import sys
+
+    from distill_nb import DistillConfig
+    from distill_nb.train import train
+
+    train(DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text", student_layers=1,
+                        max_steps=1, batch_size=8, eval_every=10, checkpoint_every=10, device="cpu", reason_probe=0),
+          tmp_path / "run", log=lambda *_: None)
+    glibc = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+    assert precision.keep_freed_memory() is glibc
+    assert precision.keep_freed_memory() is glibc  # applied once, the same answer after
