@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
 
     from bench_teacher_plateau import load
+
     from distill_nb.config import DistillConfig
     from distill_nb.rundir import read_metrics
     from distill_nb.teachers import prepare_teacher
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                          log=lambda m: print(m, flush=True)))
         rows: dict[str, list[dict[str, Any]]] = {"bf16": [], "fp32": []}
         for seed in args.seeds:
-            for precision in rows:  # alternated, so machine load hits both alike
+            for precision, done in rows.items():  # alternated, so machine load hits both alike
                 config = DistillConfig(teacher=teacher, dataset=str(task.source).split(" (")[0], student_layers=3,
                                        max_steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
                                        eval_every=10**6, checkpoint_every=10**6, keep_checkpoints=1, seed=seed,
@@ -60,10 +61,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 final = train(config, run, data=task, log=lambda m: None)
                 steps = [m["time"] for m in read_metrics(run) if m.get("split") == "train"]
-                rows[precision].append({"seed": seed, "accuracy": final["accuracy"], "seconds": time.perf_counter() - t0,
-                                        "s_per_step": (steps[-1] - steps[0]) / max(len(steps) - 1, 1)})
+                done.append({"seed": seed, "accuracy": final["accuracy"], "seconds": time.perf_counter() - t0,
+                             "s_per_step": (steps[-1] - steps[0]) / max(len(steps) - 1, 1)})
                 print(f"[precision] {name} seed {seed} {precision}: accuracy {final['accuracy']:.4f} "
-                      f"(teacher {final['teacher_accuracy']:.4f}), {rows[precision][-1]['s_per_step']:.3f} s/step",
+                      f"(teacher {final['teacher_accuracy']:.4f}), {done[-1]['s_per_step']:.3f} s/step",
                       flush=True)
         diffs = [b["accuracy"] - f["accuracy"] for b, f in zip(rows["bf16"], rows["fp32"])]
         result["tasks"][name] = {"teacher": teacher, "eval": len(task.eval), "runs": rows,

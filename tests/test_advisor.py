@@ -195,9 +195,9 @@ def test_designer_suggest_button_shows_the_advice_and_uses_it(teacher_and_tok):
 def test_app_suggest_layers_uses_the_train_tabs_data_and_the_runs_teacher(tiny_dataset, tmp_path, monkeypatch):
     """In DistillApp no use_task call is needed: the Train tab's data and the teacher a run would use (for a bare
     encoder, the prepared one from the cache; a clear error while there is none)."""
+    from conftest import make_tiny_bert
     from transformers import BertModel
 
-    from conftest import make_tiny_bert
     from distill_nb.rundata import full_task_for
     from distill_nb.teachers import cached_teacher, prepare_teacher
     from distill_nb.widgets.app import DistillApp

@@ -187,8 +187,8 @@ def test_alignment_explains_the_student_without_dropout_and_leaves_its_mode(tiny
     batch = collate(enc, [0, 1, 2, 3], tok.pad_token_id)
     student = AutoModelForSequenceClassification.from_pretrained(
         tiny_teacher, attn_implementation="eager", hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)
-    kwargs = dict(method="input_x_gradient", n_steps=1, top_k=None, examples=None, max_length=32,
-                  device=torch.device("cpu"), save=False, log=lambda *_: None)
+    kwargs = {"method": "input_x_gradient", "n_steps": 1, "top_k": None, "examples": None, "max_length": 32,
+              "device": torch.device("cpu"), "save": False, "log": lambda *_: None}
     aligner = fidelity.Aligner(teacher, tok, texts, enc, **kwargs)
     student.train()
     assert aligner.loss(student, batch, [0, 1, 2, 3]).item() == pytest.approx(0.0, abs=1e-8)

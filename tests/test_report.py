@@ -192,6 +192,7 @@ def test_bench_student_shape_tiny(tmp_path, monkeypatch, shared_data):
 def test_bench_precision_tiny(tmp_path, monkeypatch, shared_data):
     """bench_precision.py end to end on a random tiny teacher: both precisions train per seed, the table prints."""
     from conftest import make_tiny_bert
+
     from distill_nb.precision import cpu_bf16_supported
 
     if not cpu_bf16_supported():

@@ -162,9 +162,9 @@ def test_task_vocabulary_comes_from_the_whole_training_split(tiny_teacher, tmp_p
     (folder / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
     (folder / "validation.csv").write_text("text,label\nthe movie was great,1\nthe movie was dull,0\n")
     tok = AutoTokenizer.from_pretrained(tiny_teacher)
-    base = dict(teacher=str(tiny_teacher), dataset=str(folder), text_column="text", student_layers=2, max_steps=1,
-                batch_size=4, eval_every=10, checkpoint_every=10, student_vocab="task", max_train_examples=8,
-                reason_probe=0)
+    base = {"teacher": str(tiny_teacher), "dataset": str(folder), "text_column": "text", "student_layers": 2,
+            "max_steps": 1, "batch_size": 4, "eval_every": 10, "checkpoint_every": 10, "student_vocab": "task",
+            "max_train_examples": 8, "reason_probe": 0}
     from distill_nb.rundata import task_for
 
     seen = " ".join(task_for(DistillConfig(**base)).train.texts).split()
