@@ -85,8 +85,8 @@ class StudentDesigner(Panel):
         self.estimate_box = W.HTML()
         self.map_box = W.HTML()
         self._task: tuple[Any, Any, Any] | None = None  # (task, teacher model, tokenizer), see use_task
-        # where "suggest layers" gets them when use_task was not called: DistillApp passes the Train tab's data and
-        # the Teacher tab's teacher; it returns the same objects while those settings are unchanged
+        # where "suggest layers" gets them, if set (then it wins over use_task): DistillApp's gives the Train tab's
+        # data and the teacher a run would use, the same objects while those settings are unchanged
         self.task_source: Callable[[], tuple[Any, Any, Any]] | None = None
         self.vocab_dropdown = W.Dropdown(options=VOCABS, value="full", description="vocabulary", style=style,
                                          layout=W.Layout(width="460px"))
