@@ -342,6 +342,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         # --- the end: evaluate, save the student where pipeline() can load it ---------------------------------
         if stopped:
             rec.stopped(step, f"stopped at step {step}; Resume continues from here")
+            if world > 1:
+                dist.barrier()
             return record
         if main_proc:
             rec.phase("evaluating", f"final evaluation on {len(t_eval)} texts", force=True)
@@ -356,6 +358,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                                         + (f". {warning}" if warning else ""))
             log(f"done: student accuracy {record['accuracy']:.4f}, teacher {record['teacher_accuracy']:.4f}, "
                 f"retention {_percent(record['retention'])}" + (f"\nwarning: {warning}" if warning else ""))
+        if world > 1:  # the others wait for process 0's evaluation: a gloo group torn down early aborts its peer
+            dist.barrier()
         return record
     except BaseException as e:
         rec.failed(e, config)
