@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from .config import ConfigError, DistillConfig
+from .safeio import number
 
 # The demo: a real packaged teacher (all-MiniLM-L6-v2, fine-tuned on SST-2 to its plateau first, cached), a
 # 3-layer student made from every other teacher layer, distilled on SST-2 and evaluated on the SST-2 dev set.
@@ -66,11 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{s['run_id']:<36} {s['state']:<10} {s.get('error')}")
                     continue
                 last = s.get("last_eval") or {}
-                acc, reasons = last.get("accuracy"), last.get("reason_spearman")
-                acc = round(acc, 4) if isinstance(acc, (int, float)) else None
+                acc, reasons = number(last.get("accuracy")), number(last.get("reason_spearman"))
+                acc = round(acc, 4) if acc is not None else None
                 print(f"{s['run_id']:<36} {s['state']:<10} step {s.get('step')}/{s.get('total_steps')}  acc {acc}"
-                      + (f"  reasons {reasons:.3f}" if isinstance(reasons, (int, float))
-                         and not isinstance(reasons, bool) else ""))
+                      + (f"  reasons {reasons:.3f}" if reasons is not None else ""))
             return 0
         if args.cmd == "run":
             config = DistillConfig.from_json(args.config)

@@ -6,7 +6,6 @@ rotating order) and summarised by the median, so background load on a shared mac
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import time
@@ -293,12 +292,12 @@ def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repe
 def last_reason_agreement(run_dir: str | os.PathLike) -> tuple[float, int] | None:
     """(reason_spearman, step) of the run's last evaluation that measured it; None when it never did."""
     from .rundir import read_metrics
+    from .safeio import number
 
     for record in reversed(read_metrics(Path(run_dir))):
-        value = record.get("reason_spearman")
-        if (record.get("split") == "eval" and isinstance(value, (int, float)) and not isinstance(value, bool)
-                and math.isfinite(value)):
-            return float(value), int(record.get("step") or 0)
+        value = number(record.get("reason_spearman"))
+        if record.get("split") == "eval" and value is not None:
+            return value, int(record.get("step") or 0)
     return None
 
 

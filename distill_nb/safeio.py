@@ -33,6 +33,13 @@ def finite(value: Any) -> Any:
     return value
 
 
+def number(value: Any) -> float | None:
+    """``value`` as a float if it is a finite JSON number (not a bool, string or NaN/inf), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 def dumps(value: Any, indent: int | None = None) -> str:
     """Strict JSON: NaN/Infinity become null, anything not JSON-able raises TypeError."""
     return json.dumps(finite(value), allow_nan=False, indent=indent)

@@ -20,6 +20,8 @@ from typing import Any
 import ipywidgets as W
 import traitlets as T
 
+from ..safeio import number
+
 
 def esc(value: Any) -> str:
     return html.escape(str(value))
@@ -293,11 +295,6 @@ PHASES = [("loading", "loading data and models"), ("preparing_teacher", "prepari
           ("evaluating", "final evaluation"), ("saving", "saving")]
 
 
-def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
-        value) else None
-
-
 def run_progress(status: dict[str, Any]) -> tuple[str, float, float]:
     """(text, value, max) of a run's progress in one model across phases, from its status.json.
 
@@ -305,8 +302,8 @@ def run_progress(status: dict[str, Any]) -> tuple[str, float, float]:
     saving; a status without ``phase`` (older runs) reads as training (``step``/``total_steps``).
     """
     state = str(status.get("state") or "")
-    step = int(_num(status.get("step")) or 0)
-    total = _num(status.get("total_steps"))
+    step = int(number(status.get("step")) or 0)
+    total = number(status.get("total_steps"))
     total = int(total) if total else None
     phase = status.get("phase")
     names = [p for p, _ in PHASES]
@@ -316,13 +313,13 @@ def run_progress(status: dict[str, Any]) -> tuple[str, float, float]:
         return f"done · step {step}/{total or step}", 1.0, 1.0
     if phase == "queued":
         return str(status.get("message") or "queued"), 0.0, 1.0
-    eta = _num(status.get("eta_s"))
+    eta = number(status.get("eta_s"))
     eta_text = f" · ETA {fmt_eta(eta)}" if eta is not None and state in ("running", "queued") else ""
     if phase is None or phase == "training":
         prefix, index = ("", "") if phase is None else ("training ", f" · phase {names.index(phase) + 1}/{len(PHASES)}")
         return (f"{prefix}step {step}/{total or '?'}{index}{eta_text}", float(min(step, total) if total else 0),
                 float(total or 1))
-    k, n = _num(status.get("phase_step")), _num(status.get("phase_total"))
+    k, n = number(status.get("phase_step")), number(status.get("phase_total"))
     count = f" {int(k)}/{int(n)}" if k is not None and n else ""
     return (f"{dict(PHASES)[phase]}{count} · phase {names.index(phase) + 1}/{len(PHASES)}{eta_text}",
             float(min(k, n)) if k is not None and n else 0.0, float(n or 1))
