@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -90,6 +91,11 @@ def environment() -> dict[str, Any]:
             "transformers": transformers.__version__, "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available(), "machine": platform.machine(),
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of the seeds' numbers."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:

@@ -221,7 +221,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         values = [r[key] for r in rows if isinstance(r[key], (int, float)) and not math.isnan(r[key])]
         if values:
-            out[key] = {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+            out[key] = dict(zip(("mean", "sd"), _common.mean_sd(values)))
     return out
 
 

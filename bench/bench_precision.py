@@ -78,8 +78,7 @@ def table(result: dict[str, Any]) -> str:
     """The README table: accuracy per precision, the paired difference, seconds per step."""
 
     def ms(values: list[float]) -> str:
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+        return "{:.2f} ± {:.2f}".format(*_common.mean_sd(values))
 
     lines = ["| task | eval texts | fp32 accuracy | bf16 accuracy | bf16 − fp32 (points) | s/step fp32 | s/step bf16 |",
              "|---|---|---|---|---|---|---|"]

@@ -21,18 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import _common  # offline env vars, repo on sys.path
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
 
 # every_k+vocab: DistilBERT's every-k layers with the trimmed vocabulary (the size goal without the advisor)
 VARIANTS = ["every_k", "first_k", "advisor", "advisor+vocab", "every_k+vocab"]
@@ -56,7 +50,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
                 a, cells = result["args"], []
                 for variant in present:
                     accs = [r["accuracy"] for r in t["runs"] if r["variant"] == variant]
-                    m, sd = mean_sd(accs) if accs else (0.0, 0.0)
+                    m, sd = _common.mean_sd(accs) if accs else (0.0, 0.0)
                     cells.append(f"layers [{given}] (given): {100 * m:.1f} ± {100 * sd:.1f} (n={len(accs)})"
                                  if accs and variant.startswith("advisor") else "")
                 if any(cells):
@@ -79,7 +73,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
             for variant in present:
                 accs = [r["accuracy"] for r in runs if r["variant"] == variant]
                 if accs:
-                    m, sd = mean_sd(accs)
+                    m, sd = _common.mean_sd(accs)
                     cell[variant] = f"{100 * m:.1f} ± {100 * sd:.1f} (n={len(accs)})"
                 else:
                     cell[variant] = "-"
@@ -276,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for variant in VARIANTS:
             accs = [r["accuracy"] for r in runs if r["variant"] == variant]
             if accs:
-                m, sd = mean_sd(accs)
+                m, sd = _common.mean_sd(accs)
                 summary[variant] = {"mean": m, "sd": sd, "n": len(accs), "accs": accs}
         result["tasks"][name]["summary"] = summary
         save()
