@@ -80,17 +80,21 @@ def test_cpu_auto_can_be_pinned(monkeypatch):
     assert precision.amp_dtype("auto", cpu) is torch.bfloat16
 
 
-def test_keep_freed_memory_is_in_effect_after_a_cpu_run(tmp_path, tiny_teacher, tiny_dataset):
-    """train() on a CPU keeps freed large blocks for reuse (glibc mallopt); idempotent; a no-op elsewhere."""
+def test_keep_freed_memory_is_in_effect_after_a_cpu_run(tmp_path, tiny_teacher, tiny_dataset, monkeypatch):
+    """train() on a CPU asks for freed large blocks to be kept for reuse (glibc mallopt); idempotent; a no-op off
+    glibc."""
     import ctypes
     import sys
 
+    import distill_nb.train as train_module
     from distill_nb import DistillConfig
-    from distill_nb.train import train
 
-    train(DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text", student_layers=1,
-                        max_steps=1, batch_size=8, eval_every=10, checkpoint_every=10, device="cpu", reason_probe=0),
-          tmp_path / "run", log=lambda *_: None)
+    calls = []
+    monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append(1) or precision.keep_freed_memory())
+    train_module.train(DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text",
+                                     student_layers=1, max_steps=1, batch_size=8, eval_every=10, checkpoint_every=10,
+                                     device="cpu", reason_probe=0), tmp_path / "run", log=lambda *_: None)
+    assert calls == [1]  # once per CPU run
     glibc = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
     assert precision.keep_freed_memory() is glibc
     assert precision.keep_freed_memory() is glibc  # applied once, the same answer after
