@@ -183,10 +183,10 @@ def trim_embeddings(model: nn.Module, trim: VocabTrim) -> nn.Module:
                          "classifiers only (objective='classification').")
     table = trim.old_to_new()
     pad = getattr(model.config, "pad_token_id", None)
-    new = nn.Embedding(trim.size, emb.embedding_dim, padding_idx=None if pad is None else int(table[pad]),
-                       dtype=emb.weight.dtype, device=emb.weight.device)
-    with torch.no_grad():
-        new.weight.copy_(emb.weight[list(trim.kept_ids)])
+    # built from the kept rows, not initialised and overwritten: a random init would consume the global RNG and
+    # shift every dropout mask after it, so a trimmed run would not train like its untrimmed twin (same seed)
+    new = nn.Embedding.from_pretrained(emb.weight.detach()[list(trim.kept_ids)].clone(), freeze=False,
+                                       padding_idx=None if pad is None else int(table[pad]))
     model.set_input_embeddings(new)
     model.config.vocab_size = trim.size
     for key in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id"):

@@ -176,3 +176,35 @@ def test_task_vocabulary_comes_from_the_whole_training_split(tiny_teacher, tmp_p
     # explicit texts win
     train(DistillConfig(**base), tmp_path / "run2", vocab_texts=["the movie was good"], log=lambda *_: None)
     assert "great" not in AutoTokenizer.from_pretrained(tmp_path / "run2" / "student").get_vocab()
+
+
+@pytest.mark.parametrize("change", [{"student_vocab": "task"}, {"student_vocab": 40}, {"reason_probe": 8, "eval_every": 2},
+                                    {"checkpoint_every": 1}], ids=["task", "40-tokens", "probe", "checkpoints"])
+def test_a_trimmed_run_trains_like_its_untrimmed_twin(tiny_teacher, tiny_dataset, tmp_path, change):
+    """Trimming changes the embedding table and nothing else: with the same seed and dropout on, the losses
+    step by step and the kept rows of the trained embeddings match the untrimmed run's (up to rounding).
+    Building the smaller table used to initialise it randomly before copying the kept rows, which consumed the
+    global RNG and shifted every dropout mask after it: the two runs trained differently from step 1. The same
+    holds for the other settings that must not change what is learned (reason probe, evaluations, checkpoints)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from distill_nb.runs import read_metrics
+    from distill_nb.train import train
+
+    base = {"teacher": str(tiny_teacher), "dataset": str(tiny_dataset), "text_column": "text", "student_layers": 2,
+            "max_steps": 4, "batch_size": 8, "eval_every": 10, "checkpoint_every": 10, "student_dropout": 0.1,
+            "alpha_ce": 0.5, "reason_probe": 0}
+    train(DistillConfig(**base), tmp_path / "base", log=lambda *_: None)
+    train(DistillConfig(**{**base, **change}), tmp_path / "twin", log=lambda *_: None)
+    losses = {n: [m["loss"] for m in read_metrics(tmp_path / n) if m["split"] == "train"] for n in ("base", "twin")}
+    assert len(losses["base"]) == 4 and losses["twin"] == pytest.approx(losses["base"], rel=1e-5)
+    base_student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "base" / "student")
+    twin = AutoModelForSequenceClassification.from_pretrained(tmp_path / "twin" / "student")
+    trim = vocab.trim_of(twin)
+    kept = list(trim.kept_ids) if trim else list(range(base_student.config.vocab_size))
+    assert "student_vocab" not in change or len(kept) < base_student.config.vocab_size
+    assert torch.allclose(twin.get_input_embeddings().weight, base_student.get_input_embeddings().weight[kept],
+                          atol=1e-5)
+    for (name, a), b in zip(base_student.named_parameters(), twin.parameters()):
+        if "word_embeddings" not in name:
+            assert torch.allclose(a, b, atol=1e-5), name
