@@ -43,6 +43,13 @@ def suggest_layers(*args: Any, **kwargs: Any):
     return _suggest_layers(*args, **kwargs)
 
 
+def rank_by_proxy_runs(*args: Any, **kwargs: Any):
+    """Rank candidate layer sets by short distillation runs (successive halving): see :mod:`distill_nb.layer_search`."""
+    from .layer_search import rank_by_proxy_runs as _rank
+
+    return _rank(*args, **kwargs)
+
+
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
     return [{"src": "labextension", "dest": "distill-nb"}]
 
@@ -59,4 +66,4 @@ def _load_jupyter_server_extension(server_app: Any) -> None:
 
 
 __all__ = ["ConfigError", "DistillConfig", "Run", "Status", "__version__", "app", "launch", "list_runs",
-           "remove_teacher", "suggest_layers", "teachers"]
+           "rank_by_proxy_runs", "remove_teacher", "suggest_layers", "teachers"]
