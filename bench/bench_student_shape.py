@@ -157,6 +157,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--advisor-layers", help="L1,L2,...: use these layers as the 'advisor' variant instead of running "
                    "suggest_layers (e.g. another pick from its candidate list)")
     p.add_argument("--variants", nargs="+", default=VARIANTS[:4], choices=VARIANTS)
+    p.add_argument("--proxy", type=int, default=0, help="N > 0: the advisor's choice is the winner of short proxy "
+                   "runs (layer_search.rank_by_proxy_runs, successive halving on held-out training texts) among "
+                   "its N best candidates by KL plus every-k (default 0: the lowest KL)")
+    p.add_argument("--proxy-steps", type=int, default=25, help="steps of the proxy runs' first round")
+    p.add_argument("--proxy-holdout", type=int, default=400, help="training texts held out to score them")
     p.add_argument("--no-sizes", action="store_true", help="skip the size/latency table at the end")
     p.add_argument("--teacher", action="append", default=[], help="TASK=FOLDER: a prepared classifier teacher")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a "
@@ -209,6 +214,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                     n_layers=args.student_layers, max_examples=args.advisor_examples,
                                     max_length=args.max_length)
         print(advice if advice.search != "given" else f"given layers {advice.chosen}", flush=True)
+        proxy = None
+        if args.proxy and advice.search != "given":  # ask training: short runs among the best few by KL + every-k
+            from dataclasses import replace as _replace
+
+            from distill_nb.layer_search import rank_by_proxy_runs
+            from distill_nb.models import copied_layer_map as _layer_map
+            from distill_nb.models import every_k_layers as _every_k
+
+            pool = [tuple(c[0]) for c in advice.candidates[:args.proxy]]
+            pool.append(tuple(_every_k(advice.teacher_layers, args.student_layers)))
+            base = DistillConfig(teacher=folder, dataset=name, max_train_examples=args.max_train,
+                                 student_layers=args.student_layers, batch_size=args.batch_size,
+                                 max_length=args.max_length, learning_rate=args.learning_rate, alpha_kd=1.0,
+                                 alpha_ce=0.5, temperature=2.0, seed=0, device="cpu", num_threads=args.threads)
+            proxy = rank_by_proxy_runs(base, pool, data=task, steps=args.proxy_steps, holdout=args.proxy_holdout,
+                                       log=lambda m: print(m, flush=True))
+            print(proxy, flush=True)
+            advice = _replace(advice, chosen=proxy.chosen, layer_map=tuple(_layer_map(proxy.chosen, advice.teacher_layers)),
+                              search=advice.search + f", proxy runs over {len(set(pool))}",
+                              seconds=advice.seconds + proxy.seconds)
         logits_file = runs_root / name / "teacher_logits.safetensors"
         logits_file.parent.mkdir(parents=True, exist_ok=True)
         encoded = encode(tok, task.train.texts, args.max_length)
@@ -227,7 +252,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "probe_accuracy": list(advice.probe_accuracy or []),
                         "baselines": {k: [list(v[0]), v[1]] for k, v in advice.baselines.items()},
                         "candidates": [[list(c[0]), c[1], c[2]] for c in advice.candidates],
-                        "wall_s_incl_setup": time.perf_counter() - t0},
+                        "wall_s_incl_setup": time.perf_counter() - t0,
+                        "proxy": None if proxy is None else {
+                            "seconds": proxy.seconds, "holdout": proxy.holdout,
+                            "rounds": [[steps, [[list(k), acc, kd] for k, acc, kd in scores]]
+                                       for steps, scores in proxy.rounds]}},
             "vocab": {"mode": vocab, "from": args.vocab_from, "texts": len(vocab_texts), "kept": trim.size, "source_size": trim.source_size,
                       "task_tokens": trim.task_tokens, "eval_outside": coverage},
             "runs": []}
