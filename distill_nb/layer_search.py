@@ -8,7 +8,7 @@ it); the better half goes on to a run twice as long, until one is left (Jamieson
 
 The runs are ordinary ``train()`` runs in a scratch folder (deleted afterwards) with the caller's config, the
 same seed for every candidate, and the teacher's logits computed once and shared. Cost: about
-``len(candidates) * steps * rounds`` optimiser steps (6 candidates, 25 steps: 6x25 + 3x50 + 2x100 = 500
+``len(candidates) * steps * rounds`` optimiser steps (5 candidates, 25 steps: 5x25 + 3x50 + 2x100 = 475
 steps) plus one teacher pass over the proxy training texts. ``should_stop()`` is checked between runs:
 a stopped search returns what it has measured so far (``stopped=True``).
 """
@@ -157,9 +157,9 @@ def rank_by_proxy_runs(config: DistillConfig, candidates: Sequence[Sequence[int]
             rounds.append((n_steps, tuple(ranked)))
             log(f"proxy round {r + 1}: {n_steps} steps: "
                 + ", ".join(f"{list(c)} {acc:.3f}" for c, acc, _ in ranked))
-            if len(ranked) == 1:
-                break
             alive = [c for c, _, _ in ranked[:min(len(ranked) - 1, max(1, math.ceil(len(ranked) * keep)))]]
+            if len(alive) <= 1:  # the round's leader is the winner: no run of a lone survivor
+                break
     finally:
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
