@@ -60,6 +60,21 @@ def proxy_task(task: TaskData, holdout: int, seed: int = 0) -> TaskData:
                    note=f"proxy: {holdout} training texts held out")
 
 
+def survivors(n: int, keep: float) -> int:
+    """Candidates that go on from a round of ``n``: the better ``keep`` share, at least one dropped."""
+    return min(n - 1, max(1, math.ceil(n * keep)))
+
+
+def total_steps(n_candidates: int, steps: int, keep: float = 0.5) -> int:
+    """Optimiser steps a full search takes (every round's runs; the rounds double ``steps``)."""
+    total, n = 0, n_candidates
+    while True:
+        total += n * steps
+        n, steps = survivors(n, keep), steps * 2
+        if n <= 1 or n_candidates <= 1:
+            return total
+
+
 def classifier_teacher(config: DistillConfig) -> str:
     """The teacher a run of ``config`` distils from: ``config.teacher`` itself when it has a classifier, else
     the teacher prepared from it on the config's data (from the cache: a proxy run must not fine-tune one on
@@ -157,7 +172,7 @@ def rank_by_proxy_runs(config: DistillConfig, candidates: Sequence[Sequence[int]
             rounds.append((n_steps, tuple(ranked)))
             log(f"proxy round {r + 1}: {n_steps} steps: "
                 + ", ".join(f"{list(c)} {acc:.3f}" for c, acc, _ in ranked))
-            alive = [c for c, _, _ in ranked[:min(len(ranked) - 1, max(1, math.ceil(len(ranked) * keep)))]]
+            alive = [c for c, _, _ in ranked[:survivors(len(ranked), keep)]]
             if len(alive) <= 1:  # the round's leader is the winner: no run of a lone survivor
                 break
     finally:

@@ -192,6 +192,38 @@ def test_designer_suggest_button_shows_the_advice_and_uses_it(teacher_and_tok):
     assert d.layers_from == [] and d.config_fields()["student_layers_from"] is None
 
 
+def test_designer_ranks_candidates_by_short_runs_in_the_background(teacher_and_tok, tiny_teacher, tiny_dataset):
+    """"rank by short runs": the advisor's best candidates and every-k, successive halving in a thread, the winner
+    used; a second click joins the running search; stop ends it between runs and changes nothing."""
+    from distill_nb.data import TaskData
+    from distill_nb.widgets.student import StudentDesigner
+
+    teacher, tok = teacher_and_tok
+    d = StudentDesigner(teacher.config, layers=2)
+    assert d.rank_button.disabled and d.rank() is None and "suggest layers first" in d.rank_box.value
+    d.use_task(TaskData.from_lists(TEXTS, LABELS, TEXTS[:4], LABELS[:4], ["negative", "positive"]), teacher, tok)
+    d.suggest()
+    assert not d.rank_button.disabled and d.rank() is None and "config_source" in d.rank_box.value
+    d.config_source = lambda: DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text",
+                                            student_layers=2, batch_size=8, reason_probe=0)
+    thread = d.rank(candidates=2, steps=1, holdout=16)
+    assert d.rank(candidates=2, steps=1, holdout=16) is thread  # a second click while it runs: the same search
+    assert d.rank_button.disabled and d.rank_stop.layout.display == ""
+    thread.join(300)
+    assert not thread.is_alive() and d.error == "", d.error
+    ranking = d.ranking
+    assert ranking.chosen is not None and d.layers_from == list(ranking.chosen) and not ranking.stopped
+    first_round = {k for k, _, _ in ranking.rounds[0][1]}
+    assert tuple(models.every_k_layers(4, 2)) in first_round and len(first_round) >= 2
+    assert "chosen" in d.rank_box.value and not d.rank_button.disabled and d.rank_stop.layout.display == "none"
+    before = list(d.layers_from)
+    thread = d.rank(candidates=4, steps=1, holdout=16)  # all 3 candidates: stopped long before round 1 is done
+    d.rank_stop.click()
+    thread.join(300)
+    assert d.ranking.stopped and d.ranking.chosen is None and d.layers_from == before
+    assert "no round completed" in d.rank_box.value and not d.rank_button.disabled
+
+
 def test_app_suggest_layers_uses_the_train_tabs_data_and_the_runs_teacher(tiny_dataset, tmp_path, monkeypatch):
     """In DistillApp no use_task call is needed: the Train tab's data and the teacher a run would use (for a bare
     encoder, the prepared one from the cache; a clear error while there is none)."""
@@ -217,6 +249,7 @@ def test_app_suggest_layers_uses_the_train_tabs_data_and_the_runs_teacher(tiny_d
     app.designer.suggest_button.click()
     assert app.designer.error == "" and app.designer.advice is not None, app.designer.error
     assert app.designer.layers_from == list(app.designer.advice.chosen) and len(app.designer.layers_from) == 2
+    assert app.designer.config_source == app.launcher.build_config  # "rank by short runs" trains with it
     assert app.designer.task_vocab_size > 0  # the task's vocabulary was counted too
     assert app.advice_inputs() is app.advice_inputs()  # loaded once while teacher and data stay
 

@@ -60,6 +60,7 @@ class DistillApp(W.VBox):
         self.errors.on_open = lambda _: setattr(self.tabs, "selected_index", TABS.index("Explain"))
         self._advice: tuple[tuple, tuple[Any, Any, Any]] | None = None
         self.designer.task_source = self.advice_inputs  # "suggest layers" reads the Train tab's data
+        self.designer.config_source = self.launcher.build_config  # "rank by short runs" trains with its config
         self.children = [W.HTML("<h3 style='margin:4px 0'>distill_nb — distil a transformer classifier</h3>"),
                          self.tabs]
         if run_id:

@@ -1,12 +1,15 @@
 """StudentDesigner: shape a student with sliders that only offer valid shapes; live size and speed-up.
 
 Estimates come from configs (``models.student_config`` + ``models.describe``): no model is built per tick.
-With task data (``use_task``) it also suggests which teacher layers to copy (``advisor.suggest_layers``) and
-counts the task's vocabulary for a trimmed student (``vocab.choose_vocab``).
+With task data (``use_task``) it also suggests which teacher layers to copy (``advisor.suggest_layers``),
+can rank the advisor's best candidates and every-k by short proxy runs in a background thread
+(``layer_search.rank_by_proxy_runs``, stoppable), and counts the task's vocabulary for a trimmed student
+(``vocab.choose_vocab``).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -96,6 +99,18 @@ class StudentDesigner(Panel):
                                        tooltip="measure per-layer evidence on task data and propose the layers")
         self.advice_box = W.HTML()
         self.advice = None  # the last advisor.LayerAdvice
+        # "rank by short runs": the run's config comes from here (DistillApp: the Train tab's build_config)
+        self.config_source: Callable[[], Any] | None = None
+        self.rank_button = W.Button(description="rank by short runs", icon="flask", disabled=True,
+                                    tooltip="train the advisor's best few candidates and every-k for a few steps "
+                                            "each (successive halving) and keep the best on held-out training texts")
+        self.rank_stop = W.Button(description="stop", icon="stop", layout=W.Layout(display="none"))
+        self.rank_box = W.HTML()
+        self.ranking = None  # the last layer_search.ProxyRanking
+        self.rank_thread: threading.Thread | None = None
+        self._rank_stop = threading.Event()
+        self.rank_button.on_click(lambda _: self.rank())
+        self.rank_stop.on_click(lambda _: self._rank_stop.set())
         self.vocab_dropdown.observe(self._vocab_changed, names=["value"])
         self.vocab_size.observe(self._vocab_changed, names=["value"])
         self.suggest_button.on_click(lambda _: self.suggest())
@@ -113,7 +128,8 @@ class StudentDesigner(Panel):
                          self.pretrained_text, self.layers_slider, self.hidden_slider, self.heads_slider,
                          self.ffn_slider, W.HBox([self.vocab_dropdown, self.vocab_size]),
                          W.HBox([self.estimate_box, self.map_box], layout=W.Layout(gap="24px")),
-                         W.HBox([self.suggest_button]), self.advice_box, *self._footer()]
+                         W.HBox([self.suggest_button, self.rank_button, self.rank_stop]), self.advice_box,
+                         self.rank_box, *self._footer()]
         self._wanted_layers = layers
         self.init = init
         if teacher_config is not None:
@@ -332,7 +348,65 @@ class StudentDesigner(Panel):
         self.advice = advice
         self.advice_box.value = advice.to_html()
         self.layers_from = list(advice.chosen)
+        self.rank_button.disabled = False
         return advice
+
+    @guarded
+    def rank(self, *, candidates: int = 4, steps: int = 25, holdout: int = 256) -> threading.Thread | None:
+        """Rank the advisor's ``candidates`` best layer sets (by KL) and every-k by short proxy runs, in a thread.
+
+        Each round trains the survivors for ``steps`` (doubling) with the run's config and keeps the better half by
+        accuracy on ``holdout`` held-out training texts; the winner becomes ``layers_from``. "stop" ends it
+        between runs (the leader of the last complete round is then used, if there is one). Returns the thread.
+        """
+        from ..layer_search import total_steps
+        from ..models import every_k_layers
+
+        if self.advice is None:
+            self.rank_box.value = note_html("rank by short runs ranks the advisor's candidates: suggest layers first")
+            return None
+        if self.config_source is None:
+            self.rank_box.value = note_html("rank by short runs needs the run's config: set designer.config_source "
+                                            "= lambda: config (distill_nb.app() does)")
+            return None
+        if self.rank_thread is not None and self.rank_thread.is_alive():
+            return self.rank_thread  # a second click while one runs: the running one
+        advice = self.advice
+        config = self.config_source().replace(student_layers=advice.student_layers, student_init="every_k")
+        pool = [tuple(c[0]) for c in advice.candidates[:candidates]]
+        pool.append(tuple(every_k_layers(advice.teacher_layers, advice.student_layers)))
+        pool = list(dict.fromkeys(pool))
+        lines: list[str] = []
+
+        def log(message: str) -> None:
+            lines.append(esc(message))
+            self.rank_box.value = note_html("<br>".join(lines))
+
+        self._rank_stop.clear()
+        self.rank_button.disabled = True
+        self.rank_stop.layout.display = ""
+        log(f"ranking {len(pool)} layer sets by short runs ({steps} steps, doubling; {holdout} held-out training "
+            f"texts): {total_steps(len(pool), steps)} optimiser steps in all...")
+
+        def work() -> None:
+            from ..layer_search import rank_by_proxy_runs
+
+            try:
+                ranking = rank_by_proxy_runs(config, pool, steps=steps, holdout=holdout,
+                                             should_stop=self._rank_stop.is_set, log=log)
+                self.ranking = ranking
+                if ranking.chosen is not None and self.advice is advice and self.layers == advice.student_layers:
+                    self.layers_from = list(ranking.chosen)
+                log(str(ranking).replace("\n", " · "))
+            except Exception as exc:  # noqa: BLE001 - shown in the panel, as guarded does for the UI thread
+                self.show_error(exc)
+            finally:
+                self.rank_button.disabled = False
+                self.rank_stop.layout.display = "none"
+
+        self.rank_thread = threading.Thread(target=work, name="distill_nb-rank-layers", daemon=True)
+        self.rank_thread.start()
+        return self.rank_thread
 
     def _vocab_text(self, tokens: int | None) -> str:
         full = getattr(self.teacher_config, "vocab_size", 0)
