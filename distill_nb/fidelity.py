@@ -79,10 +79,9 @@ def teacher_attributions(teacher: nn.Module, tokenizer: Any, texts: Sequence[str
             log(f"attribution cache {path.name} unreadable ({e}); recomputing")
     t0 = time.time()
     was_training = teacher.training
-    # Gradient methods batch well here (length-sorted texts, one backward per batch); IG keeps captum's default.
-    batch = 16 if method in ("input_x_gradient", "saliency") else None
+    # attribute()'s default batch: 16 texts per call for the gradient methods, captum-sized for IG
     attrs = attribute(teacher, tokenizer, list(texts), method, n_steps=n_steps, max_length=max_length,
-                      batch_size=batch, device=device)
+                      device=device)
     teacher.train(was_training)
     width = max(len(a.scores) for a in attrs)
     scores = torch.zeros(len(attrs), width)

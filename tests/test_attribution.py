@@ -134,6 +134,24 @@ def test_batching_and_padding_do_not_change_scores(teacher):
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-4 * max(1.0, np.abs(a.scores).max()))
 
 
+@pytest.mark.parametrize("method", ["input_x_gradient", "saliency"])
+def test_gradient_methods_default_to_batches_of_16_on_cpu_with_the_same_scores(teacher, method):
+    """One sequence per text: the CPU default batches 16 texts per call (2 left the probe waiting on per-call
+    overhead), and the scores are those of one text at a time. IG keeps the small CPU default (n_steps per text)."""
+    from distill_nb.attribution.methods import batch_sizes
+
+    cpu = torch.device("cpu")
+    assert batch_sizes(cpu, None, None, method)[0] == 16 and batch_sizes(cpu, None, None, "integrated_gradients")[0] == 2
+    assert batch_sizes(cpu, 3, None, method)[0] == 3  # a given size wins
+    model, tok = teacher
+    texts = TEXTS * 4  # more than one default batch
+    default = attribute(model, tok, texts, method)
+    one = attribute(model, tok, texts, method, batch_size=1)
+    for a, b in zip(default, one):
+        assert a.tokens == b.tokens and a.target == b.target
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5 * max(1.0, np.abs(b.scores).max()))
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_gives_one_finite_score_per_token(teacher, method):
     model, tok = teacher
