@@ -222,7 +222,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             evaluate = fidelity.ReasonTracker(
                 run_dir, teacher, tokenizer, student_tok, task.eval.texts, size=config.reason_probe, seed=0,
                 method=config.reason_method, n_steps=config.reason_n_steps, top_k=config.reason_top_k,
-                max_length=config.max_length, device=device, log=log).wrap(evaluate, model.student)
+                max_length=config.max_length, device=device, precision=config.precision,
+                log=log).wrap(evaluate, model.student)
         # --- optimiser, schedule, resume --------------------------------------------------------------------
         per_epoch = steps_per_epoch(len(t_train), config.batch_size)
         total_steps = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))

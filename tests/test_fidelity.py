@@ -200,3 +200,24 @@ def test_alignment_explains_the_student_without_dropout_and_leaves_its_mode(tiny
     student.train()
     torch.manual_seed(0)
     assert noisy.loss(student, batch, [0, 1, 2, 3]).item() > 1e-3  # dropout changes the explanation
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_the_probe_explains_the_student_in_the_runs_precision(tiny_teacher, tiny_dataset, tmp_path, monkeypatch,
+                                                             precision):
+    """The student's probe attributions follow the run's precision (bf16 where training runs bf16: cheaper);
+    the teacher's are computed once in fp32."""
+    import distill_nb.fidelity as fidelity
+    from distill_nb.train import train
+
+    seen = []
+    real = fidelity.attribute
+
+    def spy(model, *args, **kwargs):
+        seen.append(kwargs.get("precision", "fp32"))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(fidelity, "attribute", spy)
+    train(tiny_config(tiny_teacher, tiny_dataset, max_steps=2, eval_every=1, reason_probe=8, precision=precision),
+          tmp_path / "run", log=lambda *_: None)
+    assert seen[0] == "fp32" and seen[1:] and set(seen[1:]) == {precision}  # teacher once, student per eval
