@@ -126,6 +126,7 @@ def rank_by_proxy_runs(config: DistillConfig, candidates: Sequence[Sequence[int]
         ValueError: no candidates, a candidate of the wrong length or not increasing, a bad ``holdout``,
             ``steps`` or ``keep``, or a bare-encoder teacher not prepared yet.
     """
+    from .checkpoint import Diverged
     from .rundata import task_for
     from .train import train
 
@@ -160,8 +161,12 @@ def rank_by_proxy_runs(config: DistillConfig, candidates: Sequence[Sequence[int]
                 cfg = config.replace(teacher=teacher, teacher_prep_steps=0, student_layers_from=list(c),
                                      layer_map=None, max_steps=n_steps, eval_every=n_steps,
                                      checkpoint_every=n_steps, reason_probe=0, alpha_attr=0.0, student_vocab="full")
-                final = train(cfg, run, data=task, log=lambda *_: None)
-                scores.append((c, float(final["accuracy"]), float(final.get("kd_to_teacher") or 0.0)))
+                try:
+                    final = train(cfg, run, data=task, log=lambda *_: None)
+                    scores.append((c, float(final["accuracy"]), float(final.get("kd_to_teacher") or 0.0)))
+                except Diverged as exc:  # a candidate that diverges ranks last; the search goes on
+                    log(f"proxy run {list(c)} diverged ({exc}); it ranks last")
+                    scores.append((c, -math.inf, math.inf))
                 if logits is None and (run / "teacher_logits.safetensors").is_file():
                     logits = root / "teacher_logits.safetensors"
                     shutil.copy(run / "teacher_logits.safetensors", logits)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import distill_nb
 from distill_nb import DistillConfig, layer_search
 from distill_nb.data import load_task
 
@@ -89,3 +88,22 @@ def test_a_bare_encoder_needs_its_prepared_teacher(tmp_path, tiny_dataset, monke
                            student_layers=2)
     with pytest.raises(ValueError, match="bare encoder with no teacher prepared"):
         layer_search.rank_by_proxy_runs(config, [[0, 2]], log=lambda *_: None)
+
+
+def test_a_diverging_candidate_ranks_last_and_the_search_goes_on(config, monkeypatch):
+    import distill_nb.train
+    from distill_nb.checkpoint import Diverged
+
+    real_train = distill_nb.train.train
+
+    def train(cfg, run_dir, **kw):
+        if cfg.student_layers_from == [0, 1]:
+            raise Diverged("diverged at step 1: the loss is not finite")
+        return real_train(cfg, run_dir, **kw)
+
+    monkeypatch.setattr(distill_nb.train, "train", train)
+    logs = []
+    ranking = layer_search.rank_by_proxy_runs(config, [[0, 1], [0, 2], [1, 3]], steps=1, holdout=16, log=logs.append)
+    first = ranking.rounds[0][1]
+    assert first[-1][0] == (0, 1) and first[-1][1] == float("-inf") and ranking.chosen != (0, 1)
+    assert any("[0, 1] diverged" in m for m in logs)
