@@ -104,7 +104,8 @@ class StudentDesigner(Panel):
         self.rank_button = W.Button(description="rank by short runs", icon="flask", disabled=True,
                                     tooltip="train the advisor's best few candidates and every-k for a few steps "
                                             "each (successive halving) and keep the best on held-out training texts")
-        self.rank_stop = W.Button(description="stop", icon="stop", layout=W.Layout(display="none"))
+        self.rank_stop = W.Button(description="cancel", icon="times", layout=W.Layout(display="none"),
+                                  tooltip="end the proxy runs after the current one (the run's Stop is the Monitor's)")
         self.rank_box = W.HTML()
         self.ranking = None  # the last layer_search.ProxyRanking
         self.rank_thread: threading.Thread | None = None
@@ -356,7 +357,7 @@ class StudentDesigner(Panel):
         """Rank the advisor's ``candidates`` best layer sets (by KL) and every-k by short proxy runs, in a thread.
 
         Each round trains the survivors for ``steps`` (doubling) with the run's config and keeps the better half by
-        accuracy on ``holdout`` held-out training texts; the winner becomes ``layers_from``. "stop" ends it
+        accuracy on ``holdout`` held-out training texts; the winner becomes ``layers_from``. "cancel" ends it
         between runs (the leader of the last complete round is then used, if there is one). Returns the thread.
         """
         from ..layer_search import total_steps
