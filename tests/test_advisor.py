@@ -222,6 +222,8 @@ def test_designer_ranks_candidates_by_short_runs_in_the_background(teacher_and_t
     thread.join(300)
     assert d.ranking.stopped and d.ranking.chosen is None and d.layers_from == before
     assert "no round completed" in d.rank_box.value and not d.rank_button.disabled
+    d.layers_slider.value = 3  # the advice was for 2 layers: ranking it now would rank another student
+    assert d.rank() is None and "suggest layers again" in d.rank_box.value
 
 
 def test_app_suggest_layers_uses_the_train_tabs_data_and_the_runs_teacher(tiny_dataset, tmp_path, monkeypatch):

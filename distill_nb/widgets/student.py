@@ -366,6 +366,10 @@ class StudentDesigner(Panel):
         if self.advice is None:
             self.rank_box.value = note_html("rank by short runs ranks the advisor's candidates: suggest layers first")
             return None
+        if self.advice.student_layers != self.layers or self.init != "every_k":
+            self.rank_box.value = note_html(f"the advice is for {self.advice.student_layers} copied layers and the "
+                                            f"student now has {self.layers} ({self.init}): suggest layers again")
+            return None
         if self.config_source is None:
             self.rank_box.value = note_html("rank by short runs needs the run's config: set designer.config_source "
                                             "= lambda: config (distill_nb.app() does)")
