@@ -115,8 +115,8 @@ class ReasonTracker:
         student_tokenizer: the student's (word-level alignment when it differs from the teacher's).
         eval_texts: the run's eval texts; the probe is ``size`` of them, chosen with ``seed``.
         method, n_steps, top_k: attribution method, IG steps, and k of the top-k overlap.
-        precision: the student's attributions are computed in it (the run's ``precision``: bf16 where training
-            runs bf16, ~20 % faster on a CPU; the mean Spearman moved by 0.0005 on SST-2); the teacher's stay fp32.
+        precision: "fp32" or "bf16" (train() passes bf16 where the run trains in bf16: ~20 % faster on a CPU, the
+            mean Spearman moved by 0.0005 on SST-2), for the student's attributions; the teacher's stay fp32.
     """
 
     def __init__(self, run_dir: Path, teacher: nn.Module, tokenizer: Any, student_tokenizer: Any,

@@ -222,7 +222,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             evaluate = fidelity.ReasonTracker(
                 run_dir, teacher, tokenizer, student_tok, task.eval.texts, size=config.reason_probe, seed=0,
                 method=config.reason_method, n_steps=config.reason_n_steps, top_k=config.reason_top_k,
-                max_length=config.max_length, device=device, precision=config.precision,
+                max_length=config.max_length, device=device,
+                precision="bf16" if amp_dtype == torch.bfloat16 else "fp32",  # no fp16: unscaled gradients
                 log=log).wrap(evaluate, model.student)
         # --- optimiser, schedule, resume --------------------------------------------------------------------
         per_epoch = steps_per_epoch(len(t_train), config.batch_size)
