@@ -123,10 +123,11 @@ def rank_by_proxy_runs(config: DistillConfig, candidates: Sequence[Sequence[int]
         earlier candidate), or the leader of the last complete round when stopped (None before the first).
 
     Raises:
-        ValueError: no candidates, a candidate of the wrong length or not increasing, a bad ``holdout``,
-            ``steps`` or ``keep``, or a bare-encoder teacher not prepared yet.
+        ValueError: no candidates, a candidate of the wrong length, not increasing or past the teacher's layers,
+            a bad ``holdout``, ``steps`` or ``keep``, or a bare-encoder teacher not prepared yet.
     """
     from .checkpoint import Diverged
+    from .models import load_config, shape
     from .rundata import task_for
     from .train import train
 
@@ -142,6 +143,11 @@ def rank_by_proxy_runs(config: DistillConfig, candidates: Sequence[Sequence[int]
         raise ValueError(f"steps={steps}, keep={keep} are invalid: steps >= 1 and 0 < keep < 1 (e.g. 25, 0.5).")
     start = time.perf_counter()
     teacher = classifier_teacher(config)
+    n_teacher = shape(load_config(teacher, config.trust_remote_code)[1])["layers"]
+    outside = [list(c) for c in cands if c[-1] >= n_teacher]
+    if outside:  # before any run: a late candidate must not fail the search after minutes of training
+        raise ValueError(f"candidate {outside[0]} copies a layer the {n_teacher}-layer teacher does not have: use "
+                         f"layers 0..{n_teacher - 1}.")
     task = proxy_task(data or task_for(config), holdout, config.seed)
     root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="distill_nb-proxy-"))
     rounds: list[tuple[int, tuple[tuple[tuple[int, ...], float, float], ...]]] = []

@@ -66,6 +66,7 @@ def test_stop_between_runs_keeps_the_last_complete_round(config, tiny_dataset, t
     ([[2, 1]], {}, "strictly increasing"),
     ([[1, 1]], {}, "strictly increasing"),
     ([[-1, 2]], {}, "invalid"),
+    ([[0, 2], [0, 7]], {}, r"candidate \[0, 7\] copies a layer the 4-layer teacher does not have"),
     ([[0, 2]], {"holdout": 0}, "holdout=0 is invalid"),
     ([[0, 2]], {"holdout": 10_000}, "holdout=10000 is invalid"),
     ([[0, 2]], {"steps": 0}, "steps=0"),
