@@ -223,10 +223,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             from distill_nb.layer_search import rank_by_proxy_runs
             from distill_nb.models import copied_layer_map as _layer_map
-            from distill_nb.models import every_k_layers as _every_k
 
-            pool = [tuple(c[0]) for c in advice.candidates[:args.proxy]]
-            pool.append(tuple(_every_k(advice.teacher_layers, args.student_layers)))
+            pool = advice.shortlist(args.proxy)
             base = DistillConfig(teacher=folder, dataset=source, text_column=text_column,
                                  max_train_examples=args.max_train,
                                  student_layers=args.student_layers, batch_size=args.batch_size,
@@ -236,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                        log=lambda m: print(m, flush=True))
             print(proxy, flush=True)
             advice = _replace(advice, chosen=proxy.chosen, layer_map=tuple(_layer_map(proxy.chosen, advice.teacher_layers)),
-                              search=advice.search + f", proxy runs over {len(set(pool))}",
+                              search=advice.search + f", proxy runs over {len(pool)}",
                               seconds=advice.seconds + proxy.seconds)
         logits_file = runs_root / name / "teacher_logits.safetensors"
         logits_file.parent.mkdir(parents=True, exist_ok=True)

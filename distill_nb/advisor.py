@@ -56,6 +56,11 @@ class LayerAdvice:
     seconds: float = 0.0  # wall time of the whole measurement on this machine
     device: str = "cpu"
 
+    def shortlist(self, n: int) -> list[tuple[int, ...]]:
+        """The ``n`` best candidates by KL plus every-k, each once: what proxy runs should rank."""
+        every_k = tuple(every_k_layers(self.teacher_layers, self.student_layers))
+        return list(dict.fromkeys([tuple(c[0]) for c in self.candidates[:n]] + [every_k]))
+
     def config_fields(self) -> dict[str, Any]:
         """DistillConfig fields for this proposal (``DistillConfig(**advice.config_fields(), ...)``)."""
         return {"student_layers": self.student_layers, "student_init": "every_k",

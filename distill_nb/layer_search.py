@@ -4,7 +4,8 @@
 training makes of them (bench/README.md). This module asks training directly: every candidate
 (``student_layers_from``) is distilled for a few steps on the task's training texts and scored on a held-out
 slice of the *training* split (the eval split is never looked at, so choosing a layer set does not tune on
-it); the better half goes on to a run twice as long, until one is left (Jamieson & Talwalkar, 2016).
+it); the better half goes on to a run twice as long, until the last two have been compared (Jamieson &
+Talwalkar, 2016).
 
 The runs are ordinary ``train()`` runs in a scratch folder (deleted afterwards) with the caller's config, the
 same seed for every candidate, and the teacher's logits computed once and shared. Cost: about
@@ -71,33 +72,8 @@ def total_steps(n_candidates: int, steps: int, keep: float = 0.5) -> int:
     while True:
         total += n * steps
         n, steps = survivors(n, keep), steps * 2
-        if n <= 1 or n_candidates <= 1:
+        if n <= 1:
             return total
-
-
-def classifier_teacher(config: DistillConfig) -> str:
-    """The teacher a run of ``config`` distils from: ``config.teacher`` itself when it has a classifier, else
-    the teacher prepared from it on the config's data (from the cache: a proxy run must not fine-tune one on
-    its own slice of the data).
-
-    Raises:
-        ValueError: a bare encoder with no prepared teacher in the cache (the message says how to make one).
-    """
-    from .models import NotAClassifierError, load_teacher
-    from .rundata import full_task_for
-    from .teachers import cached_teacher
-
-    try:
-        load_teacher(config.teacher, trust_remote_code=config.trust_remote_code)
-        return config.teacher
-    except NotAClassifierError:
-        task = full_task_for(config)
-        folder = cached_teacher(config.teacher, task, trust_remote_code=config.trust_remote_code)
-        if folder is None:
-            raise ValueError(f"{config.teacher!r} is a bare encoder with no teacher prepared on {task.source} yet: "
-                             "start a run once (it fine-tunes and caches one) or call "
-                             "distill_nb.teachers.prepare_teacher(...), then rank again.") from None
-        return str(folder)
 
 
 def rank_by_proxy_runs(config: DistillConfig, candidates: Sequence[Sequence[int]], *, data: TaskData | None = None,
@@ -127,8 +103,9 @@ def rank_by_proxy_runs(config: DistillConfig, candidates: Sequence[Sequence[int]
             a bad ``holdout``, ``steps`` or ``keep``, or a bare-encoder teacher not prepared yet.
     """
     from .checkpoint import Diverged
-    from .models import load_config, shape
-    from .rundata import task_for
+    from .models import shape
+    from .rundata import full_task_for, task_for
+    from .teachers import classifier_teacher
     from .train import train
 
     cands = [tuple(int(i) for i in c) for c in candidates]
@@ -142,8 +119,12 @@ def rank_by_proxy_runs(config: DistillConfig, candidates: Sequence[Sequence[int]
     if steps < 1 or not 0 < keep < 1:
         raise ValueError(f"steps={steps}, keep={keep} are invalid: steps >= 1 and 0 < keep < 1 (e.g. 25, 0.5).")
     start = time.perf_counter()
-    teacher = classifier_teacher(config)
-    n_teacher = shape(load_config(teacher, config.trust_remote_code)[1])["layers"]
+    # the run's teacher (a bare encoder's prepared one, from the cache: a proxy run must not fine-tune one on its
+    # own slice of the data)
+    model, _, teacher = classifier_teacher(config.teacher, full_task_for(config),
+                                           trust_remote_code=config.trust_remote_code)
+    n_teacher = shape(model.config)["layers"]
+    del model
     outside = [list(c) for c in cands if c[-1] >= n_teacher]
     if outside:  # before any run: a late candidate must not fail the search after minutes of training
         raise ValueError(f"candidate {outside[0]} copies a layer the {n_teacher}-layer teacher does not have: use "

@@ -218,6 +218,26 @@ def cached_teacher(name: str, task: Any, *, trust_remote_code: bool = False,
     return out if (out / "config.json").is_file() else None
 
 
+def classifier_teacher(name: str, task: Any, *, trust_remote_code: bool = False) -> tuple[Any, Any, str]:
+    """(model, tokenizer, path) of the teacher a run distils from: ``name`` itself when it has a classifier, else
+    the teacher prepared from it on ``task`` (the run's whole data set), from the cache; nothing is fine-tuned.
+
+    Raises:
+        ValueError: a bare encoder with no prepared teacher in the cache (the message says how to make one).
+    """
+    from .models import NotAClassifierError, load_teacher
+
+    try:
+        return (*load_teacher(name, trust_remote_code=trust_remote_code), name)
+    except NotAClassifierError:
+        folder = cached_teacher(name, task, trust_remote_code=trust_remote_code)
+    if folder is None:
+        raise ValueError(f"{name!r} is a bare encoder with no teacher prepared on {task.source} yet: start a run once "
+                         "(its first phase fine-tunes a head and caches the teacher), pick a prepared teacher in the "
+                         "Teacher tab, or call distill_nb.teachers.prepare_teacher(...).")
+    return (*load_teacher(str(folder)), str(folder))
+
+
 def _covers(meta: dict[str, Any], max_steps: int, max_minutes: float | None) -> bool:
     """Whether a cached teacher is what these caps would give: it plateaued, or stopped at a cap >= these."""
     stop = meta.get("stopped_by")

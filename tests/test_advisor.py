@@ -213,6 +213,9 @@ def test_designer_ranks_candidates_by_short_runs_in_the_background(teacher_and_t
     assert not thread.is_alive() and d.error == "", d.error
     ranking = d.ranking
     assert ranking.chosen is not None and d.layers_from == list(ranking.chosen) and not ranking.stopped
+    shortlist = d.advice.shortlist(2)  # the 2 best by KL plus every-k, each once
+    assert shortlist[:2] == [tuple(c[0]) for c in d.advice.candidates[:2]] or len(shortlist) == 2
+    assert tuple(models.every_k_layers(4, 2)) in shortlist and len(set(shortlist)) == len(shortlist) <= 3
     first_round = {k for k, _, _ in ranking.rounds[0][1]}
     assert tuple(models.every_k_layers(4, 2)) in first_round and len(first_round) >= 2
     assert "chosen" in d.rank_box.value and not d.rank_button.disabled and d.rank_stop.layout.display == "none"

@@ -101,9 +101,8 @@ class DistillApp(W.VBox):
         Raises:
             ValueError: the teacher is a bare encoder and no teacher has been prepared on this data yet.
         """
-        from ..models import NotAClassifierError, load_teacher
         from ..rundata import full_task_for
-        from ..teachers import cached_teacher
+        from ..teachers import classifier_teacher
 
         config = self.launcher.build_config()
         key = tuple(str(getattr(config, k)) for k in ("teacher", "dataset", "text_column", "label_column",
@@ -112,17 +111,7 @@ class DistillApp(W.VBox):
         if self._advice is not None and self._advice[0] == key:
             return self._advice[1]
         task = full_task_for(config)  # the data a prepared teacher is keyed on (the advisor samples from it)
-        try:
-            teacher, tokenizer = load_teacher(config.teacher, trust_remote_code=config.trust_remote_code)
-        except NotAClassifierError:
-            folder = cached_teacher(config.teacher, task, trust_remote_code=config.trust_remote_code)
-            if folder is None:
-                raise ValueError(
-                    f"suggest layers measures the teacher's classifier, and {config.teacher!r} is a bare encoder "
-                    f"with no teacher prepared on {task.source} yet. Start a run once (its first phase fine-tunes a "
-                    "head and caches the teacher; then suggest layers uses it), pick a prepared teacher in the "
-                    "Teacher tab, or call distill_nb.teachers.prepare_teacher(...).") from None
-            teacher, tokenizer = load_teacher(str(folder))
+        teacher, tokenizer, _ = classifier_teacher(config.teacher, task, trust_remote_code=config.trust_remote_code)
         self._advice = (key, (task, teacher.eval(), tokenizer))
         return self._advice[1]
 

@@ -361,7 +361,6 @@ class StudentDesigner(Panel):
         between runs (the leader of the last complete round is then used, if there is one). Returns the thread.
         """
         from ..layer_search import total_steps
-        from ..models import every_k_layers
 
         if self.advice is None:
             self.rank_box.value = note_html("rank by short runs ranks the advisor's candidates: suggest layers first")
@@ -378,9 +377,7 @@ class StudentDesigner(Panel):
             return self.rank_thread  # a second click while one runs: the running one
         advice = self.advice
         config = self.config_source().replace(student_layers=advice.student_layers, student_init="every_k")
-        pool = [tuple(c[0]) for c in advice.candidates[:candidates]]
-        pool.append(tuple(every_k_layers(advice.teacher_layers, advice.student_layers)))
-        pool = list(dict.fromkeys(pool))
+        pool = advice.shortlist(candidates)
         lines: list[str] = []
 
         def log(message: str) -> None:
