@@ -228,7 +228,7 @@ def distill_config(prof: Profile, **changes: Any) -> Any:
 def teacher_folder(prof: Profile, task: Any, log: Any = print) -> str:
     """A classifier teacher: the profile's teacher if it has a head, else the prepared (cached) one."""
     from distill_nb.models import NotAClassifierError, load_teacher
-    from distill_nb.teachers import prepare_teacher
+    from distill_nb.teacher_cache import prepare_teacher
 
     try:
         load_teacher(prof.teacher)

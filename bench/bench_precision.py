@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from distill_nb.config import DistillConfig
     from distill_nb.rundir import read_metrics
-    from distill_nb.teachers import prepare_teacher
+    from distill_nb.teacher_cache import prepare_teacher
     from distill_nb.train import train
 
     given = dict(t.split("=", 1) for t in args.teacher)

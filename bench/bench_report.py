@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[report] no head-pruned row: {e}", flush=True)
         heads = None
     steps = prof.student_steps
-    from distill_nb.teachers import teacher_meta
+    from distill_nb.teacher_cache import teacher_meta
 
     prep = teacher_meta(t_folder) if str(t_folder) != prof.teacher else None
     t_desc = (f"{prof.teacher} + head fine-tuned on {len(task.train)} train examples to "

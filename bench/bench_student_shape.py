@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from distill_nb.config import DistillConfig
     from distill_nb.data import encode, load_task
     from distill_nb.models import every_k_layers, load_teacher, predict_logits
-    from distill_nb.teachers import prepare_teacher
+    from distill_nb.teacher_cache import prepare_teacher
     from distill_nb.train import train
     from distill_nb.vocab import choose_vocab, outside_vocab
 

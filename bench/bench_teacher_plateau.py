@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from distill_nb.precision import amp_dtype, autocast_for, describe
-    from distill_nb.teachers import prepare_teacher, teacher_meta
+    from distill_nb.teacher_cache import prepare_teacher, teacher_meta
 
     dtype = amp_dtype("auto", torch.device("cpu"))
     autocast = autocast_for(dtype, torch.device("cpu"))

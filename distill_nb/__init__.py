@@ -23,15 +23,15 @@ def app(**kwargs: Any):
 
 def teachers() -> list:
     """The prepared teachers in the cache (``$DISTILL_NB_CACHE/teachers``), newest first, each with its task,
-    base, dev accuracy, steps and date (``.label``): see :mod:`distill_nb.teachers`."""
-    from .teachers import teachers as _teachers
+    base, dev accuracy, steps and date (``.label``): see :mod:`distill_nb.teacher_cache`."""
+    from .teacher_cache import teachers as _teachers
 
     return _teachers()
 
 
 def remove_teacher(teacher: Any) -> Any:
     """Delete a prepared teacher (a ``teachers()`` entry, its folder or its name) from the cache."""
-    from .teachers import remove_teacher as _remove
+    from .teacher_cache import remove_teacher as _remove
 
     return _remove(teacher)
 

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.cmd == "teachers":
-            from .teachers import remove_teacher, teachers, teachers_dir
+            from .teacher_cache import remove_teacher, teachers, teachers_dir
 
             if args.remove:
                 print(f"removed {remove_teacher(args.remove)}")

@@ -105,7 +105,7 @@ def rank_by_proxy_runs(config: DistillConfig, candidates: Sequence[Sequence[int]
     from .checkpoint import Diverged
     from .models import shape
     from .rundata import full_task_for, task_for
-    from .teachers import classifier_teacher
+    from .teacher_cache import classifier_teacher
     from .train import train
 
     cands = [tuple(int(i) for i in c) for c in candidates]

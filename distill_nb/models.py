@@ -121,7 +121,7 @@ def load_teacher(name: str, *, head: str = "classification", trust_remote_code: 
     if head != "mlm" and not is_classifier(config):
         raise NotAClassifierError(
             f"{name!r} is a {config.model_type} model without a sequence-classification head "
-            f"(architectures={config.architectures}). Fine-tune one first: use distill_nb.teachers.prepare_teacher("
+            f"(architectures={config.architectures}). Fine-tune one first: use distill_nb.teacher_cache.prepare_teacher("
             f"{name!r}, task), or set teacher_prep_steps > 0 so train() and launch() do it automatically.")
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:

@@ -208,7 +208,7 @@ def compare(models: dict[str, tuple[nn.Module, Any, str | os.PathLike | None]] |
             for c, t1, t32 in zip(cands, b1, b32)]
     notes = list(notes)
     if labels is not None:  # a student above its teacher beyond noise means the teacher is the bottleneck
-        from .teachers import student_beats_teacher
+        from .teacher_cache import student_beats_teacher
 
         notes += [f"{r.name}: {w}" for r in rows[1:]
                   if (w := student_beats_teacher(r.accuracy, rows[0].accuracy, len(texts)))]
@@ -256,7 +256,7 @@ def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repe
     run_dir = Path(run_dir)
     config = DistillConfig.from_json(run_dir / "config.json")
     task = run_task(run_dir, max_eval=max_eval)  # the run's own label mapping: numbers match training
-    from .teachers import teacher_meta
+    from .teacher_cache import teacher_meta
 
     teacher, t_tok, student, s_tok = load_run_models(run_dir)
     notes = vocab_notes(student, t_tok, task.eval.texts, max_length=config.max_length)

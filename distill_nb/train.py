@@ -52,7 +52,7 @@ from .preflight import check_max_length
 from .recorder import Recorder
 from .rundata import align_labels, full_task_for, task_for
 from .rundir import Status, truncate_metrics
-from .teachers import prepare_teacher, student_beats_teacher, teacher_meta
+from .teacher_cache import prepare_teacher, student_beats_teacher, teacher_meta
 from .vocab import trim_student
 
 

@@ -236,7 +236,7 @@ def test_app_suggest_layers_uses_the_train_tabs_data_and_the_runs_teacher(tiny_d
     from transformers import BertModel
 
     from distill_nb.rundata import full_task_for
-    from distill_nb.teachers import cached_teacher, prepare_teacher
+    from distill_nb.teacher_cache import cached_teacher, prepare_teacher
     from distill_nb.widgets.app import DistillApp
 
     monkeypatch.setenv("DISTILL_NB_CACHE", str(tmp_path / "cache"))

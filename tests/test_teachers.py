@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from distill_nb.data import TaskData
-from distill_nb.teachers import (
+from distill_nb.teacher_cache import (
     accuracy_noise,
     prepare_teacher,
     remove_teacher,
@@ -124,3 +124,56 @@ def test_cli_lists_and_removes_prepared_teachers(bare, capsys):
     assert "1 prepared teacher(s)" in out and path.name in out and "in-memory-lists · " in out
     assert cli(["teachers", "--remove", "nope"]) == 2 and "no prepared teacher 'nope'" in capsys.readouterr().err
     assert cli(["teachers", "--remove", path.name]) == 0 and not path.exists()
+
+
+def test_package_teachers_is_callable_every_time(tmp_path, monkeypatch):
+    """``distill_nb.teachers()`` stays the function after its module is imported (no submodule of that name)."""
+    import importlib
+
+    import distill_nb
+
+    monkeypatch.setenv("DISTILL_NB_CACHE", str(tmp_path / "cache"))
+    importlib.import_module("distill_nb.teacher_cache")
+    assert distill_nb.teachers() == [] and distill_nb.teachers() == []
+    for name in distill_nb.__all__:  # no public name is also a submodule that an import would put in its place
+        assert importlib.util.find_spec(f"distill_nb.{name}") is None, name
+
+
+BAD_META = {"steps-inf": '{"steps": 1e400}', "steps-str": '{"steps": "ten"}', "steps-list": '{"steps": [1]}',
+            "steps-neg": '{"steps": -3}', "created-str": '{"created_at": "yesterday"}',
+            "created-huge": '{"created_at": 1e300}', "created-neg": '{"created_at": -1e18}',
+            "seconds-str": '{"seconds": "5"}', "dev-str": '{"dev_accuracy": "0.9"}', "dev-big": '{"dev_accuracy": 7}',
+            "dev-bool": '{"dev_accuracy": true}', "task-obj": '{"task": {"a": 1}}', "base-num": '{"base": 3}',
+            "stopped-list": '{"stopped_by": ["plateau"]}', "bad-json": "{x", "list": "[1, 2]", "nan": '{"steps": NaN}',
+            "binary": b"\xff\xfe\x00garbage", "empty": "", "meta-is-dir": None}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_META))
+def test_one_damaged_teacher_json_never_hides_the_others(tmp_path, monkeypatch, capsys, case):
+    from distill_nb.cli import main as cli
+    from distill_nb.teacher_cache import teachers_dir
+
+    monkeypatch.setenv("DISTILL_NB_CACHE", str(tmp_path / "cache"))
+    good = teachers_dir() / "good-bert-aaaa"
+    good.mkdir(parents=True)
+    (good / "config.json").write_text("{}")
+    (good / "teacher.json").write_text('{"task": "good", "steps": 10, "dev_accuracy": 0.9, "created_at": 1.0}')
+    bad = teachers_dir() / f"{case}-x-1"
+    bad.mkdir()
+    (bad / "config.json").write_text("{}")
+    meta = BAD_META[case]
+    if meta is None:
+        (bad / "teacher.json").mkdir()
+    elif isinstance(meta, bytes):
+        (bad / "teacher.json").write_bytes(meta)
+    else:
+        (bad / "teacher.json").write_text(meta)
+    listed = {t.path.name: t for t in teachers()}
+    assert set(listed) == {good.name, bad.name}
+    assert listed[good.name].label.startswith("good · ? · dev 0.900 · 10 steps")
+    entry = listed[bad.name]
+    assert entry.label and 0 <= entry.steps < 1e12 and entry.seconds >= 0
+    assert entry.dev_accuracy is None or 0 <= entry.dev_accuracy <= 1
+    assert isinstance(entry.task, str) and isinstance(entry.base, str) and isinstance(entry.stopped_by, str)
+    assert cli(["teachers"]) == 0 and good.name in capsys.readouterr().out
+    assert cli(["teachers", "--remove", "typo"]) == 2 and "no prepared teacher 'typo'" in capsys.readouterr().err

@@ -102,7 +102,7 @@ class DistillApp(W.VBox):
             ValueError: the teacher is a bare encoder and no teacher has been prepared on this data yet.
         """
         from ..rundata import full_task_for
-        from ..teachers import classifier_teacher
+        from ..teacher_cache import classifier_teacher
 
         config = self.launcher.build_config()
         key = tuple(str(getattr(config, k)) for k in ("teacher", "dataset", "text_column", "label_column",

@@ -17,7 +17,7 @@ def teacher_options() -> list[tuple[str, str]]:
     """(label, value) pairs: packaged aliases, then the prepared teachers in the cache, newest first, each
     named by task, base, dev accuracy, steps and date."""
     from ..models import PACKAGED
-    from ..teachers import teachers
+    from ..teacher_cache import teachers
 
     options = [(f"{alias} — {desc}", alias) for alias, (_, desc) in PACKAGED.items()]
     options += [(f"prepared: {t.label}", str(t.path)) for t in teachers()]
@@ -32,7 +32,7 @@ def teacher_info(name: str) -> tuple[Any, dict[str, Any]]:
         is_classifier, path).
     """
     from ..models import describe, is_classifier, load_config
-    from ..teachers import teacher_meta
+    from ..teacher_cache import teacher_meta
 
     path, config = load_config(name, False)
     info = describe(config)
@@ -97,12 +97,12 @@ class TeacherPicker(Panel):
 
     @staticmethod
     def _is_prepared(value: str) -> bool:
-        from ..teachers import teachers_dir
+        from ..teacher_cache import teachers_dir
 
         return value not in (CUSTOM, "") and Path(value).parent == teachers_dir()
 
     def _note_cache(self) -> None:
-        from ..teachers import teachers, teachers_dir
+        from ..teacher_cache import teachers, teachers_dir
 
         n = len(teachers())
         self.cache_note.value = note_html(
@@ -123,7 +123,7 @@ class TeacherPicker(Panel):
     @guarded
     def remove_selected(self) -> None:
         """Delete the selected prepared teacher from the cache and fall back to the packaged default."""
-        from ..teachers import remove_teacher
+        from ..teacher_cache import remove_teacher
 
         value = self.dropdown.value
         if not self._is_prepared(value):

@@ -35,6 +35,7 @@ from .config import atomic_write_text
 from .families import cache_dir
 from .models import load_config, predict_logits
 from .precision import adamw
+from .safeio import number
 
 # The preparation recipe. Anything here changes the teacher, so it is part of the cache key; bump the version
 # when the code of the loop changes what it produces.
@@ -42,6 +43,7 @@ RECIPE = {"version": 2, "seed": 0, "batch_size": 32, "max_length": 128, "learnin
           "head_learning_rate": 1e-3, "weight_decay": 0.01, "warmup_steps": 30, "eval_every": 50, "patience": 3,
           "holdout_fraction": 0.1, "holdout_max": 500}
 META = "teacher.json"
+_LATEST_DATE = 4102444800.0  # 2100-01-01: a created_at past it is damage, not a date
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,10 @@ class PreparedTeacher:
     def label(self) -> str:
         """A readable name: task, base, dev accuracy, steps and date."""
         acc = f"dev {self.dev_accuracy:.3f}" if self.dev_accuracy is not None else "dev ?"
-        day = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created_at)) if self.created_at else "?"
+        try:
+            day = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created_at)) if self.created_at else "?"
+        except (OverflowError, OSError, ValueError):
+            day = "?"
         stop = "" if self.stopped_by == "plateau" else f", stopped by {self.stopped_by.replace('_', ' ')}"
         return f"{self.task} · {self.base} · {acc} · {self.steps} steps{stop} · {day}"
 
@@ -234,7 +239,7 @@ def classifier_teacher(name: str, task: Any, *, trust_remote_code: bool = False)
     if folder is None:
         raise ValueError(f"{name!r} is a bare encoder with no teacher prepared on {task.source} yet: start a run once "
                          "(its first phase fine-tunes a head and caches the teacher), pick a prepared teacher in the "
-                         "Teacher tab, or call distill_nb.teachers.prepare_teacher(...).")
+                         "Teacher tab, or call distill_nb.teacher_cache.prepare_teacher(...).")
     return (*load_teacher(str(folder)), str(folder))
 
 
@@ -357,20 +362,28 @@ def _precision_name(autocast: Callable[[], Any]) -> str:
 
 
 def _read(folder: Path) -> PreparedTeacher:
-    meta = {}
+    """An entry as listed: every field of ``teacher.json`` is checked (type and range); a missing, damaged or
+    odd value reads as unknown, so one bad file never hides the other teachers."""
     try:
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         meta = {}
     if not isinstance(meta, dict):
         meta = {}
-    num = lambda v: v if isinstance(v, (int, float)) and math.isfinite(v) else None
-    return PreparedTeacher(path=folder, task=str(meta.get("task") or folder.name.split("-")[0]),
-                           base=str(meta.get("base") or "?"), dev_accuracy=num(meta.get("dev_accuracy")),
-                           holdout_accuracy=num(meta.get("holdout_accuracy")), steps=int(meta.get("steps") or 0),
-                           seconds=float(num(meta.get("seconds")) or 0.0),
-                           stopped_by=str(meta.get("stopped_by") or "unknown"),
-                           created_at=float(num(meta.get("created_at")) or folder.stat().st_mtime), meta=meta)
+    text = lambda key, default: meta[key] if isinstance(meta.get(key), str) and meta[key].strip() else default
+    steps, seconds, created = (number(meta.get(k)) for k in ("steps", "seconds", "created_at"))
+    try:
+        mtime = folder.stat().st_mtime
+    except OSError:  # removed while listing
+        mtime = 0.0
+    accuracy = lambda key: v if (v := number(meta.get(key))) is not None and 0 <= v <= 1 else None
+    return PreparedTeacher(path=folder, task=text("task", folder.name.split("-")[0]), base=text("base", "?"),
+                           dev_accuracy=accuracy("dev_accuracy"), holdout_accuracy=accuracy("holdout_accuracy"),
+                           steps=int(steps) if steps is not None and 0 <= steps < 1e12 else 0,
+                           seconds=seconds if seconds is not None and seconds >= 0 else 0.0,
+                           stopped_by=text("stopped_by", "unknown"),
+                           created_at=created if created is not None and 0 < created < _LATEST_DATE else mtime,
+                           meta=meta)
 
 
 # --- is the teacher the bottleneck? ---------------------------------------------------------------------------
