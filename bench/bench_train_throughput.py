@@ -107,6 +107,83 @@ def flops_per_step(teacher_folder: str, texts: list[str], *, steps: int, batch_s
             "train_mean_padded_length": all_tokens / sum(len(b) for b in batches)}
 
 
+OP_KINDS = {  # torch.profiler op name -> what it is, for the breakdown of a step
+    "aten::mm": "matmul", "aten::addmm": "matmul", "aten::bmm": "matmul", "aten::baddbmm": "matmul",
+    "aten::_fused_adamw_": "AdamW update", "aten::bernoulli_": "dropout masks",
+    "aten::copy_": "casts and copies", "aten::_to_copy": "casts and copies",
+    "aten::fill_": "zero-fills", "aten::zero_": "zero-fills", "aten::linalg_vector_norm": "gradient clipping",
+    "aten::gelu": "GELU/softmax/LayerNorm", "aten::gelu_backward": "GELU/softmax/LayerNorm",
+    "aten::_softmax": "GELU/softmax/LayerNorm", "aten::_softmax_backward_data": "GELU/softmax/LayerNorm",
+    "aten::native_layer_norm": "GELU/softmax/LayerNorm", "aten::native_layer_norm_backward": "GELU/softmax/LayerNorm",
+    "aten::embedding_dense_backward": "embedding backward", "aten::index_add_": "embedding backward",
+}
+
+
+def loop_breakdown(teacher_folder: str, texts: list[str], labels: list[int], *, steps: int, batch_size: int,
+                   max_length: int, student_layers: int, precision: str, profiled: int = 10) -> dict[str, Any]:
+    """Where a step's time goes: train()'s step (KD T=2 + 0.5 CE on cached teacher logits, autocast, clipping,
+    fused AdamW) replayed on train()'s own length-bucketed batches under torch.profiler. Returns each kind of
+    op's share of the step's self CPU time and the matmuls' own GFLOP/s while they run (FlopCounterMode FLOPs of
+    the same batches / the matmul ops' time): the loop's distance to the peak, split into "matmuls below peak"
+    and "time outside matmuls"."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from distill_nb import losses
+    from distill_nb.data import collate, encode, length_batches
+    from distill_nb.models import load_teacher, make_student
+    from distill_nb.precision import adamw, amp_dtype, autocast_for, keep_freed_memory
+
+    keep_freed_memory()
+    device = torch.device("cpu")
+    autocast = autocast_for(amp_dtype(precision, device), device)
+    teacher, tok = load_teacher(teacher_folder)
+    student = make_student(teacher, n_layers=student_layers).train()
+    enc = encode(tok, texts, max_length)
+    batches = length_batches([len(e) for e in enc], batch_size, seed=0)[:steps]
+    y = torch.tensor(labels)
+    with torch.no_grad():  # the teacher's logits, cached as train() caches them
+        t_logits = {i: teacher(**collate(enc, b, tok.pad_token_id)).logits for i, b in enumerate(batches)}
+    opt = adamw(student.parameters(), device, lr=1e-4, weight_decay=0.01)
+
+    def step(i: int) -> None:
+        with autocast():
+            out = student(**collate(enc, batches[i], tok.pad_token_id)).logits
+            loss = losses.kd_loss(out, t_logits[i], 2.0) + 0.5 * losses.ce_loss(out, y[batches[i]])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    order = [i % len(batches) for i in range(3 + profiled)]
+    for i in order[:3]:  # warm-up
+        step(i)
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in order[3:]:
+            step(i)
+    wall = time.perf_counter() - start
+    kinds: dict[str, float] = {}
+    total = 0.0
+    for ev in prof.key_averages():
+        total += ev.self_cpu_time_total
+        kind = OP_KINDS.get(ev.key, "other")
+        kinds[kind] = kinds.get(kind, 0.0) + ev.self_cpu_time_total
+    flops = 0
+    with FlopCounterMode(display=False) as counter:  # the matmul FLOPs of the same profiled steps
+        for i in order[3:]:
+            with autocast():
+                out = student(**collate(enc, batches[i], tok.pad_token_id)).logits
+            out.float().sum().backward()
+            student.zero_grad(set_to_none=True)
+    flops = counter.get_total_flops()
+    matmul_s = kinds.get("matmul", 0.0) / 1e6
+    return {"shares": {k: v / total for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "matmul_gflop_per_s": flops / matmul_s / 1e9 if matmul_s else float("nan"),
+            "profiled_steps_per_s": profiled / wall, "profiled_steps": profiled}
+
+
 def ours(prof: _common.Profile, teacher_folder: str, task: Any, run_dir: Path,
          precision: str = "auto") -> dict[str, float]:
     """train() on the same examples; loop speed from its own metrics (examples_per_s at the last step)."""
@@ -133,6 +210,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = _common.parser(__doc__.splitlines()[0])
     parser.add_argument("--precisions", nargs="+", default=["auto", "fp32"], choices=["auto", "fp32", "bf16"],
                         help="train() precisions to time, each every round (default: auto fp32)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also profile the fastest train() step and print where its time goes")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir)
     prof = _common.resolve_inputs(_common.profile(args), out_dir)
@@ -211,6 +290,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"[train-throughput] device matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
           f"(best of {prof.tp_rounds}); train() batches average {flops['train_mean_padded_length']:.1f} tokens "
           f"(naive pads to {prof.max_length})", flush=True)
+    if args.breakdown:
+        fastest = max(summary["train"], key=lambda p: summary["train"][p]["loop_steps_per_s"])
+        b = loop_breakdown(t_folder, task.train.texts, task.train.labels, steps=prof.tp_steps,
+                           batch_size=prof.batch_size, max_length=prof.max_length,
+                           student_layers=prof.student_layers, precision=fastest)
+        summary["breakdown"] = {"precision": fastest, **b}
+        print(f"[train-throughput] where a train() {fastest} step goes (torch.profiler, {b['profiled_steps']} steps "
+              f"replayed on its batches, {b['profiled_steps_per_s']:.2f} steps/s under the profiler):")
+        for kind, share in b["shares"].items():
+            print(f"  {kind:<26}{100 * share:>5.1f}%")
+        print(f"  the matmuls run at {b['matmul_gflop_per_s']:.0f} GFLOP/s while they run = "
+              f"{100 * b['matmul_gflop_per_s'] / peak['bf16' if fastest != 'fp32' else 'fp32']:.0f}% of the "
+              f"{'bf16' if fastest != 'fp32' else 'fp32'} peak", flush=True)
     best = max(summary["train"].values(), key=lambda r: r["end_to_end_ratio"])
     summary["goal_4x"] = bool(best["end_to_end_ratio"] >= 4)
     summary["goal_60pct_bf16_peak"] = bool(best["fraction_bf16_peak"] >= 0.6)
