@@ -37,14 +37,19 @@ def _step_of(folder: Path) -> int:
     return int(folder.name.split("_")[1])
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint (a half-written one is still a temp dir, so never picked)."""
+def checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The complete checkpoints, newest first (a half-written one is still a temp dir, so never listed)."""
     folder = Path(run_dir) / "checkpoints"
     if folder.is_symlink() or not folder.is_dir():
-        return None
+        return []
     done = [p for p in folder.glob("step_*") if not p.is_symlink() and p.name[5:].isdigit()
             and (p / "trainer_state.json").is_file()]
-    return max(done, key=_step_of, default=None)
+    return sorted(done, key=_step_of, reverse=True)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    return next(iter(checkpoints(run_dir)), None)
 
 
 def ckpt_step(ckpt: Path | None) -> int:
@@ -93,15 +98,48 @@ def save_checkpoint(run_dir: Path, student: nn.Module, proj: nn.Module, opt: tor
     return final
 
 
+class DamagedCheckpoint(CorruptRecord):
+    """A checkpoint folder whose files cannot be used (the message names the folder and the file)."""
+
+
+def _read_tensors(ckpt: Path, name: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = ckpt / name
+    if path.is_symlink() or not path.is_file():
+        raise DamagedCheckpoint(f"{name} is {'a symbolic link' if path.is_symlink() else 'missing'}")
+    try:
+        return load_file(path)
+    except Exception as e:  # noqa: BLE001 — safetensors raises its own error types for a damaged file
+        raise DamagedCheckpoint(f"{name} cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def _check_state(module: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    """Every key ``module`` needs is in ``state`` with its shape (a tied weight may be absent: it is saved once),
+    and nothing else is."""
+    own = module.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    ptrs = {own[k].data_ptr() for k in state if k in own}
+    missing = sorted(k for k in set(own) - set(state) if own[k].data_ptr() not in ptrs)
+    wrong = [f"{k} {tuple(state[k].shape)} (needs {tuple(own[k].shape)})" for k in sorted(set(state) & set(own))
+             if state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
+                 f"wrong shapes {wrong[:3]}" if wrong else ""]
+        raise DamagedCheckpoint(f"{name} does not fit this student: " + "; ".join(p for p in parts if p))
+
+
 def load_checkpoint(ckpt: Path, student: nn.Module, proj: nn.Module, opt: torch.optim.Optimizer, sched: Any,
                     config: DistillConfig) -> int:
     """Restore a checkpoint written with the same config; return its step.
 
+    Every file is read and checked before anything is restored (links refused, keys and shapes matched, the
+    step recorded equal to the folder's), so a damaged checkpoint changes nothing.
+
     Raises:
         ConfigError: the checkpoint was written with another config (resuming never changes a run's config).
+        DamagedCheckpoint: a file is missing, a link, unreadable or does not match (the message names it).
     """
-    from safetensors.torch import load_file
-
     try:
         saved = DistillConfig.from_dict(read_json(ckpt / "distill_config.json"))
     except FileNotFoundError:
@@ -113,14 +151,49 @@ def load_checkpoint(ckpt: Path, student: nn.Module, proj: nn.Module, opt: torch.
         diff = saved.diff(config)
         raise ConfigError(f"checkpoint {ckpt.name} was written with another config (saved -> now: {diff}); resuming "
                           "never changes a run's config: start a new run for the new settings (run.fork(...)).")
-    student.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)
+    try:
+        state = read_json(ckpt / "trainer_state.json")
+        step = state.get("step") if isinstance(state, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int) or step != _step_of(ckpt):
+            raise DamagedCheckpoint(f"trainer_state.json records step {step!r}, the folder is step {_step_of(ckpt)}")
+        weights = _read_tensors(ckpt, "model.safetensors")
+        _check_state(student, weights, "model.safetensors")
+        projections = _read_tensors(ckpt, "projections.safetensors") if len(proj) else {}
+        if len(proj):
+            _check_state(proj, projections, "projections.safetensors")
+        opt_path = ckpt / "optimizer.pt"
+        if opt_path.is_symlink() or not opt_path.is_file():
+            raise DamagedCheckpoint(f"optimizer.pt is {'a symbolic link' if opt_path.is_symlink() else 'missing'}")
+        try:
+            extra = torch.load(opt_path, weights_only=True)  # never unpickle arbitrary objects
+            if not isinstance(extra, dict) or not {"optimizer", "scheduler", "rng"} <= set(extra):
+                raise ValueError("not a distill_nb optimizer state")
+            opt_before = opt.state_dict()
+            opt.load_state_dict(extra["optimizer"])
+            for param, st in opt.state.items():  # load_state_dict checks counts, not shapes
+                if any(torch.is_tensor(v) and v.dim() and v.shape != param.shape for v in st.values()):
+                    opt.load_state_dict(opt_before)
+                    raise ValueError(f"a state of shape {[tuple(v.shape) for v in st.values() if torch.is_tensor(v)]}"
+                                     f" for a parameter of shape {tuple(param.shape)}")
+        except DamagedCheckpoint:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise DamagedCheckpoint(f"optimizer.pt cannot be used ({type(e).__name__}: {str(e)[:120]})") from None
+        try:
+            sched.load_state_dict(extra["scheduler"])
+            torch.set_rng_state(extra["rng"])
+        except Exception as e:  # noqa: BLE001
+            opt.load_state_dict(opt_before)
+            raise DamagedCheckpoint(f"optimizer.pt's scheduler or random state cannot be used ({type(e).__name__})"
+                                    ) from None
+    except (DamagedCheckpoint, CorruptRecord, FileNotFoundError) as e:
+        what = str(e) if isinstance(e, CorruptRecord) else f"{Path(str(e)).name} is missing"
+        raise DamagedCheckpoint(f"checkpoint {ckpt} is damaged: {what}. Delete that folder to resume from an earlier "
+                                "checkpoint (or from the start).") from None
+    student.load_state_dict(weights, strict=False)  # checked above: only tied copies are absent
     if len(proj):
-        proj.load_state_dict(load_file(ckpt / "projections.safetensors"))
-    state = torch.load(ckpt / "optimizer.pt", weights_only=True)  # never unpickle arbitrary objects
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
-    return int(read_json(ckpt / "trainer_state.json")["step"])
+        proj.load_state_dict(projections)
+    return step
 
 
 def save_student(run_dir: Path, student: nn.Module, tokenizer: Any) -> Path:

@@ -6,6 +6,7 @@ prediction agreement, eval loss and the student-teacher KL (T=1).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,12 @@ from . import losses
 from .models import predict_logits
 
 
+def _ratio(acc: float, teacher_acc: float | None) -> float | None:
+    """Retention: None when the teacher's accuracy is 0, missing or not a number."""
+    ok = teacher_acc is not None and math.isfinite(teacher_acc) and teacher_acc > 0 and math.isfinite(acc)
+    return acc / teacher_acc if ok else None
+
+
 def evaluate_classifier(student: nn.Module, encoded: list[list[int]], pad_id: int, labels: torch.Tensor,
               teacher_logits: torch.Tensor, teacher_acc: float, device: torch.device, autocast: Callable,
               step: int) -> dict[str, Any]:
@@ -24,18 +31,19 @@ def evaluate_classifier(student: nn.Module, encoded: list[list[int]], pad_id: in
     pred = logits.argmax(-1)
     acc = (pred == labels).float().mean().item()
     return {"step": step, "split": "eval", "accuracy": acc, "teacher_accuracy": teacher_acc,
-            "retention": acc / teacher_acc if teacher_acc else None,
+            "retention": _ratio(acc, teacher_acc),
             "agreement": (pred == teacher_logits.argmax(-1)).float().mean().item(),
             "eval_loss": losses.ce_loss(logits, labels).item(),
             "kd_to_teacher": losses.kd_loss(logits, teacher_logits, 1.0).item(), "time": time.time()}
 
 
-def mlm_batch(batch: dict[str, torch.Tensor], tokenizer: Any, prob: float, seed: int
+def mlm_batch(batch: dict[str, torch.Tensor], tokenizer: Any, prob: float, seed: int, at_least_one: bool = False
                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Mask a collated batch for masked-LM distillation; the same ``seed`` gives the same mask.
 
     ``seed`` is e.g. ``hash((config.seed, step, rank))``: a tuple of ints hashes alike in every process
-    (PYTHONHASHSEED salts only str/bytes).
+    (PYTHONHASHSEED salts only str/bytes). ``at_least_one`` (evaluation): a row where the draw masked nothing
+    gets one of its maskable tokens masked, so short texts and a small ``prob`` still measure something.
 
     Returns:
         (the batch with [MASK] at the chosen real, non-special tokens; labels (B, S): the original ids there,
@@ -46,6 +54,14 @@ def mlm_batch(batch: dict[str, torch.Tensor], tokenizer: Any, prob: float, seed:
     generator = torch.Generator().manual_seed(seed % 2**63)
     masked_ids, masked = losses.mask_tokens(ids, batch["attention_mask"], tokenizer.mask_token_id, special,
                                             prob, generator)
+    if at_least_one:
+        eligible = batch["attention_mask"].bool() & ~special  # (B, S)
+        empty = ~masked.any(-1) & eligible.any(-1)  # (B,) rows with something to mask but nothing masked
+        if empty.any():
+            scores = torch.rand(ids.shape, generator=generator).masked_fill(~eligible, -1.0)
+            pick = torch.zeros_like(masked).scatter_(1, scores.argmax(-1, keepdim=True), True) & empty[:, None]
+            masked = masked | pick
+            masked_ids = ids.masked_fill(masked, tokenizer.mask_token_id)
     return {**batch, "input_ids": masked_ids}, ids.masked_fill(~masked, -100)
 
 
@@ -76,6 +92,6 @@ def evaluate_mlm(student: nn.Module, teacher: nn.Module,
     mean = {k: v / n if n else float("nan") for k, v in total.items()}
     acc, teacher_acc = mean["correct"], mean["teacher_correct"]
     return {"step": step, "split": "eval", "accuracy": acc, "teacher_accuracy": teacher_acc,
-            "retention": acc / teacher_acc if teacher_acc else None,
+            "retention": _ratio(acc, teacher_acc),
             "agreement": mean["agreement"], "eval_loss": mean["ce"], "kd_to_teacher": mean["kd"],
             "masked_tokens": n, "time": time.time()}

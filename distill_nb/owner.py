@@ -27,6 +27,12 @@ def process_start(pid: int) -> int | None:
         return None
 
 
+def same_process(pid: int, start: int | None) -> bool:
+    """True only if ``pid`` is alive *and* provably the process that was recorded (its start time matches):
+    what a signal needs. A record without a start time proves nothing, so it is never signalled."""
+    return start is not None and alive(pid, start) and process_start(pid) == start
+
+
 def identity(prefix: str = "") -> dict[str, Any]:
     """This process as status fields: ``pid``, ``pid_start``, ``host`` (or ``launcher_*``)."""
     pid = os.getpid()
@@ -37,6 +43,8 @@ def identity(prefix: str = "") -> dict[str, Any]:
 
 def alive(pid: int, start: int | None = None) -> bool:
     """True if ``pid`` runs and, when ``start`` is given, is the same process (not a reused pid)."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:  # 0 / -1 address process groups
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -112,8 +120,8 @@ def worker_lock_free(path: Path) -> bool:
         fd = os.open(Path(path) / ".worker.lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return True
-    except OSError:
-        return False
+    except OSError as e:  # a link or a directory there can never be locked, so nobody holds it
+        return e.errno in (errno.ELOOP, errno.EISDIR, errno.ENOTDIR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True

@@ -28,6 +28,7 @@ from tornado.ioloop import IOLoop
 
 from .rundir import RunBusy, RunNotFound, dumps, list_runs, read_metrics, read_status, run_dir, runs_root
 from .runs import Run
+from .safeio import number
 
 _PKG = Path(__file__).resolve().parent
 # an installed package carries no notebooks/; a source checkout has them beside the package
@@ -50,6 +51,7 @@ class _Handler(APIHandler):
         code = 200
         try:
             result = await IOLoop.current().run_in_executor(None, fn, *args)
+            body = dumps(result)  # strict: NaN/Infinity become null, so JSON.parse never fails
         except RunNotFound as e:
             result, code = {"message": str(e)}, 404
         except RunBusy as e:  # a second Resume/Delete while a worker owns the run
@@ -61,9 +63,11 @@ class _Handler(APIHandler):
         except Exception as e:
             self.log.exception("distill_nb: %s %s failed", self.request.method, self.request.path)
             result, code = {"message": f"{type(e).__name__}: {e}"}, 500
+        if code != 200:
+            body = dumps(result)
         self.set_status(code)
         self.set_header("Content-Type", "application/json")
-        self.finish(dumps(result))  # strict: NaN/Infinity become null, so JSON.parse never fails
+        self.finish(body)
 
 
 class RunsHandler(_Handler):
@@ -92,7 +96,12 @@ class MetricsHandler(_Handler):
         since = self.get_query_argument("since", None)
 
         def page() -> dict[str, Any]:
-            after = None if since in (None, "") else int(since)  # int("x") -> ValueError -> 400
+            try:
+                after = None if since in (None, "") else number(float(since))
+            except ValueError:
+                after = None
+            if since not in (None, "") and after is None:  # -> 400
+                raise ValueError(f"since={since!r} is not a finite number: pass the last next_since (or nothing).")
             records = read_metrics(run_dir(run_id, self.root), after)
             last = max((r.get("step", 0) for r in records), default=after)
             return {"run_id": run_id, "records": records, "next_since": last}

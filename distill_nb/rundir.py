@@ -45,7 +45,7 @@ from .owner import (
     release_worker_lock,
     worker_lock_free,
 )
-from .safeio import CorruptRecord, dumps, finite, loads, read_json, read_text
+from .safeio import CorruptRecord, dumps, finite, loads, number, read_json, read_text
 
 __all__ = ["CorruptRecord", "RunBusy", "RunNotFound", "Status", "acquire_worker_lock", "alive", "append_metrics",
            "create_run", "dumps", "identity", "list_runs", "new_run_id", "process_start", "read_json",
@@ -126,6 +126,8 @@ _SCHEMA: dict[str, tuple[type, ...]] = {  # field -> allowed types (None always 
     "precision": (str,), "world_size": (int,), "teacher_path": (str,), "teacher_accuracy": _NUM,
     "final": (dict,), "claimed": (bool,), "summary": (dict,),
 }
+_POSITIVE = {"pid", "launcher_pid", "world_size"}
+_COUNTS = {"step", "total_steps", "phase_step", "phase_total", "pid_start", "launcher_start"}
 DISK_STATES = {s.value for s in Status if s is not Status.UNREADABLE}
 
 
@@ -142,9 +144,15 @@ def validate_status(status: Any) -> dict[str, Any]:
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if ok and isinstance(value, float) and not math.isfinite(value):
             ok = False
+        if ok and key in _POSITIVE and not 0 < value < 2**31:  # pid 0 / -1 would signal a process group
+            ok = False
+        if ok and key in _COUNTS and not 0 <= value < 2**53:
+            ok = False
         if not ok:
-            raise CorruptRecord(f"status.json field {key!r} is {value!r}, expected "
-                                f"{' or '.join(t.__name__ for t in types)}")
+            shown = repr(value) if len(repr(value)) < 80 else repr(value)[:77] + "..."
+            raise CorruptRecord(f"status.json field {key!r} is {shown}, expected "
+                                f"{' or '.join(t.__name__ for t in types)}"
+                                + (" > 0" if key in _POSITIVE else " >= 0" if key in _COUNTS else ""))
     return status
 
 
@@ -257,6 +265,18 @@ def _liveness(status: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
+def never_train_again(path: Path) -> str | None:
+    """Why the run in ``path`` must not be trained (again), or None: it completed, or its status cannot be read
+    but its final student is there (a completed run whose status.json was damaged is still completed)."""
+    status = read_status(path)
+    if status["state"] == Status.COMPLETED.value:
+        return f"run {Path(path).name!r} is completed"
+    if status["state"] == Status.UNREADABLE.value and os.path.lexists(Path(path) / "student"):
+        return (f"run {Path(path).name!r} has a final student/ but its status cannot be read "
+                f"({status.get('error')}); it is treated as completed")
+    return None
+
+
 # --- metrics.jsonl ---------------------------------------------------------------------------------------------
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
     """Append one record (strict JSON, one line) and flush it, so readers see whole lines as they come."""
@@ -281,8 +301,8 @@ def read_metrics(path: Path, since: int | None = None) -> list[dict[str, Any]]:
             rec = loads(line)
         except json.JSONDecodeError:
             continue
-        step = rec.get("step", 0) if isinstance(rec, dict) else None
-        if not isinstance(step, (int, float)) or isinstance(step, bool):
+        step = number(rec.get("step", 0)) if isinstance(rec, dict) else None
+        if step is None:  # not a number, a bool, NaN/inf
             continue
         if since is None or step > since:
             out.append(rec)

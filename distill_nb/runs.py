@@ -15,6 +15,7 @@ from typing import Any
 
 from . import rundir, worker
 from .config import ConfigError, DistillConfig
+from .owner import same_process
 from .rundir import (  # re-exported for callers of runs (see __all__)
     STALE_AFTER_S,
     RunBusy,
@@ -139,13 +140,15 @@ class Run:
             time.sleep(0.2)
         self.config  # noqa: B018 — a config.json that cannot be read fails here, not in a worker
         before = self.status()
+        # a STOP left from before is cleared *before* the run is queued: a Stop that arrives after the
+        # transition below stays (the worker then finds the run stopped, or sees STOP at its first step)
+        rundir.clear_stop(self.path)
         # compare-and-set under the run's lock: of two concurrent Resumes exactly one gets here
         rundir.transition(self.path, RESUMABLE, state=Status.QUEUED, error=None, traceback=None, stale=None,
                           pid=None, pid_start=None, finished_at=None, phase="queued", message="queued (resume)",
                           claimed=None, **rundir.identity("launcher"))
         if before.get("backend") == "kernel" and not before.get("claimed"):
             Run._kill(before)  # a kernel that was started but never handed the run would idle forever
-        rundir.clear_stop(self.path)
         try:
             worker.start(self.path, backend, nproc)
         except BaseException as e:  # no worker: say so instead of staying queued forever
@@ -164,7 +167,10 @@ class Run:
         if self.path.is_symlink():
             raise ValueError(f"{self.path} is a symbolic link; remove the link yourself.")
         trash = self.path.with_name(f".deleting-{self.id}-{os.getpid()}")
-        os.rename(self.path, trash)  # atomic: listings never see half a run
+        try:
+            os.rename(self.path, trash)  # atomic: listings never see half a run
+        except FileNotFoundError:  # deleted meanwhile (a second click)
+            raise RunNotFound(f"run {self.id!r} does not exist (already deleted?)") from None
         shutil.rmtree(trash, ignore_errors=True)
 
     def kill(self) -> None:
@@ -177,7 +183,7 @@ class Run:
     @staticmethod
     def _kill(status: dict[str, Any]) -> None:
         pid = status.get("pid")
-        if not pid or not rundir.alive(int(pid), status.get("pid_start")):
+        if not pid or not same_process(int(pid), status.get("pid_start")):  # never a process we cannot identify
             return
         try:  # a worker started by launch() leads its own session: take its children (torchrun ranks) too
             if os.getpgid(pid) == pid and pid != os.getpgrp():

@@ -34,9 +34,14 @@ def finite(value: Any) -> Any:
 
 
 def number(value: Any) -> float | None:
-    """``value`` as a float if it is a finite JSON number (not a bool, string or NaN/inf), else None."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
+    """``value`` as a float if it is a finite JSON number (not a bool, string, NaN/inf or an int too large for a
+    float), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            value = float(value)
+        except OverflowError:
+            return None
+        return value if math.isfinite(value) else None
     return None
 
 
@@ -49,9 +54,41 @@ def _no_constants(name: str) -> None:
     return None  # NaN/Infinity in an old file read as null, never as a float that breaks JSON.parse
 
 
+MAX_DEPTH = 64  # no record distill_nb writes nests deeper than a few levels
+MAX_INT_DIGITS = 30  # no count, pid or timestamp has more; a longer integer reads as a float (then inf -> null)
+
+
+def _int(digits: str) -> int | float:
+    return int(digits) if len(digits.lstrip("-")) <= MAX_INT_DIGITS else float(digits)
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists/dicts nest in ``value`` (iterative: no recursion limit to hit)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level > MAX_DEPTH:
+                break
+            todo.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def loads(text: str) -> Any:
-    """``json.loads`` with NaN/Infinity literals read as None."""
-    return json.loads(text, parse_constant=_no_constants)
+    """``json.loads`` with NaN/Infinity literals read as None, long integers as floats, and anything json cannot
+    take (nesting past Python's recursion limit, past ``MAX_DEPTH``) raised as ``json.JSONDecodeError``."""
+    try:
+        value = json.loads(text, parse_constant=_no_constants, parse_int=_int)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text[:100], 0) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:  # anything else json itself refuses
+        raise json.JSONDecodeError(str(e), text[:100], 0) from None
+    if _depth(value) > MAX_DEPTH:
+        raise json.JSONDecodeError(f"nested more than {MAX_DEPTH} levels deep", text[:100], 0)
+    return value
 
 
 def read_text(path: Path, errors: str = "strict") -> str:

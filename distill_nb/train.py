@@ -25,8 +25,10 @@ from torch import nn
 
 from . import fidelity, losses, rundir
 from .checkpoint import (
+    DamagedCheckpoint,
     Diverged,
     cached_tensor,
+    checkpoints,
     ckpt_step,
     latest_checkpoint,
     load_checkpoint,
@@ -51,7 +53,7 @@ from .precision import describe as describe_precision
 from .preflight import check_max_length
 from .recorder import Recorder
 from .rundata import align_labels, full_task_for, task_for
-from .rundir import Status, truncate_metrics
+from .rundir import truncate_metrics
 from .teacher_cache import prepare_teacher, student_beats_teacher, teacher_meta
 from .vocab import trim_student
 
@@ -204,7 +206,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         if mlm:  # one fixed mask on the eval texts, so every evaluation scores the same masked tokens
             eval_order = length_batches([len(e) for e in t_eval], 16, seed=0, shuffle=False)  # (B, S, V) logits
             eval_batches = [mlm_batch(collate(t_eval, idx, tokenizer.pad_token_id), tokenizer,
-                                       config.mlm_probability, hash((config.seed, -1, b)))
+                                       config.mlm_probability, hash((config.seed, -1, b)), at_least_one=True)
                             for b, idx in enumerate(eval_order)]
             teacher_acc = None  # measured with the student at each evaluation
             evaluate = partial(evaluate_mlm, model.student, teacher, eval_batches, device, autocast)
@@ -233,10 +235,15 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
 
         sched = get_linear_schedule_with_warmup(opt, int(config.warmup_ratio * total_steps), total_steps)
         step = 0
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is not None:
-            step = load_checkpoint(ckpt, model.student, model.proj, opt, sched, config)
+        for ckpt in checkpoints(run_dir):  # newest first; a damaged one is passed over, and said so
+            try:
+                step = load_checkpoint(ckpt, model.student, model.proj, opt, sched, config)
+            except DamagedCheckpoint as e:
+                log(f"{e} Trying an earlier one.")
+                rec.update(resume_note=f"{ckpt.name} was damaged and passed over: {e}")
+                continue
             log(f"resumed from {ckpt.name} (step {step})")
+            break
         if main_proc:  # steps after the checkpoint (all of them, without one) are redone: each is logged once
             truncate_metrics(run_dir, step)
         ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -351,6 +358,11 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             rec.phase("evaluating", f"final evaluation on {len(t_eval)} texts", force=True)
             record = evaluate(step)
             rec.metrics(record)
+            if not all(isinstance(record.get(k), float) and math.isfinite(record[k])
+                       for k in ("accuracy", "teacher_accuracy")):  # a run never completes on numbers it lacks
+                raise ValueError(f"the final evaluation measured nothing (accuracy {record.get('accuracy')}, teacher "
+                                 f"{record.get('teacher_accuracy')} on {len(t_eval)} eval texts): give the run eval "
+                                 "texts with words in them; the last checkpoint is kept, Resume retries.")
             rec.phase("saving", "saving the student", force=True)
             save_student(run_dir, model.student, student_tok)  # Diverged instead of a non-finite student
             warning = student_beats_teacher(record.get("accuracy"), record.get("teacher_accuracy"), len(t_eval))
@@ -410,9 +422,10 @@ def _claim(config: DistillConfig, run_dir: Path) -> bool:
                                   "config means a new run: use a new run directory, or Run.fork(**changes).")
         else:
             config.to_json(path)
-        if rundir.read_status(run_dir).get("state") == Status.COMPLETED.value:
-            raise ValueError(f"run {run_dir.name!r} is completed; it is never trained again (that would overwrite "
-                             "its student and metrics): start a new run, e.g. Run.fork(max_steps=...).")
+        done = rundir.never_train_again(run_dir)
+        if done:
+            raise ValueError(f"{done}; it is never trained again (that would overwrite its student and metrics): "
+                             "start a new run, e.g. Run.fork(max_steps=...).")
     except BaseException:
         if held:
             rundir.release_worker_lock(run_dir)

@@ -206,11 +206,16 @@ def main(run_dir: str | os.PathLike) -> int:
         print(f"distill_nb.worker: {e} This worker exits without touching the run.", file=sys.stderr)
         return EXIT_BUSY
     try:
-        status = rundir.read_status(path)
-        if status["state"] == Status.COMPLETED.value:
-            print(f"distill_nb.worker: run {path.name!r} is completed; it is never trained again "
-                  "(use Run.fork(...) for a new run).", file=sys.stderr)
+        done = rundir.never_train_again(path)
+        if done:
+            print(f"distill_nb.worker: {done}; it is never trained again (use Run.fork(...) for a new run).",
+                  file=sys.stderr)
             return EXIT_BUSY
+        if rundir.read_status(path)["state"] == Status.STOPPED.value and rundir.stop_requested(path):
+            # a Stop answered between Resume queueing the run and this worker starting: it stands
+            print(f"distill_nb.worker: run {path.name!r} was stopped before this worker started; Resume starts it "
+                  "again.", file=sys.stderr)
+            return 0
         try:
             config = DistillConfig.from_json(path / "config.json")
         except Exception as e:  # noqa: BLE001 — whatever it is, status.json must say why the worker stopped

@@ -334,3 +334,98 @@ def test_stop_reaches_a_worker_waiting_for_the_device(tmp_path):
         worker.join(5)
     assert result == {"code": 0} and stopped["state"] == "stopped", stopped
     assert read_status(path)["message"] == "stopped while queued"
+
+
+# --- a damaged checkpoint: every kind, passed over for the one before it, never a silent wrong resume ----------
+def _damage(case: str, ckpt: Path, outside: Path) -> None:
+    from safetensors.torch import save_file
+
+    model = ckpt / "model.safetensors"
+    good = load_file(model)
+    first = next(iter(good))
+    if case == "unrelated-keys":
+        save_file({"junk.weight": torch.zeros(3)}, model)
+    elif case == "no-tensors":
+        save_file({}, model)
+    elif case == "half-the-keys":
+        save_file(dict(list(good.items())[: len(good) // 2]), model)
+    elif case == "extra-key":
+        save_file({**good, "junk.weight": torch.zeros(3)}, model)
+    elif case == "wrong-shape":
+        save_file({**good, first: torch.zeros(2, 2)}, model)
+    elif case == "truncated":
+        model.write_bytes(model.read_bytes()[:200])
+    elif case == "garbage":
+        model.write_bytes(os.urandom(4096))
+    elif case == "model-missing":
+        model.unlink()
+    elif case == "model-is-dir":
+        model.unlink()
+        model.mkdir()
+    elif case in ("model-link", "optimizer-link"):
+        target = model if case == "model-link" else ckpt / "optimizer.pt"
+        (outside / target.name).write_bytes(target.read_bytes())
+        target.unlink()
+        target.symlink_to(outside / target.name)
+    elif case == "optimizer-missing":
+        (ckpt / "optimizer.pt").unlink()
+    elif case == "optimizer-garbage":
+        (ckpt / "optimizer.pt").write_bytes(b"not a torch file")
+    elif case == "optimizer-other-shapes":
+        state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+        for st in state["optimizer"]["state"].values():
+            st["exp_avg"] = torch.zeros(3)
+        torch.save(state, ckpt / "optimizer.pt")
+    elif case == "optimizer-not-dict":
+        torch.save([1, 2], ckpt / "optimizer.pt")
+    else:  # trainer_state.json
+        text = {"step-999": '{"step": 999}', "step-str": '{"step": "4"}', "step-bool": '{"step": true}',
+                "state-list": "[4]", "state-garbage": "{x", "step-float": '{"step": 4.0}'}[case]
+        (ckpt / "trainer_state.json").write_text(text)
+
+
+DAMAGE = ["unrelated-keys", "no-tensors", "half-the-keys", "extra-key", "wrong-shape", "truncated", "garbage",
+          "model-missing", "model-is-dir", "model-link", "optimizer-link", "optimizer-missing", "optimizer-garbage",
+          "optimizer-other-shapes", "optimizer-not-dict", "step-999", "step-str", "step-bool", "state-list",
+          "state-garbage", "step-float"]
+
+
+@pytest.fixture(scope="module")
+def stopped_at_5(tiny_teacher, tiny_dataset, tmp_path_factory):
+    """A run killed after step 5: checkpoints step 2 and step 4."""
+    from distill_nb import rundir
+
+    path = tmp_path_factory.mktemp("damage") / "base"
+    config = tiny_config(tiny_teacher, tiny_dataset, max_steps=8, keep_checkpoints=3, num_threads=1)
+    real = rundir.append_metrics
+
+    def die_at_5(run, record):
+        if record.get("split") == "train" and record["step"] == 5:
+            raise KeyboardInterrupt
+        real(run, record)
+
+    rundir.append_metrics = die_at_5
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(config, path, log=lambda *_: None)
+    finally:
+        rundir.append_metrics = real
+    assert [p.name for p in sorted((path / "checkpoints").iterdir())] == ["step_0000002", "step_0000004"]
+    return config, path
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_a_damaged_checkpoint_is_passed_over_for_the_one_before(stopped_at_5, tmp_path, case):
+    import shutil
+
+    config, base = stopped_at_5
+    run = tmp_path / "run"
+    shutil.copytree(base, run, symlinks=True)
+    _damage(case, run / "checkpoints" / "step_0000004", tmp_path)
+    logs: list[str] = []
+    train(config, run, log=logs.append)
+    assert "resumed from step_0000002 (step 2)" in logs, logs
+    note = next(m for m in logs if "step_0000004" in m and "damaged" in m)
+    assert "Delete that folder" in note
+    assert read_status(run)["state"] == "completed" and "step_0000004" in read_status(run)["resume_note"]
+    assert_each_step_once(run, 8)

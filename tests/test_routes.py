@@ -241,3 +241,90 @@ async def test_delete_refuses_active_runs_and_removes_finished_ones(api, runs_ro
     assert (code, reply) == (200, {"run_id": "done", "deleted": True}) and not done.exists()
     code, _ = await api("runs", "done", method="DELETE")
     assert code == 404
+
+
+# every shape of file json can choke on: huge integers, nesting past the recursion limit and just inside it
+HOSTILE = {"huge-int": '{"state": "completed", "step": 1' + "0" * 5000 + "}",
+           "deep-100k": "[" * 100_000 + "]" * 100_000,
+           "deep-600": '{"state": "completed", "x": ' + "[" * 600 + "]" * 600 + "}",
+           "deep-70": '{"state": "completed", "x": ' + "[" * 70 + "]" * 70 + "}"}
+
+
+@pytest.mark.parametrize("where", ["status.json", "config.json", "metrics.jsonl"])
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+async def test_one_hostile_json_file_never_breaks_the_list(api, runs_root, where, case, capsys):
+    from distill_nb.cli import main as cli
+
+    fabricate(runs_root, "good", state="completed", step=10, total_steps=10)
+    bad = fabricate(runs_root, "bad", state="completed", step=10, total_steps=10)
+    if where == "metrics.jsonl":
+        append_metrics(bad, {"step": 1, "split": "eval", "accuracy": 0.5})
+        with open(bad / where, "a") as f:
+            f.write(HOSTILE[case] + "\n" + '{"step": 1e400, "split": "eval", "accuracy": 1' + "0" * 400 + "}\n")
+    else:
+        (bad / where).write_text(HOSTILE[case])
+    code, runs = await api("runs")
+    assert code == 200, runs
+    states = {r["run_id"]: r["state"] for r in runs}
+    assert states["good"] == "completed" and "bad" in states
+    code, one = await api("runs", "bad")
+    assert code == 200, one
+    code, page = await api("runs", "bad", "metrics")
+    assert code == 200 and all(isinstance(r["step"], (int, float)) for r in page["records"])
+    assert cli(["list"]) == 0 and "good" in capsys.readouterr().out
+
+
+async def test_metrics_since_takes_back_its_own_next_since(api, runs_root):
+    path = fabricate(runs_root, "r", state="completed")
+    for step in (1, 2.5, 3):
+        append_metrics(path, {"step": step, "split": "train", "loss": 1.0})
+    code, page = await api("runs", "r", "metrics", params={"since": "1"})
+    assert code == 200 and [r["step"] for r in page["records"]] == [2.5, 3]
+    code, page = await api("runs", "r", "metrics", params={"since": "2.5"})
+    assert code == 200 and [r["step"] for r in page["records"]] == [3]
+    for bad in ("nan", "inf", "x", "1e400"):
+        code, reply = await api("runs", "r", "metrics", params={"since": bad})
+        assert code == 400 and "since" in reply["message"], bad
+
+
+async def test_a_second_delete_is_404_not_500(api, runs_root):
+    fabricate(runs_root, "done", state="completed")
+    assert (await api("runs", "done", method="DELETE"))[0] == 200
+    code, reply = await api("runs", "done", method="DELETE")
+    assert code == 404 and "done" in reply["message"]
+
+
+@pytest.mark.parametrize("kind", ["dir", "link"])
+async def test_a_lock_file_that_cannot_be_locked_does_not_block_delete(api, runs_root, tmp_path, kind):
+    path = fabricate(runs_root, "done", state="completed")
+    lock = path / ".worker.lock"
+    lock.unlink(missing_ok=True)
+    if kind == "dir":
+        lock.mkdir()
+    else:
+        lock.symlink_to(tmp_path / "elsewhere")
+    assert (await api("runs", "done", method="DELETE"))[0] == 200 and not path.exists()
+
+
+@pytest.mark.parametrize("pid", [0, -1, -5, 2**40])
+async def test_a_pid_that_names_no_single_process_is_not_a_live_worker(api, runs_root, pid):
+    from distill_nb.owner import alive
+
+    assert not alive(pid)
+    path = fabricate(runs_root, "r", state="stopped")
+    (path / "status.json").write_text(json.dumps({"state": "running", "pid": pid, "host": socket.gethostname()}))
+    code, one = await api("runs", "r")
+    assert code == 200 and one["state"] in ("unreadable", "failed"), one
+    assert (await api("runs", "r", "stop", method="POST"))[0] == 200
+    assert (await api("runs", "r", method="DELETE"))[0] == 200
+
+
+def test_kill_never_signals_a_process_it_cannot_identify(tmp_path, sleeper):
+    from distill_nb.owner import process_start
+
+    Run._kill({"pid": sleeper.pid})  # no start time recorded: proves nothing
+    Run._kill({"pid": sleeper.pid, "pid_start": 12345})  # another process's start time
+    time.sleep(0.2)
+    assert sleeper.poll() is None
+    Run._kill({"pid": sleeper.pid, "pid_start": process_start(sleeper.pid)})
+    assert sleeper.wait(timeout=10) == -9

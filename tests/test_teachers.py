@@ -177,3 +177,9 @@ def test_one_damaged_teacher_json_never_hides_the_others(tmp_path, monkeypatch, 
     assert isinstance(entry.task, str) and isinstance(entry.base, str) and isinstance(entry.stopped_by, str)
     assert cli(["teachers"]) == 0 and good.name in capsys.readouterr().out
     assert cli(["teachers", "--remove", "typo"]) == 2 and "no prepared teacher 'typo'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pair", [(float("nan"), float("nan")), (float("nan"), 0.5), (0.9, float("nan")),
+                                  (float("inf"), 0.5), (None, 0.5), (0.9, None)])
+def test_nothing_measured_makes_no_claim_about_the_teacher(pair):
+    assert student_beats_teacher(*pair, 1000) is None

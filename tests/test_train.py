@@ -279,3 +279,36 @@ def test_bare_encoder_teacher_is_prepared_with_progress_and_stoppable(tmp_path, 
     train(cfg, tmp_path / "cached", log=lambda *_: None)
     first, again = (load_file(r / "student" / "model.safetensors") for r in (run, tmp_path / "cached"))
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_mlm_evaluation_masks_at_least_one_token_of_every_text():
+    """A small mlm_probability on short texts must still measure something (never accuracy NaN over 0 tokens)."""
+    from types import SimpleNamespace
+
+    from distill_nb.evaluation import mlm_batch
+
+    ids = torch.tensor([[101, 7, 102, 0], [101, 8, 9, 102], [101, 102, 0, 0]])
+    mask = (ids != 0).long()
+    tok = SimpleNamespace(all_special_ids=[0, 101, 102, 103], mask_token_id=103)
+    for seed in range(20):
+        (batch, labels) = mlm_batch({"input_ids": ids, "attention_mask": mask}, tok, 1e-6, seed, at_least_one=True)
+        masked = labels != -100
+        assert masked[:2].sum(-1).tolist() == [1, 1] and not masked[2].any()  # row 3 has nothing maskable
+        assert (batch["input_ids"][masked] == 103).all() and not torch.isin(ids[masked], torch.tensor([0, 101, 102])).any()
+    _, plain = mlm_batch({"input_ids": ids, "attention_mask": mask}, tok, 1e-6, 0)
+    assert (plain == -100).all()  # training batches keep the plain draw
+
+
+def test_a_run_that_measured_nothing_never_completes(tiny_teacher, tiny_dataset, tmp_path, monkeypatch):
+    from distill_nb import train as train_module
+
+    nan_eval = lambda *a, **k: {"step": a[-1] if a else 0, "split": "eval", "accuracy": float("nan"),  # noqa: E731
+                                "teacher_accuracy": float("nan"), "retention": None}
+    monkeypatch.setattr(train_module, "evaluate_classifier", nan_eval)
+    config = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text",
+                           student_layers=2, max_steps=2, batch_size=8, reason_probe=0)
+    with pytest.raises(ValueError, match="measured nothing"):
+        train(config, tmp_path / "run", log=lambda *_: None)
+    status = read_status(tmp_path / "run")
+    assert status["state"] == "failed" and "measured nothing" in status["error"]
+    assert not (tmp_path / "run" / "student").exists()

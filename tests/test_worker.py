@@ -438,3 +438,54 @@ def test_run_survives_a_restart_of_the_kernel_that_launched_it(tiny_teacher, tin
     assert read_status(path)["state"] == "stopped"
     steps = train_steps(path)
     assert steps == list(range(1, len(steps) + 1))  # no step lost or doubled across the restart
+
+
+@pytest.mark.parametrize("damage", ["truncated", "list", "missing", "directory", "bad-state"])
+def test_a_completed_run_with_a_damaged_status_is_still_never_trained_again(tiny_teacher, tiny_dataset, tmp_path,
+                                                                          damage):
+    config = tiny(tiny_teacher, tiny_dataset, max_steps=2)
+    path = tmp_path / "run"
+    train(config, path, log=quiet)
+    weights = (path / "student" / "model.safetensors").read_bytes()
+    status = path / "status.json"
+    if damage == "truncated":
+        status.write_text('{"state": "compl')
+    elif damage == "list":
+        status.write_text("[1]")
+    elif damage == "missing":
+        status.unlink()
+    elif damage == "directory":
+        status.unlink()
+        status.mkdir()
+    else:
+        status.write_text('{"state": "exploded"}')
+    with pytest.raises(ValueError, match="never trained again"):
+        train(config, path, log=quiet)
+    assert worker.main(path) == worker.EXIT_BUSY
+    assert (path / "student" / "model.safetensors").read_bytes() == weights
+
+
+def test_a_stop_answered_before_the_worker_starts_stands(tiny_teacher, tiny_dataset, tmp_path, monkeypatch):
+    """Resume queues the run; a Stop lands before its worker starts (answered "stopped"): no training follows."""
+    path = create_run(tiny(tiny_teacher, tiny_dataset, max_steps=2), tmp_path, "r")
+    rundir.write_status(path, state=Status.STOPPED)
+    answers = []
+
+    def start_late(run_path, backend, nproc):
+        answers.append(Run(run_path).stop(wait=None)["state"])  # the Stop click, in between
+        return str(worker.main(run_path))  # then the worker runs, in-process
+
+    monkeypatch.setattr(worker, "start", start_late)
+    Run(path).resume()
+    assert answers == ["stopped"]
+    assert read_status(path)["state"] == "stopped" and not (path / "student").exists()
+    assert not read_metrics(path)
+
+
+def test_a_stop_left_from_before_does_not_stop_the_resumed_run(tiny_teacher, tiny_dataset, tmp_path, monkeypatch):
+    path = create_run(tiny(tiny_teacher, tiny_dataset, max_steps=2), tmp_path, "r")
+    rundir.write_status(path, state=Status.STOPPED)
+    rundir.request_stop(path)  # an old STOP file
+    monkeypatch.setattr(worker, "start", lambda run_path, backend, nproc: str(worker.main(run_path)))
+    Run(path).resume()
+    assert read_status(path)["state"] == "completed"
