@@ -239,8 +239,8 @@ def label_ids(train: Sequence[Any], evals: Sequence[Any], label_names: Sequence[
     """
     if any(y is None for y in [*train, *evals]):
         n = sum(y is None for y in [*train, *evals])
-        raise ValueError(f"{source}: {n} label(s) are missing (empty cells): drop those rows or fill them, or set "
-                         "label_column to the column that holds the labels.")
+        raise ValueError(f"{source}: {n} label(s) are missing (empty cells, NaN or +/-Infinity): drop those rows or "
+                         "fill them, or set label_column to the column that holds the labels.")
     ints = all(isinstance(y, int) for y in [*train, *evals])
     if not ints:
         train, evals = [str(y) for y in train], [str(y) for y in evals]

@@ -6,7 +6,9 @@ library only (pyarrow for Parquet, imported when needed): no torch, no ``dataset
 
 Accepted shapes: UTF-8 with or without a BOM (Excel's "CSV UTF-8"); JSON as a list of objects, JSON lines, a
 dict of columns, or one wrapping key holding a list of objects (``{"data": [...]}``); text in one column or
-several (joined, or kept as a pair for the tokenizer: see :func:`join_text`).
+several (joined, or kept as a pair for the tokenizer: see :func:`join_text`). A .tsv has no quoting (a ``"``
+is part of the text, as in GLUE's SST-2 files); a .csv quotes with ``"``. A header that names a used column twice,
+or a row with more fields than the header, is refused (it would shift or drop values silently).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -76,7 +79,8 @@ def read_table(path: Path, text_cols: Sequence[str], label_col: str | None, *, p
     if not whole:
         text = text[:text.rfind("\n") + 1]  # whole lines only
     if fmt == "csv":
-        rows, columns = _csv(text, "\t" if path.suffix.lower() == ".tsv" else ",")
+        rows, columns = _csv(text, path)
+        _check_unique(columns, [*text_cols, *([label_col] if label_col is not None else [])], path)
     else:
         rows, columns = _json(text, path, whole)
     check_columns(columns, text_cols, label_col, str(path))
@@ -85,53 +89,143 @@ def read_table(path: Path, text_cols: Sequence[str], label_col: str | None, *, p
     return texts, labels, whole
 
 
-def _csv(text: str, delimiter: str) -> tuple[list[dict[str, Any]], list[str]]:
+def _csv(text: str, path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows and (stripped) header of a .csv (``"`` quotes) or a .tsv (no quoting: a ``"`` is text)."""
+    tsv = path.suffix.lower() == ".tsv"
     limit = csv.field_size_limit(2**31 - 1)  # a very long text is valid (it is truncated), not an error
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",",
+                                quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
         columns = [c.strip() for c in reader.fieldnames or []]
         reader.fieldnames = columns  # " label" in a hand-written header is "label"
-        return list(reader), columns
+        rows = []
+        for n, row in enumerate(reader, 1):
+            _check_width(row, n, reader.line_num, len(columns), path)
+            rows.append(row)
+        return rows, columns
     finally:
         csv.field_size_limit(limit)
 
 
+def _check_width(row: dict[Any, Any], n: int, line: int, width: int, path: Path) -> None:
+    """ValueError for a row with more (non-blank) fields than the header: its values would shift or be cut.
+
+    A short row keeps its missing cells empty (a missing label is reported as one); blank trailing fields
+    (``a,1,`` against ``text,label``) are a trailing separator, not data.
+    """
+    extra = row.pop(None, None)  # DictReader's restkey: the fields past the header
+    if not extra or all(not (v or "").strip() for v in extra):
+        return
+    if path.suffix.lower() == ".tsv":
+        fix = ("remove the tab characters inside texts (a .tsv has no quoting) or use a .csv with quoted texts, "
+               "or .jsonl")
+    else:
+        fix = 'quote texts that contain commas ("...") or use a .tsv/.jsonl file'
+    raise ValueError(f"row {n} (line {line}) of data file {str(path)!r} has {width + len(extra)} fields but the "
+                     f"header has {width}: {fix}.")
+
+
+def _check_unique(columns: Sequence[str], used: Sequence[str], path: Path) -> None:
+    """ValueError for a used column that the header names twice (a reader would silently take one of them)."""
+    twice = next((c for c in dict.fromkeys(used) if columns.count(c) > 1), None)
+    if twice is not None:
+        raise ValueError(f"column {twice!r} appears {columns.count(twice)} times in the header of data file "
+                         f"{str(path)!r} (header: {list(columns)}): rename one, or remove the extra column.")
+
+
+_LAYOUTS = ("a list of objects [{\"text\": ..., \"label\": ...}, ...], JSON lines (one object per line), a dict of "
+            "columns {\"text\": [...], \"label\": [...]}, or one key holding a list of objects")
+_NOT_PARSED = object()  # json.loads failed or was not tried (JSON lines); None is a JSON null
+
+
 def _json(text: str, path: Path, whole: bool) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows of a JSON list, JSON lines, a dict of columns, or a single key wrapping a list of rows."""
-    layouts = ("a list of objects [{\"text\": ..., \"label\": ...}, ...], JSON lines (one object per line), a "
-               "dict of columns {\"text\": [...], \"label\": [...]}, or one key holding a list of objects")
-    try:
-        value = json.loads(text) if whole and path.suffix.lower() != ".jsonl" else None
-    except json.JSONDecodeError:
-        value = None
-    if isinstance(value, dict) and not any(isinstance(v, list) for v in value.values()):
-        value = [value]  # JSON lines with a single line
-    if value is None:
-        try:
-            value = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
-            raise ValueError(f"data file {str(path)!r} is not valid JSON or JSON lines ({e}): use one of the layouts: {layouts}."
-                             ) from e
+    value, lines = _json_value(text, path, whole)
     if isinstance(value, dict):
-        lists = {k: v for k, v in value.items() if isinstance(v, list)}
-        records = [k for k, v in lists.items() if v and all(isinstance(r, dict) for r in v)]
-        if len(records) == 1 and len(lists) == 1:  # {"data": [{...}, ...]}: the wrapper of many exports
-            value = lists[records[0]]
-        elif lists and len(lists) == len(value):  # a dict of columns
-            lengths = {k: len(v) for k, v in lists.items()}
-            if len(set(lengths.values())) != 1:
-                raise ValueError(f"data file {str(path)!r} is a dict of columns of different lengths {lengths}: "
-                                 "give every column one value per example.")
-            n = next(iter(lengths.values()))
-            value = [{k: v[i] for k, v in lists.items()} for i in range(n)]
-        else:
-            raise ValueError(f"data file {str(path)!r} is a JSON object with keys {list(value)[:10]} this reader "
-                             f"cannot turn into rows: use one of the layouts: {layouts}.")
-    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
-        kind = type(value).__name__ if not isinstance(value, list) else "list of non-objects"
-        raise ValueError(f"data file {str(path)!r} holds a JSON {kind}: use one of the layouts: {layouts}.")
+        value = _dict_rows(value, path)
+    _check_records(value, lines, path)
     columns = list(dict.fromkeys(k for r in value[:1000] for k in r))
+    if not columns:
+        raise ValueError(f"data file {str(path)!r} holds JSON objects with no keys ({_show(value[0])}): give each "
+                         f"example its fields, e.g. {{\"text\": \"...\", \"label\": 1}}.")
     return value, columns
+
+
+def _json_value(text: str, path: Path, whole: bool) -> tuple[Any, list[int] | None]:
+    """(the parsed JSON, None) or, for JSON lines, (the list of line values, their 1-based line numbers)."""
+    value: Any = _NOT_PARSED
+    if whole and path.suffix.lower() != ".jsonl":
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    if isinstance(value, dict) and not any(isinstance(v, list) for v in value.values()):
+        return [value], [1]  # JSON lines with a single line
+    if value is not _NOT_PARSED:
+        return value, None
+    values, numbers = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            values.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"data file {str(path)!r} is not valid JSON or JSON lines (line {number}: {e}): use one "
+                             f"of the layouts: {_LAYOUTS}.") from e
+        numbers.append(number)
+    return values, numbers
+
+
+def _dict_rows(value: dict[str, Any], path: Path) -> list[Any]:
+    """Rows of {"data": [{...}, ...]} (the wrapper of many exports) or of a dict of equally long columns."""
+    lists = {k: v for k, v in value.items() if isinstance(v, list)}
+    records = [k for k, v in lists.items() if v and all(isinstance(r, dict) for r in v)]
+    if len(records) == 1 and len(lists) == 1:
+        return lists[records[0]]
+    if not lists or len(lists) != len(value):
+        raise ValueError(f"data file {str(path)!r} is a JSON object with keys {list(value)[:10]} this reader "
+                         f"cannot turn into rows: use one of the layouts: {_LAYOUTS}.")
+    lengths = {k: len(v) for k, v in lists.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"data file {str(path)!r} is a dict of columns of different lengths {lengths}: "
+                         "give every column one value per example.")
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise ValueError(f"data file {str(path)!r} holds a JSON object whose lists are all empty "
+                         f"({_show(value)}): it has no examples. Use one of the layouts: {_LAYOUTS}.")
+    return [{k: v[i] for k, v in lists.items()} for i in range(n)]
+
+
+def _check_records(value: Any, lines: list[int] | None, path: Path) -> None:
+    """ValueError saying what the file holds unless it is a non-empty list of JSON objects."""
+    where = f"data file {str(path)!r}"
+    if lines is not None and not value:
+        raise ValueError(f"{where} holds no JSON (only blank lines): give it one object per example, as "
+                         f"{_LAYOUTS}.")
+    if not isinstance(value, list):  # a data file's content, not an argument's type: ValueError
+        raise ValueError(f"{where} holds {_describe(value)}, not a list of examples: use one of the "  # noqa: TRY004
+                         f"layouts: {_LAYOUTS}.")
+    if not value:
+        raise ValueError(f"{where} holds an empty JSON list [] (no examples): give it one object per example, "
+                         f"as {_LAYOUTS}.")
+    bad = next((i for i, r in enumerate(value) if not isinstance(r, dict)), None)
+    if bad is not None:
+        item = f"line {lines[bad]}" if lines is not None else f"item {bad} of its list"
+        raise ValueError(f"{where}: {item} is {_describe(value[bad])}, not an object: each example is one object, "
+                         f"as {_LAYOUTS}.")
+
+
+def _describe(value: Any) -> str:
+    """'JSON null', 'a JSON int (42)', 'a JSON string ("abc")', ... for a message."""
+    if value is None:
+        return "JSON null"
+    name = {dict: "object", list: "list", str: "string", bool: "boolean"}.get(type(value), type(value).__name__)
+    return f"a JSON {name} ({_show(value)})"
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    shown = json.dumps(value, ensure_ascii=False, default=str)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 def _parquet(path: Path, text_cols: Sequence[str], label_col: str | None, pair: bool,
@@ -166,15 +260,24 @@ def check_columns(columns: Sequence[str], text_cols: Sequence[str], label_col: s
                    f"{' / '.join(fields)} to one of those columns{extra}.")
 
 
+_NON_FINITE = re.compile(r"[-+]?(nan|inf|infinity)", re.IGNORECASE)
+
+
 def label_value(value: Any) -> Any:
-    """A label cell as a Python value: integers (also '3', 3.0) become ints, empty cells None, the rest str."""
+    """A label cell as a Python value: integers (also '3', 3.0) become ints, the rest str.
+
+    Missing labels are None: empty cells and non-finite numbers (NaN, +/-Infinity, also spelled in a text
+    cell as 'nan', 'inf', '-Infinity'), which name no class; ``data.label_ids`` reports them.
+    """
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        return None if value != value else int(value) if value.is_integer() else str(value)  # NaN: empty
+        if not math.isfinite(value):
+            return None
+        return int(value) if value.is_integer() else str(value)
     if isinstance(value, str):
         value = value.strip()
-        if value == "":
+        if value == "" or _NON_FINITE.fullmatch(value):
             return None
         if re.fullmatch(r"[-+]?\d+(\.0*)?", value):
             return int(float(value)) if "." in value else int(value)
