@@ -192,6 +192,16 @@ class DistillConfig:
                               "a value like 5e-5 (fine-tuning) to 1e-3.")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate={self.learning_rate!r} is invalid: use a value > 0 (e.g. 5e-5).")
+        if not 0 <= self.weight_decay <= 1:
+            raise ConfigError(f"weight_decay={self.weight_decay!r} is invalid: use a value in [0, 1] (0.01 is usual, "
+                              "0 turns it off).")
+        if not isinstance(self.extra, dict) or not all(isinstance(k, str) for k in self.extra):
+            raise ConfigError(f"extra={self.extra!r} is invalid: use a dict with string keys (free-form notes).")
+        try:
+            json.dumps(self.extra, allow_nan=False)
+        except (TypeError, ValueError) as e:  # a set, an object, NaN/inf: config.json could not hold it
+            raise ConfigError(f"extra={self.extra!r} cannot be stored in config.json ({e}): use JSON values only "
+                              "(strings, finite numbers, true/false, null, lists and dicts of them).") from None
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio={self.warmup_ratio!r} is invalid: use a value in [0, 1).")
         if self.epochs <= 0 and self.max_steps is None:
@@ -238,7 +248,7 @@ class DistillConfig:
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """Return the config as JSON; with ``path``, also write it there atomically."""
-        text = json.dumps(self.to_dict(), indent=2)
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False)  # validate() made every value finite
         if path is not None:
             atomic_write_text(Path(path), text + "\n")
         return text

@@ -127,7 +127,8 @@ class ReasonTracker:
         path = Path(run_dir) / PROBE_FILE
         probe = _read_probe(path)
         if probe is None or probe.get("method") != method or probe.get("n_steps") != n_steps:
-            idx = probe_indices(len(eval_texts), size, seed)
+            usable = [i for i, t in enumerate(eval_texts) if t.strip()]  # a blank text has no reasons to compare
+            idx = [usable[j] for j in probe_indices(len(usable), size, seed)]
             probe = {"indices": idx, "texts": [eval_texts[i] for i in idx], "method": method,
                      "n_steps": n_steps, "top_k": top_k, "seed": seed}
             atomic_write_text(path, json.dumps(probe, indent=1) + "\n")

@@ -70,10 +70,14 @@ def load_config(name: str, trust_remote_code: bool = False) -> tuple[str, Any]:
     path = resolve(name)
     try:
         return path, AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 — OSError, ValueError, huggingface_hub's validation errors, ...
         local = Path(path).exists()
         hint = ("the folder has no usable config.json (write one with model.save_pretrained(folder))" if local
                 else "it is not a local folder and could not be fetched from the hub (offline?)")
+        if not trust_remote_code and ("custom code" in str(e) or "trust_remote_code" in str(e)):
+            raise ValueError(f"cannot load model {name!r}: it ships its own model code (auto_map in its "
+                             "config.json), which distill_nb never runs unless asked: set trust_remote_code=True "
+                             "only if you trust that code, or use a model transformers supports natively.") from e
         raise FileNotFoundError(f"cannot load model {name!r}: {hint}. Give a transformers model id, a folder "
                                 f"written by save_pretrained, or a packaged alias: {sorted(PACKAGED)}. "
                                 f"({type(e).__name__}: {str(e)[:160]})") from e
@@ -131,8 +135,29 @@ def load_teacher(name: str, *, head: str = "classification", trust_remote_code: 
         raise FileNotFoundError(f"cannot load the weights of {name!r} ({str(e)[:200]}): give a folder written by "
                                 "model.save_pretrained(folder) with its model.safetensors, or re-download "
                                 "the model.") from e
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 — damaged or mismatched weight files raise many library types
+        raise ValueError(f"cannot load the weights of {name!r}: {_weights_problem(e)}. Re-save the model with "
+                         "model.save_pretrained(folder) (it writes model.safetensors and a matching config.json), "
+                         "or re-download it.") from e
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 — a damaged tokenizer.json / vocab.txt
+        raise ValueError(f"cannot load the tokenizer of {name!r} ({type(e).__name__}: {str(e)[:160]}): its "
+                         "tokenizer files (tokenizer.json, vocab.txt, ...) are missing or damaged; re-save them with "
+                         "tokenizer.save_pretrained(folder).") from e
     return model.to(device or "cpu").eval(), tokenizer
+
+
+def _weights_problem(e: BaseException) -> str:
+    """What is wrong with a weights file, in words (never the advice to unpickle arbitrary objects)."""
+    text = str(e)
+    if "weights_only" in text or type(e).__name__ == "UnpicklingError":
+        return ("its pytorch_model.bin holds Python objects besides tensors, and distill_nb loads weights only "
+                "(never arbitrary pickles)")
+    if "size mismatch" in text or "ignore_mismatched_sizes" in text:
+        return ("its config.json does not match its weights (e.g. id2label names a different number of labels "
+                "than the classifier has outputs)")
+    return f"a weights file is damaged or unreadable ({type(e).__name__}: {text.splitlines()[0][:160] if text else ''})"
 
 
 # --- student shape ---------------------------------------------------------------------------------------------

@@ -70,6 +70,10 @@ def preflight(config: DistillConfig) -> dict[str, Any]:
         found["teacher_shape"] = t_shape
         check_student(config, t_shape)
         check_max_length(config.max_length, t_cfg, config.teacher)
+        vocab_size = t_cfg.get("vocab_size")
+        if isinstance(config.student_vocab, int) and isinstance(vocab_size, int) and config.student_vocab > vocab_size:
+            raise ConfigError(f"student_vocab={config.student_vocab} is larger than the teacher's {vocab_size} tokens: "
+                              f"use at most {vocab_size}, 'task' (the tokens the data uses) or 'full'.")
     if config.student_init not in ("every_k", "random"):
         s_cfg = model_config(config.student_init, "student_init", require_weights=True)
         if s_cfg is not None:
@@ -252,6 +256,10 @@ def check_student(config: DistillConfig, t: dict[str, int]) -> None:
             raise ConfigError(f"student_init='every_k' copies teacher layers, so hidden/heads/ffn must equal the "
                               f"teacher's ({t['hidden']}/{t['heads']}/{t['ffn']}), got {hidden}/{heads}/{ffn}: "
                               "leave student_hidden/heads/ffn unset, or use student_init='random'.")
+        given = config.student_layers_from
+        if given is not None and max(given) >= t["layers"]:
+            raise ConfigError(f"student_layers_from={given} points past the teacher's {t['layers']} layers: use "
+                              f"strictly increasing indices 0..{t['layers'] - 1}, or None (every k-th layer).")
     if config.layer_map is not None and max(config.layer_map) >= t["layers"]:
         raise ConfigError(f"layer_map={config.layer_map} points past the teacher's {t['layers']} layers: use "
                           f"indices 0..{t['layers'] - 1}, or layer_map=None (every k-th, last to last).")

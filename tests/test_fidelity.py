@@ -228,3 +228,20 @@ def test_the_probe_explains_the_student_in_the_runs_precision(tiny_teacher, tiny
     ran_bf16 = amp_dtype(precision, torch.device("cpu")) == torch.bfloat16
     expected = "bf16" if ran_bf16 else "fp32"
     assert seen[0] == "fp32" and seen[1:] and set(seen[1:]) == {expected}  # teacher once, student per eval
+
+
+def test_a_blank_eval_text_is_left_out_of_the_reason_probe(tiny_teacher, tmp_path):
+    """One empty text cell in the eval file: the run completes and the probe never picks the blank text."""
+    from distill_nb.train import train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    words = ["good", "bad", "fine", "awful", "great", "dull"]
+    rows = "".join(f"the film was {words[i % 6]},{i % 2}\n" for i in range(24))
+    (data / "train.csv").write_text("text,label\n" + rows)
+    (data / "validation.csv").write_text("text,label\n" + "".join(rows.splitlines(True)[:8]) + ",1\n   ,0\n")
+    config = DistillConfig(teacher=str(tiny_teacher), dataset=str(data), text_column="text", student_layers=2,
+                           max_steps=2, batch_size=8, reason_probe=64)
+    train(config, tmp_path / "run", log=lambda *_: None)
+    probe = json.loads((tmp_path / "run" / fidelity.PROBE_FILE).read_text())
+    assert probe["texts"] and all(t.strip() for t in probe["texts"])

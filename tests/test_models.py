@@ -93,3 +93,52 @@ def test_packaged_minilm_teacher_loads_offline():
     assert models.count_params(model) == models.estimate_params(model.config) == 22_713_986
     student = models.make_student(model, n_layers=3)
     assert models.count_params(student) < models.count_params(model)
+
+
+def _damaged(folder, case):
+    import json
+
+    if case == "labels-vs-head":
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["id2label"] = {"0": "a", "1": "b", "2": "c"}
+        cfg["label2id"] = {"a": 0, "b": 1, "c": 2}
+        (folder / "config.json").write_text(json.dumps(cfg))
+    elif case == "truncated-weights":
+        w = folder / "model.safetensors"
+        w.write_bytes(w.read_bytes()[:300])
+    elif case == "pickle-weights":
+        import pickle
+
+        (folder / "model.safetensors").unlink()
+        (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"x": print}))  # not tensors: never unpickled
+    elif case == "tokenizer-json":
+        (folder / "tokenizer.json").write_text("{x")
+    elif case == "config-field-type":
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["num_hidden_layers"] = "4"
+        (folder / "config.json").write_text(json.dumps(cfg))
+    elif case == "custom-code":
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg.update(model_type="my-own-bert", auto_map={"AutoConfig": "evil.MyConfig"})
+        (folder / "config.json").write_text(json.dumps(cfg))
+        (folder / "evil.py").write_text("raise SystemExit('custom code ran')\n")
+
+
+@pytest.mark.parametrize("case,needles", [
+    ("labels-vs-head", ["does not match its weights", "save_pretrained"]),
+    ("truncated-weights", ["damaged or unreadable", "save_pretrained"]),
+    ("pickle-weights", ["weights only", "never arbitrary pickles"]),
+    ("tokenizer-json", ["tokenizer", "damaged", "save_pretrained"]),
+    ("config-field-type", ["config.json", "save_pretrained"]),
+    ("custom-code", ["its own model code", "trust_remote_code=True"]),
+])
+def test_a_damaged_teacher_folder_says_what_and_how_to_fix(tmp_path, case, needles):
+    from conftest import make_tiny_bert
+
+    folder = make_tiny_bert(tmp_path / "t")
+    _damaged(folder, case)
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        models.load_teacher(str(folder))
+    text = str(info.value)
+    assert all(n in text for n in needles), text
+    assert "weights_only set to False" not in text  # never the advice to unpickle
