@@ -65,6 +65,26 @@ def sparsity(model: nn.Module, *, only: Sequence[nn.Module] | None = None) -> fl
     return sum(int((t == 0).sum()) for t in tensors) / max(total, 1)
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """True for a model with quantized modules (e.g. the result of :func:`quantize_int8`)."""
+    return any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
+               for m in model.modules())
+
+
+def _refuse_quantized(model: nn.Module, verb: str) -> None:
+    if is_quantized(model):
+        raise ValueError(f"the model is already quantized (int8): {verb} before quantize_int8 (use the float "
+                         "model, then quantize_int8 the result).")
+
+
+def _check_texts(texts: Sequence[str], purpose: str) -> None:
+    if isinstance(texts, str):
+        raise TypeError(f"texts is one string ({texts[:40]!r}): pass a list of example texts, e.g. [{texts[:40]!r}]")
+    if len(texts) == 0:
+        raise ValueError(f"texts is empty: {purpose} needs example texts; pass a non-empty list of strings "
+                         "(e.g. the training texts)")
+
+
 # --- int8 ------------------------------------------------------------------------------------------------------
 def quantize_int8(model: nn.Module) -> Compressed:
     """Dynamic int8 quantization of every ``nn.Linear`` (weights int8, activations quantized per batch).
@@ -74,6 +94,9 @@ def quantize_int8(model: nn.Module) -> Compressed:
     Uses ``torch.ao.quantization.quantize_dynamic``: deprecated in favour of torchao, but still the one API
     with int8 CPU kernels in torch 2.x without an extra package.
     """
+    if is_quantized(model):
+        raise ValueError("the model is already quantized (int8): pass the float model to quantize_int8 (once; "
+                         "quantizing again would find no Linear layers and change nothing).")
     source = copy.deepcopy(model).cpu().eval()
     linear = [n for n, m in source.named_modules() if isinstance(m, nn.Linear)]
     linear_params = sum(m.weight.numel() for m in source.modules() if isinstance(m, nn.Linear))
@@ -114,6 +137,7 @@ def magnitude_prune(model: nn.Module, amount: float, *, scope: str = "global") -
         raise ValueError(f"amount={amount!r} is invalid: give the fraction of weights to zero, in [0, 1).")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope={scope!r} is invalid: use 'global' or 'layer'.")
+    _refuse_quantized(model, "prune")
     pruned = copy.deepcopy(model).eval()
     targets = encoder_linears(pruned)
     if scope == "global":
@@ -164,7 +188,15 @@ def head_importance(model: nn.Module, tokenizer: Any, texts: Sequence[str], labe
     ``|d loss / d xi_h|`` (the first-order change in loss when the head is removed), normalised per layer
     by its L2 norm as in the paper. The loss is cross-entropy against ``labels``, or against the model's own
     predictions when no labels are given. Computed in length-sorted batches.
+
+    Raises:
+        ValueError: empty ``texts``, ``labels`` of another length, a quantized model.
     """
+    _check_texts(texts, "head importance")
+    if labels is not None and len(labels) != len(texts):
+        raise ValueError(f"labels has {len(labels)} entries for {len(texts)} texts: pass one label per text, "
+                         "or labels=None (the model's own predictions)")
+    _refuse_quantized(model, "prune heads")
     layers = layer_list(model)
     device = next(model.parameters()).device
     n_heads = heads_per_layer(model)
@@ -214,10 +246,15 @@ def remove_heads(model: nn.Module, heads: dict[int, Sequence[int]]) -> nn.Module
     count from the projection width, so the sliced model runs unchanged. A model that still has
     ``prune_heads`` (transformers 4) is pruned with it instead.
     """
+    _refuse_quantized(model, "prune heads")
+    layers = layer_list(model)
+    for li, drop in heads.items():
+        if drop and (isinstance(li, bool) or not hasattr(li, "__index__") or not 0 <= li < len(layers)):
+            raise ValueError(f"layer {li!r} does not exist (layers 0..{len(layers) - 1}): use layer indices in that "
+                             f"range as the keys of heads.")
     if hasattr(model, "prune_heads"):
         model.prune_heads({int(k): list(v) for k, v in heads.items() if v})
         return model
-    layers = layer_list(model)
     d = _head_size(model)
     for li, drop in heads.items():
         if not drop:
@@ -251,6 +288,8 @@ def prune_heads(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: 
     """
     if not 0 <= fraction < 1:
         raise ValueError(f"fraction={fraction!r} is invalid: give the fraction of heads to remove, in [0, 1).")
+    _check_texts(texts, "head importance")
+    _refuse_quantized(model, "prune heads")
     pruned = copy.deepcopy(model).eval()
     before = heads_per_layer(pruned)
     scores = head_importance(pruned, tokenizer, texts, labels, batch_size=batch_size, max_length=max_length)
@@ -293,6 +332,7 @@ def trim_vocabulary(model: nn.Module, tokenizer: Any, texts: Sequence[str], size
     """
     from .vocab import outside_vocab, trim_student
 
+    _check_texts(texts, "vocabulary trimming")
     source = copy.deepcopy(model).cpu().eval()
     before = sum(p.numel() for p in source.parameters())
     trimmed, new_tok, trim = trim_student(source, tokenizer, texts, size, max_length=max_length)

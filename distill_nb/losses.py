@@ -5,6 +5,7 @@ Every loss returns a scalar tensor; a batch where everything is masked gives 0 (
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -18,16 +19,23 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     Args:
         student_logits: (B, C) or (N, C) rows to distil.
         teacher_logits: same shape as ``student_logits``.
-        temperature: T > 0; higher T softens both distributions.
+        temperature: finite T > 0; higher T softens both distributions.
         mask: optional (B,) bool/0-1, rows that count.
 
     Returns:
-        scalar: mean over counted rows of sum_c p_t log(p_t / p_s) · T².
+        scalar: mean over counted rows of sum_c p_t log(p_t / p_s) · T². Classes the teacher gives
+        probability exactly 0 (a -inf logit, or underflow) contribute 0 (the limit of p log p), not NaN.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature={temperature} must be > 0.")
-    log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    if not 0 < temperature < math.inf:  # NaN fails every comparison
+        raise ValueError(f"temperature={temperature} is invalid: use a finite temperature > 0 (1-4 is usual).")
+    log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, C)
+    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # (B, C)
+    # A class with teacher probability exactly 0 (a -inf logit) must add 0 (p log p -> 0), but kl_div computes
+    # exp(-inf) * (-inf - log_s) = 0 * -inf = NaN. With log p_t floored at the lowest finite float it is 0 times a
+    # finite number (gradients 0 too). A no-op for finite logits: log_softmax stays far above that floor. In
+    # place when no gradient needs log_t: masked-LM KD has (B*S, V) rows, no extra copy of them.
+    floor = torch.finfo(log_t.dtype).min
+    log_t = log_t.clamp_min(floor) if log_t.requires_grad else log_t.clamp_min_(floor)
     per_row = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(-1)  # (B,)
     return _masked_mean(per_row, mask) * temperature**2
 

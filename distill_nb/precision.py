@@ -49,9 +49,22 @@ def cpu_name() -> str:
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device`` (None: plain fp32).
 
+    Args:
+        precision: "fp32", "bf16", "fp16" or "auto", exactly (lower case).
+
     Raises:
-        ValueError: fp16 on a CPU, or bf16 on a CPU without native bf16 (the message says what to use).
+        ValueError: an unknown ``precision`` (it would have run fp32 on a CPU), fp16 on a CPU, or bf16 on a
+            CPU without native bf16 (the message says what to use).
     """
+    accepted = ("fp32", "bf16", "fp16", "auto")
+    if not isinstance(precision, str) or precision not in accepted:
+        aliases = {"half": "fp16", "float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float": "fp32",
+                   "single": "fp32", "full": "fp32"}
+        key = precision.strip().lower().replace("-", "").replace("_", "") if isinstance(precision, str) else ""
+        close = key if key in accepted else aliases.get(key)
+        hint = f"did you mean {close!r}? " if close else ""
+        raise ValueError(f"precision={precision!r} is not a known precision: {hint}use one of "
+                         f"{', '.join(repr(p) for p in accepted)} ('auto' picks bf16/fp16 where it pays).")
     if device.type == "cuda":
         if precision == "auto":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from distill_nb.attribution import (
     METHODS,
     Attribution,
+    agreement,
     align,
     attribute,
     common_segments,
@@ -21,6 +23,8 @@ from distill_nb.attribution import (
     faithfulness,
     sweep,
 )
+from distill_nb.attribution.methods import check_targets
+from distill_nb.config import MIN_MAX_LENGTH
 
 TEXTS = ["the movie was good", "a very boring and dull plot , really", "it's great!",
          "what a wonderful film", "the acting was awful"]
@@ -323,3 +327,119 @@ def test_plots_and_html(teacher):
     assert "&lt;b&gt;x&lt;/b&gt;" in tricky and "<b>" not in tricky
     assert page.count("<tr>") == 3 and "spearman" in page
     assert "<script" not in c.teacher.to_html() and c._repr_html_() == page
+
+
+NAN_WHEN_CONSTANT = ("spearman", "kendall", "topk_jaccard")
+
+
+@pytest.mark.parametrize("teacher_scores, student_scores", [
+    ([0, 0, 0, 0, 0, 1, 2, 3.0], [0.0] * 8),   # a collapsed (all-zero) student, teacher evidence at the end
+    ([3, 2, 1, 0, 0, 0, 0, 0.0], [0.0] * 8),   # ... at the start: tie order used to give 1.0 here, 0.0 above
+    ([0.0] * 8, [3, 2, 1, 0, 0, 0, 0, 0.0]),   # the teacher flat instead
+    ([1.0] * 4, [2.0] * 4),                    # both flat, different constants
+    ([0.5, 0.5, 0.5], [0.1, -0.2, 0.9]),       # a constant, non-zero side
+    ([2.0], [-1.0]),                           # a single unit ranks nothing
+], ids=["zero-student-end", "zero-student-start", "zero-teacher", "two-constants", "constant-teacher", "one-unit"])
+def test_agreement_of_a_constant_vector_is_nan_not_its_tie_order(teacher_scores, student_scores):
+    t, s = np.array(teacher_scores), np.array(student_scores)
+    for top_k in (1, 3):
+        m = agreement(t, s, top_k)
+        assert all(math.isnan(m[k]) for k in NAN_WHEN_CONSTANT), m
+        # sign agreement: NaN only when a side has no signs at all (all zero)
+        assert math.isnan(m["sign_agreement"]) == (not t.any() or not s.any()), m
+        assert 0.0 <= m["l1_distance"] <= 2.0
+
+
+def test_agreement_rule_identical_vectors_agree_and_ranked_ones_are_measured():
+    flat = np.zeros(5)
+    assert agreement(flat, flat.copy(), 3) == {"spearman": 1.0, "kendall": 1.0, "topk_jaccard": 1.0,
+                                               "sign_agreement": 1.0, "l1_distance": 0.0}
+    m = agreement(np.array([0.0, 0, 1, 2, 3]), np.array([3.0, 2, 1, 0, 0]), 2)
+    assert m["topk_jaccard"] == 0.0 and m["spearman"] < 0 and m["sign_agreement"] == pytest.approx(0.2)
+
+
+def test_agreement_with_no_units_is_nan_everywhere_l1_included():
+    m = agreement(np.zeros(0), np.zeros(0), 5)
+    assert set(m) == {"spearman", "kendall", "topk_jaccard", "sign_agreement", "l1_distance"}
+    assert all(math.isnan(v) for v in m.values()), m
+
+
+def test_sweep_means_skip_a_text_with_no_aligned_units(teacher):
+    model, tok = teacher
+    student = copy.deepcopy(model)
+    with torch.no_grad():
+        student.classifier.weight.mul_(0.5)
+    result = sweep(model, student, ["the movie was good", "\x00"], teacher_tokenizer=tok, method="saliency",
+                   faithfulness_steps=None)
+    assert len(result[1].units) == 0 and math.isnan(result[1].metrics["l1_distance"])
+    summary = result.summary()
+    for key in ("l1_distance", "sign_agreement", "topk_jaccard"):
+        assert summary[key] == pytest.approx(result[0].metrics[key]), key
+
+
+@pytest.mark.parametrize("max_length, needles", [
+    (512, ["max_length=512", "can read (128 positions", "max_length <= 128"]),
+    (129, ["max_length=129", "max_length <= 128"]),
+    (1, ["max_length=1 is too short", f">= {MIN_MAX_LENGTH}"]),
+    (2, ["max_length=2 is too short"]),
+    (MIN_MAX_LENGTH - 1, [f"max_length={MIN_MAX_LENGTH - 1} is too short"]),
+    (0, ["max_length=0"]),
+    (16.5, ["max_length=16.5", "give an int"]),
+    (True, ["max_length=True"]),
+])
+@pytest.mark.parametrize("entry", ["attribute", "compare", "sweep"])
+def test_max_length_is_checked_against_the_model_positions_and_a_minimum(teacher, max_length, needles, entry):
+    from conftest import clear_error
+
+    model, tok = teacher
+    run = {"attribute": lambda: attribute(model, tok, ["good " * 300], "saliency", max_length=max_length),
+           "compare": lambda: compare(model, model, ["good"], teacher_tokenizer=tok, method="saliency",
+                                      max_length=max_length, faithfulness_steps=None),
+           "sweep": lambda: sweep(model, model, ["good"], teacher_tokenizer=tok, method="saliency",
+                                  max_length=max_length, faithfulness_steps=None)}[entry]
+    clear_error(run, ValueError, needles)
+
+
+@pytest.mark.parametrize("max_length", [MIN_MAX_LENGTH, 128])
+def test_max_length_at_the_limits_is_accepted(teacher, max_length):
+    model, tok = teacher
+    a = attribute(model, tok, ["good " * 300], "saliency", max_length=max_length)[0]
+    assert len(a.tokens) == max_length and a.tokens[0] == "[CLS]" and a.tokens[-1] == "[SEP]"
+
+
+@pytest.mark.parametrize("target, needle", [
+    (1.7, "target=1.7 (float)"), (1.0, "target=1.0 (float)"), (np.float64(1.0), "target=np.float64(1.0)"),
+    ([1.7], "target[0]=1.7 (float)"), ([0.9], "target[0]=0.9 (float)"), ([0, 1.0], "target[1]=1.0"),
+    ("1", "target='1' (str)"), ("10", "target='10' (str)"), (True, "target=True (bool)"),
+    ([False], "target[0]=False (bool)"), (torch.tensor(1.0), "target=tensor(1.)"), ({0: 1}, "target={0: 1}"), ({1}, "target={1}"), (np.array(0.5), "target=array(0.5)"),
+])
+def test_a_target_that_is_not_an_int_is_refused_by_name(teacher, target, needle):
+    from conftest import clear_error
+
+    model, tok = teacher
+    n = len(target) if isinstance(target, list) else 1
+    clear_error(lambda: attribute(model, tok, ["good"] * n, "saliency", target), ValueError,
+                [needle, "not a class index"])
+    clear_error(lambda: sweep(model, model, ["good"] * n, teacher_tokenizer=tok, method="saliency", target=target,
+                              faithfulness_steps=None), ValueError, [needle])
+
+
+@pytest.mark.parametrize("target, expected", [
+    (None, [None, None]), (1, [1, 1]), (np.int64(1), [1, 1]), (torch.tensor(0), [0, 0]),
+    ([0, None], [0, None]), ([np.int32(1), 0], [1, 0]), (np.array([1, 0]), [1, 0]), (torch.tensor([0, 1]), [0, 1]),
+    ((1, 1), [1, 1]), (np.array(1), [1, 1]), (iter([1, 0]), [1, 0]),
+])
+def test_integer_targets_of_every_kind_are_accepted(teacher, target, expected):
+    checked = check_targets(target, 2)
+    assert checked == expected and all(type(t) in (int, type(None)) for t in checked)
+    target = checked if isinstance(target, Iterator) else target  # an iterator is used up by one check
+    model, tok = teacher
+    got = [a.target for a in attribute(model, tok, ["good", "bad"], "saliency", target)]
+    assert [e if e is not None else g for e, g in zip(expected, got)] == got
+
+
+@pytest.mark.parametrize("name", ["fp8", "bf-16", "BF16", "half"])
+def test_attribute_refuses_an_unknown_precision(teacher, name):
+    model, tok = teacher
+    with pytest.raises(ValueError, match=rf"precision='{name}' is not a known precision.*'fp32', 'bf16'"):
+        attribute(model, tok, ["good movie"], "saliency", precision=name)

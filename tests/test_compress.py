@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from conftest import clear_error
 from torch import nn
 
 from distill_nb import compress
@@ -134,3 +135,47 @@ def test_trim_vocabulary_sits_with_the_other_compressions(model_and_tok):
     assert "fall outside and read as [UNK]" in v.summary
     assert torch.allclose(_logits(v.model, v.tokenizer, train_texts), _logits(model, tok, train_texts), atol=1e-5)
     assert all(torch.equal(before[k], t) for k, t in model.state_dict().items())  # the source is untouched
+
+
+@pytest.fixture(scope="module")
+def int8_model(model_and_tok):
+    return compress.quantize_int8(model_and_tok[0]).model
+
+
+@pytest.mark.parametrize("call", ["head_importance", "prune_heads", "trim_vocabulary"])
+@pytest.mark.parametrize("texts", [[], ()])
+def test_no_texts_is_refused_not_nan(model_and_tok, call, texts):
+    model, tok = model_and_tok
+    run = {"head_importance": lambda: compress.head_importance(model, tok, texts),
+           "prune_heads": lambda: compress.prune_heads(model, tok, texts, fraction=0.5),
+           "trim_vocabulary": lambda: compress.trim_vocabulary(model, tok, texts)}[call]
+    purpose = "vocabulary trimming" if call == "trim_vocabulary" else "head importance"
+    clear_error(run, ValueError, [f"texts is empty: {purpose} needs example texts"])
+
+
+def test_head_importance_labels_must_match_texts(model_and_tok):
+    model, tok = model_and_tok
+    clear_error(lambda: compress.head_importance(model, tok, TEXTS[:3], [0, 1]), ValueError,
+                ["labels has 2 entries for 3 texts"])
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda q, tok: compress.magnitude_prune(q, 0.5), "prune before quantize_int8"),
+    (lambda q, tok: compress.magnitude_prune(q, 0.5, scope="layer"), "prune before quantize_int8"),
+    (lambda q, tok: compress.prune_heads(q, tok, TEXTS[:4]), "prune heads before quantize_int8"),
+    (lambda q, tok: compress.head_importance(q, tok, TEXTS[:4]), "prune heads before quantize_int8"),
+    (lambda q, tok: compress.remove_heads(q, {0: [0]}), "prune heads before quantize_int8"),
+    (lambda q, tok: compress.quantize_int8(q), "pass the float model to quantize_int8"),
+], ids=["magnitude-global", "magnitude-layer", "prune-heads", "head-importance", "remove-heads", "quantize-twice"])
+def test_an_int8_model_is_refused_with_the_order_to_use(model_and_tok, int8_model, call, needle):
+    assert compress.is_quantized(int8_model) and not compress.is_quantized(model_and_tok[0])
+    clear_error(lambda: call(int8_model, model_and_tok[1]), ValueError,
+                ["the model is already quantized (int8)", needle])
+
+
+@pytest.mark.parametrize("layer", [99, 4, -1, "0", 1.0])
+def test_remove_heads_names_a_missing_layer(model_and_tok, layer):
+    model = copy.deepcopy(model_and_tok[0])
+    clear_error(lambda: compress.remove_heads(model, {layer: [0]}), ValueError,
+                [f"layer {layer!r} does not exist (layers 0..3)"])
+    assert compress.heads_per_layer(model) == [4, 4, 4, 4]  # nothing was removed before the error

@@ -139,3 +139,51 @@ def test_attribution_loss_under_bf16_autocast_is_float_and_finite():
         loss = losses.attribution_loss(s.to(torch.bfloat16), torch.randn(2, 7), torch.ones(2, 7))
     loss.backward()
     assert loss.dtype == torch.float32 and math.isfinite(loss.item()) and torch.isfinite(s.grad).all()
+
+
+def _kd_old_formula(s: torch.Tensor, t: torch.Tensor, T: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """kd_loss as it was before -inf teacher logits were handled (F.kl_div with a log target)."""
+    log_s, log_t = torch.log_softmax(s.float() / T, -1), torch.log_softmax(t.float() / T, -1)
+    per_row = torch.nn.functional.kl_div(log_s, log_t, reduction="none", log_target=True).sum(-1)
+    if mask is None:
+        return per_row.mean() * T**2
+    return (per_row * mask).sum() / mask.sum().clamp_min(1.0) * T**2
+
+
+@pytest.mark.parametrize("T", [0.5, 1.0, 2.0, 7.0])
+@pytest.mark.parametrize("masked", [False, True])
+def test_kd_matches_the_kl_div_formula_on_finite_logits(T, masked):
+    gen = torch.Generator().manual_seed(int(T * 10))
+    s = (torch.randn(6, 5, generator=gen) * 4).requires_grad_(True)
+    t = torch.randn(6, 5, generator=gen) * 4
+    t[0, 0] = 300.0  # the other classes of this row underflow to probability 0: the old formula gave 0 there too
+    mask = torch.tensor([1, 0, 1, 1, 0, 1]) if masked else None
+    new = losses.kd_loss(s, t, T, mask)
+    (g_new,) = torch.autograd.grad(new, s)
+    old = _kd_old_formula(s, t, T, mask)
+    (g_old,) = torch.autograd.grad(old, s)
+    assert new.item() == pytest.approx(old.item(), abs=1e-6, rel=1e-6)
+    assert torch.allclose(g_new, g_old, atol=1e-6) and torch.isfinite(g_new).all()
+
+
+@pytest.mark.parametrize("teacher_row", [[0.0, 0.0, -math.inf], [-math.inf, 3.0, -math.inf], [5.0, -math.inf, 1.0]])
+def test_kd_teacher_probability_zero_contributes_zero_not_nan(teacher_row):
+    s = torch.tensor([[1.0, 2.0, 3.0]], requires_grad=True)
+    t = torch.tensor([teacher_row], requires_grad=True)  # gradients to the teacher must stay finite too
+    loss = losses.kd_loss(s, t, 2.0)
+    loss.backward()
+    assert math.isfinite(loss.item())
+    assert torch.isfinite(s.grad).all() and torch.isfinite(t.grad).all()
+    # the limit: a very negative finite logit gives the same loss
+    finite = torch.tensor([teacher_row]).nan_to_num(neginf=-1e4)
+    assert loss.item() == pytest.approx(losses.kd_loss(s.detach(), finite, 2.0).item(), abs=1e-6)
+    # and the masked-LM loss, which goes through kd_loss, is finite as well
+    mlm = losses.mlm_kd_loss(s.detach()[None], torch.tensor([teacher_row])[None], torch.ones(1, 1, dtype=torch.bool))
+    assert math.isfinite(mlm.item())
+
+
+@pytest.mark.parametrize("T", [0.0, -1.0, math.nan, math.inf, -math.inf])
+def test_kd_rejects_a_temperature_that_is_not_finite_and_positive(T):
+    s = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match=rf"temperature={T}.*finite temperature > 0"):
+        losses.kd_loss(s, s, T)

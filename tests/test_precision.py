@@ -98,3 +98,25 @@ def test_keep_freed_memory_is_in_effect_after_a_cpu_run(tmp_path, tiny_teacher, 
     glibc = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
     assert precision.keep_freed_memory() is glibc
     assert precision.keep_freed_memory() is glibc  # applied once, the same answer after
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])  # no CUDA needed: the name is checked before the device
+@pytest.mark.parametrize("name, suggestion", [("fp8", None), ("bf-16", "bf16"), ("BF16", "bf16"), ("half", "fp16"),
+                                              ("FP32", "fp32"), ("", None), (None, None), ("float64", None)])
+def test_unknown_precision_is_refused_with_the_accepted_values(name, suggestion, device):
+    with pytest.raises(ValueError) as info:
+        precision.amp_dtype(name, torch.device(device))
+    message = str(info.value)
+    assert f"precision={name!r}" in message and "use one of 'fp32', 'bf16', 'fp16', 'auto'" in message
+    assert (f"did you mean {suggestion!r}" in message) if suggestion else "did you mean" not in message
+
+
+def test_every_accepted_precision_still_works_on_cpu(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: True)
+    monkeypatch.setenv("DISTILL_NB_CPU_AUTO", "fp32")
+    assert precision.amp_dtype("fp32", cpu) is None
+    assert precision.amp_dtype("bf16", cpu) is torch.bfloat16
+    assert precision.amp_dtype("auto", cpu) is None
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        precision.amp_dtype("fp16", cpu)

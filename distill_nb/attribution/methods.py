@@ -8,7 +8,8 @@ length-sorted batch. Scores are in units of the target class *logit*.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -121,15 +122,82 @@ def check_method(method: str) -> str:
     return method
 
 
-def check_targets(target: int | Sequence[int | None] | None, n: int) -> list[int | None]:
+def _class_index(value: Any) -> int | None:
+    """``value`` as a class index when it is an integer (Python, numpy or a 0-d integer tensor), else None."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]  # a 0-d array -> its numpy scalar
+    if isinstance(value, (bool, np.bool_)):
+        return None  # bool is an int subclass, but True/False is no class index
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.dtype.is_floating_point \
+            and not value.dtype.is_complex and value.dtype != torch.bool:
+        return int(value.item())
+    return None
+
+
+def check_targets(target: Any, n: int) -> list[int | None]:
+    """``target`` as one class index (or None) per text.
+
+    Accepts None (each model's prediction), one integer (Python, numpy or a 0-d integer tensor) for every
+    text, or a sequence (list, array, tensor, pandas Series) of ``n`` such integers/None. Floats, strings
+    and bools are refused (a float was truncated and a string iterated by characters before).
+    """
+    hint = "give one int class index (e.g. target=1), a list with one int (or None) per text, or None"
     if target is None:
         return [None] * n
-    if isinstance(target, (int, np.integer)):
-        return [int(target)] * n
-    target = [None if t is None else int(t) for t in target]
-    if len(target) != n:
-        raise ValueError(f"target has {len(target)} entries for {n} texts: give one int, one per text, or None")
-    return target
+    single = _class_index(target)
+    if single is not None:
+        return [single] * n
+    if isinstance(target, (str, bytes, Mapping, AbstractSet)) or not isinstance(target, Iterable) \
+            or getattr(target, "ndim", 1) == 0:  # a 0-d array/tensor that is not an int, e.g. tensor(1.)
+        raise ValueError(f"target={target!r} ({type(target).__name__}) is not a class index: {hint}")
+    out: list[int | None] = []
+    for i, t in enumerate(target):
+        index = None if t is None else _class_index(t)
+        if t is not None and index is None:
+            raise ValueError(f"target[{i}]={t!r} ({type(t).__name__}) is not a class index: {hint}")
+        out.append(index)
+    if len(out) != n:
+        raise ValueError(f"target has {len(out)} entries for {n} texts: give one int, one per text, or None")
+    return out
+
+
+def model_positions(model: Any) -> int | None:
+    """Tokens ``model`` can read: ``config.max_position_embeddings`` (2 fewer for families whose position ids
+    start after the padding id, e.g. RoBERTa); None when the model has no such config."""
+    from ..families import POSITION_OFFSET_FAMILIES
+
+    config = getattr(model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, (int, np.integer)) or isinstance(positions, bool):
+        return None
+    offset = 2 if getattr(config, "model_type", None) in POSITION_OFFSET_FAMILIES else 0
+    return int(positions) - offset
+
+
+def check_max_length(max_length: Any, *models: Any) -> None:
+    """Raise a ValueError unless ``max_length`` is an int from ``MIN_MAX_LENGTH`` up to what every model reads.
+
+    Below ``MIN_MAX_LENGTH`` the tokenizer keeps [CLS] and [SEP] and next to no text (or ignores truncation
+    altogether when max_length is below the number of special tokens); above the model's positions the
+    forward pass fails deep inside the model.
+    """
+    from ..config import MIN_MAX_LENGTH
+
+    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
+        raise ValueError(  # noqa: TRY004 - a ValueError like check_positive's for every bad max_length
+            f"max_length={max_length!r} ({type(max_length).__name__}) is not a number of tokens: "
+            f"give an int >= {MIN_MAX_LENGTH}, e.g. max_length=128")
+    if max_length < MIN_MAX_LENGTH:
+        raise ValueError(f"max_length={max_length} is too short: [CLS] and [SEP] take 2 of the tokens (and below "
+                         f"the special-token count the tokenizer does not truncate at all); use max_length >= "
+                         f"{MIN_MAX_LENGTH} (64-128 is usual for sentences)")
+    for model in models:
+        limit = model_positions(model)
+        if limit is not None and max_length > limit:
+            raise ValueError(f"max_length={max_length} is longer than {type(model).__name__} can read ({limit} "
+                             f"positions in its config): use max_length <= {limit}; longer texts are truncated")
 
 
 def check_positive(**values: int | None) -> None:
@@ -358,7 +426,8 @@ def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: st
         internal_batch_size: sequences per forward/backward pass inside captum.
         batch_size: texts per captum call.
         device: move the model there first; default: leave it where it is and use its device.
-        max_length: tokens kept per text (truncation).
+        max_length: tokens kept per text (truncation); from ``MIN_MAX_LENGTH`` (8) up to the model's
+            ``config.max_position_embeddings``.
         precision: "fp32" (default: the completeness delta stays small), "bf16", or "auto" (bf16 where
             :mod:`distill_nb.precision` picks it for training on this device); scores are returned in fp32.
 
@@ -366,12 +435,13 @@ def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: st
         N ``Attribution`` in the order of ``texts``.
 
     Raises:
-        ValueError: empty texts, unknown method, bad target, non-fast tokenizer.
+        ValueError: empty texts, unknown method, bad target (not an int class index), max_length too short
+            or beyond the model's positions, unknown precision, non-fast tokenizer.
     """
     texts = check_texts(texts)
     check_method(method)
-    check_positive(n_steps=n_steps, internal_batch_size=internal_batch_size, batch_size=batch_size,
-                   max_length=max_length)
+    check_positive(n_steps=n_steps, internal_batch_size=internal_batch_size, batch_size=batch_size)
+    check_max_length(max_length, model)
     targets = check_targets(target, len(texts))
     items = encode(tokenizer, texts, max_length)
     pad = pad_id(tokenizer)

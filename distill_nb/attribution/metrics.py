@@ -74,38 +74,51 @@ def _l1_normalised(x: np.ndarray) -> np.ndarray:
 
 
 def top_indices(scores: np.ndarray, k: int) -> set[int]:
-    """Indices of the ``k`` largest (most target-supporting) scores."""
-    return set(np.argsort(-scores, kind="stable")[:k].tolist())
+    """Indices of the ``k`` largest (most target-supporting) scores.
+
+    Ties are broken by position, so for a constant vector (all-zero, a single unit) this is only the first
+    ``k`` units: :func:`agreement` gives NaN for such a vector instead of comparing tie orders.
+    """
+    return set(np.argsort(-np.asarray(scores), kind="stable")[:k].tolist())
 
 
 def agreement(t: np.ndarray, s: np.ndarray, top_k: int) -> dict[str, float]:
     """Agreement between two aligned score vectors (U,).
 
+    A metric is NaN where it would not measure agreement (so means over examples, which skip NaN, are not
+    inflated by it); identical vectors always count as perfect agreement (1.0, l1_distance 0.0).
+
     Returns:
-        spearman, kendall (NaN when fewer than 2 units or a constant vector), topk_jaccard (of the
-        ``top_k`` highest scores), sign_agreement (fraction of units with the same sign), l1_distance
-        (between L1-normalised vectors, in [0, 2]).
+        spearman, kendall and topk_jaccard (of the ``top_k`` highest scores): NaN with fewer than 2 units or
+        when either vector is constant, e.g. an all-zero (collapsed) student, whose "top k" would be its
+        tie order; sign_agreement (fraction of units with the same sign): NaN with no units or when either
+        vector is all zero (it has no signs); l1_distance (between L1-normalised vectors, in [0, 2]): NaN
+        with no units.
     """
     from scipy import stats
 
+    t, s = np.asarray(t, dtype=float), np.asarray(s, dtype=float)
     n = len(t)
-    rho = tau = math.nan
-    if n >= 2 and np.ptp(t) > 0 and np.ptp(s) > 0:
+    same = n >= 1 and np.array_equal(t, s)
+    ranked = n >= 2 and np.ptp(t) > 0 and np.ptp(s) > 0
+    rho = tau = jaccard = sign = l1 = math.nan
+    if ranked:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rho = float(stats.spearmanr(t, s).statistic)
             tau = float(stats.kendalltau(t, s).statistic)
-    elif n >= 1 and np.array_equal(t, s):
-        rho = tau = 1.0
-    k = min(top_k, n)
-    a, b = top_indices(t, k), top_indices(s, k)
-    return {
-        "spearman": rho,
-        "kendall": tau,
-        "topk_jaccard": len(a & b) / len(a | b) if a | b else math.nan,
-        "sign_agreement": float(np.mean(np.sign(t) == np.sign(s))) if n else math.nan,
-        "l1_distance": float(np.abs(_l1_normalised(t) - _l1_normalised(s)).sum()),
-    }
+        k = min(top_k, n)
+        a, b = top_indices(t, k), top_indices(s, k)
+        jaccard = len(a & b) / len(a | b)
+    elif same:
+        rho = tau = jaccard = 1.0
+    if same:
+        sign, l1 = 1.0, 0.0
+    elif n:
+        if np.any(t != 0) and np.any(s != 0):
+            sign = float(np.mean(np.sign(t) == np.sign(s)))
+        l1 = float(np.abs(_l1_normalised(t) - _l1_normalised(s)).sum())
+    return {"spearman": rho, "kendall": tau, "topk_jaccard": jaccard, "sign_agreement": sign, "l1_distance": l1}
 
 
 # --------------------------------------------------------------------------- faithfulness
