@@ -25,26 +25,51 @@ def to_png(fig: Any, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
+def _value(record: Any, key: str) -> float:
+    """``record[key]`` as a float for plotting; NaN (a gap in the line) when it is missing, None ("not
+    measured"), not a finite number (a string, a bool, NaN/inf) or an int too large for a float."""
+    from .safeio import number
+
+    value = number(record.get(key)) if isinstance(record, dict) else None
+    return float("nan") if value is None else value
+
+
 def run_figure(records: Sequence[dict[str, Any]], title: str = "") -> Any:
-    """Training loss (and its KD / CE parts) and eval accuracy vs step, from ``Run.metrics()`` records."""
+    """Training loss (and its KD / CE parts) and eval accuracy vs step, from ``Run.metrics()`` records.
+
+    Any number of a record may be missing, None (not measured) or not a number: it is drawn as a gap, never
+    an error. Records without a numeric ``step`` cannot be placed and are left out; the teacher's line is the
+    latest measured ``teacher_accuracy`` (none when no eval measured it).
+    """
+    import math
+
     fig = _figure(9.0, 3.2)
     ax_loss, ax_acc = fig.subplots(1, 2)
-    train = [r for r in records if r.get("split") == "train"]
-    evals = [r for r in records if r.get("split") == "eval"]
-    steps = [r["step"] for r in train]
+    placed = [r for r in records if isinstance(r, dict) and math.isfinite(_value(r, "step"))]
+    train = [r for r in placed if r.get("split") == "train"]
+    evals = [r for r in placed if r.get("split") == "eval"]
+    steps = [_value(r, "step") for r in train]
+    drawn = False
     for key, style in (("loss", "-"), ("kd", "--"), ("ce", ":")):
-        ys = [r.get(key) for r in train]
-        if any(y is not None for y in ys):
-            ax_loss.plot(steps, [float("nan") if y is None else y for y in ys], style, label=key)
+        ys = [_value(r, key) for r in train]
+        if any(math.isfinite(y) for y in ys):
+            ax_loss.plot(steps, ys, style, label=key)
+            drawn = True
     ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
-    if train:
+    if drawn:
         ax_loss.legend()
     if evals:
-        es = [r["step"] for r in evals]
-        ax_acc.plot(es, [r["accuracy"] for r in evals], "o-", label="student accuracy")
-        ax_acc.plot(es, [r["agreement"] for r in evals], "s--", label="agreement with teacher")
-        ax_acc.axhline(evals[-1]["teacher_accuracy"], color="tab:red", ls=":", label="teacher accuracy")
-        ax_acc.legend(loc="lower right")
+        es = [_value(r, "step") for r in evals]
+        for key, style, label in (("accuracy", "o-", "student accuracy"),
+                                  ("agreement", "s--", "agreement with teacher")):
+            ys = [_value(r, key) for r in evals]
+            if any(math.isfinite(y) for y in ys):
+                ax_acc.plot(es, ys, style, label=label)
+        teacher = [y for y in (_value(r, "teacher_accuracy") for r in evals) if math.isfinite(y)]
+        if teacher:
+            ax_acc.axhline(teacher[-1], color="tab:red", ls=":", label="teacher accuracy")
+        if ax_acc.get_legend_handles_labels()[0]:
+            ax_acc.legend(loc="lower right")
     ax_acc.set(xlabel="step", ylabel="accuracy", title="evaluation", ylim=(0, 1.02))
     if title:
         fig.suptitle(title)

@@ -193,18 +193,20 @@ def thin(xs: list[float], ys: list[float], n: int = MAX_POINTS) -> tuple[list[fl
 
 
 def fmt_number(value: Any, pattern: str) -> str:
-    return pattern.format(float(value)) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+    """``value`` formatted with ``pattern``; "-" when it is missing, None, NaN/inf, a bool, a string or an int
+    too large for a float (a record's "not measured")."""
+    value = number(value)
+    return "-" if value is None else pattern.format(value)
 
 
 def elapsed_s(status: dict[str, Any]) -> float | None:
     """Seconds since the run was created, up to when it finished (None when the status has no times)."""
-    start = status.get("created_at")
-    if not isinstance(start, (int, float)):
+    start = number(status.get("created_at"))
+    if start is None:
         return None
-    end = status.get("finished_at") if status.get("state") not in ("queued", "running") else None
-    end = end if isinstance(end, (int, float)) else (status.get("updated_at") if status.get("state") not in (
-        "queued", "running") else time.time())
-    return max(0.0, float(end or time.time()) - float(start))
+    done = status.get("state") not in ("queued", "running")
+    end = (number(status.get("finished_at")) or number(status.get("updated_at"))) if done else None
+    return max(0.0, (end or time.time()) - start)
 
 
 Series = tuple  # (name, xs, ys, colour) or (name, xs, ys, colour, dashed)

@@ -12,11 +12,17 @@ from typing import Any
 import ipywidgets as W
 import traitlets as T
 
+from .. import config as config_module
 from ..config import DistillConfig
 from ._util import Panel, buttons_say, esc, guarded, note_html
 from .datafile import data_columns, guess_label_column, guess_text_column
 
 BACKENDS = ["auto", "subprocess", "kernel"]
+# the widgets' ranges: what DistillConfig.validate accepts (a set config outside them widens them, see _fit)
+MAX_EPOCHS = getattr(config_module, "MAX_EPOCHS", 10_000)
+MIN_MAX_LENGTH = getattr(config_module, "MIN_MAX_LENGTH", 8)
+MAX_COUNT = 2**53 - 1  # the largest integer a browser's number holds exactly (larger set values widen the box)
+MAX_WEIGHT = 1e6  # loss weights have no upper bound in DistillConfig; larger set values widen the box
 HAS_LABEL_NAMES = "label_names" in {f.name for f in dataclasses.fields(DistillConfig)}  # newer configs
 
 
@@ -56,28 +62,31 @@ class Launcher(Panel):
             "objective": W.Dropdown(options=[("classification (task)", "classification"),
                                              ("masked LM (task-agnostic)", "mlm")], value=c.objective,
                                     description="objective", style=s, layout=lay),
-            "alpha_kd": W.BoundedFloatText(c.alpha_kd, min=0, max=100, step=0.1, description="α KD (soft)",
+            "alpha_kd": W.BoundedFloatText(c.alpha_kd, min=0, max=MAX_WEIGHT, step=0.1, description="α KD (soft)",
                                            style=s, layout=lay),
-            "alpha_ce": W.BoundedFloatText(c.alpha_ce, min=0, max=100, step=0.1, description="α CE (gold)",
+            "alpha_ce": W.BoundedFloatText(c.alpha_ce, min=0, max=MAX_WEIGHT, step=0.1, description="α CE (gold)",
                                            style=s, layout=lay),
-            "alpha_hidden": W.BoundedFloatText(c.alpha_hidden, min=0, max=100, step=0.1, description="α hidden",
+            "alpha_hidden": W.BoundedFloatText(c.alpha_hidden, min=0, max=MAX_WEIGHT, step=0.1,
+                                               description="α hidden",
                                                style=s, layout=lay),
-            "alpha_attn": W.BoundedFloatText(c.alpha_attn, min=0, max=100, step=0.1, description="α attention",
+            "alpha_attn": W.BoundedFloatText(c.alpha_attn, min=0, max=MAX_WEIGHT, step=0.1,
+                                               description="α attention",
                                              style=s, layout=lay),
-            "alpha_attr": W.BoundedFloatText(c.alpha_attr, min=0, max=100, step=0.1, description="α attribution",
+            "alpha_attr": W.BoundedFloatText(c.alpha_attr, min=0, max=MAX_WEIGHT, step=0.1,
+                                               description="α attribution",
                                              style=s, layout=lay),
             "temperature": W.FloatSlider(c.temperature, min=0.5, max=10, step=0.5, description="temperature T",
                                          style=s, layout=lay),
             "learning_rate": W.FloatLogSlider(c.learning_rate, base=10, min=-6, max=-2, step=0.1,
                                               readout_format=".1e", description="learning rate", style=s,
                                               layout=lay),
-            "max_steps": W.BoundedIntText(c.max_steps or 0, min=0, max=10**7, description="steps (0: epochs)",
+            "max_steps": W.BoundedIntText(c.max_steps or 0, min=0, max=MAX_COUNT, description="steps (0: epochs)",
                                           style=s, layout=lay),
-            "epochs": W.BoundedFloatText(c.epochs, min=0.01, max=1000, step=0.5, description="epochs", style=s,
+            "epochs": W.BoundedFloatText(c.epochs, min=0, max=MAX_EPOCHS, step=0.5, description="epochs", style=s,
                                          layout=lay),
             "batch_size": W.Dropdown(options=sorted({8, 16, 32, 64, 128, c.batch_size}), value=c.batch_size,
                                      description="batch size", style=s, layout=lay),
-            "eval_every": W.BoundedIntText(c.eval_every, min=1, max=10**7, description="eval every", style=s,
+            "eval_every": W.BoundedIntText(c.eval_every, min=1, max=MAX_COUNT, description="eval every", style=s,
                                            layout=lay),
             "dataset": W.Text(c.dataset, description="dataset", style=s, layout=lay, continuous_update=False),
             "text_column": W.TagsInput(value=_as_list(c.text_column), allowed_tags=[], allow_duplicates=False,
@@ -88,16 +97,16 @@ class Launcher(Panel):
                                       description="train split", style=s, layout=lay),
             "eval_split": W.Combobox(value=c.eval_split, options=[], ensure_option=False, description="eval split",
                                      style=s, layout=lay),
-            "teacher_prep_steps": W.BoundedIntText(c.teacher_prep_steps, min=0, max=10**6,
+            "teacher_prep_steps": W.BoundedIntText(c.teacher_prep_steps, min=0, max=MAX_COUNT,
                                                    description="teacher prep", style=s, layout=lay,
                                                    tooltip="steps to fine-tune a bare-encoder teacher on this task "
                                                    "before distilling (teacher_prep_steps)"),
-            "max_train_examples": W.BoundedIntText(c.max_train_examples or 0, min=0, max=10**9,
+            "max_train_examples": W.BoundedIntText(c.max_train_examples or 0, min=0, max=MAX_COUNT,
                                                    description="train cap (0: all)", style=s, layout=lay),
-            "max_eval_examples": W.BoundedIntText(c.max_eval_examples or 0, min=0, max=10**9,
+            "max_eval_examples": W.BoundedIntText(c.max_eval_examples or 0, min=0, max=MAX_COUNT,
                                                   description="eval cap (0: all)", style=s, layout=lay),
-            "max_length": W.BoundedIntText(c.max_length, min=8, max=4096, description="max tokens", style=s,
-                                           layout=lay),
+            "max_length": W.BoundedIntText(c.max_length, min=MIN_MAX_LENGTH, max=MAX_COUNT, description="max tokens",
+                                           style=s, layout=lay),
             "device": W.Dropdown(options=sorted({"auto", "cpu", "cuda", c.device}), value=c.device,
                                  description="device", style=s, layout=lay),
         }
@@ -106,6 +115,9 @@ class Launcher(Panel):
                                                 placeholder="e.g. negative, positive (empty: from the data)",
                                                 description="label names", style=s, layout=lay,
                                                 continuous_update=False)
+        self._loading = False
+        self._given: dict[str, tuple[Any, Any]] = {}  # field: (value its widget was given, the config's value)
+        self._show(c)  # c's values as given: a widget's range is widened, never c's value clamped into it
         self.columns_note = W.HTML()
         self.estimate = W.HTML()
         self.estimate_button = W.Button(description="Estimate time", icon="clock-o", layout=W.Layout(width="170px"),
@@ -167,20 +179,28 @@ class Launcher(Panel):
     # --- the config ----------------------------------------------------------------------------------------
     def build_config(self) -> DistillConfig:
         """The DistillConfig Start would run now: base config + teacher + student design + these fields."""
-        values: dict[str, Any] = {k: w.value for k, w in self.fields.items()}
-        for key in ("max_steps", "max_train_examples", "max_eval_examples"):
-            values[key] = values[key] or None  # 0 in the box means "none"
-        for key in ("dataset", "label_column", "train_split", "eval_split"):
-            values[key] = values[key].strip()
-        values["learning_rate"] = round_lr(values["learning_rate"])
-        texts = [t.strip() for t in values["text_column"] if t.strip()]
-        if not texts:
-            raise ValueError("no text column: pick the column that holds the text (the data's columns are listed "
-                             "under the data fields).")
-        values["text_column"] = texts[0] if len(texts) == 1 else texts  # a list needs a config that takes one
-        if "label_names" in values:
-            names = [n.strip() for n in values["label_names"].split(",") if n.strip()]
-            values["label_names"] = names or None
+        values: dict[str, Any] = {}
+        for key, w in self.fields.items():
+            given = self._given.get(key)
+            if given is not None and _same(w.value, given[0]):
+                values[key] = given[1]  # still showing the set config's value: exactly it (no rounding, no strip)
+                continue
+            values[key] = w.value
+            if key in ("max_steps", "max_train_examples", "max_eval_examples"):
+                values[key] = values[key] or None  # 0 in the box means "none"
+            elif key in ("dataset", "label_column", "train_split", "eval_split"):
+                values[key] = values[key].strip()
+            elif key == "learning_rate":
+                values[key] = round_lr(values[key])
+            elif key == "text_column":
+                texts = [t.strip() for t in values[key] if t.strip()]
+                if not texts:
+                    raise ValueError("no text column: pick the column that holds the text (the data's columns are "
+                                     "listed under the data fields).")
+                values[key] = texts[0] if len(texts) == 1 else texts  # a list needs a config that takes one
+            elif key == "label_names":
+                names = [n.strip() for n in values[key].split(",") if n.strip()]
+                values[key] = names or None
         if self.picker is not None:
             values["teacher"] = self.picker.teacher
         if self.designer is not None and self.designer.estimates:
@@ -189,29 +209,54 @@ class Launcher(Panel):
 
     @guarded
     def _changed(self, change: Any) -> None:
+        if self._loading:
+            return  # set_config: the config is built once, when every field shows it
         config = self.build_config()
         self.config_json = config.to_json()
         self.preview.value = self.config_json
         self.show_estimate(config)
 
     def set_config(self, config: DistillConfig) -> None:
-        """Show ``config`` in every field (e.g. the config of a run the app re-attached to)."""
-        self.config = config
-        for key, w in self.fields.items():
-            value = getattr(config, key, None)
-            if key == "text_column":
-                value = _as_list(value)
-            elif key == "label_names":
-                value = ", ".join(value or [])
-            elif key in ("max_steps", "max_train_examples", "max_eval_examples"):
-                value = value or 0
-            elif key == "batch_size" and value not in w.options:
-                w.options = sorted({*w.options, value})
-            elif key == "device" and value not in w.options:
-                w.options = sorted({*w.options, value})
-            if value is not None and w.value != value:
-                w.value = value
+        """Show ``config`` in every field (e.g. the config of a run the app re-attached to).
+
+        Every value is kept as given: a widget whose range does not hold it is widened, and ``build_config()``
+        returns ``config`` again until a field is changed.
+        """
+        self._loading = True
+        try:
+            self._show(config)
+            self._dataset_changed(None)  # the file's columns and splits (the config's own ones are kept)
+        finally:
+            self._loading = False
         self._changed(None)
+
+    def _show(self, config: DistillConfig) -> None:
+        """Put ``config``'s values into the fields, as given, and remember them (see ``build_config``)."""
+        self.config = config
+        loading, self._loading = self._loading, True
+        try:
+            for key, w in self.fields.items():
+                value = getattr(config, key, None)
+                if key == "text_column":
+                    value = _as_list(value)
+                    missing = [t for t in value if w.allowed_tags and t not in w.allowed_tags]
+                    if missing:  # not a column of the current file: shown as given (the estimate names it)
+                        w.allowed_tags = [*w.allowed_tags, *missing]
+                elif key == "label_names":
+                    value = ", ".join(value or [])
+                elif key in ("max_steps", "max_train_examples", "max_eval_examples"):
+                    value = value or 0
+                elif key in ("batch_size", "device") and value not in w.options:
+                    w.options = sorted({*w.options, value})
+                if value is None:
+                    continue
+                _fit(w, value)
+                if not _same(w.value, value):
+                    w.value = value
+            self._given = {key: (w.value, getattr(config, key, None)) for key, w in self.fields.items()
+                           if hasattr(config, key)}
+        finally:
+            self._loading = loading
 
     # --- data columns -----------------------------------------------------------------------------------------
     @guarded
@@ -226,7 +271,7 @@ class Launcher(Panel):
             self.fields[key].options = splits
         for w in (text, label, self.fields["train_split"], self.fields["eval_split"]):
             w.disabled = fixed
-        if columns and not fixed:
+        if columns and not fixed and not self._loading:  # set_config keeps the config's columns as given
             if not [t for t in text.value if t in columns]:
                 guess = guess_text_column(columns)
                 text.value = [guess] if guess else []
@@ -362,6 +407,36 @@ class Launcher(Panel):
         except Exception as e:  # noqa: BLE001 - the repr must never raise
             summary = f"invalid config: {e}"
         return f"Launcher(run_id={self.run_id!r}, backend={self.backend!r}, config={summary})"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether a widget's value equals a value it was given (lists and tuples alike)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
+
+
+def _fit(w: W.Widget, value: Any) -> None:
+    """Widen ``w``'s range (min/max) so that it holds ``value`` as given instead of clamping it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not hasattr(w, "max"):
+        return
+    if isinstance(w, W.FloatLogSlider):  # min/max are exponents of base
+        if not (value > 0 and math.isfinite(value)):
+            return
+        low = high = math.log(value, w.base)
+        if low < w.min:
+            w.min = math.floor(low)
+            while w.base ** w.min > value:
+                w.min -= 1
+        if high > w.max:
+            w.max = math.ceil(high)
+            while w.base ** w.max < value:
+                w.max += 1
+        return
+    w.min = min(w.min, value)
+    w.max = max(w.max, value)
 
 
 def _as_list(value: Any) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 import ipywidgets as W
 import traitlets as T
 
+from ..safeio import number
 from ._util import (
     Panel,
     buttons_say,
@@ -145,7 +146,7 @@ class RunMonitor(Panel):
         with self.hold_trait_notifications():
             self.state, self.step, self.total_steps, self.phase, self.progress_line = "", 0, 0, "", ""
             self.eta_s = self.examples_per_s = self.accuracy = self.teacher_accuracy = nan
-            self.retention = self.agreement = nan
+            self.retention = self.agreement = self.reason_spearman = nan
             self.run_error, self.eval_examples, self.polls = "", 0, 0
         self.progress.value, self.progress.max = 0, 1
         self.progress.bar_style = "info"
@@ -183,8 +184,8 @@ class RunMonitor(Panel):
                       and r.get("last_eval")]
         except Exception:  # noqa: BLE001 - the overlay is optional; a bad runs folder never breaks watching
             others = []
-        options = [("no earlier run", "")] + [(f"{r['run_id']} (acc {float(r['last_eval'].get('accuracy') or 0):.3f})",
-                                              r["run_id"]) for r in others[:30]]
+        options = [("no earlier run", "")] + [(f"{r['run_id']} (acc {_acc_text(r['last_eval'])})", r["run_id"])
+                                              for r in others[:30] if isinstance(r.get("run_id"), str)]
         self.overlay_dropdown.options = options
         self.overlay_dropdown.value = ""
         self.overlay = ""
@@ -197,7 +198,8 @@ class RunMonitor(Panel):
 
                 try:
                     self._overlay_evals = [m for m in read_metrics(self.run.path.parent / change["new"])
-                                           if m.get("split") == "eval" and m.get("accuracy") is not None]
+                                           if isinstance(m, dict) and m.get("split") == "eval"
+                                           and _num(m, "step") is not None and _num(m, "accuracy") is not None]
                 except Exception as exc:  # noqa: BLE001
                     self.show_error(exc)
         if self.run is not None:
@@ -224,24 +226,27 @@ class RunMonitor(Panel):
         new = self.run.metrics(since=self._since)
         fresh = 0
         for rec in new:
-            key = (int(rec.get("step", 0)), str(rec.get("split")))
+            rec_step = _num(rec, "step")
+            if rec_step is None:  # no step: the record cannot be placed on a curve (nor told apart from others)
+                continue
+            key = (int(rec_step), str(rec.get("split")))
             if key in self._seen:
                 continue
             self._seen.add(key)
             fresh += 1
             if rec.get("split") == "train":
                 for k in self._train:
-                    self._train[k].append(float(rec.get(k, float("nan"))))
-                if rec.get("examples_per_s") is not None:
-                    self.examples_per_s = float(rec["examples_per_s"])
+                    self._train[k].append(_nan(rec, k))
+                if _num(rec, "examples_per_s") is not None:
+                    self.examples_per_s = _num(rec, "examples_per_s")
             elif rec.get("split") == "eval":
                 self._eval.append(rec)
         if self._seen:
             # records of the newest step may still be coming (train first, then eval): re-read that step
             self._since = max(s for s, _ in self._seen) - 1
         state = str(status.get("state", ""))
-        total = int(status.get("total_steps") or 0)
-        step = int(status.get("step") or 0)
+        total = max(0, int(_num(status, "total_steps") or 0))
+        step = max(0, int(_num(status, "step") or 0))
         if self._train["step"]:
             step = max(step, int(self._train["step"][-1]))
         text, value, top = run_progress({**status, "step": step})
@@ -250,17 +255,18 @@ class RunMonitor(Panel):
             self.phase = str(status.get("phase") or "")
             self.progress_line = text
             self._bar = (value, top)
-            eta = status.get("eta_s")
-            self.eta_s = float(eta) if eta is not None and state == "running" else float("nan")
+            eta = _num(status, "eta_s")
+            self.eta_s = eta if eta is not None and state == "running" else float("nan")
             if self._eval:
                 last = self._eval[-1]
                 for k in ("accuracy", "teacher_accuracy", "retention", "agreement", "reason_spearman"):
-                    if last.get(k) is not None:
-                        setattr(self, k, float(last[k]))
-                if isinstance(last.get("eval_examples"), int):
-                    self.eval_examples = last["eval_examples"]
-            elif status.get("teacher_accuracy") is not None:
-                self.teacher_accuracy = float(status["teacher_accuracy"])
+                    if _num(last, k) is not None:  # None / not a number: not measured, the last value stays
+                        setattr(self, k, _num(last, k))
+                size = _num(last, "eval_examples")
+                if size is not None and size >= 1 and size.is_integer():
+                    self.eval_examples = int(size)
+            elif _num(status, "teacher_accuracy") is not None:
+                self.teacher_accuracy = _num(status, "teacher_accuracy")
             self.run_error = str(status.get("error") or "") if state in ("failed", "unreadable") else ""
             self.polls += 1
         self._render(status, charts=bool(fresh) or self.polls == 1)
@@ -299,13 +305,13 @@ class RunMonitor(Panel):
                 e = self._eval[-1]
                 n = f" on {self.eval_examples} eval examples" if self.eval_examples else ""
                 self.last_eval.value = table_html([
-                    ("last eval (step)", e.get("step")),
+                    ("last eval (step)", fmt_number(e.get("step"), "{:.0f}")),
                     (f"student accuracy{n}", fmt_number(e.get("accuracy"), "{:.4f}")),
                     (f"teacher accuracy{n}", fmt_number(e.get("teacher_accuracy"), "{:.4f}")),
                     ("retention (student / teacher)", fmt_number(e.get("retention"), "{:.1%}")),
                     ("agreement with teacher", fmt_number(e.get("agreement"), "{:.1%}"))]
                     + ([("reason agreement (Spearman, probe)", fmt_number(e.get("reason_spearman"), "{:.3f}"))]
-                       if e.get("reason_spearman") is not None else []))
+                       if _num(e, "reason_spearman") is not None else []))
         self.run_error_box.value = error_html(("the run's files cannot be read: " if self.state == "unreadable" else "the run failed: ")
                                     + buttons_say(self.run_error)) if self.run_error else ""
         tb = status.get("traceback") if self.state == "failed" else None
@@ -324,25 +330,24 @@ class RunMonitor(Panel):
         return svg_chart(series, title=title)
 
     def accuracy_svg(self) -> str:
-        xs = [float(e["step"]) for e in self._eval]
-        series = [("student acc", xs, [float(e.get("accuracy", float("nan"))) for e in self._eval], "#2a7ae2"),
-                  ("agreement", xs, [float(e.get("agreement", float("nan"))) for e in self._eval], "#8e44ad")]
+        xs = [_nan(e, "step") for e in self._eval]
+        series = [("student acc", xs, [_nan(e, "accuracy") for e in self._eval], "#2a7ae2"),
+                  ("agreement", xs, [_nan(e, "agreement") for e in self._eval], "#8e44ad")]
         hl = [(self.teacher_accuracy, "teacher", "#c0392b")] if math.isfinite(self.teacher_accuracy) else []
         if not xs:
             series = []
         if self._overlay_evals:
-            series.append((f"{self.overlay} acc", [float(e["step"]) for e in self._overlay_evals],
-                           [float(e["accuracy"]) for e in self._overlay_evals], "#7f8c8d", True))
+            series.append((f"{self.overlay} acc", [_nan(e, "step") for e in self._overlay_evals],
+                           [_nan(e, "accuracy") for e in self._overlay_evals], "#7f8c8d", True))
         n = f" ({self.eval_examples} examples)" if self.eval_examples else ""
         return svg_chart(series, title=f"eval accuracy{n}", y_range=(0.0, 1.0), hlines=hl)
 
     def reason_svg(self) -> str:
         """Reason agreement per eval: mean Spearman, top-k overlap and sign agreement of the student's token
         attributions with the teacher's on the probe set (``reason_*`` keys; absent when tracking is off)."""
-        tracked = [e for e in self._eval if any(e.get(k) is not None for k in ("reason_spearman", "reason_topk"))]
-        xs = [float(e["step"]) for e in tracked]
-        value = lambda e, k: float("nan") if e.get(k) is None else float(e[k])  # None: no example had a value
-        series = [(label, xs, [value(e, key) for e in tracked], colour) for label, key, colour in
+        tracked = [e for e in self._eval if any(_num(e, k) is not None for k in ("reason_spearman", "reason_topk"))]
+        xs = [_nan(e, "step") for e in tracked]
+        series = [(label, xs, [_nan(e, key) for e in tracked], colour) for label, key, colour in
                   (("Spearman", "reason_spearman", "#16a085"), ("top-k overlap", "reason_topk", "#d35400"),
                    ("sign", "reason_sign", "#7f8c8d"))] if xs else []
         low = min([0.0] + [y for _, _, ys, _ in series for y in ys if math.isfinite(y)])
@@ -432,6 +437,23 @@ class RunMonitor(Panel):
         err = f", error: {self.run_error}" if self.run_error else ""
         return (f"RunMonitor({self.run_id!r}: {self.state}, step {self.step}/{self.total_steps}, "
                 f"ETA {fmt_eta(self.eta_s)}{acc}{err})")
+
+
+def _num(record: Any, key: str) -> float | None:
+    """``record[key]`` as a finite float; None when it is missing, None ("not measured", how NaN is stored), a
+    string, a bool, NaN/inf or an int too large for a float."""
+    return number(record.get(key)) if isinstance(record, dict) else None
+
+
+def _nan(record: Any, key: str) -> float:
+    """``record[key]`` for a curve: NaN (a gap) when it is not a finite number (see ``_num``)."""
+    value = _num(record, key)
+    return float("nan") if value is None else value
+
+
+def _acc_text(last_eval: Any) -> str:
+    value = _num(last_eval, "accuracy")
+    return "-" if value is None else f"{value:.3f}"
 
 
 __all__ = ["RunMonitor"]

@@ -9,6 +9,7 @@ can rank the advisor's best candidates and every-k by short proxy runs in a back
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,60 @@ INITS = [("every_k: copy every k-th teacher layer (DistilBERT)", "every_k"), ("r
 
 VOCABS = [("full: the teacher's vocabulary", "full"), ("task: tokens of the training texts", "task"),
           ("N most frequent tokens…", "count")]
+MIN_VOCAB = 16  # DistillConfig refuses fewer kept tokens (the specials plus some words)
+INIT_VALUES = [value for _, value in INITS]
+
+
+def _fmt_options(options: list[int]) -> str:
+    """``[1, 2, 4, 8]`` as "1, 2, 4, 8" (a long list shortened in the middle)."""
+    shown = [str(o) for o in options]
+    return ", ".join(shown if len(shown) <= 12 else shown[:5] + ["..."] + shown[-5:])
+
+
+def check_init(init: Any) -> str:
+    """``init`` if it is one of the inits the designer offers; else a ValueError naming them."""
+    if not isinstance(init, str) or init not in INIT_VALUES:
+        raise ValueError(f"init={init!r} is not an init the designer offers: use one of "
+                         f"{', '.join(repr(v) for v in INIT_VALUES)} (for a pretrained student set init='pretrained' "
+                         "and put its model id or folder in designer.pretrained).")
+    return init
+
+
+def check_vocab(vocab: Any) -> str | int:
+    """``vocab`` if it is a valid ``student_vocab`` ('full', 'task' or a number of tokens >= 16); else a
+    ValueError saying what was given and what to use."""
+    if isinstance(vocab, str) and vocab in ("full", "task"):
+        return vocab
+    if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab >= MIN_VOCAB:
+        return vocab
+    if isinstance(vocab, int) and not isinstance(vocab, bool):
+        raise ValueError(f"vocab={vocab!r} is too small: keep at least {MIN_VOCAB} tokens (the specials plus "  # noqa: TRY004
+                         "some words), or use 'full' (the teacher's vocabulary) or 'task' (the training texts' tokens).")
+    raise ValueError(f"vocab={vocab!r} is not a vocabulary choice: use 'full' (the teacher's vocabulary), 'task' "
+                     f"(the training texts' tokens) or an integer number of tokens to keep (>= {MIN_VOCAB}, e.g. "
+                     "8000).")
+
+
+def check_layers_from(layers_from: Any, n_layers: int | None = None, teacher_layers: int | None = None) -> list[int]:
+    """``layers_from`` as a list if it names distinct teacher layers in increasing order (0-based, below the
+    teacher's layer count when known, one per student layer when ``n_layers`` is given); else a ValueError."""
+    given = list(layers_from)
+    if any(not isinstance(i, int) or isinstance(i, bool) for i in given):
+        raise ValueError(f"layers_from={given!r} must hold integer teacher layer indices: use e.g. [0, 2, 4].")
+    top = f"0..{teacher_layers - 1}" if teacher_layers else "0 or more"
+    n = n_layers or len(given)
+    example = ([i * (teacher_layers // n) for i in range(n)] if teacher_layers and 0 < n <= teacher_layers
+               else sorted({abs(i) for i in given}))  # every k-th, as models.every_k_layers picks them
+    if any(i < 0 for i in given) or (teacher_layers and any(i >= teacher_layers for i in given)):
+        raise ValueError(f"layers_from={given!r} names a layer the teacher does not have: the teacher's layers are "
+                         f"{top} (0-based); use indices in that range, e.g. {example}.")
+    if any(b <= a for a, b in itertools.pairwise(given)):
+        raise ValueError(f"layers_from={given!r} is not strictly increasing: give distinct teacher layers in order, "
+                         f"e.g. {sorted(set(given))}.")
+    if n_layers is not None and given and len(given) != n_layers:
+        raise ValueError(f"layers_from={given!r} has {len(given)} entries but the student has {n_layers} layers: "
+                         "give one teacher layer per student layer (or set layers first), or [] for every k-th.")
+    return given
 
 
 def hidden_options(teacher_hidden: int) -> list[int]:
@@ -73,6 +128,7 @@ class StudentDesigner(Panel):
     task_vocab_size = T.Int(0)  # tokens the task's training texts use (0: not counted yet, see use_task)
 
     def __init__(self, teacher_config: Any = None, *, layers: int = 3, init: str = "every_k", **kwargs: Any):
+        check_init(init)  # a clear message instead of the dropdown's "Invalid selection"
         super().__init__(**kwargs)
         style = {"description_width": "90px"}
         wide = W.Layout(width="460px")
@@ -93,7 +149,7 @@ class StudentDesigner(Panel):
         self.task_source: Callable[[], tuple[Any, Any, Any]] | None = None
         self.vocab_dropdown = W.Dropdown(options=VOCABS, value="full", description="vocabulary", style=style,
                                          layout=W.Layout(width="460px"))
-        self.vocab_size = W.BoundedIntText(value=8000, min=16, max=10**7, description="tokens", style=style,
+        self.vocab_size = W.BoundedIntText(value=8000, min=MIN_VOCAB, max=10**7, description="tokens", style=style,
                                            layout=W.Layout(width="200px", display="none"))
         self.suggest_button = W.Button(description="suggest layers", icon="lightbulb-o",
                                        tooltip="measure per-layer evidence on task data and propose the layers")
@@ -112,8 +168,8 @@ class StudentDesigner(Panel):
         self._rank_stop = threading.Event()
         self.rank_button.on_click(lambda _: self.rank())
         self.rank_stop.on_click(lambda _: self._rank_stop.set())
-        self.vocab_dropdown.observe(self._vocab_changed, names=["value"])
-        self.vocab_size.observe(self._vocab_changed, names=["value"])
+        self.vocab_dropdown.observe(self._vocab_widget_changed, names=["value"])
+        self.vocab_size.observe(self._vocab_widget_changed, names=["value"])
         self.suggest_button.on_click(lambda _: self.suggest())
         self.observe(self._on_evidence, names=["vocab", "task_vocab_size", "layers_from"])
         self._syncing = False
@@ -151,6 +207,9 @@ class StudentDesigner(Panel):
 
     @guarded
     def _on_init(self, change: dict[str, Any]) -> None:
+        if change["name"] == "init" and change["new"] not in INIT_VALUES:
+            self._roll_back("init", change["old"] if change["old"] in INIT_VALUES else "every_k")
+            check_init(change["new"])  # raises: shown in the panel, the init stays as it was
         if self.init_dropdown.value != self.init:
             self.init_dropdown.value = self.init
         self.pretrained_text.layout.display = "" if self.init == "pretrained" else "none"
@@ -162,6 +221,40 @@ class StudentDesigner(Panel):
             if not self._syncing and change["new"] != getattr(self, name):
                 setattr(self, name, change["new"])
         return handler
+
+    def _roll_back(self, name: str, old: Any) -> None:
+        """Put trait ``name`` back to ``old`` (a refused value) without re-running its checks."""
+        syncing, self._syncing = self._syncing, True
+        try:
+            setattr(self, name, old)
+        finally:
+            self._syncing = syncing
+
+    def _allowed(self, name: str) -> list[int]:
+        """The values the ``name`` slider offers now (the only valid ones for the teacher and init)."""
+        if name == "layers":
+            return list(range(self.layers_slider.min, self.layers_slider.max + 1))
+        return list({"hidden": self.hidden_slider, "heads": self.heads_slider, "ffn": self.ffn_slider}[name].options)
+
+    def _refusal(self, name: str, value: Any, old: Any) -> str:
+        """Why ``value`` is not a valid ``name`` now, and what to choose instead."""
+        options = self._allowed(name)
+        t = self.teacher_shape()
+        if name == "layers" and self.init == "every_k":
+            why = (f"with init='every_k' the student copies teacher layers, so it has 1..{options[-1]} (the teacher "
+                   f"has {t['layers']}); use init='random' for a deeper student")
+        elif name == "layers":
+            why = f"choose 1..{options[-1]} layers"
+        elif self.init == "every_k":
+            why = (f"with init='every_k' the widths are the teacher's ({name}={options[0]}): set init='random' to "
+                   "choose another")
+        elif name == "heads":
+            why = f"heads must divide hidden={self.hidden}: choose one of {_fmt_options(options)}"
+        elif name == "ffn":
+            why = f"for hidden={self.hidden} choose one of {_fmt_options(options)}"
+        else:
+            why = (f"a student of this teacher (hidden {t['hidden']}) takes one of {_fmt_options(options)}")
+        return f"{name}={value!r} is not offered: {why}. Kept {name}={old!r}."
 
     def _constrain(self, keep_layers: int) -> None:
         """Set slider ranges/options for the teacher and init, clamping the current shape into them."""
@@ -202,6 +295,10 @@ class StudentDesigner(Panel):
     def _on_shape(self, change: dict[str, Any]) -> None:
         if self._syncing or self.teacher_config is None:
             return
+        if change["new"] not in self._allowed(change["name"]):
+            message = self._refusal(change["name"], change["new"], change["old"])
+            self._roll_back(change["name"], change["old"])  # never keep (nor export) a shape the sliders refuse
+            raise ValueError(message)
         if change["name"] == "hidden" and self.init != "every_k":
             t = self.teacher_shape()
             self._syncing = True  # re-derive heads and FFN options for the new width
@@ -271,21 +368,67 @@ class StudentDesigner(Panel):
             self.pretrained = config.student_init
         self._wanted_layers = config.student_layers
         self.init = init
+        vocab = getattr(config, "student_vocab", "full")
+        if vocab != self.vocab:
+            self.vocab = vocab
         if self.teacher_config is None:
+            if init == "every_k":
+                self.layers_from = list(getattr(config, "student_layers_from", None) or [])
             return
-        self.layers = min(config.student_layers, self.layers_slider.max)
+        shown = [] if init == "pretrained" else [("layers", config.student_layers)]
         if init == "random":
             t = self.teacher_shape()
-            self.hidden = config.student_hidden or t["hidden"]
-            self.heads = config.student_heads or t["heads"]
-            self.ffn = config.student_ffn or (t["ffn"] if self.hidden == t["hidden"] else 4 * self.hidden)
+            hidden = config.student_hidden or t["hidden"]
+            shown += [("hidden", hidden), ("heads", config.student_heads or t["heads"]),
+                      ("ffn", config.student_ffn or (t["ffn"] if hidden == t["hidden"] else 4 * hidden))]
+        refused = []
+        for name, value in shown:  # in this order: each one's options depend on the one before
+            if value in self._allowed(name):
+                setattr(self, name, value)
+            else:
+                refused.append(self._refusal(name, value, getattr(self, name)))
+        if init == "every_k" and not refused:
+            self.layers_from = list(getattr(config, "student_layers_from", None) or [])
+        if refused:
+            raise ValueError("the config's student cannot be shown as given (Start would run the shape shown "
+                             "here): " + " ".join(refused))
 
     def config_fields(self) -> dict[str, Any]:
-        """The ``DistillConfig`` fields of this design (every_k leaves widths to the teacher's)."""
-        return {**self._shape_fields(), "student_vocab": self.vocab,
-                "student_layers_from": list(self.layers_from) or None}
+        """The ``DistillConfig`` fields of this design (every_k leaves widths to the teacher's).
+
+        Raises:
+            ValueError: the design holds a value the designer refuses (it is never exported as another value).
+        """
+        fields = {**self._shape_fields(), "student_vocab": check_vocab(self.vocab)}
+        layers_from = list(self.layers_from)
+        if layers_from:
+            if self.init != "every_k":
+                raise ValueError(f"layers_from={layers_from!r} copies teacher layers, so it needs init='every_k' "
+                                 f"(init is {self.init!r}): set init='every_k', or layers_from=[].")
+            check_layers_from(layers_from, fields["student_layers"], self._teacher_layers())
+        fields["student_layers_from"] = layers_from or None
+        return fields
+
+    def _teacher_layers(self) -> int | None:
+        """The teacher's layer count, None while there is no teacher (or its shape cannot be read)."""
+        if self.teacher_config is None:
+            return None
+        try:
+            return self.teacher_shape()["layers"]
+        except Exception:  # noqa: BLE001 - an unsupported teacher is reported by _on_teacher
+            return None
 
     def _shape_fields(self) -> dict[str, Any]:
+        check_init(self.init)
+        if self.estimates and self._teacher_layers() is not None and self.init != "pretrained":
+            for name in ("layers", "hidden", "heads", "ffn") if self.init == "random" else ("layers",):
+                value, allowed = getattr(self, name), self._allowed(name)
+                if value not in allowed:
+                    raise ValueError(f"student {name}={value!r} is not a valid choice for this teacher: use one of "
+                                     f"{_fmt_options(allowed)} (the {name} slider offers only those).")
+        if self.init == "pretrained" and not self.pretrained:
+            raise ValueError("init='pretrained' needs a model id or folder: type it in the 'pretrained' box "
+                             "(designer.pretrained = 'path/or/id'), or choose init='every_k' or 'random'.")
         if self.init == "every_k":
             return {"student_layers": self.layers, "student_hidden": None, "student_heads": None, "student_ffn": None,
                         "student_init": "every_k"}
@@ -420,19 +563,43 @@ class StudentDesigner(Panel):
         return f"<b>{min(tokens, full):,}</b> of {full:,} tokens; the rest read as [UNK]"
 
     @guarded
-    def _vocab_changed(self, change: dict[str, Any]) -> None:
+    def _vocab_widget_changed(self, change: dict[str, Any]) -> None:
+        # (not named _vocab_changed: traitlets calls a method of that name on every change of the vocab trait,
+        # which wrote the dropdown's older value back over designer.vocab = N)
         choice = self.vocab_dropdown.value
         self.vocab_size.layout.display = "" if choice == "count" else "none"
+        if getattr(self, "_showing_vocab", False):
+            return  # the widgets are being set to show self.vocab: they must not write an older value back
         self.vocab = self.vocab_size.value if choice == "count" else choice
 
     @guarded
     def _on_evidence(self, change: dict[str, Any]) -> None:
         if change["name"] == "vocab":
-            want = "count" if isinstance(self.vocab, int) else self.vocab
-            if self.vocab_dropdown.value != want:
-                self.vocab_dropdown.value = want
-            if isinstance(self.vocab, int) and self.vocab_size.value != self.vocab:
-                self.vocab_size.value = self.vocab
+            try:
+                check_vocab(change["new"])
+            except ValueError:
+                self._roll_back("vocab", change["old"])  # the refused value is never exported as another one
+                raise
+            self._showing_vocab = True
+            try:
+                if isinstance(self.vocab, int):
+                    self.vocab_size.max = max(self.vocab_size.max, self.vocab)  # any count the config takes
+                    self.vocab_size.value = self.vocab
+                want = "count" if isinstance(self.vocab, int) else self.vocab
+                if self.vocab_dropdown.value != want:
+                    self.vocab_dropdown.value = want
+            finally:
+                self._showing_vocab = False
+        if change["name"] == "layers_from" and change["new"]:
+            try:
+                if self.init != "every_k":
+                    raise ValueError(f"layers_from={list(change['new'])!r} copies teacher layers, so it needs "
+                                     f"init='every_k' (init is {self.init!r}): set init='every_k' first.")
+                check_layers_from(change["new"], self.layers if self.teacher_config is not None else None,
+                                  self._teacher_layers())
+            except ValueError:
+                self._roll_back("layers_from", list(change["old"] or []))
+                raise
         if self.teacher_config is not None and not self._syncing:
             self._refresh()
 
