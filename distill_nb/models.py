@@ -70,7 +70,7 @@ def load_config(name: str, trust_remote_code: bool = False) -> tuple[str, Any]:
     path = resolve(name)
     try:
         return path, AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except Exception as e:  # noqa: BLE001 — OSError, ValueError, huggingface_hub's validation errors, ...
+    except Exception as e:  # OSError, ValueError, huggingface_hub's validation errors, ...
         local = Path(path).exists()
         hint = ("the folder has no usable config.json (write one with model.save_pretrained(folder))" if local
                 else "it is not a local folder and could not be fetched from the hub (offline?)")
@@ -135,13 +135,13 @@ def load_teacher(name: str, *, head: str = "classification", trust_remote_code: 
         raise FileNotFoundError(f"cannot load the weights of {name!r} ({str(e)[:200]}): give a folder written by "
                                 "model.save_pretrained(folder) with its model.safetensors, or re-download "
                                 "the model.") from e
-    except Exception as e:  # noqa: BLE001 — damaged or mismatched weight files raise many library types
+    except Exception as e:  # damaged or mismatched weight files raise many library types
         raise ValueError(f"cannot load the weights of {name!r}: {_weights_problem(e)}. Re-save the model with "
                          "model.save_pretrained(folder) (it writes model.safetensors and a matching config.json), "
                          "or re-download it.") from e
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except Exception as e:  # noqa: BLE001 — a damaged tokenizer.json / vocab.txt
+    except Exception as e:  # a damaged tokenizer.json / vocab.txt
         raise ValueError(f"cannot load the tokenizer of {name!r} ({type(e).__name__}: {str(e)[:160]}): its "
                          "tokenizer files (tokenizer.json, vocab.txt, ...) are missing or damaged; re-save them with "
                          "tokenizer.save_pretrained(folder).") from e

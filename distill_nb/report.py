@@ -235,9 +235,17 @@ def load_run_models(run_dir: str | os.PathLike, *, final_only: bool = True) -> t
 
     run_dir = Path(run_dir)
     config = DistillConfig.from_json(run_dir / "config.json")
-    teacher_path = read_status(run_dir).get("teacher_path") or config.teacher
-    teacher, t_tok = load_teacher(teacher_path, trust_remote_code=config.trust_remote_code)
+    status = read_status(run_dir)
     folder = run_dir / "student"
+    if not (folder / "config.json").is_file() and final_only:
+        state = status.get("state")
+        todo = {"running": "wait for it to finish", "queued": "wait for it to finish",
+                "stopped": "resume it (run.resume()) and let it finish",
+                "failed": "see its error, then resume it (run.resume()) or fork it"}.get(state, "finish the run")
+        raise FileNotFoundError(f"run {run_dir.name!r} is {state} and has no final student yet (no student/): "
+                                f"{todo}, then compare it.")
+    teacher_path = status.get("teacher_path") or config.teacher
+    teacher, t_tok = load_teacher(teacher_path, trust_remote_code=config.trust_remote_code)
     if not (folder / "config.json").is_file() and not final_only:
         folder = latest_checkpoint(run_dir)
         if folder is None:

@@ -190,12 +190,14 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         s_eval = t_eval if student_tok is tokenizer else encode(student_tok, task.eval.texts, config.max_length)
         train_labels, eval_labels = torch.tensor(task.train.labels), torch.tensor(task.eval.labels)
         needs_teacher_states = bool(config.alpha_hidden or config.alpha_attn)
-        if needs_teacher_states and s_train is not t_train and any(
-                len(a) != len(b) for a, b in zip(s_train, t_train)):  # token-aligned losses need equal splits
+        token_aligned = needs_teacher_states or config.alpha_attr  # losses that pair teacher and student tokens
+        if token_aligned and s_train is not t_train and any(
+                a != b for a, b in zip(map(len, s_train), map(len, t_train))):  # token-aligned losses need equal splits
             raise ValueError(f"the student splits some training texts differently from the teacher "
                              f"(student_vocab={config.student_vocab!r}, student_init={config.student_init!r}), so "
-                             "hidden-state/attention losses cannot pair their tokens: use student_vocab='task' "
-                             "(keeps every training token), or set alpha_hidden=alpha_attn=0.")
+                             "hidden-state/attention/attribution losses cannot pair their tokens: use "
+                             "student_vocab='task' (keeps every training token), or set "
+                             "alpha_hidden=alpha_attn=alpha_attr=0.")
         cached_logits = None
         # mlm: never cached, the teacher runs every step: its logits are (S, V) per text (~15 MB at S=128,
         # V=30k, so GBs for a corpus), and the masked positions change from step to step anyway

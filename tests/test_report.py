@@ -212,3 +212,17 @@ def test_bench_precision_tiny(tmp_path, monkeypatch, shared_data):
     assert [len(runs["bf16"]), len(runs["fp32"])] == [1, 1] and len(result["tasks"]["trec6"]["diff_points"]) == 1
     assert json.loads((tmp_path / "runs" / "trec6" / "bf16-s0" / "status.json").read_text())["precision"] == "bf16"
     assert "| trec6 | 500 |" in bench_precision.table(result)
+
+
+@pytest.mark.parametrize("state", ["stopped", "failed", "running", "queued"])
+def test_compare_run_without_a_final_student_says_what_to_do(tmp_path, state):
+    from distill_nb.config import DistillConfig
+    from distill_nb.report import compare_run, load_run_models
+    from distill_nb.rundir import create_run, write_status
+
+    path = create_run(DistillConfig(teacher="tiny", max_steps=4), tmp_path, "r")
+    write_status(path, state=state)
+    for call in (lambda: compare_run(path), lambda: load_run_models(path)):
+        with pytest.raises(FileNotFoundError) as info:
+            call()
+        assert f"run 'r' is {state}" in str(info.value) and "no final student" in str(info.value)

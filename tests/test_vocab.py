@@ -131,10 +131,11 @@ def test_config_and_train_errors(tiny_teacher, tiny_dataset, tmp_path):
         rows = ["text,label", "the film was xqz,0"] + ["the movie was good,1", "the movie was bad,0",
                                                          "a great fun story,1", "an awful dull plot,0"] * 4
         (data / f"{split}.csv").write_text("\n".join(rows) + "\n")
-    config = DistillConfig(teacher=str(tiny_teacher), dataset=str(data), text_column="text",
-                           student_layers=2, max_steps=1, batch_size=8, alpha_hidden=1.0, student_vocab=16)
-    with pytest.raises(ValueError, match="splits some training texts differently"):
-        train(config, tmp_path / "run", log=lambda *_: None)
+    for loss in ("alpha_hidden", "alpha_attn", "alpha_attr"):  # every loss that pairs teacher and student tokens
+        config = DistillConfig(teacher=str(tiny_teacher), dataset=str(data), text_column="text",
+                               student_layers=2, max_steps=1, batch_size=8, student_vocab=16, **{loss: 1.0})
+        with pytest.raises(ValueError, match="splits some training texts differently"):
+            train(config, tmp_path / f"run-{loss}", log=lambda *_: None)
 
 
 def test_masked_lm_models_are_refused(tmp_path):
