@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -229,12 +230,37 @@ def suggest_layers(teacher: nn.Module, tokenizer: Any, texts: Sequence[str], lab
 
     start = time.perf_counter()
     n_teacher = shape(teacher.config)["layers"]
-    if not 1 <= n_layers <= n_teacher:
-        raise ValueError(f"n_layers={n_layers} is invalid for a {n_teacher}-layer teacher: use 1..{n_teacher}.")
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= n_teacher:
+        raise ValueError(f"n_layers={n_layers!r} is invalid for a {n_teacher}-layer teacher: use an integer "
+                         f"1..{n_teacher}.")
+    for name, value, low in (("max_examples", max_examples, 1), ("batch_size", batch_size, 1),
+                             ("max_length", max_length, 8), ("max_tokens", max_tokens, 1),
+                             ("max_candidates", max_candidates, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}={value!r} is invalid: use an integer >= {low}.")
+    positions = getattr(teacher.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and max_length > positions:
+        raise ValueError(f"max_length={max_length} is longer than the teacher can read ({positions} positions): use "
+                         f"max_length <= {positions}.")
+    if isinstance(texts, str) or not hasattr(texts, "__iter__"):
+        raise TypeError(f"texts must be a list of strings (e.g. task.train.texts), got {type(texts).__name__}.")
+    texts = [str(t) if isinstance(t, str) else t for t in texts]
     if not texts:
         raise ValueError("suggest_layers needs some task texts (e.g. task.train.texts).")
-    if labels is not None and len(labels) != len(texts):
-        raise ValueError(f"{len(texts)} texts but {len(labels)} labels: give one label per text, or labels=None.")
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"texts[{bad}] is {type(texts[bad]).__name__}, expected str.")
+    if labels is not None:
+        labels = list(labels)
+        if len(labels) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(labels)} labels: give one label per text, or labels=None.")
+        n_out = getattr(teacher.config, "num_labels", None)
+        wrong = next((i for i, y in enumerate(labels) if isinstance(y, bool) or not isinstance(y, numbers.Integral)
+                      or y < 0 or (isinstance(n_out, int) and y >= n_out)), None)
+        if wrong is not None:
+            raise ValueError(f"labels[{wrong}]={labels[wrong]!r} is invalid: labels are class ids 0.."
+                             f"{(n_out or 2) - 1} (the teacher's outputs); map names to ids first (task.train.labels "
+                             "already are), or pass labels=None.")
     rng = random.Random(seed)
     idx = sorted(rng.sample(range(len(texts)), min(max_examples, len(texts))))
     sample = [texts[i] for i in idx]

@@ -108,6 +108,16 @@ def rank_by_proxy_runs(config: DistillConfig, candidates: Sequence[Sequence[int]
     from .teacher_cache import classifier_teacher
     from .train import train
 
+    if not isinstance(config, DistillConfig):
+        raise TypeError(f"rank_by_proxy_runs() takes a DistillConfig, got {type(config).__name__}: build one with "
+                        "DistillConfig(...) or DistillConfig.from_dict(...).")
+    if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence):
+        raise TypeError(f"candidates must be a list of layer lists, e.g. [[0, 2, 4], [0, 3, 5]]; got {candidates!r}.")
+    for c in candidates:
+        if isinstance(c, (str, bytes)) or not isinstance(c, Sequence) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in c):
+            raise ValueError(f"candidate {c!r} is invalid: each candidate is a list of integer teacher layers, "
+                             "e.g. [0, 2, 4].")
     cands = [tuple(int(i) for i in c) for c in candidates]
     cands = list(dict.fromkeys(cands))  # duplicates once, in order
     if not cands:

@@ -267,3 +267,27 @@ def test_app_suggest_layers_uses_the_train_tabs_data_and_the_runs_teacher(tiny_d
     app.designer.suggest_button.click()  # the run's teacher is in the cache now
     assert app.designer.error == "" and app.designer.advice is not None, app.designer.error
     assert app.advice_inputs()[1].name_or_path == str(prepared)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    ({"n_layers": True}, ValueError, "n_layers=True is invalid"),
+    ({"n_layers": 2.0}, ValueError, "n_layers=2.0 is invalid"),
+    ({"max_examples": 0}, ValueError, "max_examples=0"),
+    ({"batch_size": 0}, ValueError, "batch_size=0"),
+    ({"max_length": 4}, ValueError, "max_length=4"),
+    ({"max_length": 10_000}, ValueError, "longer than the teacher can read"),
+    ({"texts": "the movie was good"}, TypeError, "list of strings"),
+    ({"texts": ["fine", 3]}, TypeError, r"texts\[1\] is int"),
+    ({"labels": [-1, 0, 1, 0]}, ValueError, r"labels\[0\]=-1 is invalid"),
+    ({"labels": ["pos", "neg", "pos", "neg"]}, ValueError, r"labels\[0\]='pos' is invalid"),
+    ({"labels": [0, 1, 7, 0]}, ValueError, r"labels\[2\]=7 is invalid"),
+    ({"labels": [0.0, 1.0, 0.0, 1.0]}, ValueError, r"labels\[0\]=0.0 is invalid"),
+])
+def test_suggest_layers_bad_arguments_say_what_was_given(teacher_and_tok, kwargs, exc, match):
+    from distill_nb.advisor import suggest_layers
+
+    model, tok = teacher_and_tok
+    args = {"texts": ["a good film", "a bad film", "great fun", "dull"], "labels": [1, 0, 1, 0], "n_layers": 2,
+            **kwargs}
+    with pytest.raises(exc, match=match):
+        suggest_layers(model, tok, args.pop("texts"), args.pop("labels"), **args)

@@ -71,6 +71,9 @@ def test_stop_between_runs_keeps_the_last_complete_round(config, tiny_dataset, t
     ([[0, 2]], {"holdout": 10_000}, "holdout=10000 is invalid"),
     ([[0, 2]], {"steps": 0}, "steps=0"),
     ([[0, 2]], {"keep": 1.0}, "keep=1.0"),
+    ([[0.9, 2.7]], {}, r"candidate \[0.9, 2.7\] is invalid: each candidate is a list of integer"),
+    (["03"], {}, "candidate '03' is invalid"),
+    ([[0, True]], {}, "is invalid"),
 ])
 def test_bad_input_says_what_was_given(config, candidates, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -108,3 +111,10 @@ def test_a_diverging_candidate_ranks_last_and_the_search_goes_on(config, monkeyp
     first = ranking.rounds[0][1]
     assert first[-1][0] == (0, 1) and first[-1][1] == float("-inf") and ranking.chosen != (0, 1)
     assert any("[0, 1] diverged" in m for m in logs)
+
+
+def test_the_config_must_be_a_distill_config(config):
+    with pytest.raises(TypeError, match="candidates must be a list of layer lists"):
+        layer_search.rank_by_proxy_runs(config, "0,2", log=lambda *_: None)
+    with pytest.raises(TypeError, match="takes a DistillConfig, got dict"):
+        layer_search.rank_by_proxy_runs(config.to_dict(), [[0, 2]], log=lambda *_: None)
