@@ -108,6 +108,11 @@ class DistillConfig:
             if not _type_ok(value, hints[f.name]):
                 raise ConfigError(_type_message(f.name, value, hints[f.name]))
             _check_number(f.name, value)
+        examples = {"teacher": "'minilm-l6', a transformers id or a model folder",
+                    "dataset": "'sst2', 'trec6' or a data file/folder", "student_init": "'every_k' or 'random'"}
+        for name, example in examples.items():
+            if not getattr(self, name).strip():
+                raise ConfigError(f"{name}={getattr(self, name)!r} is empty: give {example}.")
         positive = ["teacher_prep_steps", "student_layers", "batch_size", "eval_every",
                     "checkpoint_every", "keep_checkpoints"]
         for name in positive:

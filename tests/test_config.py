@@ -41,3 +41,29 @@ def test_unknown_keys_and_wrong_types_in_json():
         DistillConfig.from_json(json.dumps({"batch_size": "32"}))
     with pytest.raises(ConfigError, match="not valid JSON"):
         DistillConfig.from_json('{"teacher": "x",}')
+
+
+@pytest.mark.parametrize("field", ["teacher", "dataset", "student_init"])
+@pytest.mark.parametrize("value", ["", "   ", "\n"])
+def test_an_empty_name_is_refused_by_name(field, value):
+    with pytest.raises(ConfigError, match=f"{field}=.* is empty: give"):
+        DistillConfig(**{field: value})
+
+
+@pytest.mark.parametrize("value", [-1.0, -1e-9, 1.5])
+def test_weight_decay_outside_0_1_is_refused(value):
+    with pytest.raises(ConfigError, match=f"weight_decay={value!r} is invalid"):
+        DistillConfig(weight_decay=value)
+
+
+@pytest.mark.parametrize("extra", [{"x": float("nan")}, {"x": [1, float("inf")]}, {"x": {"y": float("-inf")}},
+                                   {"x": {1, 2}}, {"x": object()}, {1: "int key"}])
+def test_extra_that_config_json_cannot_hold_is_refused(extra):
+    with pytest.raises(ConfigError, match="extra="):
+        DistillConfig(extra=extra)
+
+
+def test_extra_of_json_values_round_trips():
+    extra = {"note": "x", "n": 3, "f": 0.5, "ok": True, "none": None, "list": [1, "a"], "d": {"k": [0.1]}}
+    config = DistillConfig(extra=extra)
+    assert DistillConfig.from_json(config.to_json()).extra == extra
