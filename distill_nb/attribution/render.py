@@ -121,16 +121,22 @@ def _colour(value: float) -> str:
 
 def _cells(units: Sequence[str], values: np.ndarray, raw: np.ndarray, tag: str = "span") -> str:
     style = "padding:1px 3px;margin:1px;border-radius:3px;font-family:monospace;white-space:pre"
-    return "".join(f'<{tag} title="{r:.4g}" style="{style};background:{_colour(v)}">{html.escape(u)}</{tag}>'
+    return "".join(f'<{tag} title="{float(r):.4g}" style="{style};background:{_colour(v)}">{_esc(u)}</{tag}>'
                    for u, v, r in zip(units, values, raw))
+
+
+def _esc(value: Any) -> str:
+    """``value`` as text in HTML (tokens come from tokenizer vocabularies, names from data files: a vocab entry
+    can be ``<script>``), quotes escaped too, so it is safe in an attribute as well."""
+    return html.escape(str(value), quote=True)
 
 
 def attribution_html(attr: Attribution) -> str:
     """Tokens of one attribution coloured by score (scaled to the largest |score|)."""
     keep = ~attr.special
     tokens = [t for t, k in zip(attr.tokens, keep) if k]
-    head = (f"<div style='font-size:0.85em;color:#555'>{html.escape(attr.method)}: pred {attr.label} "
-            f"(p={attr.probs[attr.label]:.2f}), target {attr.target}</div>")
+    head = (f"<div style='font-size:0.85em;color:#555'>{_esc(attr.method)}: pred {_esc(attr.label)} "
+            f"(p={float(attr.probs[attr.label]):.2f}), target {_esc(attr.target)}</div>")
     return f"<div class='distill-nb-attribution'>{head}<div>{_cells(tokens, _unit_scale(attr.scores[keep]), attr.scores[keep])}</div></div>"
 
 
@@ -143,12 +149,12 @@ def comparison_html(comp: Comparison) -> str:
     for name, values, raw in ((f"teacher ({comp.teacher.label})", t, comp.teacher_scores),
                               (f"student ({comp.student.label})", s, comp.student_scores),
                               ("diff", t - s, t - s)):
-        label = f"<th style='text-align:right;padding-right:6px;font-weight:normal'>{html.escape(name)}</th>"
+        label = f"<th style='text-align:right;padding-right:6px;font-weight:normal'>{_esc(name)}</th>"
         rows.append(f"<tr>{label}{_cells(comp.units, values / peak, raw, tag=td)}</tr>")
     m = comp.metrics
     shown = ", ".join(f"{k} {m[k]:.2f}" for k in ("spearman", "kendall", "topk_jaccard", "sign_agreement",
                                                      "l1_distance", "prob_diff") if k in m)
-    foot = (f"<div style='font-size:0.85em;color:#555'>{comp.alignment}-level, target {comp.teacher.target}; "
-            f"{html.escape(shown)}</div>")
+    foot = (f"<div style='font-size:0.85em;color:#555'>{_esc(comp.alignment)}-level, target "
+            f"{_esc(comp.teacher.target)}; {_esc(shown)}</div>")
     return (f"<div class='distill-nb-comparison'><table style='border-collapse:separate'>{''.join(rows)}"
             f"</table>{foot}</div>")

@@ -46,7 +46,10 @@ def buttons_say(message: str) -> str:
 
 
 def table_html(rows: Sequence[tuple[str, Any]]) -> str:
-    """A two-column key/value table with inline styles only."""
+    """A two-column key/value table with inline styles only.
+
+    Keys are escaped here; values are inserted as HTML (they may hold ``<b>``/``<code>``), so a caller escapes
+    every value that holds text it did not write itself (``esc``)."""
     cells = "".join(f"<tr><th style='text-align:left;padding:1px 10px 1px 0;font-weight:600'>{esc(k)}</th>"
                     f"<td style='padding:1px 0'>{v}</td></tr>" for k, v in rows)
     return f"<table style='border-collapse:collapse;font-size:0.95em'>{cells}</table>"
@@ -60,7 +63,9 @@ def error_html(message: str) -> str:
 
 
 def note_html(message: str, colour: str = "#555") -> str:
-    return f"<div style='color:{colour};font-size:0.9em'>{message}</div>"
+    """``message`` as a small note. It is inserted as HTML (it may hold ``<code>``/``<b>``): a caller escapes
+    every piece of it that it did not write itself (``esc``)."""
+    return f"<div style='color:{esc(colour)};font-size:0.9em'>{message}</div>"
 
 
 @contextlib.contextmanager
@@ -265,9 +270,9 @@ def svg_chart(series: Sequence[Series], *, title: str = "", width: int = 420, he
                      f"stroke='#999'/><text x='{sx(x):.1f}' y='{height - 10}' text-anchor='{anchor}' "
                      f"fill='#555'>{esc(label)}</text>")
     for y, label, colour in hlines:
-        parts.append(f"<line x1='{pad_l}' x2='{width - pad_r}' y1='{sy(y):.1f}' y2='{sy(y):.1f}' stroke='{colour}' "
-                     f"stroke-dasharray='4 3'><title>{esc(label)}: {y_format(y)}</title></line>"
-                     f"<text x='{width - pad_r - 2}' y='{sy(y) - 3:.1f}' text-anchor='end' fill='{colour}'>"
+        parts.append(f"<line x1='{pad_l}' x2='{width - pad_r}' y1='{sy(y):.1f}' y2='{sy(y):.1f}' stroke='{esc(colour)}' "
+                     f"stroke-dasharray='4 3'><title>{esc(label)}: {esc(y_format(y))}</title></line>"
+                     f"<text x='{width - pad_r - 2}' y='{sy(y) - 3:.1f}' text-anchor='end' fill='{esc(colour)}'>"
                      f"{esc(label)}</text>")
     legend_x = pad_l + 6.5 * len(title) + 14  # after the title, never over it
     for s in series:
@@ -276,16 +281,16 @@ def svg_chart(series: Sequence[Series], *, title: str = "", width: int = 420, he
         finite = [(x, y) for x, y in zip(xs, ys) if math.isfinite(y)]
         pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in finite)
         dash = " stroke-dasharray='5 3' opacity='0.7'" if dashed else ""
-        parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='1.5'{dash} points='{pts}'/>")
+        parts.append(f"<polyline fill='none' stroke='{esc(colour)}' stroke-width='1.5'{dash} points='{pts}'/>")
         # hover targets: a native tooltip per point (thinned so the SVG stays small)
         stride = max(1, math.ceil(len(finite) / 120))
         for x, y in finite[::stride] if len(finite) > 1 else finite:
             r = 3 if len(finite) <= 40 else 2
-            parts.append(f"<circle cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='{r}' fill='{colour}' "
-                         f"fill-opacity='{0.9 if len(finite) <= 40 else 0.0}'><title>{esc(name)} at {x_label} "
-                         f"{x:g}: {y_format(y)}</title></circle>")
+            parts.append(f"<circle cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='{r}' fill='{esc(colour)}' "
+                         f"fill-opacity='{0.9 if len(finite) <= 40 else 0.0}'><title>{esc(name)} at {esc(x_label)} "
+                         f"{x:g}: {esc(y_format(y))}</title></circle>")
         if legend_x < width - 20:
-            parts.append(f"<text x='{legend_x}' y='13' fill='{colour}'>{esc(name)}</text>")
+            parts.append(f"<text x='{legend_x}' y='13' fill='{esc(colour)}'>{esc(name)}</text>")
         legend_x += 6 * len(name) + 14
     parts.append("</svg>")
     return "".join(parts)

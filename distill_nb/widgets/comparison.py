@@ -129,14 +129,24 @@ def report_html(report: Any) -> str:
             ("speedup_b32", "speed-up", lambda v: f"{v:.2f}x"), ("accuracy", "accuracy", lambda v: f"{v:.4f}"),
             ("retention_%", "retention", lambda v: f"{v:.1f}%")]
     cols = [c for c in cols if c[0] in frame.columns]
-    head = "<th></th>" + "".join(f"<th style='padding:3px 8px;border-bottom:1px solid #999'>{n}</th>"
+    head = "<th></th>" + "".join(f"<th style='padding:3px 8px;border-bottom:1px solid #999'>{esc(n)}</th>"
                                  for _, n, _ in cols)
     rows = []
     for name, r in frame.iterrows():
-        cells = "".join(f"<td style='padding:3px 8px;text-align:right'>{f(r[k]) if r[k] == r[k] else '-'}</td>"
-                        for k, _, f in cols)
+        cells = "".join(f"<td style='padding:3px 8px;text-align:right'>{_cell(r[k], f)}</td>" for k, _, f in cols)
         rows.append(f"<tr><th style='text-align:left;padding:3px 8px'>{esc(name)}</th>{cells}</tr>")
     return f"<table style='border-collapse:collapse'><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _cell(value: Any, fmt: Any) -> str:
+    """A table cell's text, escaped: ``fmt(value)`` for a number, "-" for a missing one (None, NaN), the value
+    itself (escaped) for anything else."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    try:
+        return esc(fmt(value))
+    except (TypeError, ValueError):  # not a number: shown as text, never as markup
+        return esc(value)
 
 
 def students_html(frame: Any) -> str:

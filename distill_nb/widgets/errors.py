@@ -151,7 +151,7 @@ class ErrorAnalysis(Panel):
     def table_html(self, frame: Any, limit: int = 25) -> str:
         cols = ["divergence_rank", "text", "label", "teacher_pred", "student_pred", "teacher_prob", "student_prob",
                 "spearman", "topk_jaccard"]
-        head = "".join(f"<th style='padding:2px 6px;border-bottom:1px solid #999'>{HEADERS.get(c, c)}</th>"
+        head = "".join(f"<th style='padding:2px 6px;border-bottom:1px solid #999'>{esc(HEADERS.get(c, c))}</th>"
                        for c in cols)
         body = []
         for _, r in frame.head(limit).iterrows():

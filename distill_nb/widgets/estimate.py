@@ -142,10 +142,21 @@ def _table() -> dict[str, Any]:
     return table if isinstance(table, dict) else {}
 
 
+RATE_KEYS = ("teacher_forward_s", "teacher_train_s", "student_forward_s", "student_train_s")
+
+
+def _usable(rates: Any) -> bool:
+    """Whether ``rates`` (a speed.json entry, which anyone can edit) holds a finite number for every timing."""
+    from ..safeio import number
+
+    return isinstance(rates, dict) and all(number(rates.get(k)) is not None for k in RATE_KEYS)
+
+
 def stored_rates(config: DistillConfig) -> dict[str, Any] | None:
-    """Rates measured earlier on this machine for these shapes (None when there are none); no torch."""
+    """Rates measured earlier on this machine for these shapes (None when there are none, or when the stored
+    entry does not hold a number for every timing: it is measured again); no torch."""
     rates = _table().get(_key(config))
-    return rates if isinstance(rates, dict) else None
+    return rates if _usable(rates) else None
 
 
 def _mean_tokens(config: DistillConfig, tokenizer: Any) -> float:
@@ -252,7 +263,7 @@ def summary_html(p: dict[str, Any], rates: dict[str, Any] | None, batch_size: in
     from ._util import esc, fmt_eta
 
     def n(value: Any) -> str:
-        return "?" if value is None else f"{value:,}"
+        return "?" if value is None else esc(f"{value:,}")
 
     parts = []
     if p["prep_steps"]:
@@ -264,7 +275,7 @@ def summary_html(p: dict[str, Any], rates: dict[str, Any] | None, batch_size: in
                  f"{n(p['steps_per_epoch'])} steps/epoch)")
     parts.append(f"evaluate {n(p['evaluations'])}× on {n(p['eval_examples'])} examples")
     text = " → ".join(parts)
-    if rates is None:
+    if not _usable(rates):  # none yet (or a hand-edited speed.json entry that holds no numbers)
         return (f"<div class='distill-nb-estimate'><b>Estimate:</b> {text}. <i>Minutes: measuring this "
                 "machine's speed…</i></div>")
     secs = minutes(p, rates, batch_size)
@@ -273,8 +284,9 @@ def summary_html(p: dict[str, Any], rates: dict[str, Any] | None, batch_size: in
     detail = ", ".join(f"{k.replace('_', ' ')} {fmt_eta(v)}" for k, v in secs.items() if v)
     unknown = " (more: some counts are unknown)" if len(known) < len(secs) else ""
     return (f"<div class='distill-nb-estimate'><b>Estimate:</b> {text}.<br><b>≈ {fmt_eta(total)}</b> (m:ss) on "
-            f"{esc(rates['device'])}{unknown}: {detail}. <span style='color:#777'>Measured with batches of "
-            f"{rates['batch_size']} × {rates['tokens']} tokens; loading models and data adds about a "
+            f"{esc(rates.get('device', '?'))}{unknown}: {esc(detail)}. <span style='color:#777'>Measured with "
+            f"batches of {esc(rates.get('batch_size', '?'))} × {esc(rates.get('tokens', '?'))} tokens; loading models "
+            "and data adds about a "
             "minute.</span></div>")
 
 

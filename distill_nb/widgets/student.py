@@ -350,7 +350,7 @@ class StudentDesigner(Panel):
             ("parameters", f"<b>{fmt_params(e['params'])}</b> ({100 * e['params_ratio']:.0f}% of the teacher)"),
             ("size", f"<b>{e['mb']:.1f} MB</b> fp32"),
             ("speed-up", f"<b>{e['speedup']:.2f}x</b> (estimated from FLOPs, an upper bound)"),
-            ("shape", f"{e['layers']} x {e['hidden']} wide, {e['heads']} heads, FFN {e['ffn']}"),
+            ("shape", esc(f"{e['layers']} x {e['hidden']} wide, {e['heads']} heads, FFN {e['ffn']}")),
             ("vocabulary", self._vocab_text(tokens))])
         n = e["layers"]
         copied = (list(self.layers_from) or every_k_layers(t["layers"], n)) if self.init == "every_k" else []
@@ -509,8 +509,9 @@ class StudentDesigner(Panel):
             self.rank_box.value = note_html("rank by short runs ranks the advisor's candidates: suggest layers first")
             return None
         if self.advice.student_layers != self.layers or self.init != "every_k":
-            self.rank_box.value = note_html(f"the advice is for {self.advice.student_layers} copied layers and the "
-                                            f"student now has {self.layers} ({self.init}): suggest layers again")
+            self.rank_box.value = note_html(esc(f"the advice is for {self.advice.student_layers} copied layers and "
+                                                f"the student now has {self.layers} ({self.init}): suggest layers "
+                                                "again"))
             return None
         if self.config_source is None:
             self.rank_box.value = note_html("rank by short runs needs the run's config: set designer.config_source "

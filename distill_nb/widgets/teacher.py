@@ -8,7 +8,8 @@ from typing import Any
 import ipywidgets as W
 import traitlets as T
 
-from ._util import Panel, esc, fmt_params, guarded, note_html, table_html
+from ..safeio import number
+from ._util import Panel, esc, fmt_number, fmt_params, guarded, note_html, table_html
 
 CUSTOM = "other (type an id or path)…"
 
@@ -179,17 +180,18 @@ class TeacherPicker(Panel):
         i = self.info
         if not i:
             return ""
+        # every value below comes from files (config.json, teacher.json): escaped, numbers formatted by us
         rows = [("architecture", esc(i["architecture"])),
-                ("shape", f"{i['layers']} layers, hidden {i['hidden']}, {i['heads']} heads, FFN {i['ffn']}"),
-                ("parameters", f"{fmt_params(i['params'])} ({i['mb']:.1f} MB fp32)"),
+                ("shape", esc(f"{i['layers']} layers, hidden {i['hidden']}, {i['heads']} heads, FFN {i['ffn']}")),
+                ("parameters", esc(f"{fmt_params(i['params'])} ({i['mb']:.1f} MB fp32)")),
                 ("labels", esc(", ".join(map(str, i["labels"]))) if i["labels"] else "none (bare encoder)"),
                 ("folder", f"<code>{esc(i['path'])}</code>")]
         if p := i.get("prepared"):
             acc = p.get("dev_accuracy")
             rows.insert(0, ("prepared", esc(f"{p.get('task')} from {p.get('base')}: dev accuracy "
-                                            f"{acc:.4f} on {p.get('dev_examples')} texts, {p.get('steps')} steps, "
-                                            f"{(p.get('seconds') or 0) / 60:.1f} min, stopped by "
-                                            f"{p.get('stopped_by')}, {p.get('precision')}"
+                                            f"{fmt_number(acc, '{:.4f}')} on {p.get('dev_examples')} texts, "
+                                            f"{p.get('steps')} steps, {(number(p.get('seconds')) or 0) / 60:.1f} "
+                                            f"min, stopped by {p.get('stopped_by')}, {p.get('precision')}"
                                             if acc is not None else "no record (teacher.json missing)")))
         html = table_html(rows)
         if not i["is_classifier"]:

@@ -128,7 +128,8 @@ export class RunsPanel extends Widget {
     }
 
     const state = document.createElement("span");
-    state.className = `jp-DistillNb-state jp-DistillNb-state-${run.state}`;
+    // the state comes from the run's status.json: only a known state becomes part of a class name
+    state.className = `jp-DistillNb-state jp-DistillNb-state-${stateClass(run.state)}`;
     state.textContent = run.state;
     if (run.error) {
       state.title = buttonsSay(run.error);
@@ -337,9 +338,23 @@ export class RunsPanel extends Widget {
   private _poll: Poll;
 }
 
+const STATES = new Set([
+  "queued",
+  "running",
+  "completed",
+  "failed",
+  "stopped",
+  "unreadable",
+]);
+
+/** `state` as the suffix of a CSS class: a known state, else "other" (never text from a file). */
+export function stateClass(state: unknown): string {
+  return typeof state === "string" && STATES.has(state) ? state : "other";
+}
+
 /** Messages written for code (`resume()`, `stop()`) as the buttons here say them. */
-function buttonsSay(message: string): string {
-  return message
+function buttonsSay(message: unknown): string {
+  return String(message)
     .replace(/\bresume\(\)/g, "Resume")
     .replace(/\bstop\(\) it/g, "Stop it");
 }
