@@ -22,6 +22,7 @@ measured in ``LayerAdvice.seconds`` (MiniLM-L6, 256 short texts, 6 -> 3: see ben
 
 from __future__ import annotations
 
+import html
 import itertools
 import math
 import numbers
@@ -101,11 +102,12 @@ class LayerAdvice:
             parts.append(f"<div style='margin:4px 0'><div style='font-size:0.85em'>{title}</div>"
                          f"<div style='height:62px;display:flex;align-items:flex-end'>{bars}</div>"
                          f"<div>{labels}</div></div>")
-        base = "; ".join(f"{n} {list(l)}: KL {kl:.3f}" for n, (l, kl) in self.baselines.items())
+        base = html.escape("; ".join(f"{n} {list(l)}: KL {kl:.3f}" for n, (l, kl) in self.baselines.items()))
         return (f"<div><b>suggested: copy teacher layers {list(self.chosen)}</b>, imitate {list(self.layer_map)}"
                 f" — KL to the teacher at init {self.candidates[0][1]:.3f} ({base}).<br>"
-                f"<span style='font-size:0.85em;color:#555'>{self.search} search, {len(self.candidates)} "
-                f"candidates, {self.n_examples} examples, {self.seconds:.1f} s on {self.device}</span>"
+                f"<span style='font-size:0.85em;color:#555'>{html.escape(str(self.search))} search, "
+                f"{len(self.candidates)} candidates, {self.n_examples} examples, {self.seconds:.1f} s on "
+                f"{html.escape(str(self.device))}</span>"
                 f"{''.join(parts)}</div>")
 
     def plot(self, ax: Any = None) -> Any:
