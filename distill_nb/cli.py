@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{t.path.name:<40} {t.label}")
             return 0
         if args.cmd == "list":
-            for s in list_runs():
+            listed = list_runs()
+            print(f"{len(listed)} run(s) in {runs_root()}")
+            for s in listed:
                 if s["state"] == "unreadable":  # a corrupt run is reported, never breaks the list
                     print(f"{s['run_id']:<36} {s['state']:<10} {s.get('error')}")
                     continue
@@ -81,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             config = DistillConfig(**(DEMO_SMALL if args.small else DEMO))
         if args.run_dir:
             run_dir = Path(args.run_dir)
+            if os.path.lexists(run_dir) and not run_dir.is_dir() or any(
+                    q.exists() and not q.is_dir() for q in run_dir.parents):
+                raise ValueError(f"--run-dir {args.run_dir!r} is (or is inside) a file: give a folder for the run.")
         else:
             run_dir = create_run(config, runs_root(), new_run_id("demo" if args.cmd == "demo" else "run"))
         print(f"run directory: {run_dir}")
@@ -88,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         code = _run(config, run_dir)
         print(f"total time {time.time() - start:.0f} s")
         return code
-    except (ConfigError, FileNotFoundError, KeyError, ValueError, RunBusy) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
+    except (ConfigError, FileNotFoundError, KeyError, ValueError, RunBusy, FileExistsError, NotADirectoryError,
+            IsADirectoryError) as e:  # bad input (a run directory that is a file, ...): nothing ran
+        message = str(e.args[0] if isinstance(e, KeyError) and e.args else e)  # str(KeyError) adds quotes
+        if len(message) > 1000:  # a hostile value is quoted, not echoed in full
+            message = message[:1000] + f"... ({len(message)} characters)"
         print(f"distill-nb: error: {message}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 — the run failed (diverged, disk full, out of memory): status.json has it

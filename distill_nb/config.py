@@ -111,8 +111,13 @@ class DistillConfig:
         examples = {"teacher": "'minilm-l6', a transformers id or a model folder",
                     "dataset": "'sst2', 'trec6' or a data file/folder", "student_init": "'every_k' or 'random'"}
         for name, example in examples.items():
-            if not getattr(self, name).strip():
-                raise ConfigError(f"{name}={getattr(self, name)!r} is empty: give {example}.")
+            value = getattr(self, name)
+            if not value.strip():
+                raise ConfigError(f"{name}={value!r} is empty: give {example}.")
+            if len(value) > 4096 or any(len(part) > 255 for part in value.split("/")) or "\0" in value:
+                shown = value[:60] + "..." if len(value) > 60 else value
+                raise ConfigError(f"{name}={shown!r} ({len(value)} characters) is no model id, alias or path (a path "
+                                  f"part has at most 255 characters, no NUL): give {example}.")
         positive = ["teacher_prep_steps", "student_layers", "batch_size", "eval_every",
                     "checkpoint_every", "keep_checkpoints"]
         for name in positive:
@@ -306,8 +311,13 @@ class DistillConfig:
 
         try:
             data = json.loads(text, parse_constant=constant)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{source} is not valid JSON ({e}); check for trailing commas or quotes.") from e
+        except RecursionError:
+            raise ConfigError(f"{source} nests too deeply to be a config: give one JSON object of fields.") from None
+        except ConfigError:
+            raise
+        except ValueError as e:  # JSONDecodeError, an integer with thousands of digits
+            raise ConfigError(f"{source} is not valid JSON ({str(e)[:200]}); check for trailing commas or quotes."
+                              ) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{source} holds a JSON {_json_kind(data)}, but a config is one JSON object "
                               "{\"field\": value, ...}: give the fields of a single DistillConfig (a list of "

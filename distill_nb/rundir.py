@@ -18,6 +18,7 @@ written outside the runs root.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
@@ -198,6 +199,16 @@ def _merge_status(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
+def update_unclaimed(path: Path, **fields: Any) -> dict[str, Any] | None:
+    """Write ``fields`` only while the run is queued and no process has claimed it (the launcher's notes about
+    the worker it started); returns the new status, or None when a process already owns the run."""
+    with _status_lock(path):
+        current = read_status(path)
+        if current["state"] != Status.QUEUED.value or current.get("claimed"):
+            return None
+        return _merge_status(path, fields)
+
+
 def transition(path: Path, allowed: set[Status], **fields: Any) -> dict[str, Any]:
     """Compare-and-set: write ``fields`` only if the run's live state is in ``allowed``.
 
@@ -338,7 +349,11 @@ def create_run(config: DistillConfig, root: str | os.PathLike | None = None, run
     if os.path.lexists(final):
         raise FileExistsError(f"run {run_id!r} already exists in {root_path}: pick another run_id, or continue it "
                               "with Run.attach(run_id).resume().")
-    root_path.mkdir(parents=True, exist_ok=True)
+    try:
+        root_path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"the runs folder {str(root_path)!r} is (or is inside) a file, not a folder: pass root= "
+                         "a folder (or set $DISTILL_NB_RUNS to one).") from None
     tmp = root_path / f".tmp-{run_id}-{secrets.token_hex(3)}"
     tmp.mkdir()
     try:
@@ -347,7 +362,13 @@ def create_run(config: DistillConfig, root: str | os.PathLike | None = None, run
         atomic_write_text(tmp / "status.json", dumps(
             {"state": Status.QUEUED.value, "run_id": run_id, "created_at": now, "updated_at": now, "step": 0,
              "total_steps": None, "phase": "queued", **identity("launcher"), **status}, indent=1))
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError as e:  # another launch() of the same id got there first
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            raise FileExistsError(f"run {run_id!r} already exists in {root_path}: pick another run_id, or "
+                                  "continue it with Run.attach(run_id).resume().") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -7,6 +7,7 @@ worker process belongs to :mod:`worker`. Standard library only (the server impor
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import time
@@ -32,7 +33,6 @@ from .rundir import (  # re-exported for callers of runs (see __all__)
     validate_run_id,
     write_status,
 )
-from .worker import BACKENDS
 
 RESUMABLE = {Status.STOPPED, Status.FAILED}
 
@@ -57,8 +57,7 @@ def launch(config: DistillConfig, *, backend: str = "auto", root: str | os.PathL
     if not isinstance(config, DistillConfig):
         raise TypeError(f"launch() takes a DistillConfig, got {type(config).__name__}; build one with "
                         "DistillConfig(...) or DistillConfig.from_json(path).")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is unknown: use one of {', '.join(map(repr, BACKENDS))}.")
+    worker.check_backend(backend, nproc)
     if run_id is not None:
         validate_run_id(run_id)
     from .preflight import absolute_paths, preflight  # reads configs and data files; torch never loads
@@ -122,10 +121,19 @@ class Run:
 
         Raises:
             RunBusy: the run is queued or running (a second Resume never starts a second worker).
+            RunNotFound: the run was deleted (also while this call ran).
             ValueError: the run is completed (use :meth:`fork`) or unreadable.
         """
-        if backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r} is unknown: use one of {', '.join(map(repr, BACKENDS))}.")
+        try:
+            return self._resume(backend, nproc)
+        except FileNotFoundError:
+            if not self.path.is_dir():  # deleted under our feet: say so, not which file went missing
+                raise RunNotFound(f"run {self.id!r} no longer exists (deleted?)") from None
+            raise
+
+    def _resume(self, backend: str, nproc: int) -> Run:
+        """:meth:`resume` itself."""
+        worker.check_backend(backend, nproc)
         if self.state is Status.COMPLETED:
             raise ValueError(f"run {self.id!r} already completed; it is never trained again. Use run.fork(max_steps="
                              "...) to start a new run with changed settings.")
@@ -166,7 +174,7 @@ class Run:
             raise RunBusy(f"run {self.id!r} is still active; stop it before deleting it.")
         if self.path.is_symlink():
             raise ValueError(f"{self.path} is a symbolic link; remove the link yourself.")
-        trash = self.path.with_name(f".deleting-{self.id}-{os.getpid()}")
+        trash = self.path.with_name(f".deleting-{self.id}-{os.getpid()}-{secrets.token_hex(4)}")
         try:
             os.rename(self.path, trash)  # atomic: listings never see half a run
         except FileNotFoundError:  # deleted meanwhile (a second click)

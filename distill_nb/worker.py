@@ -53,17 +53,25 @@ def _open_log(path: Path) -> int:
     return os.open(path / "log.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
 
 
+def check_backend(backend: Any, nproc: Any) -> None:
+    """A backend and process count a worker can start with, or a ValueError saying what to give."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown: use one of {', '.join(map(repr, BACKENDS))}.")
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or not 1 <= nproc <= 1024:
+        raise ValueError(f"nproc={nproc!r} is invalid: use the number of processes torchrun starts, an integer >= 1 "
+                         "(e.g. the number of GPUs).")
+
+
 def start(path: Path, backend: str = "auto", nproc: int = 2) -> str:
     """Start the worker for the (already queued) run ``path`` in a fresh interpreter and return at once.
 
     Returns:
         the backend used ("kernel", "subprocess" or "torchrun").
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is unknown: use one of {', '.join(map(repr, BACKENDS))}.")
+    check_backend(backend, nproc)
     if backend == "auto":
         backend = "kernel" if _in_kernel() else "subprocess"
-    rundir.write_status(path, backend=backend)
+    rundir.update_unclaimed(path, backend=backend)
     if backend == "kernel":
         _start_kernel(path)
         return backend
@@ -77,8 +85,9 @@ def start(path: Path, backend: str = "auto", nproc: int = 2) -> str:
                                 env=worker_env(), cwd="/", start_new_session=True)
     finally:
         os.close(log)
-    # until the worker writes its own identity, a crash at start-up is still detected through this one
-    rundir.write_status(path, pid=proc.pid, pid_start=rundir.process_start(proc.pid), host=socket.gethostname())
+    # until the worker writes its own identity, a crash at start-up is still detected through this one; never
+    # over the identity of a process that already claimed the run (it, not this one, owns it now)
+    rundir.update_unclaimed(path, pid=proc.pid, pid_start=rundir.process_start(proc.pid), host=socket.gethostname())
     return backend
 
 
@@ -100,8 +109,8 @@ def _start_kernel(path: Path) -> None:
         km.start_kernel(env=worker_env(), cwd="/", independent=True, stdout=log, stderr=subprocess.STDOUT,
                         extra_arguments=["--ignore-cwd"])
     pid = getattr(km.provisioner, "pid", None)
-    rundir.write_status(path, pid=pid, pid_start=rundir.process_start(pid) if pid else None,
-                        host=socket.gethostname())
+    rundir.update_unclaimed(path, pid=pid, pid_start=rundir.process_start(pid) if pid else None,
+                            host=socket.gethostname())
     code = (f"from distill_nb.worker import main as _m\n_code = _m({str(path)!r})\n"
             "import os; os._exit(_code)  # the kernel exists for this run only\n")
 

@@ -321,3 +321,39 @@ def test_kernel_never_handed_its_run_is_stale_and_resume_stops_that_idle_kernel(
     finally:
         idle_kernel.kill()
         idle_kernel.wait()
+
+
+@pytest.mark.parametrize("case", ["deep-config", "long-teacher", "long-dataset", "nul-teacher", "run-dir-is-file",
+                                  "run-dir-in-file", "runs-root-is-file", "bigint-config"])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, case):
+    import json
+
+    monkeypatch.setenv("DISTILL_NB_RUNS", str(tmp_path / "runs"))
+    (tmp_path / "afile").write_text("x")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"teacher": "tiny", "max_steps": 1}))
+    argv = ["run", str(cfg)]
+    if case == "deep-config":
+        cfg.write_text("[" * 100_000 + "]" * 100_000)
+    elif case == "bigint-config":
+        cfg.write_text('{"max_steps": 1' + "0" * 5000 + "}")
+    elif case in ("long-teacher", "long-dataset"):
+        cfg.write_text(json.dumps({case.split("-")[1]: "a" * 5_000_000}))
+    elif case == "nul-teacher":
+        cfg.write_text(json.dumps({"teacher": "mini\u0000lm"}))
+    elif case == "run-dir-is-file":
+        argv += ["--run-dir", str(tmp_path / "afile")]
+    elif case == "run-dir-in-file":
+        argv += ["--run-dir", str(tmp_path / "afile" / "run")]
+    else:
+        monkeypatch.setenv("DISTILL_NB_RUNS", str(tmp_path / "afile"))
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("distill-nb: error: ") and err.count("\n") == 1 and len(err) < 1200, err[:300]
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_cli_list_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DISTILL_NB_RUNS", str(tmp_path / "nothing-here"))
+    assert cli(["list"]) == 0
+    assert capsys.readouterr().out.startswith(f"0 run(s) in {tmp_path / 'nothing-here'}")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 
 from distill_nb import DistillConfig
-from distill_nb.runs import Run, Status, launch, list_runs, read_metrics, validate_run_id
+from distill_nb.runs import Run, Status, create_run, launch, list_runs, read_metrics, read_status, validate_run_id, write_status
 
 
 def config(teacher, data, **kw) -> DistillConfig:
@@ -99,3 +100,79 @@ def test_kernel_backend_runs_in_its_own_jupyter_kernel(tiny_teacher, tiny_datase
     assert not (run.path / "kernel.json").exists()  # the connection file (it holds a key) stays out of the run
     assert run.wait(120) == Status.COMPLETED, run.status()
     assert train_steps(run) == list(range(1, 21))
+
+
+# --- second-round probes: launch/resume/delete races and odd arguments -----------------------------------------
+@pytest.mark.parametrize("nproc", [0, -1, "x", True, 2.0, None])
+def test_a_bad_nproc_is_refused_before_anything_is_written(tmp_path, nproc):
+    from distill_nb.runs import launch
+
+    with pytest.raises(ValueError, match="nproc=.* is invalid"):
+        launch(DistillConfig(teacher="tiny", max_steps=1), backend="torchrun", nproc=nproc, root=tmp_path,
+               run_id="r", check=False)
+    assert not (tmp_path / "r").exists()
+    path = create_run(DistillConfig(teacher="tiny", max_steps=1), tmp_path, "s")
+    write_status(path, state="stopped")
+    with pytest.raises(ValueError, match="nproc=.* is invalid"):
+        Run(path).resume(backend="torchrun", nproc=nproc)
+    assert read_status(path)["state"] == "stopped"
+
+
+def test_two_launches_of_one_id_at_once_the_second_is_told_it_exists(tmp_path, monkeypatch):
+    from distill_nb import rundir
+
+    create_run(DistillConfig(teacher="tiny"), tmp_path, "same")
+    monkeypatch.setattr(rundir.os.path, "lexists", lambda p: False)  # both passed the check before either renamed
+    with pytest.raises(FileExistsError, match="run 'same' already exists"):
+        create_run(DistillConfig(teacher="tiny"), tmp_path, "same")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]  # no temp folder left
+
+
+def test_a_runs_root_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for root in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(ValueError, match="is \\(or is inside\\) a file"):
+            create_run(DistillConfig(teacher="tiny"), root, "r")
+
+
+@pytest.mark.parametrize("state,claimed", [("running", None), ("queued", True), ("completed", None)])
+def test_the_launcher_never_records_its_worker_over_an_owner(tmp_path, state, claimed):
+    from distill_nb import rundir
+
+    path = create_run(DistillConfig(teacher="tiny"), tmp_path, "r")
+    write_status(path, state=state, pid=4242, claimed=claimed)
+    assert rundir.update_unclaimed(path, pid=999999, backend="subprocess") is None
+    status = rundir._read_raw_status(path)
+    assert status["pid"] == 4242 and status.get("backend") is None
+    write_status(path, state="queued", claimed=None)
+    assert rundir.update_unclaimed(path, pid=5151)["pid"] == 5151
+
+
+def test_delete_with_a_leftover_trash_folder_of_the_same_name(tmp_path):
+    for _ in range(2):
+        path = create_run(DistillConfig(teacher="tiny"), tmp_path, "x")
+        write_status(path, state="completed")
+        (tmp_path / f".deleting-x-{os.getpid()}").mkdir(exist_ok=True)
+        (tmp_path / f".deleting-x-{os.getpid()}" / "junk").write_text("left by a failed rmtree")
+        Run(path).delete()
+        assert not path.exists()
+
+
+def test_resume_of_a_run_deleted_meanwhile_says_so(tmp_path, monkeypatch):
+    import shutil
+
+    from distill_nb import rundir
+    from distill_nb.rundir import RunNotFound
+
+    path = create_run(DistillConfig(teacher="tiny"), tmp_path, "gone")
+    write_status(path, state="stopped")
+    real = rundir.transition
+
+    def deleted_first(p, *a, **k):
+        shutil.rmtree(p)
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(rundir, "transition", deleted_first)
+    with pytest.raises(RunNotFound, match="no longer exists"):
+        Run(path).resume()
