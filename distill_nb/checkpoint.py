@@ -209,14 +209,34 @@ def save_student(run_dir: Path, student: nn.Module, tokenizer: Any) -> Path:
     return target
 
 
-def cached_tensor(path: Path, write: bool, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """``compute()`` once and keep it in ``path`` (safetensors); later calls read the file."""
+def cached_tensor(path: Path, write: bool, compute: Callable[[], torch.Tensor], shape: tuple[int, ...] | None = None,
+                  log: Callable[[str], None] = print) -> torch.Tensor:
+    """``compute()`` once and keep it in ``path`` (safetensors); later calls read the file.
+
+    A kept file that cannot be read, or holds another shape than ``shape`` or a non-finite number, is a cache
+    miss: it is computed again (and replaced), and ``log`` says so.
+    """
     from safetensors.torch import load_file, save_file
 
     if path.is_symlink():
         raise CorruptRecord(f"{path} is a symbolic link; remove it (distill_nb does not read through links).")
-    if path.is_file():
-        return load_file(path)["logits"]
+    if path.exists():
+        problem = None
+        try:
+            value = load_file(path).get("logits") if path.is_file() else None
+            if value is None:
+                problem = "no 'logits' tensor in it"
+            elif shape is not None and tuple(value.shape) != tuple(shape):
+                problem = f"shape {tuple(value.shape)}, this run needs {tuple(shape)}"
+            elif not value.is_floating_point() or not torch.isfinite(value).all():
+                problem = "non-finite or non-float values"
+            else:
+                return value
+        except Exception as e:  # noqa: BLE001 — safetensors raises its own types for a damaged file
+            problem = f"{type(e).__name__}: {str(e)[:120]}"
+        log(f"{path.name} cannot be used ({problem}); computing it again.")
+        if write:
+            _remove(path)
     value = compute()
     if write:
         with _replacing(path, folder=False) as tmp:

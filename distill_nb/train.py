@@ -204,7 +204,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         if config.cache_teacher_logits and config.alpha_kd and not needs_teacher_states and not mlm:
             rec.phase("caching_logits", f"caching the teacher's logits on {len(t_train)} texts", force=True)
             cached_logits = cached_tensor(run_dir / "teacher_logits.safetensors", main_proc, lambda: predict_logits(
-                teacher, t_train, tokenizer.pad_token_id, device, autocast))
+                teacher, t_train, tokenizer.pad_token_id, device, autocast),
+                shape=(len(t_train), teacher.config.num_labels), log=log)
         if mlm:  # one fixed mask on the eval texts, so every evaluation scores the same masked tokens
             eval_order = length_batches([len(e) for e in t_eval], 16, seed=0, shuffle=False)  # (B, S, V) logits
             eval_batches = [mlm_batch(collate(t_eval, idx, tokenizer.pad_token_id), tokenizer,

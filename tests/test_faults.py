@@ -429,3 +429,56 @@ def test_a_damaged_checkpoint_is_passed_over_for_the_one_before(stopped_at_5, tm
     assert "Delete that folder" in note
     assert read_status(run)["state"] == "completed" and "step_0000004" in read_status(run)["resume_note"]
     assert_each_step_once(run, 8)
+
+
+@pytest.fixture(scope="module")
+def resumed_clean(stopped_at_5, tmp_path_factory):
+    """The undamaged resume of the run killed after step 5: its final student."""
+    import shutil
+
+    config, base = stopped_at_5
+    run = tmp_path_factory.mktemp("clean") / "run"
+    shutil.copytree(base, run, symlinks=True)
+    logs: list[str] = []
+    train(config, run, log=logs.append)
+    assert not any("computing it again" in m for m in logs)  # a good cache is reused
+    return load_file(run / "student" / "model.safetensors")
+
+
+@pytest.mark.parametrize("case", ["truncated", "garbage", "wrong-rows", "wrong-classes", "nan", "other-key",
+                                  "int-dtype", "directory", "empty-file"])
+def test_a_damaged_teacher_logit_cache_is_computed_again(stopped_at_5, resumed_clean, tmp_path, case):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    config, base = stopped_at_5
+    run = tmp_path / "run"
+    shutil.copytree(base, run, symlinks=True)
+    cache = run / "teacher_logits.safetensors"
+    good = load_file(cache)["logits"].clone()  # not a view of the file about to be damaged
+    if case == "truncated":
+        cache.write_bytes(cache.read_bytes()[:100])
+    elif case == "garbage":
+        cache.write_bytes(os.urandom(2048))
+    elif case == "wrong-rows":
+        save_file({"logits": good[:-3].contiguous()}, cache)
+    elif case == "wrong-classes":
+        save_file({"logits": torch.zeros(good.shape[0], good.shape[1] + 1)}, cache)
+    elif case == "nan":
+        save_file({"logits": torch.full_like(good, float("nan"))}, cache)
+    elif case == "other-key":
+        save_file({"something": good}, cache)
+    elif case == "int-dtype":
+        save_file({"logits": good.long()}, cache)
+    elif case == "directory":
+        cache.unlink()
+        cache.mkdir()
+    else:
+        cache.write_bytes(b"")
+    logs: list[str] = []
+    train(config, run, log=logs.append)
+    assert any("teacher_logits.safetensors cannot be used" in m for m in logs), logs
+    assert torch.equal(load_file(cache)["logits"], good)  # computed again, the same numbers
+    final = load_file(run / "student" / "model.safetensors")
+    assert all(torch.equal(final[k], resumed_clean[k]) for k in final)  # trained exactly as with a good cache
