@@ -11,20 +11,26 @@ teacher, named ``<task>-<base>-<key>``. The key is exactly what determines the t
 training data (a hash of its texts and labels, so of the file contents, columns and split), the label names
 and the preparation recipe (its version, seed and settings below) -- not the run's batch size, max length,
 caps or train-set subset. List with :func:`teachers`, remove with :func:`remove_teacher`.
+
+One preparer at a time per teacher (a lock file beside its folder, for processes and threads alike): a second run
+waits and then finds the first one's teacher. A new teacher is written to a temp folder and swapped in whole;
+loading holds the lock shared, so a refresh or a removal never happens under a run that is reading the folder.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import os
 import random
 import re
+import secrets
 import shutil
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,7 @@ import torch
 from .config import atomic_write_text
 from .families import cache_dir
 from .models import load_config, predict_logits
+from .owner import RunBusy, open_lock_file
 from .precision import adamw
 from .safeio import number
 
@@ -96,6 +103,7 @@ def remove_teacher(teacher: str | os.PathLike | PreparedTeacher) -> Path:
     Raises:
         FileNotFoundError: no such teacher in the cache (the message lists those there are).
         ValueError: the path is not inside the teachers cache (nothing outside it is ever deleted).
+        RunBusy: a run is preparing or loading this teacher right now.
     """
     path = teacher.path if isinstance(teacher, PreparedTeacher) else Path(teacher)
     if not path.is_absolute():
@@ -107,9 +115,14 @@ def remove_teacher(teacher: str | os.PathLike | PreparedTeacher) -> Path:
     if not (path / "config.json").is_file():
         names = [t.path.name for t in teachers()]
         raise FileNotFoundError(f"no prepared teacher {path.name!r} in {teachers_dir()}; there are: {names}")
-    trash = path.with_name(f".removing-{path.name}-{os.getpid()}")
-    os.replace(path, trash)  # atomic: a concurrent lister sees the teacher or nothing, never half of it
-    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        with _key_lock(path, block=False):
+            trash = path.with_name(f".removing-{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
+            os.replace(path, trash)  # atomic: a concurrent lister sees the teacher or nothing, never half of it
+            shutil.rmtree(trash, ignore_errors=True)
+    except BlockingIOError:
+        raise RunBusy(f"the prepared teacher {path.name!r} is being prepared or loaded by a run right now; remove it "
+                      "when that run has started training.") from None
     return path
 
 
@@ -133,15 +146,31 @@ def data_key(task: Any) -> str:
     return h.hexdigest()
 
 
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256: each file read once
+
+
+def _file_hash(path: Path) -> str:
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _FILE_HASHES[memo] = h.hexdigest()
+    return _FILE_HASHES[memo]
+
+
 def base_key(name: str, trust_remote_code: bool = False) -> str:
-    """The base model's identity: its name, plus a hash of its config and weight files' sizes when local."""
+    """The base model's identity: its name, or for a local folder a hash of the contents of its config and
+    weight files (two encoders of one shape, or one re-saved with other weights, are different bases)."""
     path, _ = load_config(name, trust_remote_code)
     folder = Path(path)
     if not folder.is_dir():
         return str(name)
     h = hashlib.sha256((folder / "config.json").read_bytes())
     for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
+        h.update(f"{f.name}:{_file_hash(f)}".encode())
     return h.hexdigest()
 
 
@@ -177,32 +206,98 @@ def prepare_teacher(name: str, task: Any, *, max_steps: int = 2000, max_minutes:
     recipe = {**RECIPE, **(recipe or {})}
     out, identity = _cache_entry(name, task, recipe, trust_remote_code)
     key = out.name.rsplit("-", 1)[1]
-    if not refresh and (out / "config.json").is_file():
-        meta = teacher_meta(out) or {}
-        if _covers(meta, max_steps, max_minutes):
-            log(f"prepared teacher found in the cache: {_read(out).label} ({out})")
-            return out
-        log(f"the cached teacher {out.name} stopped at a smaller cap ({meta.get('steps')} steps, "
-            f"{meta.get('stopped_by')}) before its plateau; preparing it again with max_steps={max_steps}"
-            + (f", max_minutes={max_minutes:g}" if max_minutes else ""))
-    model, tok, meta = _fine_tune(name, task, recipe, max_steps=max_steps, max_minutes=max_minutes, device=device,
-                                  autocast=autocast, trust_remote_code=trust_remote_code, log=log,
-                                  progress=progress)
-    meta.update(task=task_name(task), base=str(name), source=str(task.source), key=key, identity=identity,
-                created_at=time.time(), max_steps=max_steps, max_minutes=max_minutes)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.eval().save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    atomic_write_text(tmp / META, json.dumps(meta, indent=1, allow_nan=False) + "\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():  # refresh (or a racing preparer): replace the old one atomically enough
-        old = out.with_name(f".removing-{out.name}-{os.getpid()}")
-        os.replace(out, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(tmp, out)
+    # one preparer per teacher (processes and threads): a second one waits, then finds the first one's teacher
+    with _key_lock(out, wait=(lambda: progress(0, max_steps)) if progress else None, log=log):
+        _sweep(out)
+        if not refresh and (out / "config.json").is_file():
+            meta = teacher_meta(out) or {}
+            if _covers(meta, max_steps, max_minutes):
+                log(f"prepared teacher found in the cache: {_read(out).label} ({out})")
+                return out
+            if not meta:
+                log(f"the cached teacher {out.name} has no readable {META}; preparing it again")
+            else:
+                log(f"the cached teacher {out.name} stopped at a smaller cap ({meta.get('steps')} steps, "
+                    f"{meta.get('stopped_by')}) before its plateau; preparing it again with max_steps={max_steps}"
+                    + (f", max_minutes={max_minutes:g}" if max_minutes else ""))
+        model, tok, meta = _fine_tune(name, task, recipe, max_steps=max_steps, max_minutes=max_minutes,
+                                      device=device, autocast=autocast, trust_remote_code=trust_remote_code,
+                                      log=log, progress=progress)
+        meta.update(task=task_name(task), base=str(name), source=str(task.source), key=key, identity=identity,
+                    created_at=time.time(), max_steps=max_steps, max_minutes=max_minutes)
+        tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}-{secrets.token_hex(4)}")
+        model.eval().save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        atomic_write_text(tmp / META, json.dumps(meta, indent=1, allow_nan=False) + "\n")
+        if out.exists():  # refresh: the old one is set aside only now that the new one is complete
+            old = out.with_name(f".removing-{out.name}-{os.getpid()}-{secrets.token_hex(4)}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
     log(f"prepared teacher: {_read(out).label} -> {out}")
     return out
+
+
+@contextmanager
+def _key_lock(out: Path, *, shared: bool = False, wait: Callable[[], Any] | None = None,
+              log: Callable[[str], None] | None = None, block: bool = True) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside a cache folder: exclusive to prepare or remove it, shared to load it.
+
+    While another process holds it, ``wait()`` is called about every half second (a run's heartbeat, and its Stop)
+    and ``log`` says once why this one waits. ``block=False`` raises BlockingIOError instead of waiting.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = open_lock_file(out.with_name(f".{out.name}.lock"))
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    try:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not block:
+                raise
+            if log:
+                log(f"the teacher {out.name} is being prepared by another run; waiting for it")
+            while True:
+                if wait:
+                    wait()
+                time.sleep(0.5)
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    continue
+        yield
+    finally:
+        os.close(fd)
+
+
+def _sweep(out: Path) -> None:
+    """Remove what an interrupted prepare or removal of this teacher left (the caller holds its lock)."""
+    for junk in out.parent.glob(f".tmp-{out.name}-*"):
+        shutil.rmtree(junk, ignore_errors=True)
+    for junk in out.parent.glob(f".removing-{out.name}-*"):
+        shutil.rmtree(junk, ignore_errors=True)
+
+
+def load_prepared(folder: str | os.PathLike, **kwargs: Any) -> tuple[Any, Any, dict[str, Any] | None]:
+    """(model, tokenizer, teacher.json summary) of a prepared teacher, read while no preparer replaces it.
+
+    Raises:
+        FileNotFoundError / ValueError: it is gone or damaged (the message names the cache entry and the fix).
+    """
+    from .models import load_teacher
+
+    folder = Path(folder)
+    with _key_lock(folder, shared=True):
+        try:
+            model, tok = load_teacher(str(folder), **kwargs)
+        except (OSError, ValueError) as e:
+            raise type(e)(f"the prepared teacher {folder.name} in the cache cannot be loaded ({e}); remove it with "
+                          f"distill_nb.remove_teacher({folder.name!r}) (or the Teacher tab) and it is prepared "
+                          "again.") from e
+        return model, tok, teacher_meta(folder)
 
 
 def _cache_entry(name: str, task: Any, recipe: dict[str, Any], trust_remote_code: bool) -> tuple[Path, dict]:

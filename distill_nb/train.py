@@ -54,7 +54,7 @@ from .preflight import check_max_length
 from .recorder import Recorder
 from .rundata import align_labels, full_task_for, task_for
 from .rundir import truncate_metrics
-from .teacher_cache import prepare_teacher, student_beats_teacher, teacher_meta
+from .teacher_cache import load_prepared, prepare_teacher, student_beats_teacher
 from .vocab import trim_student
 
 
@@ -126,20 +126,27 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                 raise
             if world > 1 and not main_proc:
                 dist.barrier()  # process 0 prepares (and caches) the teacher; the others then load it
+            # on the whole training split (not the run's capped subset): the cache key is the data, not the run
+            prep = partial(prepare_teacher, config.teacher, data or full_task_for(config),
+                           max_steps=config.teacher_prep_steps, max_minutes=config.teacher_prep_minutes,
+                           device=device, autocast=autocast, log=log, trust_remote_code=config.trust_remote_code,
+                           progress=_prep_progress(rec, world == 1) if main_proc else None)
             try:  # minutes on a CPU: process 0 shows its progress, and a Stop ends it (single process only)
-                # on the whole training split (not the run's capped subset): the cache key is the data, not the run
-                prepared = prepare_teacher(config.teacher, data or full_task_for(config),
-                                           max_steps=config.teacher_prep_steps, max_minutes=config.teacher_prep_minutes,
-                                           device=device, autocast=autocast, log=log,
-                                           trust_remote_code=config.trust_remote_code,
-                                           progress=_prep_progress(rec, world == 1) if main_proc else None)
+                prepared = prep()
+                if world > 1 and main_proc:
+                    dist.barrier()
+                try:
+                    teacher, tokenizer, prep_meta = load_prepared(prepared, attn_implementation=attn)
+                except (OSError, ValueError) as e:  # damaged, or removed meanwhile: a cache miss, made good once
+                    if world > 1:
+                        raise
+                    log(f"{e} Preparing it again now.")
+                    prepared = prep(refresh=True)
+                    teacher, tokenizer, prep_meta = load_prepared(prepared, attn_implementation=attn)
             except _StopRequested:
                 rec.stopped(0, "stopped while preparing the teacher; Resume starts its fine-tuning again")
                 return {}
-            if world > 1 and main_proc:
-                dist.barrier()
-            teacher, tokenizer = load_teacher(str(prepared), attn_implementation=attn)
-            rec.update(teacher_path=str(prepared), teacher_prep=teacher_meta(prepared))
+            rec.update(teacher_path=str(prepared), teacher_prep=prep_meta)
         teacher = teacher.to(device).eval().requires_grad_(False)
         if not mlm:  # named labels follow the teacher's id2label order (not sorted); ids must match its count
             teacher_names = [str(teacher.config.id2label[i]) for i in range(teacher.config.num_labels)]

@@ -183,3 +183,106 @@ def test_one_damaged_teacher_json_never_hides_the_others(tmp_path, monkeypatch, 
                                   (float("inf"), 0.5), (None, 0.5), (0.9, None)])
 def test_nothing_measured_makes_no_claim_about_the_teacher(pair):
     assert student_beats_teacher(*pair, 1000) is None
+
+
+# --- the cache under concurrency and damage -----------------------------------------------------------------------
+def test_two_preparers_of_one_teacher_take_turns(bare):
+    import threading
+
+    from distill_nb.teacher_cache import teachers_dir
+
+    results, errors = {}, []
+
+    def prepare(cap):
+        try:
+            results[cap] = prepare_teacher(bare, toy(), max_steps=cap, log=quiet)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=prepare, args=(cap,)) for cap in (3, 6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and results[3] == results[6]
+    assert teacher_meta(results[6])["steps"] == 6  # the larger cap wins, whichever ran first
+    assert sorted(p.name for p in teachers_dir().iterdir() if not p.name.endswith(".lock")) == [results[6].name]
+
+
+def test_an_encoder_resaved_with_other_weights_is_another_base(bare, tmp_path):
+    import torch
+    from transformers import BertModel
+
+    from distill_nb.teacher_cache import cached_teacher
+
+    first = prepare_teacher(bare, toy(), max_steps=2, log=quiet)
+    assert cached_teacher(bare, toy()) == first
+    model = BertModel.from_pretrained(bare)
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight.add_(0.01)  # same shape, same file size
+    model.save_pretrained(bare)
+    assert cached_teacher(bare, toy()) is None
+    twin = tmp_path / "elsewhere" / Path(bare).name  # another folder of the same name and shape
+    BertModel(model.config).save_pretrained(twin)
+    import shutil
+
+    for f in Path(bare).glob("*.txt"):
+        shutil.copy(f, twin)
+    for f in Path(bare).glob("tokenizer*"):
+        shutil.copy(f, twin)
+    assert cached_teacher(str(twin), toy()) is None
+
+
+def test_leftovers_of_an_interrupted_prepare_are_swept(bare):
+    from distill_nb.teacher_cache import RECIPE, _cache_entry
+
+    out, _ = _cache_entry(bare, toy(), RECIPE, False)
+    out.parent.mkdir(parents=True)
+    for junk in (f".tmp-{out.name}-1-abcd", f".removing-{out.name}-1-ef01"):
+        (out.parent / junk).mkdir()
+        (out.parent / junk / "model.safetensors").write_bytes(b"x" * 100)
+    prepare_teacher(bare, toy(), max_steps=2, log=quiet)
+    assert sorted(p.name for p in out.parent.iterdir() if not p.name.endswith(".lock")) == [out.name]
+
+
+def test_a_teacher_being_loaded_is_not_removed_under_it(bare):
+    from distill_nb.owner import RunBusy
+    from distill_nb.teacher_cache import _key_lock
+
+    path = prepare_teacher(bare, toy(), max_steps=2, log=quiet)
+    # what load_prepared holds while a run loads it
+    with _key_lock(path, shared=True), pytest.raises(RunBusy, match="being prepared or loaded"):
+        remove_teacher(path)
+    remove_teacher(path)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "removed"])
+def test_a_damaged_cached_teacher_is_prepared_again_by_the_run(bare, tmp_path, damage):
+    from distill_nb import DistillConfig
+    from distill_nb.rundir import read_status
+    from distill_nb.train import train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = "".join(f"the movie was {(POS if i % 2 else NEG)[i % 5]},{i % 2}\n" for i in range(40))
+    for split in ("train", "validation"):
+        (data / f"{split}.csv").write_text("text,label\n" + rows)
+    config = DistillConfig(teacher=bare, dataset=str(data), text_column="text", teacher_prep_steps=2,
+                           student_layers=2, max_steps=2, batch_size=8, reason_probe=0)
+    train(config, tmp_path / "run1", log=quiet)
+    cached = Path(read_status(tmp_path / "run1")["teacher_path"])
+    if damage == "truncated":
+        weights = cached / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:200])
+    else:
+        (cached / "model.safetensors").unlink()  # teacher.json says all is well
+    logs: list[str] = []
+    train(config, tmp_path / "run2", log=logs.append)
+    assert read_status(tmp_path / "run2")["state"] == "completed"
+    assert any("cannot be loaded" in m and "Preparing it again" in m for m in logs), logs
+    assert (cached / "model.safetensors").stat().st_size > 1000
+    (cached / "teacher.json").unlink()  # a folder that looks cached but says nothing about itself
+    logs.clear()
+    train(config, tmp_path / "run3", log=logs.append)
+    assert any("has no readable teacher.json; preparing it again" in m for m in logs), logs
