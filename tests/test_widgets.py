@@ -475,6 +475,7 @@ def test_app_reattached_shows_the_runs_config(tiny_teacher, tiny_dataset, runs_r
                 "text_column", "dataset"):
         assert getattr(built, key) == getattr(cfg, key), key
     assert not app.launcher.resume_button.disabled and not app.launcher.start_button.disabled
+    app.close()  # a stopped run is watched slowly for a resume from elsewhere: end it
 
 
 def test_app_defaults_are_workshop_sized():

@@ -12,6 +12,7 @@ import ipywidgets as W
 import traitlets as T
 
 from ..config import DistillConfig
+from ._util import esc, note_html
 from .attribution import AttributionExplorer
 from .comparison import Comparison
 from .errors import ErrorAnalysis
@@ -85,8 +86,7 @@ class DistillApp(W.VBox):
     auto_estimate = True  # set False to never time a batch on its own
 
     def _state_changed(self, change: dict[str, Any]) -> None:
-        if change["new"] in ("completed", "failed", "stopped"):
-            self.launcher.run_finished(change["new"])
+        # Start/Stop/Resume follow the state themselves (the launcher observes the monitor)
         if change["new"] == "completed" and self.monitor.run is not None:
             run = self.monitor.run
             self.explorer.set_run(run)
@@ -121,9 +121,9 @@ class DistillApp(W.VBox):
 
         run = Run.attach(run_id, self.root)
         config = run.config
-        # every tab shows the attached run's config, so Start there runs what the person sees
-        if self.picker.teacher != config.teacher:
-            self.picker.teacher = config.teacher
+        # every tab shows the attached run's config, so Start there runs what the person sees: the run's teacher
+        # also when it cannot be loaded (the picker says so), and its config is read again (no stale error)
+        self.picker.show(config.teacher)
         self.designer.set_config(config)
         self.launcher.set_config(config)
         self.run_id = run.id
@@ -132,7 +132,16 @@ class DistillApp(W.VBox):
         self.launcher.run_id = run.id
         self.monitor.watch(run)
         self.launcher.run_finished(self.monitor.state or "stopped")  # Start/Stop/Resume as the run stands
+        self.launcher.message.value = note_html(f"opened run <code>{esc(run.id)}</code>") + (
+            note_html(f"the run's teacher <code>{esc(config.teacher)}</code> cannot be loaded (see the Teacher "
+                      "tab): put it back before Resume, or pick another teacher before Start.", "#a00")
+            if self.picker.teacher_config is None else "")
         self.tabs.selected_index = TABS.index("Monitor")
+
+    def close(self) -> None:
+        """Stop the monitor's polling and close the app."""
+        self.monitor.close()
+        super().close()
 
     def __repr__(self) -> str:
         lines = ["DistillApp (tabs: " + ", ".join(TABS) + ")", "  " + repr(self.picker), "  " + repr(self.designer),

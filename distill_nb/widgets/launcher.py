@@ -116,6 +116,7 @@ class Launcher(Panel):
                                                 description="label names", style=s, layout=lay,
                                                 continuous_update=False)
         self._loading = False
+        self._stop_asked = False  # Stop was clicked and the run has not stopped yet
         self._given: dict[str, tuple[Any, Any]] = {}  # field: (value its widget was given, the config's value)
         self._show(c)  # c's values as given: a widget's range is widened, never c's value clamped into it
         self.columns_note = W.HTML()
@@ -145,10 +146,13 @@ class Launcher(Panel):
             if source is not None:
                 source.observe(self._changed, names=["teacher", "estimates", "init", "pretrained"]
                                if source is designer else ["teacher"])
-        # a double-click sends two clicks before the first disables the button: the second is ignored
+        # a double-click sends two clicks before the first disables the button: the second is ignored (so is a
+        # click sent while the button was still enabled that arrives after the run changed state)
         self.start_button.on_click(lambda _: None if self.start_button.disabled else self.start())
-        self.stop_button.on_click(lambda _: self.stop())
-        self.resume_button.on_click(lambda _: self.resume())
+        self.stop_button.on_click(lambda _: None if self.stop_button.disabled else self.stop())
+        self.resume_button.on_click(lambda _: None if self.resume_button.disabled else self.resume())
+        if monitor is not None:  # the buttons follow the run's state, also when it changes elsewhere
+            monitor.observe(self._monitor_state, names=["state"])
         self.export_button.on_click(lambda _: self.export())
         data_keys = ["dataset", "text_column", "label_column", "train_split", "eval_split", "label_names",
                      "max_train_examples", "max_eval_examples", "max_length", "teacher_prep_steps"]
@@ -362,23 +366,57 @@ class Launcher(Panel):
 
     @guarded
     def stop(self) -> None:
-        """Ask the run to checkpoint and stop (returns at once; the monitor shows when it has stopped)."""
-        if self.run is None:
+        """Ask the run to checkpoint and stop (returns at once; the monitor shows when it has stopped).
+
+        A run that is no longer queued/running (it finished before the click arrived) is left as it is: the
+        buttons are set from its state and the message says it had already finished.
+        """
+        run = self.run
+        if run is None:
             raise ValueError("no run to stop: press Start first.")
-        self.run.stop(wait=None)
+        state = _state_of(run)
+        if state not in ACTIVE:
+            self._buttons(state)
+            self.message.value = note_html(f"run <code>{esc(self.run_id)}</code> had already finished "
+                                           f"({esc(state)}); nothing to stop")
+            return
+        state = _state_value(run.stop(wait=None).get("state"))
+        if state not in ACTIVE:  # stopped before its worker started, or it finished meanwhile
+            self._buttons(state)
+            self.message.value = note_html(f"run <code>{esc(self.run_id)}</code> is {esc(state)}")
+            return
         self.message.value = note_html(f"asked run <code>{esc(self.run_id)}</code> to stop at its next step")
         self._buttons("stopping")
 
     @guarded
     def resume(self) -> None:
-        """Continue a stopped or failed run from its last checkpoint."""
-        if self.run is None:
+        """Continue a stopped or failed run from its last checkpoint.
+
+        A run that is already queued or running (resumed by a second click, the sidebar, the CLI or another
+        notebook) is followed instead: the monitor watches it again and the buttons show it as running.
+        """
+        from ..runs import RunBusy
+
+        run = self.run
+        if run is None:
             raise ValueError("no run to resume: press Start first.")
         self.resume_button.disabled = True  # one click, one resume
+        self.resume_button.button_style = ""
         try:
-            run = self.run.resume(backend=self.backend)
+            run = run.resume(backend=self.backend)
+        except RunBusy:
+            state = _state_of(run)
+            if state not in ACTIVE:  # e.g. a worker still releasing its lock: a real, passing error
+                self._buttons(state)
+                raise
+            if self.monitor is not None:
+                self.monitor.watch(run)
+            self._buttons(state)
+            self.message.value = note_html(f"run <code>{esc(self.run_id)}</code> is already {esc(state)} (resumed "
+                                           "elsewhere or by an earlier click); the monitor follows it")
+            return
         except BaseException:
-            self.resume_button.disabled = False
+            self._buttons(_state_of(run))  # as the run stands: an unreadable or completed run offers no Resume
             raise
         if self.monitor is not None:
             self.monitor.watch(run)
@@ -387,17 +425,29 @@ class Launcher(Panel):
 
     def _buttons(self, state: str) -> None:
         active = state in ("running", "queued", "stopping")
+        self._stop_asked = state == "stopping"
         self.start_button.disabled = active
         self.stop_button.disabled = not active or state == "stopping"
-        self.resume_button.disabled = active or state == "completed" or not self.run_id
+        # a completed run is never trained again; an unreadable one cannot be resumed (Run.resume raises)
+        self.resume_button.disabled = active or state in ("completed", "unreadable") or not self.run_id
         # a disabled button keeps no accent colour, so it does not look pressable
         for button, style in ((self.start_button, "success"), (self.stop_button, "warning"),
                               (self.resume_button, "info")):
             button.button_style = "" if button.disabled else style
 
     def run_finished(self, state: str) -> None:
-        """Called by the monitor when the run leaves queued/running."""
+        """Called by the monitor when the run leaves queued/running (and when it is queued/running again)."""
         self._buttons(state)
+
+    def _monitor_state(self, change: dict[str, Any]) -> None:
+        """The monitor's run changed state: the buttons follow when it is this launcher's run."""
+        state = change["new"]
+        run = getattr(self.monitor, "run", None)
+        if not state or run is None or not self.run_id or run.id != self.run_id:
+            return
+        if state in ACTIVE and self._stop_asked:
+            state = "stopping"  # Stop was clicked: it stays off until the run has stopped
+        self._buttons(state)  # finished, or queued/running again (resumed elsewhere)
 
     def __repr__(self) -> str:
         try:
@@ -407,6 +457,22 @@ class Launcher(Panel):
         except Exception as e:  # noqa: BLE001 - the repr must never raise
             summary = f"invalid config: {e}"
         return f"Launcher(run_id={self.run_id!r}, backend={self.backend!r}, config={summary})"
+
+
+ACTIVE = ("queued", "running")
+
+
+def _state_value(state: Any) -> str:
+    """A state as its plain string ('stopped'), also when given as a ``Status`` member."""
+    return str(getattr(state, "value", state) or "")
+
+
+def _state_of(run: Any) -> str:
+    """The run's state now (read from status.json); 'unreadable' when it cannot be read."""
+    try:
+        return _state_value(run.status().get("state"))
+    except Exception:  # noqa: BLE001 - a deleted or damaged run: nothing to resume
+        return "unreadable"
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -5,6 +5,12 @@ an asyncio task on the kernel's own event loop: the poll runs on the kernel thre
 widget values, which works the same on ipykernel 6 and 7 (a thread writing into an ``Output`` does not on 7,
 ipywidgets #4001/#4020). Outside a running loop (plain Python) a daemon thread polls instead; it only reads
 files and sets widget values. Training never waits for the monitor: it only appends lines to files.
+
+A run that stops or fails can be resumed elsewhere (the JupyterLab sidebar, the CLI, another notebook): while
+the watched run is stopped, failed or unreadable the background poll goes on slowly (every ``idle_interval``
+seconds, status.json only) and follows the run again from its first record once it is queued or running.
+It ends when the run completes, when its folder is deleted, on ``stop_polling()`` / ``watch()`` of another run,
+and on ``close()``.
 """
 
 from __future__ import annotations
@@ -64,15 +70,19 @@ class RunMonitor(Panel):
     run_error = T.Unicode("")
     polls = T.Int(0)
     interval = T.Float(0.5, help="seconds between polls (2 Hz by default)")
+    idle_interval = T.Float(3.0, help="seconds between status checks of a stopped/failed/unreadable run (it may "
+                            "be resumed elsewhere)")
     phase = T.Unicode("", help="status.json's phase (loading, preparing_teacher, ..., done); '' on older runs")
     progress_line = T.Unicode("", help="the progress across phases as one line (the sidebar shows the same)")
     eval_examples = T.Int(0, help="examples in the eval subset the accuracies are measured on (0: unknown)")
     smoothing = T.Float(0.0, help="EMA weight for the loss curve (0: raw)")
     overlay = T.Unicode("", help="id of an earlier run whose eval curve is drawn dashed ('' for none)")
 
-    def __init__(self, run: Any = None, *, interval: float = 0.5, autostart: bool = True, **kwargs: Any):
+    def __init__(self, run: Any = None, *, interval: float = 0.5, idle_interval: float = 3.0,
+                 autostart: bool = True, **kwargs: Any):
         super().__init__(**kwargs)
         self.interval = interval
+        self.idle_interval = idle_interval
         self.autostart = autostart
         self.header = W.HTML()
         self.progress = W.FloatProgress(value=0, min=0, max=1, layout=W.Layout(width="420px"))
@@ -123,6 +133,7 @@ class RunMonitor(Panel):
         self._seen: set[tuple[int, str]] = set()
         self._since: int | None = None
         self._finished_reported = False
+        self._redraw_all = False  # the next poll draws every chart (the records were read again)
 
     def watch(self, run: Any) -> None:
         """Follow ``run`` (a ``Run``) from its first record; starts polling in the background.
@@ -269,7 +280,8 @@ class RunMonitor(Panel):
                 self.teacher_accuracy = _num(status, "teacher_accuracy")
             self.run_error = str(status.get("error") or "") if state in ("failed", "unreadable") else ""
             self.polls += 1
-        self._render(status, charts=bool(fresh) or self.polls == 1)
+        self._render(status, charts=bool(fresh) or self.polls == 1 or self._redraw_all)
+        self._redraw_all = False
         active = state in ("queued", "running")
         if not active and not self._finished_reported:
             self._finished_reported = True
@@ -282,7 +294,7 @@ class RunMonitor(Panel):
 
     def _render(self, status: dict[str, Any], charts: bool) -> None:
         colour = {"running": "#2a7ae2", "completed": "#2e8b57", "failed": "#c0392b", "stopped": "#b8860b",
-                  "queued": "#777"}.get(self.state, "#333")
+                  "queued": "#777", "unreadable": "#c0392b"}.get(self.state, "#333")
         self.header.value = (f"<b>Run <code>{esc(self.run_id)}</code></b> &nbsp; <span style='color:{colour};"
                              f"font-weight:600'>{esc(self.state)}</span> &nbsp; "
                              f"<span style='color:#555'>{esc(buttons_say(str(status.get('message') or '')))}</span>"
@@ -291,8 +303,8 @@ class RunMonitor(Panel):
         value, top = getattr(self, "_bar", (0.0, 1.0))
         self.progress.max = max(top, 1)
         self.progress.value = min(value, self.progress.max)
-        self.progress.bar_style = {"completed": "success", "failed": "danger", "stopped": "warning"}.get(
-            self.state, "info")
+        self.progress.bar_style = {"completed": "success", "failed": "danger", "stopped": "warning",
+                                   "unreadable": "danger"}.get(self.state, "info")
         speed = f" · {self.examples_per_s:.0f} ex/s" if math.isfinite(self.examples_per_s) else ""
         elapsed = elapsed_s(status)
         self.progress_text.value = (f"&nbsp;{esc(self.progress_line)}{speed}"
@@ -356,10 +368,11 @@ class RunMonitor(Panel):
 
     # --- scheduling -------------------------------------------------------------------------------------------
     def start_polling(self) -> None:
-        """Poll every ``interval`` s until the run finishes: an asyncio task on the kernel's loop if one is
-        running on this thread, else a daemon thread."""
+        """Poll every ``interval`` s while the run is queued/running (then every ``idle_interval`` s, status.json
+        only, while it is stopped/failed/unreadable and may be resumed elsewhere): an asyncio task on the
+        kernel's loop if one is running on this thread, else a daemon thread."""
         self.stop_polling()
-        self._halt.clear()
+        halt = self._halt = threading.Event()  # one per loop: a restart never revives an old loop
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -371,34 +384,96 @@ class RunMonitor(Panel):
             except RuntimeError:
                 loop = None
         if loop is not None:
-            self._task = loop.create_task(self._poll_forever())
+            self._task = loop.create_task(self._poll_forever(halt))
         else:
-            self._thread = threading.Thread(target=self._thread_loop, name=f"RunMonitor-{self.run_id}",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._thread_loop, args=(halt,),
+                                            name=f"RunMonitor-{self.run_id}", daemon=True)
             self._thread.start()
 
-    def stop_polling(self) -> None:
+    def stop_polling(self, timeout: float | None = 5.0) -> None:
+        """End the background poll (the thread is joined, up to ``timeout`` s, unless this is that thread)."""
         self._halt.set()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._task = None
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+            thread.join(timeout)
 
-    async def _poll_forever(self) -> None:
-        while not self._halt.is_set():
-            if not self.poll():
-                return
-            await asyncio.sleep(self.interval)
+    def close(self) -> None:
+        """Stop polling and close the widget."""
+        if hasattr(self, "_halt"):  # also from __del__ of a monitor whose __init__ failed
+            self.stop_polling()
+        super().close()
 
-    def _thread_loop(self) -> None:
-        while not self._halt.is_set():
-            if not self.poll():
+    def _tick(self, idle: bool) -> tuple[float | None, bool]:
+        """One step of the background poll: (seconds to the next step or None to end, idle).
+
+        ``idle``: the run was found stopped/failed/unreadable; only its status is read (cheap) until it is queued
+        or running again (resumed elsewhere), then it is followed again from its first record.
+        """
+        if idle:
+            if not self._reactivated():
+                return (self.idle_interval if self._resumable() else None), True
+            self._rewatch()
+        if self.poll():
+            return self.interval, False
+        return (self.idle_interval if self._resumable() else None), True
+
+    def _resumable(self) -> bool:
+        """Whether the watched run may still become active (resumed elsewhere): stopped, failed or unreadable, and
+        its folder still there."""
+        if self.run is None or self.state not in ("stopped", "failed", "unreadable"):
+            return False
+        try:
+            return self.run.path.is_dir()
+        except Exception:  # noqa: BLE001 - a run handle without a folder: nothing to wait for
+            return False
+
+    def _reactivated(self) -> bool:
+        """Whether the run is queued/running again (reads status.json only)."""
+        try:
+            return str(self.run.status().get("state", "")) in ("queued", "running")
+        except Exception:  # noqa: BLE001 - unreadable now: keep waiting
+            return False
+
+    def _rewatch(self) -> None:
+        """The run was resumed elsewhere: forget what was read (a resume rewrites the metrics from its checkpoint)
+        and follow it again; the overlay choice stays."""
+        self._reset()
+        self._redraw_all = True
+        self.last_eval.value = ""
+        self.run_traceback.outputs = ()
+        self.error = ""
+
+    async def _poll_forever(self, halt: threading.Event | None = None) -> None:
+        halt = halt or self._halt
+        idle = False
+        while not halt.is_set():
+            delay, idle = self._tick(idle)
+            if delay is None or halt.is_set():
                 return
-            self._halt.wait(self.interval)
+            await asyncio.sleep(delay)
+
+    def _thread_loop(self, halt: threading.Event | None = None) -> None:
+        halt = halt or self._halt
+        idle = False
+        while not halt.is_set():
+            delay, idle = self._tick(idle)
+            if delay is None:
+                return
+            halt.wait(delay)
 
     @property
     def polling(self) -> bool:
+        """Whether the background poll is on (also while it only checks a stopped run's status)."""
         return (self._task is not None and not self._task.done()) or (
             self._thread is not None and self._thread.is_alive())
+
+    @property
+    def watching(self) -> bool:
+        """Whether the background poll follows an active (queued/running) run at full rate."""
+        return self.polling and self.state in ("queued", "running")
 
     async def wait_async(self, timeout: float | None = None) -> str:
         """``await monitor.wait_async()`` in a cell: wait for the run while the widgets keep updating."""

@@ -76,6 +76,7 @@ class TeacherPicker(Panel):
         self.cache_note = W.HTML()
         self.summary = W.HTML()
         self._loaded = ""  # the last teacher that loaded: a failed name falls back to it
+        self._keep = False  # show(): a failed name stays the teacher (no fall-back)
         self._syncing = False
         self.dropdown.observe(self._on_dropdown, names=["value"])
         self.load_button.on_click(lambda _: self._set(self.text.value.strip()))
@@ -147,6 +148,16 @@ class TeacherPicker(Panel):
         finally:
             self._syncing = False
 
+    def show(self, name: str) -> None:
+        """Make ``name`` the teacher, as given, and load its config again (e.g. the teacher of a run the app
+        opened): unlike a choice in the list it stays the teacher when it cannot be loaded, and the error says
+        so; an earlier error is cleared when it loads."""
+        self._keep = True
+        try:
+            self._set(name)
+        finally:
+            self._keep = False
+
     def _set(self, name: str) -> None:
         if name == self.teacher:
             self._on_teacher({"new": name})  # reload (e.g. after a failed attempt)
@@ -163,6 +174,12 @@ class TeacherPicker(Panel):
             config, info = teacher_info(name)
         except Exception as exc:
             previous = self._loaded
+            if self._keep:  # show(): the name stays (a run's config names it); no shape, no summary
+                self.teacher_config, self.info = None, {}
+                self.summary.value = ""
+                self._show_choice(name)
+                raise type(exc)(f"{exc}\nThe teacher stays {name!r} (the opened run's config names it): put it "
+                                "back, or pick another teacher before Start.") if _plain(exc) else exc
             if previous and previous != name:
                 # keep dropdown, config and designer on the teacher that works; say what failed
                 self.teacher = previous
