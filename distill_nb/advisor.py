@@ -267,7 +267,11 @@ def suggest_layers(teacher: nn.Module, tokenizer: Any, texts: Sequence[str], lab
     idx = sorted(rng.sample(range(len(texts)), min(max_examples, len(texts))))
     sample = [texts[i] for i in idx]
     y = torch.tensor([int(labels[i]) for i in idx]) if labels is not None else None
-    device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    try:
+        device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device: use 'cpu', 'cuda' or 'cuda:N' (or None: where "
+                         "the teacher is).") from None
     was_training = teacher.training
     teacher.eval()
     order = sorted(range(len(sample)), key=lambda i: len(sample[i]))  # length-sorted batches: little padding

@@ -294,6 +294,9 @@ class DistillConfig:
                 raise ConfigError(f"{source} is a folder: give the path of the JSON file inside it (e.g. "
                                   f"{str(path / 'config.json')!r}, written by DistillConfig.to_json() or the "
                                   "Launcher's export).")
+            if path.exists() and not path.is_file():
+                raise ConfigError(f"{source} is not a regular file (a device or a pipe): give the path of a JSON "
+                                  "file written by DistillConfig.to_json() or the Launcher's export.")
             if not path.is_file():
                 raise ConfigError(f"{source} does not exist: give the path of a JSON file written by "
                                   "DistillConfig.to_json() or the Launcher's export.")

@@ -271,8 +271,18 @@ def label_ids(train: Sequence[Any], evals: Sequence[Any], label_names: Sequence[
     return names, names, True
 
 
+def check_some_text(raw: dict[str, tuple[list[Any], list[Any]]], source: str) -> None:
+    """A split whose every text is blank was read from the wrong column: say so (a few blank texts are fine)."""
+    blank = lambda t: not t.strip() if isinstance(t, str) else all(not str(x or "").strip() for x in t)
+    for split, (texts, _) in raw.items():
+        if texts and all(blank(t) for t in texts):
+            raise ValueError(f"every text of the {split} split of {source} is blank ({len(texts)} rows): the text "
+                             "column is empty; set text_column to the column that holds the texts.")
+
+
 def _finish(raw: dict[str, tuple[list[str], list[Any]]], label_names: Sequence[str] | None, source: str,
             *, labelled: bool = True) -> TaskData:
+    check_some_text(raw, source)
     for split, (texts, labels) in raw.items():
         if not texts:
             raise ValueError(f"the {split} split of {source} is empty: give at least one example.")

@@ -141,6 +141,7 @@ def load_teacher(name: str, *, head: str = "classification", trust_remote_code: 
                          "or re-download it.") from e
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer("the distilled model", add_special_tokens=False)  # an empty vocab.txt fails only here
     except Exception as e:  # a damaged tokenizer.json / vocab.txt
         raise ValueError(f"cannot load the tokenizer of {name!r} ({type(e).__name__}: {str(e)[:160]}): its "
                          "tokenizer files (tokenizer.json, vocab.txt, ...) are missing or damaged; re-save them with "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import ConfigError, DistillConfig
-from .data import LABEL_NAMES, _finish, find_shared_data, read_local
+from .data import LABEL_NAMES, _finish, check_some_text, find_shared_data, read_local
 from .families import (ENCODERS, PACKAGED, POSITION_OFFSET_FAMILIES, SHAPE_NAMES, TOKENIZER_FILES, packaged_folder,
                        unsupported_family)
 from .tables import FILE_FORMATS
@@ -364,6 +364,7 @@ def read_task_labels(config: DistillConfig) -> tuple[list[str], bool, dict[str, 
                                    config.text_pair, max_bytes=FULL_READ_BYTES)
     except KeyError as e:  # a missing column: a config value to change
         raise ConfigError(e.args[0]) from None
+    check_some_text(raw, f"{config.dataset} (text_column={config.text_column!r})")
     rows = {k: len(v[0]) for k, v in raw.items()}
     if not whole:
         for split, (texts, _) in raw.items():

@@ -126,7 +126,7 @@ class Run:
         """
         try:
             return self._resume(backend, nproc)
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):  # ValueError: ConfigError of a config.json that went away
             if not self.path.is_dir():  # deleted under our feet: say so, not which file went missing
                 raise RunNotFound(f"run {self.id!r} no longer exists (deleted?)") from None
             raise

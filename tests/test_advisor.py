@@ -282,6 +282,7 @@ def test_app_suggest_layers_uses_the_train_tabs_data_and_the_runs_teacher(tiny_d
     ({"labels": ["pos", "neg", "pos", "neg"]}, ValueError, r"labels\[0\]='pos' is invalid"),
     ({"labels": [0, 1, 7, 0]}, ValueError, r"labels\[2\]=7 is invalid"),
     ({"labels": [0.0, 1.0, 0.0, 1.0]}, ValueError, r"labels\[0\]=0.0 is invalid"),
+    ({"device": "tpu"}, ValueError, "device='tpu' is not a torch device"),
 ])
 def test_suggest_layers_bad_arguments_say_what_was_given(teacher_and_tok, kwargs, exc, match):
     from distill_nb.advisor import suggest_layers

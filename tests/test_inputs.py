@@ -314,6 +314,9 @@ PREFLIGHT_CASES: list[tuple[str, Callable[[Case], Any], type[BaseException], lis
     ("extra-set", lambda c: c.launch(extra={"tags": {"a"}}), ConfigError, ["extra=", "JSON values"]),
     ("extra-object", lambda c: c.launch(extra={"when": object()}), ConfigError, ["extra=", "JSON values"]),
     ("extra-deep-inf", lambda c: c.launch(extra={"a": [{"b": float("inf")}]}), ConfigError, ["extra=", "JSON values"]),
+    ("text-column-blank-everywhere", lambda c: c.launch(dataset=c.folder("blank-col", "text,title,label\n" + "".join(
+        f"good {i},,{i % 2}\n" for i in range(20))), text_column="title"), ValueError,
+     ["every text of the", "blank", "text_column"]),
     ("mlm-header-only", lambda c: c.launch(objective="mlm", teacher=str(c.models["mlm"]),
                                            dataset=c.folder("mlm-empty", "text\n", "text\nx\n")), ValueError,
      ["mlm-empty", "no rows"]),

@@ -111,6 +111,9 @@ def _damaged(folder, case):
 
         (folder / "model.safetensors").unlink()
         (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"x": print}))  # not tensors: never unpickled
+    elif case == "empty-vocab":
+        (folder / "tokenizer.json").unlink(missing_ok=True)
+        (folder / "vocab.txt").write_text("")
     elif case == "tokenizer-json":
         (folder / "tokenizer.json").write_text("{x")
     elif case == "config-field-type":
@@ -129,6 +132,7 @@ def _damaged(folder, case):
     ("truncated-weights", ["damaged or unreadable", "save_pretrained"]),
     ("pickle-weights", ["weights only", "never arbitrary pickles"]),
     ("tokenizer-json", ["tokenizer", "damaged", "save_pretrained"]),
+    ("empty-vocab", ["tokenizer", "damaged", "save_pretrained"]),
     ("config-field-type", ["config.json", "save_pretrained"]),
     ("custom-code", ["its own model code", "trust_remote_code=True"]),
 ])

@@ -324,7 +324,7 @@ def test_kernel_never_handed_its_run_is_stale_and_resume_stops_that_idle_kernel(
 
 
 @pytest.mark.parametrize("case", ["deep-config", "long-teacher", "long-dataset", "nul-teacher", "run-dir-is-file",
-                                  "run-dir-in-file", "runs-root-is-file", "bigint-config"])
+                                  "run-dir-in-file", "runs-root-is-file", "bigint-config", "config-is-dev-null"])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, case):
     import json
 
@@ -339,6 +339,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, cas
         cfg.write_text('{"max_steps": 1' + "0" * 5000 + "}")
     elif case in ("long-teacher", "long-dataset"):
         cfg.write_text(json.dumps({case.split("-")[1]: "a" * 5_000_000}))
+    elif case == "config-is-dev-null":
+        argv = ["run", "/dev/null"]
     elif case == "nul-teacher":
         cfg.write_text(json.dumps({"teacher": "mini\u0000lm"}))
     elif case == "run-dir-is-file":

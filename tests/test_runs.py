@@ -176,3 +176,21 @@ def test_resume_of_a_run_deleted_meanwhile_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(rundir, "transition", deleted_first)
     with pytest.raises(RunNotFound, match="no longer exists"):
         Run(path).resume()
+
+
+def test_resume_racing_a_delete_at_the_config_read_says_run_not_found(tmp_path, monkeypatch):
+    import shutil
+
+    from distill_nb.rundir import RunNotFound
+
+    path = create_run(DistillConfig(teacher="tiny"), tmp_path, "gone")
+    write_status(path, state="stopped")
+    real = Run.config
+
+    def deleted_first(self):
+        shutil.rmtree(self.path)
+        return real.fget(self)
+
+    monkeypatch.setattr(Run, "config", property(deleted_first))
+    with pytest.raises(RunNotFound, match="no longer exists"):
+        Run(path).resume()
