@@ -248,8 +248,14 @@ def _key_lock(out: Path, *, shared: bool = False, wait: Callable[[], Any] | None
     While another process holds it, ``wait()`` is called about every half second (a run's heartbeat, and its Stop)
     and ``log`` says once why this one waits. ``block=False`` raises BlockingIOError instead of waiting.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd = open_lock_file(out.with_name(f".{out.name}.lock"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = open_lock_file(out.with_name(f".{out.name}.lock"))
+    except OSError:
+        if not shared:
+            raise
+        yield  # a read-only cache (e.g. a shared workshop folder): nobody can replace what is read there
+        return
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         try:

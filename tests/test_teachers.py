@@ -286,3 +286,18 @@ def test_a_damaged_cached_teacher_is_prepared_again_by_the_run(bare, tmp_path, d
     logs.clear()
     train(config, tmp_path / "run3", log=logs.append)
     assert any("has no readable teacher.json; preparing it again" in m for m in logs), logs
+
+
+def test_a_read_only_cache_can_still_be_loaded_from(bare, monkeypatch):
+    from distill_nb import teacher_cache
+
+    path = prepare_teacher(bare, toy(), max_steps=2, log=quiet)
+
+    def read_only(_):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(teacher_cache, "open_lock_file", read_only)
+    model, _, meta = teacher_cache.load_prepared(path)
+    assert model is not None and meta["steps"] == 2
+    with pytest.raises(PermissionError):  # preparing there is refused, as writing would be
+        prepare_teacher(bare, toy(), max_steps=3, log=quiet)
