@@ -244,16 +244,17 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         from transformers import get_linear_schedule_with_warmup
 
         sched = get_linear_schedule_with_warmup(opt, int(config.warmup_ratio * total_steps), total_steps)
-        step = 0
+        step, passed_over = 0, []
         for ckpt in checkpoints(run_dir):  # newest first; a damaged one is passed over, and said so
             try:
                 step = load_checkpoint(ckpt, model.student, model.proj, opt, sched, config)
             except DamagedCheckpoint as e:
                 log(f"{e} Trying an earlier one.")
-                rec.update(resume_note=f"{ckpt.name} was damaged and passed over: {e}")
+                passed_over.append(f"{ckpt.name} was damaged and passed over: {e}")
                 continue
             log(f"resumed from {ckpt.name} (step {step})")
             break
+        rec.update(resume_note="; ".join(passed_over) or None)  # this resume's, never an earlier one's
         if main_proc:  # steps after the checkpoint (all of them, without one) are redone: each is logged once
             truncate_metrics(run_dir, step)
         ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model

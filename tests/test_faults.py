@@ -442,6 +442,7 @@ def resumed_clean(stopped_at_5, tmp_path_factory):
     logs: list[str] = []
     train(config, run, log=logs.append)
     assert not any("computing it again" in m for m in logs)  # a good cache is reused
+    assert read_status(run).get("resume_note") is None  # nothing was passed over
     return load_file(run / "student" / "model.safetensors")
 
 
