@@ -102,12 +102,18 @@ class DamagedCheckpoint(CorruptRecord):
     """A checkpoint folder whose files cannot be used (the message names the folder and the file)."""
 
 
-def _read_tensors(ckpt: Path, name: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
+def _own_file(ckpt: Path, name: str) -> Path:
+    """``ckpt/name``, a regular file and not a link, or DamagedCheckpoint saying which."""
     path = ckpt / name
     if path.is_symlink() or not path.is_file():
         raise DamagedCheckpoint(f"{name} is {'a symbolic link' if path.is_symlink() else 'missing'}")
+    return path
+
+
+def _read_tensors(ckpt: Path, name: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = _own_file(ckpt, name)
     try:
         return load_file(path)
     except Exception as e:  # noqa: BLE001 — safetensors raises its own error types for a damaged file
@@ -161,9 +167,7 @@ def load_checkpoint(ckpt: Path, student: nn.Module, proj: nn.Module, opt: torch.
         projections = _read_tensors(ckpt, "projections.safetensors") if len(proj) else {}
         if len(proj):
             _check_state(proj, projections, "projections.safetensors")
-        opt_path = ckpt / "optimizer.pt"
-        if opt_path.is_symlink() or not opt_path.is_file():
-            raise DamagedCheckpoint(f"optimizer.pt is {'a symbolic link' if opt_path.is_symlink() else 'missing'}")
+        opt_path = _own_file(ckpt, "optimizer.pt")
         try:
             extra = torch.load(opt_path, weights_only=True)  # never unpickle arbitrary objects
             if not isinstance(extra, dict) or not {"optimizer", "scheduler", "rng"} <= set(extra):
@@ -186,7 +190,7 @@ def load_checkpoint(ckpt: Path, student: nn.Module, proj: nn.Module, opt: torch.
             opt.load_state_dict(opt_before)
             raise DamagedCheckpoint(f"optimizer.pt's scheduler or random state cannot be used ({type(e).__name__})"
                                     ) from None
-    except (DamagedCheckpoint, CorruptRecord, FileNotFoundError) as e:
+    except (CorruptRecord, FileNotFoundError) as e:  # DamagedCheckpoint is a CorruptRecord
         what = str(e) if isinstance(e, CorruptRecord) else f"{Path(str(e)).name} is missing"
         raise DamagedCheckpoint(f"checkpoint {ckpt} is damaged: {what}. Delete that folder to resume from an earlier "
                                 "checkpoint (or from the start).") from None

@@ -6,7 +6,6 @@ prediction agreement, eval loss and the student-teacher KL (T=1).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,12 +15,12 @@ from torch import nn
 
 from . import losses
 from .models import predict_logits
+from .safeio import number
 
 
 def _ratio(acc: float, teacher_acc: float | None) -> float | None:
     """Retention: None when the teacher's accuracy is 0, missing or not a number."""
-    ok = teacher_acc is not None and math.isfinite(teacher_acc) and teacher_acc > 0 and math.isfinite(acc)
-    return acc / teacher_acc if ok else None
+    return acc / teacher_acc if number(acc) is not None and (number(teacher_acc) or 0) > 0 else None
 
 
 def evaluate_classifier(student: nn.Module, encoded: list[list[int]], pad_id: int, labels: torch.Tensor,

@@ -346,9 +346,10 @@ def create_run(config: DistillConfig, root: str | os.PathLike | None = None, run
     root_path = runs_root(root)
     run_id = validate_run_id(run_id or new_run_id())
     final = root_path / run_id
+    exists = FileExistsError(f"run {run_id!r} already exists in {root_path}: pick another run_id, or continue it "
+                             "with Run.attach(run_id).resume().")
     if os.path.lexists(final):
-        raise FileExistsError(f"run {run_id!r} already exists in {root_path}: pick another run_id, or continue it "
-                              "with Run.attach(run_id).resume().")
+        raise exists
     try:
         root_path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -367,8 +368,7 @@ def create_run(config: DistillConfig, root: str | os.PathLike | None = None, run
         except OSError as e:  # another launch() of the same id got there first
             if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
-            raise FileExistsError(f"run {run_id!r} already exists in {root_path}: pick another run_id, or "
-                                  "continue it with Run.attach(run_id).resume().") from None
+            raise exists from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -495,7 +495,7 @@ def accuracy_noise(student: float, teacher: float, n: int) -> float:
 
 def student_beats_teacher(student: float | None, teacher: float | None, n: int) -> str | None:
     """A warning when the student beats its teacher by more than noise on ``n`` eval texts, else None."""
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (student, teacher)) or n < 1:
+    if number(student) is None or number(teacher) is None or n < 1:
         return None  # nothing measured (None, NaN): no claim either way
     noise = accuracy_noise(student, teacher, n)
     if student - teacher <= noise:

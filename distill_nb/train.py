@@ -54,6 +54,7 @@ from .preflight import check_max_length
 from .recorder import Recorder
 from .rundata import align_labels, full_task_for, task_for
 from .rundir import truncate_metrics
+from .safeio import number
 from .teacher_cache import load_prepared, prepare_teacher, student_beats_teacher
 from .vocab import trim_student
 
@@ -369,8 +370,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             rec.phase("evaluating", f"final evaluation on {len(t_eval)} texts", force=True)
             record = evaluate(step)
             rec.metrics(record)
-            if not all(isinstance(record.get(k), float) and math.isfinite(record[k])
-                       for k in ("accuracy", "teacher_accuracy")):  # a run never completes on numbers it lacks
+            if any(number(record.get(k)) is None
+                   for k in ("accuracy", "teacher_accuracy")):  # a run never completes on numbers it lacks
                 raise ValueError(f"the final evaluation measured nothing (accuracy {record.get('accuracy')}, teacher "
                                  f"{record.get('teacher_accuracy')} on {len(t_eval)} eval texts): give the run eval "
                                  "texts with words in them; the last checkpoint is kept, Resume retries.")
