@@ -25,7 +25,7 @@ def to_png(fig: Any, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-def _value(record: Any, key: str) -> float:
+def curve_value(record: Any, key: str) -> float:
     """``record[key]`` as a float for plotting; NaN (a gap in the line) when it is missing, None ("not
     measured"), not a finite number (a string, a bool, NaN/inf) or an int too large for a float."""
     from .safeio import number
@@ -45,13 +45,13 @@ def run_figure(records: Sequence[dict[str, Any]], title: str = "") -> Any:
 
     fig = _figure(9.0, 3.2)
     ax_loss, ax_acc = fig.subplots(1, 2)
-    placed = [r for r in records if isinstance(r, dict) and math.isfinite(_value(r, "step"))]
+    placed = [r for r in records if isinstance(r, dict) and math.isfinite(curve_value(r, "step"))]
     train = [r for r in placed if r.get("split") == "train"]
     evals = [r for r in placed if r.get("split") == "eval"]
-    steps = [_value(r, "step") for r in train]
+    steps = [curve_value(r, "step") for r in train]
     drawn = False
     for key, style in (("loss", "-"), ("kd", "--"), ("ce", ":")):
-        ys = [_value(r, key) for r in train]
+        ys = [curve_value(r, key) for r in train]
         if any(math.isfinite(y) for y in ys):
             ax_loss.plot(steps, ys, style, label=key)
             drawn = True
@@ -59,13 +59,13 @@ def run_figure(records: Sequence[dict[str, Any]], title: str = "") -> Any:
     if drawn:
         ax_loss.legend()
     if evals:
-        es = [_value(r, "step") for r in evals]
+        es = [curve_value(r, "step") for r in evals]
         for key, style, label in (("accuracy", "o-", "student accuracy"),
                                   ("agreement", "s--", "agreement with teacher")):
-            ys = [_value(r, key) for r in evals]
+            ys = [curve_value(r, key) for r in evals]
             if any(math.isfinite(y) for y in ys):
                 ax_acc.plot(es, ys, style, label=label)
-        teacher = [y for y in (_value(r, "teacher_accuracy") for r in evals) if math.isfinite(y)]
+        teacher = [y for y in (curve_value(r, "teacher_accuracy") for r in evals) if math.isfinite(y)]
         if teacher:
             ax_acc.axhline(teacher[-1], color="tab:red", ls=":", label="teacher accuracy")
         if ax_acc.get_legend_handles_labels()[0]:

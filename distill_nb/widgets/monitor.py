@@ -24,6 +24,7 @@ from typing import Any
 import ipywidgets as W
 import traitlets as T
 
+from ..plots import curve_value
 from ..safeio import number
 from ._util import (
     Panel,
@@ -195,7 +196,7 @@ class RunMonitor(Panel):
                       and r.get("last_eval")]
         except Exception:  # noqa: BLE001 - the overlay is optional; a bad runs folder never breaks watching
             others = []
-        options = [("no earlier run", "")] + [(f"{r['run_id']} (acc {_acc_text(r['last_eval'])})", r["run_id"])
+        options = [("no earlier run", "")] + [(f"{r['run_id']} (acc {fmt_number(_num(r['last_eval'], 'accuracy'), '{:.3f}')})", r["run_id"])
                                               for r in others[:30] if isinstance(r.get("run_id"), str)]
         self.overlay_dropdown.options = options
         self.overlay_dropdown.value = ""
@@ -247,7 +248,7 @@ class RunMonitor(Panel):
             fresh += 1
             if rec.get("split") == "train":
                 for k in self._train:
-                    self._train[k].append(_nan(rec, k))
+                    self._train[k].append(curve_value(rec, k))
                 if _num(rec, "examples_per_s") is not None:
                     self.examples_per_s = _num(rec, "examples_per_s")
             elif rec.get("split") == "eval":
@@ -342,15 +343,15 @@ class RunMonitor(Panel):
         return svg_chart(series, title=title)
 
     def accuracy_svg(self) -> str:
-        xs = [_nan(e, "step") for e in self._eval]
-        series = [("student acc", xs, [_nan(e, "accuracy") for e in self._eval], "#2a7ae2"),
-                  ("agreement", xs, [_nan(e, "agreement") for e in self._eval], "#8e44ad")]
+        xs = [curve_value(e, "step") for e in self._eval]
+        series = [("student acc", xs, [curve_value(e, "accuracy") for e in self._eval], "#2a7ae2"),
+                  ("agreement", xs, [curve_value(e, "agreement") for e in self._eval], "#8e44ad")]
         hl = [(self.teacher_accuracy, "teacher", "#c0392b")] if math.isfinite(self.teacher_accuracy) else []
         if not xs:
             series = []
         if self._overlay_evals:
-            series.append((f"{self.overlay} acc", [_nan(e, "step") for e in self._overlay_evals],
-                           [_nan(e, "accuracy") for e in self._overlay_evals], "#7f8c8d", True))
+            series.append((f"{self.overlay} acc", [curve_value(e, "step") for e in self._overlay_evals],
+                           [curve_value(e, "accuracy") for e in self._overlay_evals], "#7f8c8d", True))
         n = f" ({self.eval_examples} examples)" if self.eval_examples else ""
         return svg_chart(series, title=f"eval accuracy{n}", y_range=(0.0, 1.0), hlines=hl)
 
@@ -358,8 +359,8 @@ class RunMonitor(Panel):
         """Reason agreement per eval: mean Spearman, top-k overlap and sign agreement of the student's token
         attributions with the teacher's on the probe set (``reason_*`` keys; absent when tracking is off)."""
         tracked = [e for e in self._eval if any(_num(e, k) is not None for k in ("reason_spearman", "reason_topk"))]
-        xs = [_nan(e, "step") for e in tracked]
-        series = [(label, xs, [_nan(e, key) for e in tracked], colour) for label, key, colour in
+        xs = [curve_value(e, "step") for e in tracked]
+        series = [(label, xs, [curve_value(e, key) for e in tracked], colour) for label, key, colour in
                   (("Spearman", "reason_spearman", "#16a085"), ("top-k overlap", "reason_topk", "#d35400"),
                    ("sign", "reason_sign", "#7f8c8d"))] if xs else []
         low = min([0.0] + [y for _, _, ys, _ in series for y in ys if math.isfinite(y)])
@@ -518,17 +519,6 @@ def _num(record: Any, key: str) -> float | None:
     """``record[key]`` as a finite float; None when it is missing, None ("not measured", how NaN is stored), a
     string, a bool, NaN/inf or an int too large for a float."""
     return number(record.get(key)) if isinstance(record, dict) else None
-
-
-def _nan(record: Any, key: str) -> float:
-    """``record[key]`` for a curve: NaN (a gap) when it is not a finite number (see ``_num``)."""
-    value = _num(record, key)
-    return float("nan") if value is None else value
-
-
-def _acc_text(last_eval: Any) -> str:
-    value = _num(last_eval, "accuracy")
-    return "-" if value is None else f"{value:.3f}"
 
 
 __all__ = ["RunMonitor"]
