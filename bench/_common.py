@@ -207,16 +207,16 @@ def load(prof: Profile) -> Any:
     """The profile's task (seeded subsets)."""
     from distill_nb.data import load_task
 
-    text_column = "sentence" if prof.dataset.lower() in ("sst2", "trec6") else "text"
-    return load_task(prof.dataset, text_column=text_column, max_train=prof.max_train, max_eval=prof.max_eval)
+    name, text_column = dataset(prof.dataset)
+    return load_task(name, text_column=text_column, max_train=prof.max_train, max_eval=prof.max_eval)
 
 
 def distill_config(prof: Profile, **changes: Any) -> Any:
     """The DistillConfig every bench trains with (the CLI demo's recipe: KD + 0.5 CE, T=2, every-k init)."""
     from distill_nb.config import DistillConfig
 
-    text_column = "sentence" if prof.dataset.lower() in ("sst2", "trec6") else "text"
-    base = {"teacher": prof.teacher, "dataset": prof.dataset, "text_column": text_column,
+    name, text_column = dataset(prof.dataset)
+    base = {"teacher": prof.teacher, "dataset": name, "text_column": text_column,
             "teacher_prep_steps": prof.teacher_prep_steps, "max_train_examples": prof.max_train,
             "max_eval_examples": prof.max_eval, "student_layers": prof.student_layers,
             "max_steps": prof.student_steps, "batch_size": prof.batch_size, "max_length": prof.max_length,

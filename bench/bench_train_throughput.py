@@ -212,9 +212,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="train() precisions to time, each every round (default: auto fp32)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also profile the fastest train() step and print where its time goes")
+    parser.add_argument("--max-length", type=int, help="override the profile's max_length (tokens per text)")
+    parser.add_argument("--batch-size", type=int, help="override the profile's batch size")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir)
     prof = _common.resolve_inputs(_common.profile(args), out_dir)
+    prof = _replace(prof, **{k: v for k, v in (("max_length", args.max_length), ("batch_size", args.batch_size))
+                             if v})
     from distill_nb.data import TaskData
     from distill_nb.precision import cpu_bf16_check, cpu_bf16_supported, matmul_rate
 
