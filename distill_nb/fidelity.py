@@ -35,6 +35,7 @@ from .attribution.methods import Attribution, attribute, encode
 from .attribution.metrics import agreement, align
 from .config import atomic_write_text
 from .families import cache_dir
+from .safeio import loads
 
 PROBE_FILE = "probe.json"
 
@@ -49,9 +50,21 @@ def fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(teacher_id: str, texts: Sequence[str], method: str, n_steps: int, max_length: int) -> str:
+def tokenizer_id(tokenizer: Any) -> str:
+    """A short hash of what decides a tokenizer's tokens (its whole fast-tokenizer JSON: vocab, normaliser,
+    special tokens), so a re-cased or re-vocabularied tokenizer of the same weights gets its own cache entry."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=12).hexdigest()
+
+
+CACHE_FORMAT = 2  # 2: text pairs are encoded as pairs (attribution.methods.encode), as training feeds them
+
+
+def cache_key(teacher_id: str, texts: Sequence[str], method: str, n_steps: int, max_length: int,
+              tokenizer: str = "") -> str:
     h = hashlib.sha256(repr((teacher_id, method, n_steps if method == "integrated_gradients" else None,
-                             max_length, len(texts))).encode())
+                             max_length, len(texts), tokenizer, CACHE_FORMAT)).encode())
     for t in texts:
         h.update(t.encode("utf-8", "replace") + b"\0")
     return h.hexdigest()[:20]
@@ -59,30 +72,49 @@ def cache_key(teacher_id: str, texts: Sequence[str], method: str, n_steps: int, 
 
 def teacher_attributions(teacher: nn.Module, tokenizer: Any, texts: Sequence[str], *, method: str, n_steps: int,
                          max_length: int, device: torch.device, teacher_id: str | None = None,
-                         save: bool = True, log: Callable[[str], None] = print) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                        torch.Tensor, bool]:
+                         save: bool = True, log: Callable[[str], None] = print,
+                         progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                     torch.Tensor, bool]:
     """The teacher's token attributions of ``texts`` (its predicted class), from the cache or computed once.
+
+    A cache file is used only when it holds what these texts need (a row and the token count of each text, finite
+    scores, classes of the teacher); anything else is computed again. ``progress(done, total)`` is called between
+    chunks of texts while computing (it may raise to abandon the work; nothing is cached then).
 
     Returns:
         (scores (N, S) float32 right-padded with 0, zero at specials; lengths (N,) long; targets (N,) long;
         True when they came from the cache).
     """
     teacher_id = teacher_id or fingerprint(teacher)
-    path = cache_dir() / "attributions" / f"{cache_key(teacher_id, texts, method, n_steps, max_length)}.safetensors"
+    key = cache_key(teacher_id, texts, method, n_steps, max_length, tokenizer_id(tokenizer))
+    path = cache_dir() / "attributions" / f"{key}.safetensors"
     from safetensors.torch import load_file, save_file
 
     if path.is_file():
         try:
             data = load_file(path)
-            return data["scores"], data["lengths"], data["targets"], True
+            scores, lengths, targets = data["scores"], data["lengths"], data["targets"]
+            problem = _cache_problem(scores, lengths, targets, [len(e.ids) for e in encode(tokenizer, list(texts),
+                                                                                           max_length)],
+                                     int(getattr(teacher.config, "num_labels", 0) or 0))
+            if problem is None:
+                return scores.float(), lengths.long(), targets.long(), True
+            log(f"attribution cache {path.name} does not fit these texts ({problem}); recomputing")
         except Exception as e:  # noqa: BLE001 — a corrupt cache file is recomputed, never fatal
             log(f"attribution cache {path.name} unreadable ({e}); recomputing")
     t0 = time.time()
     was_training = teacher.training
     # attribute()'s default batch: 16 texts per call for the gradient methods, captum-sized for IG
-    attrs = attribute(teacher, tokenizer, list(texts), method, n_steps=n_steps, max_length=max_length,
-                      device=device)
-    teacher.train(was_training)
+    attrs: list[Attribution] = []
+    chunk = len(texts) if progress is None else ATTRIBUTION_CHUNK
+    try:
+        for start in range(0, len(texts), max(1, chunk)):
+            if progress is not None:
+                progress(start, len(texts))
+            attrs += attribute(teacher, tokenizer, list(texts[start:start + chunk]), method, n_steps=n_steps,
+                               max_length=max_length, device=device)
+    finally:
+        teacher.train(was_training)
     width = max(len(a.scores) for a in attrs)
     scores = torch.zeros(len(attrs), width)
     for i, a in enumerate(attrs):
@@ -96,6 +128,28 @@ def teacher_attributions(teacher: nn.Module, tokenizer: Any, texts: Sequence[str
         save_file({"scores": scores.contiguous(), "lengths": lengths, "targets": targets}, tmp)
         os.replace(tmp, path)
     return scores, lengths, targets, False
+
+
+ATTRIBUTION_CHUNK = 256  # texts between two progress calls (a Stop is heard within one chunk)
+
+
+def _cache_problem(scores: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, expected: list[int],
+                   num_labels: int) -> str | None:
+    """Why cached attributions cannot serve texts of ``expected`` token counts (None when they can)."""
+    n = len(expected)
+    if scores.dim() != 2 or lengths.shape != (n,) or targets.shape != (n,) or scores.shape[0] != n:
+        return f"shapes {tuple(scores.shape)}/{tuple(lengths.shape)}/{tuple(targets.shape)} for {n} texts"
+    if not scores.is_floating_point() or lengths.is_floating_point() or targets.is_floating_point():
+        return "wrong dtypes"
+    if lengths.tolist() != expected:
+        return "token counts differ from this tokenizer's"
+    if n and scores.shape[1] < max(expected):
+        return "rows shorter than the texts"
+    if not bool(torch.isfinite(scores).all()):
+        return "non-finite scores"
+    if n and (int(targets.min()) < 0 or (num_labels and int(targets.max()) >= num_labels)):
+        return f"classes outside the teacher's {num_labels}"
+    return None
 
 
 # --- live tracking on a probe set ---------------------------------------------------------------------------------
@@ -125,7 +179,7 @@ class ReasonTracker:
                  log: Callable[[str], None] = print):
         t0 = time.time()
         path = Path(run_dir) / PROBE_FILE
-        probe = _read_probe(path)
+        probe = _read_probe(path, eval_texts)
         if probe is None or probe.get("method") != method or probe.get("n_steps") != n_steps:
             usable = [i for i, t in enumerate(eval_texts) if t.strip()]  # a blank text has no reasons to compare
             idx = [usable[j] for j in probe_indices(len(usable), size, seed)]
@@ -169,13 +223,26 @@ class ReasonTracker:
         return evaluate_with_reasons
 
 
-def _read_probe(path: Path) -> dict[str, Any] | None:
+def _read_probe(path: Path, eval_texts: Sequence[str]) -> dict[str, Any] | None:
+    """The run's probe.json when it still describes a probe of ``eval_texts`` (None: build it anew).
+
+    Damaged or edited files (texts that are not the eval texts at their indices, blank or non-string texts,
+    indices out of range or repeated) are not trusted: the probe would measure texts the run does not evaluate.
+    """
     try:
-        probe = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        probe = loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
-    ok = isinstance(probe, dict) and isinstance(probe.get("texts"), list) and probe["texts"]
-    return probe if ok else None
+    if not isinstance(probe, dict):
+        return None
+    idx, texts = probe.get("indices"), probe.get("texts")
+    if not (isinstance(idx, list) and isinstance(texts, list) and texts and len(idx) == len(texts)):
+        return None
+    if not all(type(i) is int and 0 <= i < len(eval_texts) for i in idx) or len(set(idx)) != len(idx):
+        return None
+    if any(not isinstance(t, str) or not t.strip() or t != eval_texts[i] for i, t in zip(idx, texts)):
+        return None
+    return probe
 
 
 def _as_attributions(tokenizer: Any, texts: list[str], scores: torch.Tensor, lengths: torch.Tensor,
@@ -210,17 +277,20 @@ class Aligner:
 
     def __init__(self, teacher: nn.Module, tokenizer: Any, train_texts: Sequence[str], encoded: Sequence[Sequence[int]],
                  *, method: str, n_steps: int, top_k: int | None, examples: int | None, max_length: int,
-                 device: torch.device, save: bool = True, dropout: bool = False, log: Callable[[str], None] = print):
+                 device: torch.device, save: bool = True, dropout: bool = False, log: Callable[[str], None] = print,
+                 student_tokenizer: Any = None, progress: Callable[[int, int], None] | None = None):
         t0 = time.time()
         self.scores, lengths, self.targets, cached = teacher_attributions(
             teacher, tokenizer, train_texts, method=method, n_steps=n_steps, max_length=max_length, device=device,
-            save=save, log=log)
+            save=save, log=log, progress=progress)
         bad = [i for i, e in enumerate(encoded) if len(e) != int(lengths[i])]
         if bad:
             raise RuntimeError(f"teacher attributions do not line up with the training tokens (example {bad[0]}: "
-                               f"{int(lengths[bad[0]])} vs {len(encoded[bad[0]])} tokens)")
+                               f"{int(lengths[bad[0]])} vs {len(encoded[bad[0]])} tokens); the student must split "
+                               "every text as the teacher does: use the teacher's tokenizer for the student")
         self.top_k, self.examples, self.dropout = top_k, examples, dropout
-        self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+        # the batches hold the student's ids: its own special tokens (a trimmed vocabulary renumbers them)
+        self.special = torch.tensor(sorted(set((student_tokenizer or tokenizer).all_special_ids)))
         self.setup_s, self.cached = time.time() - t0, cached
 
     def student_attributions(self, student: nn.Module, batch: dict[str, torch.Tensor], targets: torch.Tensor
@@ -282,8 +352,8 @@ def compare_students(runs: dict[str, Any] | Sequence[Any], *, max_eval: int | No
 
     from .attribution import attribute, faithfulness
     from .config import DistillConfig
-    from .data import load_task
     from .report import accuracy, load_run_models
+    from .rundata import run_task
     from .runs import run_dir
 
     named = dict(runs) if isinstance(runs, dict) else {Path(_path(r, run_dir)).name: r for r in runs}
@@ -291,9 +361,9 @@ def compare_students(runs: dict[str, Any] | Sequence[Any], *, max_eval: int | No
     for name, run in named.items():
         folder = Path(_path(run, run_dir))
         config = DistillConfig.from_json(folder / "config.json")
-        task = load_task(config.dataset, text_column=config.text_column, label_column=config.label_column,
-                         train_split=config.train_split, eval_split=config.eval_split, max_train=1,
-                         max_eval=max_eval or config.max_eval_examples, seed=0)  # seed 0: same texts for all
+        # the run's own eval split and label ids (its seed decides a single file's hold-out; the teacher's
+        # label order decides the ids), exactly as train() measured it
+        task = run_task(folder, max_train=1, max_eval=max_eval or config.max_eval_examples)
         teacher, t_tok, student, s_tok = load_run_models(folder)
         texts, labels = task.eval.texts, task.eval.labels
         t_attr = attribute(teacher, t_tok, texts, method, n_steps=n_steps, max_length=config.max_length)

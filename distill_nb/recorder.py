@@ -3,7 +3,8 @@
 ``train()`` never writes ``status.json`` or ``metrics.jsonl`` by hand: it calls these methods, which know
 the phases, throttle heartbeats, and do nothing on processes other than rank 0.
 
-Phases, in order: ``loading`` -> ``preparing_teacher`` (k/N) -> ``caching_logits`` -> ``training`` (k/N)
+Phases, in order: ``loading`` -> ``preparing_teacher`` (k/N) -> ``caching_logits`` -> ``caching_attributions``
+(k/N, with alpha_attr) -> ``training`` (k/N)
 -> ``evaluating`` -> ``saving`` -> ``done``.
 """
 

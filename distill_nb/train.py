@@ -227,10 +227,19 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             evaluate = partial(evaluate_classifier, model.student, s_eval, student_tok.pad_token_id, eval_labels,
                                teacher_eval, teacher_acc, device, autocast)
         # --- reasons (distill_nb.fidelity): probe agreement at each eval; the attribution-alignment loss --------
-        aligner = fidelity.Aligner(teacher, tokenizer, task.train.texts, t_train, method=config.attr_method,
-                                   n_steps=config.attr_n_steps, top_k=config.attr_top_k, examples=config.attr_examples,
-                                   max_length=config.max_length, device=device, save=main_proc,
-                                   log=log) if config.alpha_attr else None
+        aligner = None
+        if config.alpha_attr:  # minutes for a large training set: shown as its own phase, and a Stop is heard
+            rec.phase("caching_attributions", f"computing the teacher's attributions of {len(t_train)} texts",
+                      0, len(t_train), force=True)
+            try:
+                aligner = fidelity.Aligner(
+                    teacher, tokenizer, task.train.texts, t_train, method=config.attr_method,
+                    n_steps=config.attr_n_steps, top_k=config.attr_top_k, examples=config.attr_examples,
+                    max_length=config.max_length, device=device, save=main_proc, log=log,
+                    student_tokenizer=student_tok, progress=_attr_progress(rec, world == 1) if main_proc else None)
+            except _StopRequested:
+                rec.stopped(0, "stopped while computing the teacher's attributions; Resume computes them again")
+                return {}
         if config.reason_probe and not mlm and main_proc:  # seed 0: all runs on a data set share one probe
             evaluate = fidelity.ReasonTracker(
                 run_dir, teacher, tokenizer, student_tok, task.eval.texts, size=config.reason_probe, seed=0,
@@ -399,7 +408,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
 
 # --- helpers train() calls (small, pure where possible) --------------------------------------------------------
 class _StopRequested(Exception):
-    """STOP appeared while the teacher was being fine-tuned."""
+    """STOP appeared while the teacher was being fine-tuned or its attributions computed."""
 
 
 def _prep_progress(rec: Recorder, can_stop: bool) -> Callable[[int, int], None]:
@@ -410,6 +419,17 @@ def _prep_progress(rec: Recorder, can_stop: bool) -> Callable[[int, int], None]:
             raise _StopRequested
         rec.phase("preparing_teacher", f"preparing the teacher: fine-tuning step {step}/{steps} (at most; it "
                   "stops earlier when its held-out accuracy stops improving)", step, steps)
+
+    return progress
+
+
+def _attr_progress(rec: Recorder, can_stop: bool) -> Callable[[int, int], None]:
+    """``teacher_attributions``' progress: a throttled phase heartbeat; STOP abandons the computation."""
+
+    def progress(done: int, total: int) -> None:
+        if can_stop and rec.stop_requested():
+            raise _StopRequested
+        rec.phase("caching_attributions", f"computing the teacher's attributions: {done}/{total} texts", done, total)
 
     return progress
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..tables import PAIR_SEP, split_pair
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -223,13 +225,27 @@ def encode(tokenizer: Any, texts: list[str], max_length: int) -> list[Encoded]:
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer: word alignment needs offsets; "
                          "load it with AutoTokenizer.from_pretrained(path, use_fast=True)")
-    batch = tokenizer(texts, truncation=True, max_length=max_length, return_offsets_mapping=True,
-                      return_special_tokens_mask=True)
+    pairs = [split_pair(t) for t in texts]
+    kwargs = {"truncation": True, "max_length": max_length, "return_offsets_mapping": True,
+              "return_special_tokens_mask": True}
+    if any(p is not None for p in pairs):  # text_pair data: the tokenizer's pair format, as data.encode feeds it
+        first, second = zip(*[p or (t, "") for p, t in zip(pairs, texts)])
+        batch = tokenizer(list(first), list(second), **kwargs)
+    else:
+        batch = tokenizer(texts, **kwargs)
     out = []
     for i in range(len(texts)):
         special = batch["special_tokens_mask"][i]
+        offsets = [tuple(o) for o in batch["offset_mapping"][i]]
         words = [None if s else w for w, s in zip(batch.word_ids(i), special)]
-        out.append(Encoded(list(batch["input_ids"][i]), [tuple(o) for o in batch["offset_mapping"][i]], words))
+        if pairs[i] is not None:  # the second text's offsets and word ids continue after the first text's
+            shift = len(pairs[i][0]) + len(PAIR_SEP)
+            first_words = 1 + max((w for w, q in zip(words, batch.sequence_ids(i)) if w is not None and q == 0),
+                                  default=-1)
+            seq = batch.sequence_ids(i)
+            offsets = [(a + shift, b + shift) if q == 1 else (a, b) for (a, b), q in zip(offsets, seq)]
+            words = [w + first_words if w is not None and q == 1 else w for w, q in zip(words, seq)]
+        out.append(Encoded(list(batch["input_ids"][i]), offsets, words))
     return out
 
 

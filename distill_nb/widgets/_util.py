@@ -298,7 +298,8 @@ def svg_chart(series: Sequence[Series], *, title: str = "", width: int = 420, he
 
 # --- one progress model across phases (the sidebar's progress.ts says the same) ---------------------------
 PHASES = [("loading", "loading data and models"), ("preparing_teacher", "preparing the teacher"),
-          ("caching_logits", "caching teacher logits"), ("training", "training"),
+          ("caching_logits", "caching teacher logits"),
+          ("caching_attributions", "computing teacher attributions"), ("training", "training"),
           ("evaluating", "final evaluation"), ("saving", "saving")]
 
 

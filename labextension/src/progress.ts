@@ -5,6 +5,7 @@ export const PHASES: [Phase, string][] = [
   ["loading", "loading data and models"],
   ["preparing_teacher", "preparing the teacher"],
   ["caching_logits", "caching teacher logits"],
+  ["caching_attributions", "computing teacher attributions"],
   ["training", "training"],
   ["evaluating", "final evaluation"],
   ["saving", "saving"],

@@ -7,6 +7,7 @@ export type Phase =
   | "loading"
   | "preparing_teacher"
   | "caching_logits"
+  | "caching_attributions"
   | "training"
   | "evaluating"
   | "saving"
