@@ -148,13 +148,20 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     y = y.double() - y.double().mean(0, keepdim=True)
     num = (y.T @ x).pow(2).sum()
     den = (x.T @ x).norm() * (y.T @ y).norm()
+    if not (torch.isfinite(num) and torch.isfinite(den)):
+        return math.nan  # a representation with NaN/inf values has no similarity to report
     return float(num / den) if den > 0 else 0.0
 
 
 def kl_to(reference: torch.Tensor, logits: torch.Tensor) -> float:
-    """Mean over rows of KL(softmax(reference) || softmax(logits)); both (N, C)."""
+    """Mean over rows of KL(softmax(reference) || softmax(logits)); both (N, C). ``inf`` when ``logits`` are not
+    finite (such a candidate ranks last, never first); NaN when the reference is not."""
+    reference, logits = reference.detach(), logits.detach()
+    if not bool(torch.isfinite(reference).all()):
+        return math.nan
     p = reference.log_softmax(-1)
-    return max(0.0, float((p.exp() * (p - logits.log_softmax(-1))).sum(-1).mean()))  # no -0.0 from rounding
+    value = float((p.exp() * (p - logits.log_softmax(-1))).sum(-1).mean())
+    return max(0.0, value) if math.isfinite(value) else math.inf  # max: no -0.0 from rounding
 
 
 def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, *, seed: int = 0, steps: int = 100) -> float:
@@ -197,6 +204,22 @@ def only_layers(model: nn.Module, keep: Sequence[int]) -> Iterator[None]:
 
 # --- the advisor --------------------------------------------------------------------------------------------------
 @torch.no_grad()
+def _teacher_device(teacher: nn.Module, device: str | torch.device | None) -> torch.device:
+    """The device the advisor runs on: the teacher's own (``device`` may only name it, to check)."""
+    own = next(teacher.parameters()).device
+    if device is None:
+        return own
+    try:
+        wanted = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={device!r} is not a torch device: use 'cpu', 'cuda' or 'cuda:N' (or None: where "
+                         "the teacher is).") from None
+    if wanted.type != own.type or (wanted.type != "cpu" and wanted.index is not None and wanted.index != own.index):
+        raise ValueError(f"device={device!r} but the teacher's weights are on {own}: move the teacher first "
+                         f"(teacher.to({str(wanted)!r})), or leave device=None to use where it is.")
+    return own
+
+
 def _logits(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
     return torch.cat([model(**b).logits.float() for b in batches])
 
@@ -267,19 +290,15 @@ def suggest_layers(teacher: nn.Module, tokenizer: Any, texts: Sequence[str], lab
     idx = sorted(rng.sample(range(len(texts)), min(max_examples, len(texts))))
     sample = [texts[i] for i in idx]
     y = torch.tensor([int(labels[i]) for i in idx]) if labels is not None else None
-    try:
-        device = torch.device(device) if device is not None else next(teacher.parameters()).device
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} is not a torch device: use 'cpu', 'cuda' or 'cuda:N' (or None: where "
-                         "the teacher is).") from None
+    device = _teacher_device(teacher, device)
     was_training = teacher.training
-    teacher.eval()
-    order = sorted(range(len(sample)), key=lambda i: len(sample[i]))  # length-sorted batches: little padding
-    batches = [tokenizer([sample[i] for i in order[s:s + batch_size]], padding=True, truncation=True,
-                         max_length=max_length, return_tensors="pt").to(device)
-               for s in range(0, len(order), batch_size)]
-    y = y[order] if y is not None else None
     try:
+        teacher.eval()
+        order = sorted(range(len(sample)), key=lambda i: len(sample[i]))  # length-sorted batches: little padding
+        batches = [tokenizer([sample[i] for i in order[s:s + batch_size]], padding=True, truncation=True,
+                             max_length=max_length, return_tensors="pt").to(device)
+                   for s in range(0, len(order), batch_size)]
+        y = y[order] if y is not None else None
         # --- the full teacher: logits, hidden states (CKA, probes) ------------------------------------------------
         full_logits, pooled, tokens = [], [[] for _ in range(n_teacher + 1)], [[] for _ in range(n_teacher + 1)]
         with torch.no_grad():
@@ -293,6 +312,12 @@ def suggest_layers(teacher: nn.Module, tokenizer: Any, texts: Sequence[str], lab
                     tokens[k].append(h[mask])  # (T, H): real tokens only
         full = torch.cat(full_logits)
         reps = [torch.cat(t) for t in tokens]
+        broken = next((k for k, r in enumerate(reps) if not bool(torch.isfinite(r).all())), None)
+        if broken is not None or not bool(torch.isfinite(full).all()):
+            where = "its logits" if broken is None else ("its embeddings" if broken == 0 else f"layer {broken - 1}")
+            raise ValueError(f"the teacher computes NaN/inf values on these texts ({where}): its weights are damaged "
+                             "or overflow in this precision; load it again in float32 (or fix the weights) before "
+                             "asking which layers to keep.")
         pick = torch.randperm(len(reps[0]), generator=torch.Generator().manual_seed(seed))[:max_tokens]
         reps = [r[pick].cpu() for r in reps]
         cka = tuple(tuple(linear_cka(reps[a], reps[b]) for b in range(n_teacher + 1)) for a in range(n_teacher + 1))

@@ -54,7 +54,11 @@ def tokenizer_id(tokenizer: Any) -> str:
     """A short hash of what decides a tokenizer's tokens (its whole fast-tokenizer JSON: vocab, normaliser,
     special tokens), so a re-cased or re-vocabularied tokenizer of the same weights gets its own cache entry."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:  # without the truncation/padding settings the last call left on it
+        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        text = json.dumps(spec, sort_keys=True)
+    else:
+        text = repr(sorted(tokenizer.get_vocab().items()))
     return hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=12).hexdigest()
 
 

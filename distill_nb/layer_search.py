@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import DistillConfig
+from .config import ConfigError, DistillConfig
 from .data import TaskData, TextSplit
 
 
@@ -118,6 +118,12 @@ def rank_by_proxy_runs(config: DistillConfig, candidates: Sequence[Sequence[int]
                 isinstance(i, int) and not isinstance(i, bool) for i in c):
             raise ValueError(f"candidate {c!r} is invalid: each candidate is a list of integer teacher layers, "
                              "e.g. [0, 2, 4].")
+    try:  # the proxy runs train without the attribution loss (~3 forward-backwards per row): something else must
+        config.replace(alpha_attr=0.0)
+    except ConfigError:
+        raise ConfigError(f"the proxy runs train without the attribution loss, and alpha_attr={config.alpha_attr} is "
+                          "this config's only loss: give the search a config with alpha_kd or alpha_ce > 0, e.g. "
+                          "config.replace(alpha_kd=1.0).") from None
     cands = [tuple(int(i) for i in c) for c in candidates]
     cands = list(dict.fromkeys(cands))  # duplicates once, in order
     if not cands:

@@ -34,8 +34,12 @@ def curve_value(record: Any, key: str) -> float:
     return float("nan") if value is None else value
 
 
+REASON_CURVES = (("reason_spearman", "Spearman"), ("reason_topk", "top-k overlap"), ("reason_sign", "sign"))
+
+
 def run_figure(records: Sequence[dict[str, Any]], title: str = "") -> Any:
-    """Training loss (and its KD / CE parts) and eval accuracy vs step, from ``Run.metrics()`` records.
+    """Training loss (and each loss part the run used: KD, CE, hidden, attention, MLM, attribution), eval accuracy
+    and, when the run tracked them, the reason-agreement curves vs step, from ``Run.metrics()`` records.
 
     Any number of a record may be missing, None (not measured) or not a number: it is drawn as a gap, never
     an error. Records without a numeric ``step`` cannot be placed and are left out; the teacher's line is the
@@ -43,17 +47,21 @@ def run_figure(records: Sequence[dict[str, Any]], title: str = "") -> Any:
     """
     import math
 
-    fig = _figure(9.0, 3.2)
-    ax_loss, ax_acc = fig.subplots(1, 2)
     placed = [r for r in records if isinstance(r, dict) and math.isfinite(curve_value(r, "step"))]
     train = [r for r in placed if r.get("split") == "train"]
     evals = [r for r in placed if r.get("split") == "eval"]
+    reasons = [(key, label) for key, label in REASON_CURVES
+               if any(math.isfinite(curve_value(r, key)) for r in evals)]
+    fig = _figure(13.0 if reasons else 9.0, 3.2)
+    axes = fig.subplots(1, 3 if reasons else 2)
+    ax_loss, ax_acc = axes[0], axes[1]
     steps = [curve_value(r, "step") for r in train]
     drawn = False
-    for key, style in (("loss", "-"), ("kd", "--"), ("ce", ":")):
+    for key, style in (("loss", "-"), ("kd", "--"), ("ce", ":"), ("hidden", "-."), ("attn", "-."), ("mlm", "--"),
+                       ("attr", (0, (1, 1)))):
         ys = [curve_value(r, key) for r in train]
         if any(math.isfinite(y) for y in ys):
-            ax_loss.plot(steps, ys, style, label=key)
+            ax_loss.plot(steps, ys, linestyle=style, label=key)
             drawn = True
     ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
     if drawn:
@@ -71,6 +79,12 @@ def run_figure(records: Sequence[dict[str, Any]], title: str = "") -> Any:
         if ax_acc.get_legend_handles_labels()[0]:
             ax_acc.legend(loc="lower right")
     ax_acc.set(xlabel="step", ylabel="accuracy", title="evaluation", ylim=(0, 1.02))
+    if reasons:
+        es = [curve_value(r, "step") for r in evals]
+        for key, label in reasons:
+            axes[2].plot(es, [curve_value(r, key) for r in evals], "o-", label=label)
+        axes[2].set(xlabel="step", ylabel="agreement", title="reason agreement (probe)")
+        axes[2].legend(loc="lower right")
     if title:
         fig.suptitle(title)
     return fig

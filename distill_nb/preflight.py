@@ -74,6 +74,7 @@ def preflight(config: DistillConfig) -> dict[str, Any]:
         if isinstance(config.student_vocab, int) and isinstance(vocab_size, int) and config.student_vocab > vocab_size:
             raise ConfigError(f"student_vocab={config.student_vocab} is larger than the teacher's {vocab_size} tokens: "
                               f"use at most {vocab_size}, 'task' (the tokens the data uses) or 'full'.")
+        check_student_vocab(config)
     if config.student_init not in ("every_k", "random"):
         s_cfg = model_config(config.student_init, "student_init", require_weights=True)
         if s_cfg is not None:
@@ -273,6 +274,48 @@ def check_max_length(max_length: int, cfg: dict[str, Any], name: str) -> None:
     if max_length > limit:
         raise ConfigError(f"max_length={max_length} is longer than the teacher {name!r} can read ({limit} "
                           f"tokens): set max_length <= {limit}; longer texts are truncated.")
+
+
+def check_student_vocab(config: DistillConfig) -> None:
+    """An integer ``student_vocab`` the run would refuse, refused before the run exists: no room beyond the
+    tokenizer's special tokens, or (with hidden/attention/attribution losses, which pair teacher and student tokens)
+    a trimmed student that splits some training text differently. Reads the teacher's tokenizer and the data, as
+    train() does; only for a local (or packaged) teacher and an integer ``student_vocab``."""
+    size = config.student_vocab
+    folder = packaged_folder(config.teacher) if config.teacher in PACKAGED else Path(config.teacher).expanduser()
+    if not isinstance(size, int) or isinstance(size, bool) or folder is None or not folder.is_dir():
+        return
+    if config.student_init not in ("every_k", "random"):
+        return  # the student brings its own tokenizer: train() trims that one
+    from transformers import AutoTokenizer
+
+    from .data import encode
+    from .rundata import full_task_for, task_for
+    from .vocab import choose_vocab, trim_tokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except Exception:  # noqa: BLE001 — the teacher's own checks (at load) give the clear message
+        return
+    specials = len(set(tokenizer.all_special_ids))
+    if size <= specials:
+        raise ConfigError(f"student_vocab={size} leaves no room beyond the teacher tokenizer's {specials} special "
+                          "tokens: keep more, or use 'task' (the tokens the data uses).")
+    if not (config.alpha_hidden or config.alpha_attn or config.alpha_attr):
+        return
+    try:
+        trim = choose_vocab(tokenizer, full_task_for(config).train.texts, size, max_length=config.max_length)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    texts = task_for(config).train.texts
+    lengths = [len(ids) for ids in encode(tokenizer, texts, config.max_length)]
+    trimmed = [len(ids) for ids in encode(trim_tokenizer(tokenizer, trim), texts, config.max_length)]
+    if lengths != trimmed:
+        raise ConfigError(f"student_vocab={size} drops tokens the training texts use ({trim.task_tokens} distinct), so "
+                          "the student would split some texts differently from the teacher and hidden-state/"
+                          "attention/attribution losses could not pair their tokens: use student_vocab='task' "
+                          f"(keeps every training token), at least {trim.task_tokens}, or set "
+                          "alpha_hidden=alpha_attn=alpha_attr=0.")
 
 
 def check_shared_vocab(teacher: str, student: str, *, mlm: bool = False) -> None:

@@ -283,6 +283,9 @@ def test_app_suggest_layers_uses_the_train_tabs_data_and_the_runs_teacher(tiny_d
     ({"labels": [0, 1, 7, 0]}, ValueError, r"labels\[2\]=7 is invalid"),
     ({"labels": [0.0, 1.0, 0.0, 1.0]}, ValueError, r"labels\[0\]=0.0 is invalid"),
     ({"device": "tpu"}, ValueError, "device='tpu' is not a torch device"),
+    ({"device": "cuda"}, ValueError, "teacher's weights are on cpu: move the teacher first"),
+    ({"device": "cuda:3"}, ValueError, "teacher's weights are on cpu"),
+    ({"device": "meta"}, ValueError, "teacher's weights are on cpu"),
 ])
 def test_suggest_layers_bad_arguments_say_what_was_given(teacher_and_tok, kwargs, exc, match):
     from distill_nb.advisor import suggest_layers
@@ -292,3 +295,46 @@ def test_suggest_layers_bad_arguments_say_what_was_given(teacher_and_tok, kwargs
             **kwargs}
     with pytest.raises(exc, match=match):
         suggest_layers(model, tok, args.pop("texts"), args.pop("labels"), **args)
+
+
+def test_suggest_layers_failure_keeps_the_teachers_mode(teacher_and_tok):
+    from distill_nb.advisor import suggest_layers
+
+    model, tok = teacher_and_tok
+    model.train()
+    try:
+        with pytest.raises(ValueError):
+            suggest_layers(model, tok, ["a good film", "dull"], n_layers=2, device="cuda")
+        assert model.training
+    finally:
+        model.eval()
+    assert suggest_layers(model, tok, ["a good film", "dull"], n_layers=2, device="cpu:0").device == "cpu"
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_kl_and_cka_never_turn_non_finite_values_into_a_perfect_score(bad):
+    z = torch.randn(6, 3)
+    broken = z.clone()
+    broken[2, 1] = bad
+    assert advisor.kl_to(z, broken) == math.inf  # a candidate with broken logits ranks last, never first
+    assert math.isnan(advisor.kl_to(broken, z))  # no reference, no measurement
+    assert math.isnan(advisor.linear_cka(z, broken))
+    assert math.isnan(advisor.linear_cka(broken, z))
+
+
+@pytest.mark.parametrize("where", ["embeddings", "layer", "classifier"])
+def test_suggest_layers_refuses_a_teacher_that_computes_nan(teacher_and_tok, where):
+    import copy
+
+    from distill_nb.advisor import suggest_layers
+
+    model, tok = teacher_and_tok
+    broken = copy.deepcopy(model)
+    target = {"embeddings": broken.bert.embeddings.word_embeddings.weight,
+              "layer": broken.bert.encoder.layer[1].output.dense.weight,
+              "classifier": broken.classifier.weight}[where]
+    with torch.no_grad():
+        target.fill_(math.nan)
+    with pytest.raises(ValueError, match="NaN/inf values") as info:
+        suggest_layers(broken, tok, ["a good film", "a bad film", "great fun", "dull"], [1, 0, 1, 0], n_layers=2)
+    assert {"embeddings": "its embeddings", "layer": "layer 1", "classifier": "its logits"}[where] in str(info.value)

@@ -245,3 +245,217 @@ def test_a_blank_eval_text_is_left_out_of_the_reason_probe(tiny_teacher, tmp_pat
     train(config, tmp_path / "run", log=lambda *_: None)
     probe = json.loads((tmp_path / "run" / fidelity.PROBE_FILE).read_text())
     assert probe["texts"] and all(t.strip() for t in probe["texts"])
+
+
+# --- compare_students, text pairs, the attribution cache and probe.json under damage -------------------------------
+def _teacher_with_labels(src, dst, names):
+    """A copy of ``src`` whose id2label is ``names`` (not sorted: the label order the data must follow)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["id2label"] = {str(i): n for i, n in enumerate(names)}
+    cfg["label2id"] = {n: i for i, n in enumerate(names)}
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_compare_students_scores_each_run_on_its_own_eval_split_and_label_ids(tiny_teacher, tmp_path, seed):
+    """A single file (a seeded 10 % hold-out) with named labels and a teacher whose classes are not sorted: the
+    Compare tab's numbers are the run's own final accuracy and teacher accuracy."""
+    import random
+
+    rng = random.Random(1)
+    words = {"pos": ["good", "great", "fun", "loved"], "neg": ["bad", "awful", "dull", "boring"]}
+    rows = [f"the movie was {rng.choice(words[y])} {rng.choice(['', 'very', 'really'])},{y}"
+            for y in [rng.choice(["pos", "neg"]) for _ in range(120)]]
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\n" + "\n".join(rows) + "\n")
+    teacher = _teacher_with_labels(tiny_teacher, tmp_path / "teacher", ["pos", "neg"])
+    run = tmp_path / "run"
+    final = train(DistillConfig(teacher=str(teacher), dataset=str(data), text_column="text", student_layers=2,
+                                max_steps=2, batch_size=8, seed=seed, reason_probe=0), run, log=lambda *_: None)
+    table = fidelity.compare_students([run], max_eval=None, n_steps=2)
+    row = table.loc["run"]
+    assert row["accuracy"] == pytest.approx(final["accuracy"]) and row["examples"] == 12
+    assert row["teacher_accuracy"] == pytest.approx(final["teacher_accuracy"])
+
+
+def test_text_pairs_are_attributed_as_training_encodes_them(tiny_teacher, tmp_path):
+    from transformers import AutoTokenizer
+
+    from distill_nb.attribution.methods import encode as attr_encode
+    from distill_nb.data import encode
+    from distill_nb.tables import PAIR_SEP
+
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    texts = [f"the movie was good{PAIR_SEP}it was fun", f"a dull plot{PAIR_SEP}bad", "no pair here"]
+    items = attr_encode(tok, texts, 32)
+    assert [e.ids for e in items] == encode(tok, texts, 32)  # [CLS] a [SEP] b [SEP], as train() feeds it
+    for e, text in zip(items, texts):
+        surface = [text[a:b] for (a, b), w in zip(e.offsets, e.word_ids) if w is not None]
+        assert surface == [t.removeprefix("##") for t, w in zip(tok.convert_ids_to_tokens(e.ids), e.word_ids)
+                           if w is not None]  # offsets point into the joined text, second text included
+        words = [w for w in e.word_ids if w is not None]
+        assert words == sorted(words)  # the second text's words continue after the first's, never repeat
+    assert len(set(w for w in items[0].word_ids if w is not None)) == 7
+    data = tmp_path / "pairs"
+    data.mkdir()
+    for split in ("train", "validation"):
+        (data / f"{split}.csv").write_text("premise,hypothesis,label\n" + "".join(
+            f"the movie was {w},it was {w},{i % 2}\n" for i, w in enumerate(["good", "bad", "fun", "dull"] * 4)))
+    run = tmp_path / "run"
+    train(DistillConfig(teacher=str(tiny_teacher), dataset=str(data), text_column=["premise", "hypothesis"],
+                        text_pair=True, student_layers=2, max_steps=2, batch_size=8, alpha_attr=1.0, reason_probe=4,
+                        eval_every=2), run, log=lambda *_: None)
+    assert read_status(run)["state"] == "completed"
+
+
+def test_the_alignment_loss_skips_the_students_special_tokens_not_the_teachers(tiny_teacher, monkeypatch):
+    """A trimmed vocabulary renumbers the specials; the batch holds student ids."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distill_nb import losses
+    from distill_nb.data import collate, encode
+
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher, attn_implementation="eager").eval()
+    texts = ["a good movie", "great fun"]
+    enc = encode(tok, texts, 32)
+
+    class Renumbered:  # the student's tokenizer: its specials sit where the teacher has words
+        all_special_ids = [enc[0][1], enc[0][2], tok.pad_token_id]
+
+    aligner = fidelity.Aligner(teacher, tok, texts, enc, method="input_x_gradient", n_steps=1, top_k=None,
+                               examples=None, max_length=32, device=torch.device("cpu"), save=False,
+                               log=lambda *_: None, student_tokenizer=Renumbered())
+    seen = {}
+    real = losses.attribution_loss
+    monkeypatch.setattr(losses, "attribution_loss", lambda s, t, counted, k: seen.setdefault("c", counted) is None
+                        or real(s, t, counted, k))
+    aligner.loss(teacher, collate(enc, [0, 1], tok.pad_token_id), [0, 1])
+    ids = torch.tensor(enc[0])
+    assert seen["c"][0].tolist() == [i not in Renumbered.all_special_ids for i in ids.tolist()]
+
+
+def _attributions(teacher, tok, texts, logs=None):
+    return fidelity.teacher_attributions(teacher, tok, texts, method="input_x_gradient", n_steps=1, max_length=32,
+                                         device=torch.device("cpu"), log=(logs.append if logs is not None else
+                                                                          (lambda *_: None)))
+
+
+def test_the_attribution_cache_is_keyed_by_the_tokenizer(tiny_teacher, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher).eval()
+    lower = AutoTokenizer.from_pretrained(tiny_teacher)
+    cased = AutoTokenizer.from_pretrained(tiny_teacher, do_lower_case=False)
+    texts = ["The Movie was Good", "a dull plot"]
+    assert _attributions(teacher, lower, texts)[3] is False
+    assert _attributions(teacher, lower, texts)[3] is True
+    scores, lengths, _, cached = _attributions(teacher, cased, texts)  # the same weights, other tokens
+    assert cached is False and lengths.tolist() == [len(ids) for ids in cased(texts)["input_ids"]]
+
+
+DAMAGE = {
+    "nan scores": lambda d: {**d, "scores": d["scores"].masked_fill(d["scores"] != 0, float("nan"))},
+    "inf score": lambda d: {**d, "scores": d["scores"].index_fill(1, torch.tensor([1]), float("inf"))},
+    "too few rows": lambda d: {k: v[:1] for k, v in d.items()},
+    "too many rows": lambda d: {k: torch.cat([v, v]) for k, v in d.items()},
+    "wrong lengths": lambda d: {**d, "lengths": d["lengths"] + 1},
+    "short rows": lambda d: {**d, "scores": d["scores"][:, :2]},
+    "target past the classes": lambda d: {**d, "targets": d["targets"] + 7},
+    "negative target": lambda d: {**d, "targets": d["targets"] - 5},
+    "float targets": lambda d: {**d, "targets": d["targets"].float()},
+    "1-d scores": lambda d: {**d, "scores": d["scores"].flatten()},
+    "int scores": lambda d: {**d, "scores": d["scores"].long()},
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_attribution_cache_is_computed_again(tiny_teacher, tmp_path, damage):
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    texts = ["the movie was good", "a dull plot", "great fun"]
+    fresh = _attributions(teacher, tok, texts)
+    (path,) = (tmp_path / "cache" / "attributions").glob("*.safetensors")
+    save_file({k: v.contiguous() for k, v in DAMAGE[damage](load_file(path)).items()}, path)
+    logs: list[str] = []
+    again = _attributions(teacher, tok, texts, logs)
+    assert again[3] is False and any("recomputing" in m for m in logs)
+    for a, b in zip(fresh[:3], again[:3]):
+        assert torch.equal(a, b)
+    assert _attributions(teacher, tok, texts)[3] is True  # the good file was written back
+
+
+PROBE_DAMAGE = {
+    "int texts": lambda p: {**p, "texts": [1, 2]},
+    "nested texts": lambda p: {**p, "texts": [p["texts"]]},
+    "blank texts": lambda p: {**p, "texts": ["  "] * len(p["texts"])},
+    "foreign texts": lambda p: {**p, "texts": ["not an eval text at all"] * len(p["texts"])},
+    "index past the eval set": lambda p: {**p, "indices": [99] * len(p["indices"])},
+    "repeated index": lambda p: {**p, "indices": [p["indices"][0]] * len(p["indices"]),
+                                 "texts": [p["texts"][0]] * len(p["texts"])},
+    "bool index": lambda p: {**p, "indices": [True] + p["indices"][1:]},
+    "fewer indices": lambda p: {**p, "indices": p["indices"][:1]},
+    "no indices": lambda p: {k: v for k, v in p.items() if k != "indices"},
+    "a list": lambda p: [p],
+    "null": lambda p: None,
+}
+
+
+@pytest.mark.parametrize("damage", [*PROBE_DAMAGE, "not json", "deep nesting"])
+def test_a_damaged_or_edited_probe_file_is_built_again(tiny_teacher, tmp_path, damage):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher)
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    evals = ["a good movie", "the plot was boring and slow", "great fun", "bad acting", "fine music"]
+
+    def tracker():
+        return fidelity.ReasonTracker(tmp_path / "run", model, tok, tok, evals, size=3, seed=0,
+                                      method="input_x_gradient", n_steps=1, top_k=2, max_length=32,
+                                      device=torch.device("cpu"), log=lambda *_: None)
+
+    (tmp_path / "run").mkdir()
+    first = tracker()
+    path = tmp_path / "run" / fidelity.PROBE_FILE
+    good = json.loads(path.read_text())
+    path.write_text({"not json": "{texts: [", "deep nesting": "[" * 100_000 + "]" * 100_000}.get(damage) or
+                    json.dumps(PROBE_DAMAGE[damage](dict(good))))
+    again = tracker()
+    assert again.texts == first.texts == [evals[i] for i in good["indices"]]
+    assert json.loads(path.read_text()) == good
+    assert again.measure(model)["reason_sign"] == pytest.approx(first.measure(model)["reason_sign"])
+
+
+def test_stop_is_heard_while_the_teachers_attributions_are_computed(tiny_teacher, tiny_dataset, tmp_path,
+                                                                   monkeypatch):
+    from distill_nb.rundir import clear_stop, request_stop
+
+    run = tmp_path / "run"
+    phases = []
+    real = fidelity.attribute
+
+    def slow_first_chunk(model, tok, texts, *args, **kwargs):  # the user clicks Stop during the first chunk
+        phases.append(read_status(run).get("phase"))
+        if len(phases) == 1:
+            request_stop(run)
+        return real(model, tok, texts, *args, **kwargs)
+
+    monkeypatch.setattr(fidelity, "ATTRIBUTION_CHUNK", 16)
+    monkeypatch.setattr(fidelity, "attribute", slow_first_chunk)
+    config = tiny_config(tiny_teacher, tiny_dataset, alpha_attr=1.0, reason_probe=0)
+    assert train(config, run, log=lambda *_: None) == {}
+    status = read_status(run)
+    assert status["state"] == "stopped" and "attributions" in status["message"] and status["step"] == 0
+    assert phases == ["caching_attributions"]  # stopped after the first of 4 chunks
+    assert not list((tmp_path / "cache" / "attributions").glob("*.safetensors"))  # nothing half-done cached
+    clear_stop(run)
+    monkeypatch.setattr(fidelity, "attribute", real)
+    train(config, run, log=lambda *_: None)
+    assert read_status(run)["state"] == "completed"

@@ -118,3 +118,12 @@ def test_the_config_must_be_a_distill_config(config):
         layer_search.rank_by_proxy_runs(config, "0,2", log=lambda *_: None)
     with pytest.raises(TypeError, match="takes a DistillConfig, got dict"):
         layer_search.rank_by_proxy_runs(config.to_dict(), [[0, 2]], log=lambda *_: None)
+
+
+def test_a_config_whose_only_loss_is_alpha_attr_gets_a_clear_answer(config):
+    from distill_nb.config import ConfigError
+
+    attr_only = config.replace(alpha_kd=0.0, alpha_ce=0.0, alpha_attr=0.5)
+    with pytest.raises(ConfigError, match=r"alpha_attr=0.5 is this config's only loss: give the search a config "
+                                          r"with alpha_kd or alpha_ce > 0"):
+        layer_search.rank_by_proxy_runs(attr_only, [[0, 2]], log=lambda *_: None)

@@ -138,6 +138,50 @@ def test_config_and_train_errors(tiny_teacher, tiny_dataset, tmp_path):
             train(config, tmp_path / f"run-{loss}", log=lambda *_: None)
 
 
+@pytest.mark.parametrize("loss", ["alpha_hidden", "alpha_attn", "alpha_attr"])
+def test_preflight_refuses_what_train_would_refuse_before_a_run_exists(tiny_teacher, tmp_path, loss, monkeypatch):
+    from distill_nb import launch
+    from distill_nb.preflight import preflight
+
+    data = tmp_path / "data"  # "xqz" is split into x ##q ##z: rare pieces a 16-token vocabulary drops
+    data.mkdir()
+    for split in ("train", "validation"):
+        rows = ["text,label", "the film was xqz,0"] + ["the movie was good,1", "the movie was bad,0",
+                                                         "a great fun story,1", "an awful dull plot,0"] * 4
+        (data / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    base = dict(teacher=str(tiny_teacher), dataset=str(data), text_column="text", student_layers=2, max_steps=1,
+                batch_size=8)
+    monkeypatch.setenv("DISTILL_NB_RUNS", str(tmp_path / "runs"))
+    config = DistillConfig(**base, student_vocab=16, **{loss: 1.0})
+    with pytest.raises(ConfigError, match=r"student_vocab=16 drops tokens the training texts use \(\d+ distinct\).*"
+                                          r"use student_vocab='task'"):
+        preflight(config)
+    with pytest.raises(ConfigError, match="drops tokens"):
+        launch(config)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no failed run left behind
+    preflight(DistillConfig(**base, student_vocab=16))  # logits only: trimming is fine
+    preflight(DistillConfig(**base, student_vocab=64, **{loss: 1.0}))  # keeps every training token
+
+
+def test_preflight_refuses_a_vocabulary_with_no_room_beyond_the_specials(tiny_teacher, tiny_dataset, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from distill_nb.preflight import preflight
+
+    teacher = tmp_path / "many-specials"
+    shutil.copytree(tiny_teacher, teacher)
+    tok = AutoTokenizer.from_pretrained(teacher)
+    tok.add_special_tokens({"additional_special_tokens": ["good", "bad", "fun", "dull", "great", "awful", "movie",
+                                                          "film", "story", "plot", "acting", "music", "best"]})
+    tok.save_pretrained(teacher)
+    config = DistillConfig(teacher=str(teacher), dataset=str(tiny_dataset), text_column="text", student_vocab=16)
+    with pytest.raises(ConfigError, match=r"student_vocab=16 leaves no room beyond the teacher tokenizer's 18 special"):
+        preflight(config)
+    preflight(config.replace(student_vocab=24))
+
+
 def test_masked_lm_models_are_refused(tmp_path):
     from conftest import make_tiny_bert
     from transformers import AutoModelForMaskedLM, AutoTokenizer

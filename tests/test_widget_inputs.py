@@ -104,6 +104,42 @@ def test_run_figure_of_the_null_eval_record():
 
 
 @pytest.mark.parametrize("value", ODD, ids=ODD_IDS)
+def test_run_figure_shows_every_loss_part_and_the_reason_curves(value):
+    records = [{"step": 1, "split": "train", "loss": 1.0, "attr": 0.4, "hidden": 0.2, "attn": value},
+               {"step": 2, "split": "train", "loss": 0.8, "attr": value, "hidden": 0.1, "attn": value},
+               {"step": 2, "split": "eval", "accuracy": 0.7, "reason_spearman": value, "reason_topk": 0.5,
+                "reason_sign": 0.9},
+               {"step": 4, "split": "eval", "accuracy": 0.8, "reason_spearman": 0.3, "reason_topk": value,
+                "reason_sign": 0.8}]
+    fig = plots.run_figure(records)
+    assert [line.get_label() for line in fig.axes[0].lines] == ["loss", "hidden", "attr"]  # attn: never measured
+    assert len(fig.axes) == 3 and fig.axes[2].get_title() == "reason agreement (probe)"
+    assert [line.get_label() for line in fig.axes[2].lines] == ["Spearman", "top-k overlap", "sign"]
+    plots.to_png(fig, dpi=20)
+    no_probe = plots.run_figure([r for r in records if r["split"] == "train"] + [{"step": 2, "split": "eval",
+                                                                                  "accuracy": 0.7}])
+    assert len(no_probe.axes) == 2
+
+
+def test_monitor_title_when_the_probe_ran_but_measured_nothing_comparable(tmp_path, monkeypatch):
+    from distill_nb import DistillConfig
+    from distill_nb.rundir import append_metrics, create_run, write_status
+    from distill_nb.widgets.monitor import RunMonitor
+
+    monkeypatch.setenv("DISTILL_NB_RUNS", str(tmp_path))
+    path = create_run(DistillConfig(teacher="tiny", max_steps=4), tmp_path, "short-texts")
+    write_status(path, state="running", step=0, total_steps=4, pid=None)
+    append_metrics(path, {"step": 2, "split": "eval", "accuracy": 0.7, "reason_spearman": None, "reason_topk": None,
+                          "reason_sign": None, "reason_s": 0.1})
+    mon = RunMonitor.attach("short-texts", autostart=False)
+    assert "nothing comparable yet" in mon.reason_chart.value and "off (reason_probe=0)" not in mon.reason_chart.value
+    append_metrics(path, {"step": 4, "split": "eval", "accuracy": 0.7, "reason_spearman": None, "reason_topk": None,
+                          "reason_sign": 0.375, "reason_s": 0.1})
+    mon.poll()
+    assert "reason agreement (probe)" in mon.reason_chart.value and "<polyline" in mon.reason_chart.value
+
+
+@pytest.mark.parametrize("value", ODD, ids=ODD_IDS)
 def test_monitor_reads_odd_records_and_status_without_raising(value, tmp_path):
     status = {"state": "running", "step": 3, "total_steps": 20, "eta_s": 5.0, "created_at": 1.0, "phase": "training",
               "teacher_accuracy": 0.8}

@@ -358,13 +358,17 @@ class RunMonitor(Panel):
     def reason_svg(self) -> str:
         """Reason agreement per eval: mean Spearman, top-k overlap and sign agreement of the student's token
         attributions with the teacher's on the probe set (``reason_*`` keys; absent when tracking is off)."""
-        tracked = [e for e in self._eval if any(_num(e, k) is not None for k in ("reason_spearman", "reason_topk"))]
+        keys = ("reason_spearman", "reason_topk", "reason_sign")
+        probed = [e for e in self._eval if any(k in e for k in (*keys, "reason_s"))]  # the probe ran at this eval
+        tracked = [e for e in probed if any(_num(e, k) is not None for k in keys)]
         xs = [curve_value(e, "step") for e in tracked]
         series = [(label, xs, [curve_value(e, key) for e in tracked], colour) for label, key, colour in
                   (("Spearman", "reason_spearman", "#16a085"), ("top-k overlap", "reason_topk", "#d35400"),
                    ("sign", "reason_sign", "#7f8c8d"))] if xs else []
         low = min([0.0] + [y for _, _, ys, _ in series for y in ys if math.isfinite(y)])
-        title = "reason agreement (probe)" if xs or not self._eval else "reason agreement: off (reason_probe=0)"
+        title = ("reason agreement (probe)" if xs or not self._eval else
+                 "reason agreement (probe): nothing comparable yet" if probed else
+                 "reason agreement: off (reason_probe=0)")
         return svg_chart(series, title=title, y_range=(low, 1.0))
 
     # --- scheduling -------------------------------------------------------------------------------------------
