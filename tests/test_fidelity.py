@@ -268,8 +268,8 @@ def test_compare_students_scores_each_run_on_its_own_eval_split_and_label_ids(ti
 
     rng = random.Random(1)
     words = {"pos": ["good", "great", "fun", "loved"], "neg": ["bad", "awful", "dull", "boring"]}
-    rows = [f"the movie was {rng.choice(words[y])} {rng.choice(['', 'very', 'really'])},{y}"
-            for y in [rng.choice(["pos", "neg"]) for _ in range(120)]]
+    rows = [f"the movie was {rng.choice(words[y])} {rng.choice(['', 'very', 'really'])},{y}"  # 85 % pos: a label
+            for y in [rng.choice(["pos"] * 17 + ["neg"] * 3) for _ in range(120)]]  # flip moves the accuracy
     data = tmp_path / "reviews.csv"
     data.write_text("text,label\n" + "\n".join(rows) + "\n")
     teacher = _teacher_with_labels(tiny_teacher, tmp_path / "teacher", ["pos", "neg"])
