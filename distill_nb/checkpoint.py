@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from torch import nn
 
 from .config import ConfigError, DistillConfig, atomic_write_text
 from .rundir import CorruptRecord, read_json
+from .safeio import NO_ROOM, no_room_errno
 
 
 class Diverged(FloatingPointError):
@@ -89,8 +91,9 @@ def save_checkpoint(run_dir: Path, student: nn.Module, proj: nn.Module, opt: tor
         tokenizer.save_pretrained(tmp)
         if len(proj):
             save_file({k: v.contiguous() for k, v in proj.state_dict().items()}, tmp / "projections.safetensors")
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()},
-                   tmp / "optimizer.pt")
+        with open(tmp / "optimizer.pt", "wb") as f:  # a file object: a failed write keeps its errno (a path loses it)
+            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "rng": torch.get_rng_state()}, f)
         config.to_json(tmp / "distill_config.json")  # config.json is the student's own (transformers)
         atomic_write_text(tmp / "trainer_state.json", json.dumps({"step": step, "time": time.time()}))
     for old in sorted((p for p in folder.glob("step_*") if p.name[5:].isdigit()), key=_step_of)[:-keep]:
@@ -254,7 +257,8 @@ def _replacing(target: Path, *, folder: bool) -> Iterator[Path]:
     block ends without error, one rename puts it in ``target``'s place.
 
     On any failure the temp is removed (a full disk gets its space back), ``target`` stays as it was, and a
-    write that failed for lack of space is re-raised as ENOSPC.
+    write that found no room (disk full, quota, file-size limit) is re-raised as an OSError with that errno,
+    naming the file.
     """
     tmp = target.with_name(f".tmp-{target.name}")
     _remove(tmp)
@@ -266,7 +270,7 @@ def _replacing(target: Path, *, folder: bool) -> Iterator[Path]:
             shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     except BaseException as e:
-        _raise_disk_full(target.parent, e)
+        _raise_no_room(tmp, target, e)
         raise
     finally:
         _remove(tmp)
@@ -279,18 +283,43 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _raise_disk_full(folder: Path, error: BaseException) -> None:
-    """Re-raise a write failure on a full disk as ENOSPC, whatever words the library used.
+def _raise_no_room(tmp: Path, target: Path, error: BaseException) -> None:
+    """Re-raise a write that found no room as ``OSError(ENOSPC | EDQUOT | EFBIG, ..., file)``, whatever words the
+    library used.
 
-    safetensors says "os error 28", torch.save "file write failed"; with (almost) no space left on the run's
-    filesystem at the moment of failure, the cause is the disk.
+    safetensors says "os error 28", torch.save keeps the OSError only as its RuntimeError's context. With no
+    errno at all: (almost) no space left on the run's filesystem means a full disk, and a file in the temp that
+    reached the process's file-size limit (``ulimit -f``) means EFBIG.
     """
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+    if isinstance(error, OSError) and error.errno in NO_ROOM and error.filename:
         return
+    code = no_room_errno(error)
+    if code is None and not isinstance(error, (KeyboardInterrupt, SystemExit)):
+        code = _no_room_left(tmp, target.parent)
+    if code is not None:  # the file over the size limit is the biggest one; a full disk is the folder's
+        biggest = _biggest(tmp) if code == errno.EFBIG else None
+        file = target / biggest.relative_to(tmp) if biggest and biggest != tmp else target
+        raise OSError(code, f"{os.strerror(code)} ({type(error).__name__}: {str(error)[:200]})", str(file)) from error
+
+
+def _no_room_left(tmp: Path, folder: Path) -> int | None:
+    """ENOSPC or EFBIG when the filesystem or the file-size limit is what stopped a write, else None."""
     try:
-        free = shutil.disk_usage(folder).free
+        if shutil.disk_usage(folder).free < 1 << 20:
+            return errno.ENOSPC
     except OSError:
-        return
-    if free < 1 << 20 or "os error 28" in str(error) or "No space left" in str(error):
-        raise OSError(errno.ENOSPC, f"No space left on device while writing {folder} ({type(error).__name__}: "
-                      f"{str(error)[:200]})") from error
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    biggest = _biggest(tmp)
+    if limit != resource.RLIM_INFINITY and biggest is not None and biggest.stat().st_size >= limit:
+        return errno.EFBIG
+    return None
+
+
+def _biggest(tmp: Path) -> Path | None:
+    """The largest file written into ``tmp`` (the one a write failed on, most likely), or None."""
+    try:
+        files = [p for p in ([tmp] if tmp.is_file() else tmp.rglob("*")) if p.is_file() and not p.is_symlink()]
+        return max(files, key=lambda p: p.stat().st_size, default=None)
+    except OSError:
+        return None

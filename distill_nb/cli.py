@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, DistillConfig
-from .safeio import number
+from .config import ConfigError, DistillConfig, env_folders
+from .safeio import not_utf8, number
 
 # The demo: a real packaged teacher (all-MiniLM-L6-v2, fine-tuned on SST-2 to its plateau first, cached), a
 # 3-layer student made from every other teacher layer, distilled on SST-2 and evaluated on the SST-2 dev set.
@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .rundir import RunBusy, create_run, list_runs, new_run_id, runs_root
 
+    run_dir: Path | None = None
     try:
+        env_folders()  # a $DISTILL_NB_* folder variable naming a file: said first, for every command
         if args.cmd == "teachers":
             from .teacher_cache import remove_teacher, teachers, teachers_dir
 
@@ -76,17 +78,14 @@ def main(argv: list[str] | None = None) -> int:
                       + (f"  reasons {reasons:.3f}" if reasons is not None else ""))
             return 0
         if args.cmd == "run":
-            config = DistillConfig.from_json(args.config)
+            config = _config(args.config, args.run_dir)
             from .preflight import preflight
 
             preflight(config)  # a wrong path, shape or column fails here, before a run directory exists
         else:
             config = DistillConfig(**(DEMO_SMALL if args.small else DEMO))
         if args.run_dir:
-            run_dir = Path(args.run_dir)
-            if os.path.lexists(run_dir) and not run_dir.is_dir() or any(
-                    q.exists() and not q.is_dir() for q in run_dir.parents):
-                raise ValueError(f"--run-dir {args.run_dir!r} is (or is inside) a file: give a folder for the run.")
+            run_dir = _run_dir_arg(args.run_dir)
         else:
             run_dir = create_run(config, runs_root(), new_run_id("demo" if args.cmd == "demo" else "run"))
         print(f"run directory: {run_dir}")
@@ -94,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         code = _run(config, run_dir)
         print(f"total time {time.time() - start:.0f} s")
         return code
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's code for SIGINT; the run is failed and resumable
+        again = f" (run the same command with --run-dir {str(run_dir)!r} to resume it)" if run_dir else ""
+        print(f"\ndistill-nb: interrupted{again}", file=sys.stderr)
+        return 130
     except (ConfigError, FileNotFoundError, KeyError, ValueError, RunBusy, FileExistsError, NotADirectoryError,
             IsADirectoryError) as e:  # bad input (a run directory that is a file, ...): nothing ran
         message = str(e.args[0] if isinstance(e, KeyError) and e.args else e)  # str(KeyError) adds quotes
@@ -104,8 +107,41 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 — the run failed (diverged, disk full, out of memory): status.json has it
         from .recorder import explain
 
-        print(f"distill-nb: run failed: {explain(e)}", file=sys.stderr)
+        print(f"distill-nb: run failed: {explain(e, None, run_dir)}", file=sys.stderr)
         return 1
+
+
+def _run_dir_arg(value: str) -> Path:
+    """``--run-dir`` as a folder path (``~`` expanded: a quoted or ``=``-joined value reaches us unexpanded).
+
+    Raises:
+        ValueError: it is (or is inside) a file, or its name is not valid UTF-8.
+    """
+    run_dir = Path(value).expanduser()
+    if os.path.lexists(run_dir) and not run_dir.is_dir() or any(
+            q.exists() and not q.is_dir() for q in run_dir.parents):
+        raise ValueError(f"--run-dir {value!r} is (or is inside) a file: give a folder for the run.")
+    if why := not_utf8(run_dir.absolute()):
+        raise ValueError(f"--run-dir {value!r} cannot be used: {why}, and a run saves its tokenizer and records "
+                         "under it: rename the folder or give another --run-dir.")
+    return run_dir
+
+
+def _config(path: str, run_dir: str | None) -> DistillConfig:
+    """The config file with its local paths absolute and ``~`` expanded, as :func:`distill_nb.launch` has them;
+    a run directory made before that keeps the config it was saved with (resuming never changes a config)."""
+    from .preflight import absolute_paths
+
+    given = DistillConfig.from_json(Path(path).expanduser())
+    config = absolute_paths(given)
+    saved = Path(run_dir).expanduser() / "config.json" if run_dir else None
+    if config is not given and saved is not None and saved.is_file():
+        try:
+            if DistillConfig.from_json(saved).to_dict() == given.to_dict():
+                return given
+        except (ConfigError, OSError, ValueError):
+            pass  # train() says what is wrong with it
+    return config
 
 
 if __name__ == "__main__":

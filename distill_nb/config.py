@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .safeio import not_utf8
+
 # distill_nb.attribution.METHODS, repeated here: this module imports the standard library only
 ATTRIBUTION_METHODS = ("integrated_gradients", "saliency", "input_x_gradient", "occlusion", "leave_one_out")
 
@@ -413,6 +415,50 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # the errno stays; the file it was writing is named (a bare write error names none)
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# --- folders named by environment variables ---------------------------------------------------------------------
+ENV_FOLDERS = ("DISTILL_NB_RUNS", "DISTILL_NB_CACHE", "DISTILL_NB_DATA")
+
+
+def env_folder(name: str, default: Path | None = None) -> Path | None:
+    """The folder ``$name`` names: ``~`` expanded and made absolute (against the current directory, once), or
+    ``default`` when the variable is unset or empty.
+
+    A worker runs in ``/``: it gets these absolute values (:func:`env_folders`), so it sees the same folder.
+
+    Raises:
+        ValueError: the value is a file or lies inside one, or is not valid UTF-8 (the message names the variable,
+            its value and the fix).
+    """
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    path = Path(os.path.abspath(Path(raw).expanduser()))
+    hint = f"set {name} to a folder (or unset it for the default)"
+    if why := not_utf8(path):
+        raise ValueError(f"${name}={raw!r} cannot be used: {why}; rename the folder or {hint}.")
+    for part in [path, *path.parents]:
+        if os.path.isdir(part):
+            break
+        if os.path.lexists(part):
+            where = "is a file" if part == path else f"is inside {str(part)!r}, which is a file"
+            raise ValueError(f"${name}={raw!r} {where}, not a folder: {hint}.")
+    return path
+
+
+def env_folders() -> dict[str, str]:
+    """The set distill_nb folder variables as absolute paths, checked (what a worker's environment gets).
+
+    Raises:
+        ValueError: one of them is a file or inside one (see :func:`env_folder`).
+    """
+    return {name: str(env_folder(name)) for name in ENV_FOLDERS if os.environ.get(name)}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .config import env_folder
 from .tables import FILE_FORMATS, check_columns, join_text, label_value, read_table, split_pair
 
 if TYPE_CHECKING:  # torch loads in collate() only: preflight() reads data with this module, torch-free
@@ -89,10 +90,15 @@ class TaskData:
 
 
 def find_shared_data() -> Path | None:
-    """``$DISTILL_NB_DATA``, else the first ``shared/data`` folder beside or above the cwd or this package."""
-    env = os.environ.get("DISTILL_NB_DATA")
+    """``$DISTILL_NB_DATA`` (absolute: ``~`` expanded, relative to the cwd), else the first ``shared/data`` folder
+    beside or above the cwd or this package.
+
+    Raises:
+        ValueError: ``$DISTILL_NB_DATA`` is a file or inside one (the message names it and the fix).
+    """
+    env = env_folder("DISTILL_NB_DATA")
     if env:
-        return Path(env) if Path(env).is_dir() else None
+        return env if env.is_dir() else None
     for start in (Path.cwd(), Path(__file__).resolve().parent):
         for folder in [start, *start.parents]:
             for cand in (folder / "shared" / "data", folder.parent / "shared" / "data"):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+from .config import env_folder
+from .safeio import no_room_errno
 
 # Offline teachers that ship inside registry packages: alias -> (distribution, description).
 PACKAGED = {
@@ -23,8 +27,52 @@ POSITION_OFFSET_FAMILIES = {"roberta", "xlm-roberta", "camembert", "mpnet", "lon
 
 
 def cache_dir() -> Path:
-    """Where prepared teachers and unpacked packaged models go (``$DISTILL_NB_CACHE`` or ~/.cache/distill_nb)."""
-    return Path(os.environ.get("DISTILL_NB_CACHE") or Path.home() / ".cache" / "distill_nb")
+    """Where prepared teachers and unpacked packaged models go (``$DISTILL_NB_CACHE`` or ~/.cache/distill_nb),
+    always an absolute path (``~`` expanded, a relative value taken against the current directory).
+
+    Raises:
+        ValueError: ``$DISTILL_NB_CACHE`` is a file or inside one (the message says so and how to fix it).
+    """
+    return env_folder("DISTILL_NB_CACHE") or Path.home() / ".cache" / "distill_nb"
+
+
+def in_cache(path: str | os.PathLike) -> bool:
+    """True if ``path`` lies in the cache folder (so a failure writing it is the cache's, not the run's)."""
+    try:
+        return Path(os.path.abspath(path)).is_relative_to(cache_dir())
+    except (ValueError, RuntimeError):  # the cache variable itself is unusable; no home folder
+        return False
+
+
+def cache_problem(path: str | os.PathLike, reason: str) -> str:
+    """A message for a cache write that failed: the folder, the variable that moves it, and the fix."""
+    var = os.environ.get("DISTILL_NB_CACHE")
+    source = f"$DISTILL_NB_CACHE={var!r}" if var else "the default; $DISTILL_NB_CACHE moves it"
+    return (f"could not write {Path(path).name} in the cache folder {str(cache_dir())!r} ({source}): {reason}; "
+            "free space there, or set DISTILL_NB_CACHE to a folder on a disk with room, then Resume")
+
+
+def save_cache_file(path: Path, write: Callable[[Path], None], log: Callable[[str], None] = print) -> bool:
+    """Best effort: ``write(tmp)`` then rename to ``path`` in the cache; a failure is logged, not raised (a cache
+    that cannot be saved is a cache miss next time, never a failed run). No temp file is left behind.
+
+    Returns:
+        True if ``path`` was written.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+        return True
+    except Exception as e:  # noqa: BLE001 — safetensors raises its own types for a full disk
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = os.strerror(code) if (code := no_room_errno(e)) else f"{type(e).__name__}: {str(e)[:200]}"
+        log(f"{cache_problem(path, reason).replace(', then Resume', '')}; the run goes on without this cache.")
+        return False
 
 
 def packaged_folder(name: str) -> Path | None:

@@ -34,7 +34,7 @@ from . import losses
 from .attribution.methods import Attribution, attribute, encode
 from .attribution.metrics import agreement, align
 from .config import atomic_write_text
-from .families import cache_dir
+from .families import cache_dir, save_cache_file
 from .safeio import loads
 
 PROBE_FILE = "probe.json"
@@ -126,11 +126,9 @@ def teacher_attributions(teacher: nn.Module, tokenizer: Any, texts: Sequence[str
     lengths = torch.tensor([len(a.scores) for a in attrs])
     targets = torch.tensor([a.target for a in attrs])
     log(f"teacher attributions ({method}) of {len(texts)} texts: {time.time() - t0:.1f} s (cached in {path})")
-    if save:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"scores": scores.contiguous(), "lengths": lengths, "targets": targets}, tmp)
-        os.replace(tmp, path)
+    if save:  # best effort: a cache that cannot be written (full disk) is a miss next time, not a failed run
+        save_cache_file(path, lambda tmp: save_file({"scores": scores.contiguous(), "lengths": lengths,
+                                                     "targets": targets}, tmp), log)
     return scores, lengths, targets, False
 
 

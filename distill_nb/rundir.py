@@ -35,7 +35,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .config import DistillConfig, atomic_write_text
+from .config import DistillConfig, atomic_write_text, env_folder
 from .owner import (
     RunBusy,
     acquire_worker_lock,
@@ -46,7 +46,18 @@ from .owner import (
     release_worker_lock,
     worker_lock_free,
 )
-from .safeio import CorruptRecord, dumps, finite, loads, number, read_json, read_text
+from .safeio import (
+    CorruptRecord,
+    dumps,
+    finite,
+    loads,
+    not_utf8,
+    number,
+    read_json,
+    read_text,
+    write_all,
+    write_in_place,
+)
 
 __all__ = ["CorruptRecord", "RunBusy", "RunNotFound", "Status", "acquire_worker_lock", "alive", "append_metrics",
            "create_run", "dumps", "identity", "list_runs", "new_run_id", "process_start", "read_json",
@@ -78,8 +89,8 @@ class RunNotFound(LookupError):
 # --- ids and paths ---------------------------------------------------------------------------------------------
 def runs_root(root: str | os.PathLike | None = None) -> Path:
     """Where runs live: ``root``, else ``$DISTILL_NB_RUNS``, else ``~/.distill_nb/runs``."""
-    if root is None:
-        root = os.environ.get("DISTILL_NB_RUNS") or Path.home() / ".distill_nb" / "runs"
+    if root is None:  # a file there raises ValueError naming $DISTILL_NB_RUNS
+        root = env_folder("DISTILL_NB_RUNS") or Path.home() / ".distill_nb" / "runs"
     return Path(root).expanduser().resolve()
 
 
@@ -187,7 +198,7 @@ def write_status(path: Path, **fields: Any) -> dict[str, Any]:
         return _merge_status(path, fields)
 
 
-def _merge_status(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
+def _merge_status(path: Path, fields: dict[str, Any], in_place: bool = False) -> dict[str, Any]:
     try:
         status = _read_raw_status(path)
     except (FileNotFoundError, CorruptRecord):
@@ -195,8 +206,22 @@ def _merge_status(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
     status.update(finite(fields))
     status["updated_at"] = time.time()
     validate_status(status)
-    atomic_write_text(status_path(path), dumps(status, indent=1))  # replaces a symlink, never writes through it
+    if in_place:
+        write_in_place(status_path(path), dumps({k: v for k, v in status.items() if v is not None}))
+    else:
+        atomic_write_text(status_path(path), dumps(status, indent=1))  # replaces a symlink, never writes through it
     return status
+
+
+def write_status_in_place(path: Path, **fields: Any) -> dict[str, Any]:
+    """:func:`write_status` for a full disk: the merged record (compact, without empty fields) is written over
+    status.json in place, which needs no room for a temp copy. Only for a worker's last word (not atomic).
+
+    Raises:
+        OSError: not even that could be written.
+    """
+    with _status_lock(path):
+        return _merge_status(path, fields, in_place=True)
 
 
 def update_unclaimed(path: Path, **fields: Any) -> dict[str, Any] | None:
@@ -249,27 +274,72 @@ def read_status(path: Path) -> dict[str, Any]:
     except CorruptRecord as e:
         return {"state": Status.UNREADABLE.value, "error": str(e)}
     if Status(status["state"]).active:
-        status = _liveness(status)
+        status = _liveness(status, Path(path))
     return status
 
 
-def _liveness(status: dict[str, Any]) -> dict[str, Any]:
+def _proven(pid: int, start: int | None) -> bool:
+    """True if ``pid`` can be checked against its recorded start time (so a reused pid is told apart)."""
+    return start is not None and process_start(pid) is not None
+
+
+def _worker_gone(status: dict[str, Any], path: Path) -> bool:
+    """Whether the run's worker on this host is gone.
+
+    The pid decides when its start time proves who it is. Otherwise (no start time recorded, or no /proc to read
+    one) the worker lock decides: a worker holds it from before it claims the run to its last write, so a claimed
+    run with a free lock has no worker, whatever process now has that pid. An unclaimed run with a free lock is
+    given ``STALE_AFTER_S`` for its worker to start.
+    """
+    return _process_gone(status, path, status["pid"], status.get("pid_start"))
+
+
+def _process_gone(status: dict[str, Any], path: Path, pid: int, start: int | None) -> bool:
+    """:func:`_worker_gone` for any recorded process (the worker, or the launcher before a worker claimed it)."""
+    if _proven(pid, start):
+        return not alive(pid, start)
+    if not alive(pid):
+        return True
+    if not worker_lock_free(path):
+        return False
+    claimed = status.get("claimed") or status.get("state") == Status.RUNNING.value
+    return bool(claimed) or time.time() - (status.get("updated_at") or 0) > STALE_AFTER_S
+
+
+def _died(status: dict[str, Any], path: Path) -> str:
+    """Why a run's worker is gone, with the last step it recorded and where Resume starts."""
+    ckpt = _last_checkpoint_step(path)
+    resume = f"from its checkpoint at step {ckpt}" if ckpt else "from the start (no checkpoint was written)"
+    return (f"the worker process died without finishing (last recorded step {status.get('step') or 0}); its last "
+            f"error, if any, is at the end of {path / 'log.txt'}. Resume continues {resume}.")
+
+
+def _last_checkpoint_step(path: Path) -> int | None:
+    """The newest complete checkpoint's step (the file layout is checkpoint.py's; read here without torch)."""
+    try:
+        steps = [int(p.name[5:]) for p in (path / "checkpoints").iterdir()
+                 if p.name.startswith("step_") and p.name[5:].isdigit() and _is_file(p / "trainer_state.json")]
+    except OSError:
+        return None
+    return max(steps, default=None)
+
+
+def _liveness(status: dict[str, Any], path: Path) -> dict[str, Any]:
     here = socket.gethostname()
     pid, launcher = status.get("pid"), status.get("launcher_pid")
     if pid is not None:
         if status.get("host") == here:
-            dead = not alive(pid, status.get("pid_start"))
+            dead = _worker_gone(status, path)
         else:
             dead = time.time() - (status.get("updated_at") or 0) > STALE_AFTER_S
         if dead:
             return {**status, "state": Status.FAILED.value, "stale": True,
-                    "error": status.get("error") or "the worker process died without finishing (last step "
-                    f"{status.get('step', 0)}); Resume continues from the last checkpoint."}
+                    "error": status.get("error") or _died(status, path)}
         if status.get("claimed") or status.get("backend") != "kernel":
             return status
     # no worker has claimed the run yet: the process handing it over must still be there
-    if launcher is not None and status.get("launcher_host") == here and not alive(launcher,
-                                                                                 status.get("launcher_start")):
+    if launcher is not None and status.get("launcher_host") == here and _process_gone(status, path, launcher,
+                                                                                      status.get("launcher_start")):
         return {**status, "state": Status.FAILED.value, "stale": True,
                 "error": status.get("error") or f"the process that launched this run (pid {launcher}) ended "
                 "before it handed the run to a worker; Resume starts one."}
@@ -292,10 +362,18 @@ def never_train_again(path: Path) -> str | None:
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
     """Append one record (strict JSON, one line) and flush it, so readers see whole lines as they come."""
     line = (dumps(record) + "\n").encode("utf-8")
-    fd = os.open(Path(path) / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o644)
+    file = Path(path) / "metrics.jsonl"
+    fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, line)
+        end = os.fstat(fd).st_size
+        try:
+            write_all(fd, line)  # a short write is continued, never left as half a line
+        except OSError as e:
+            try:
+                os.ftruncate(fd, end)  # no room for the rest: take back the part that was written
+            except OSError:
+                pass
+            raise OSError(e.errno, e.strerror, str(file)) from None
     finally:
         os.close(fd)
 
@@ -345,6 +423,10 @@ def create_run(config: DistillConfig, root: str | os.PathLike | None = None, run
     """Make a run directory with config.json and a queued status, all at once (temp dir + rename)."""
     root_path = runs_root(root)
     run_id = validate_run_id(run_id or new_run_id())
+    if why := not_utf8(root_path):
+        raise ValueError(f"the runs folder {str(root_path)!r} cannot be used: {why}, and a run saves its tokenizer "
+                         "and records under it: rename the folder, or pass root= (or set $DISTILL_NB_RUNS to) "
+                         "another one.")
     final = root_path / run_id
     exists = FileExistsError(f"run {run_id!r} already exists in {root_path}: pick another run_id, or continue it "
                              "with Run.attach(run_id).resume().")
@@ -396,8 +478,12 @@ def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     base = runs_root(root)
     try:
         entries = sorted(base.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         return []
+    except NotADirectoryError:
+        source = "root=" if root is not None else "$DISTILL_NB_RUNS" if os.environ.get("DISTILL_NB_RUNS") else "the default"
+        raise NotADirectoryError(f"the runs folder {str(base)!r} ({source}) is (or is inside) a file, not a folder: "
+                                 "pass root= a folder (or set $DISTILL_NB_RUNS to one).") from None
     out = []
     for path in entries:
         if path.name.startswith(".") or path.is_symlink() or not path.is_dir() or not _RUN_ID.fullmatch(path.name):

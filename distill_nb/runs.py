@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir, worker
-from .config import ConfigError, DistillConfig
+from .config import ConfigError, DistillConfig, env_folders
 from .owner import same_process
 from .rundir import (  # re-exported for callers of runs (see __all__)
     STALE_AFTER_S,
@@ -62,6 +62,7 @@ def launch(config: DistillConfig, *, backend: str = "auto", root: str | os.PathL
         validate_run_id(run_id)
     from .preflight import absolute_paths, preflight  # reads configs and data files; torch never loads
 
+    env_folders()  # $DISTILL_NB_CACHE/_DATA/_RUNS naming a file: said now, not by a failed worker
     config = absolute_paths(config)  # the worker never runs in the caller's directory
     if check:
         preflight(config)

@@ -123,3 +123,75 @@ def read_json(path: Path) -> Any:
         return loads(text)
     except json.JSONDecodeError as e:
         raise CorruptRecord(f"{path.name} is not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+# --- writes that fail for lack of room --------------------------------------------------------------------------
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota exceeded, file-size limit / too large
+_NO_ROOM_WORDS = {errno.ENOSPC: ("No space left on device", "StorageFull"), errno.EDQUOT: ("Disk quota exceeded",),
+                  errno.EFBIG: ("File too large",)}
+
+
+def no_room_errno(error: BaseException | None) -> int | None:
+    """ENOSPC, EDQUOT or EFBIG if ``error`` (or what caused it) is a write that found no room, else None.
+
+    Libraries lose the errno in their own words: safetensors says "os error 28", torch.save keeps the OSError
+    of a file object only as the context of its RuntimeError; both are recognised.
+    """
+    seen = 0
+    while error is not None and seen < 20:
+        if isinstance(error, OSError) and error.errno in NO_ROOM:
+            return error.errno
+        text = str(error)
+        for code in NO_ROOM:
+            if f"os error {code})" in text or f"os error {code} " in text or text.endswith(f"os error {code}") \
+                    or any(w in text for w in _NO_ROOM_WORDS[code]):
+                return code
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
+def no_room_error(error: BaseException, path: str | os.PathLike) -> OSError | None:
+    """``error`` as an OSError naming ``path`` (errno ENOSPC/EDQUOT/EFBIG kept), or None if it is another error."""
+    code = no_room_errno(error)
+    if code is None:
+        return None
+    if isinstance(error, OSError) and error.errno == code and error.filename:
+        return error
+    return OSError(code, os.strerror(code), str(path))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (a short write is continued; no room raises OSError)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:  # not expected from a regular file; never loop forever
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
+
+
+def write_in_place(path: Path, text: str) -> None:
+    """Overwrite ``path`` with ``text`` in place (truncate, then write): needs no room for a second copy, so it
+    works on a full disk where a temp file + rename cannot. Not atomic: only for a last, small record."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.ftruncate(fd, 0)  # frees the old blocks first, so the new (smaller) record finds room
+        write_all(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+        os.close(fd)
+
+
+def not_utf8(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be written under (its name is not valid UTF-8: files and libraries that save text
+    paths refuse it), or None."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"its name is not valid UTF-8 text (undecodable byte at character {e.start})"
+    return None

@@ -38,11 +38,11 @@ from typing import Any
 import torch
 
 from .config import atomic_write_text
-from .families import cache_dir
+from .families import cache_dir, cache_problem
 from .models import load_config, predict_logits
 from .owner import RunBusy, open_lock_file
 from .precision import adamw
-from .safeio import number
+from .safeio import no_room_errno, number
 
 # The preparation recipe. Anything here changes the teacher, so it is part of the cache key; bump the version
 # when the code of the loop changes what it produces.
@@ -225,7 +225,16 @@ def prepare_teacher(name: str, task: Any, *, max_steps: int = 2000, max_minutes:
                                       log=log, progress=progress)
         meta.update(task=task_name(task), base=str(name), source=str(task.source), key=key, identity=identity,
                     created_at=time.time(), max_steps=max_steps, max_minutes=max_minutes)
-        tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}-{secrets.token_hex(4)}")
+        _save(model, tok, meta, out)
+    log(f"prepared teacher: {_read(out).label} -> {out}")
+    return out
+
+
+def _save(model: Any, tok: Any, meta: dict[str, Any], out: Path) -> None:
+    """Write the prepared teacher to a temp folder and swap it in whole; on any failure the temp folder is removed
+    and a write that found no room is raised naming the cache folder and ``$DISTILL_NB_CACHE`` (not the run)."""
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
         model.eval().save_pretrained(tmp)
         tok.save_pretrained(tmp)
         atomic_write_text(tmp / META, json.dumps(meta, indent=1, allow_nan=False) + "\n")
@@ -236,8 +245,12 @@ def prepare_teacher(name: str, task: Any, *, max_steps: int = 2000, max_minutes:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
-    log(f"prepared teacher: {_read(out).label} -> {out}")
-    return out
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back; nothing half-made stays
+        code = no_room_errno(e)
+        if code is not None:
+            raise OSError(code, cache_problem(out, os.strerror(code).lower()), str(out)) from e
+        raise
 
 
 @contextmanager

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir
-from .config import DistillConfig
+from .config import DistillConfig, env_folders
+from .owner import open_lock_file
 from .rundir import Status
 
 BACKENDS = ("auto", "kernel", "subprocess", "torchrun")
@@ -34,8 +35,15 @@ _SCRUB = {"MPLBACKEND", "CLICOLOR", "FORCE_COLOR", "PYTHONSTARTUP", "PYTHONHOME"
 
 # --- starting a worker -----------------------------------------------------------------------------------------
 def worker_env() -> dict[str, str]:
-    """The environment for a worker: the parent's, minus its Jupyter ties, with a safe ``sys.path``."""
+    """The environment for a worker: the parent's, minus its Jupyter ties, with a safe ``sys.path``, and the
+    distill_nb folder variables (``$DISTILL_NB_CACHE``, ...) made absolute: the worker runs in ``/``, and must
+    see the folders the caller sees.
+
+    Raises:
+        ValueError: a folder variable names a file (the message names it and the fix).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES) and k not in _SCRUB}
+    env.update(env_folders())
     pkg_parent = str(Path(__file__).resolve().parent.parent)  # works from a source checkout too
     paths = [p for p in [pkg_parent, *env.get("PYTHONPATH", "").split(os.pathsep)] if os.path.isabs(p)]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))  # relative entries would resolve against the cwd
@@ -141,12 +149,20 @@ def _start_kernel(path: Path) -> None:
 
 
 # --- the device queue: first come, first served ----------------------------------------------------------------
-def _ticket_alive(name: str) -> bool:
+def _ticket_alive(ticket: Path) -> bool:
+    """A waiter holds its ticket file locked while it waits (the OS drops the lock when it dies, however it
+    dies): a ticket nobody holds is a dead waiter's, whatever process has its pid now."""
     try:
-        _, pid, start, _run = name.split("-", 3)
-        return rundir.alive(int(pid), None if start == "x" else int(start))
-    except ValueError:
+        fd = os.open(ticket, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
         return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def wait_for_device(device: str, path: Path, poll: float = 0.2, beat: float = 30.0) -> Any:
@@ -160,7 +176,8 @@ def wait_for_device(device: str, path: Path, poll: float = 0.2, beat: float = 30
     queue.mkdir(parents=True, exist_ok=True)
     me = rundir.identity()
     ticket = queue / f"{time.time_ns():020d}-{me['pid']}-{me['pid_start'] or 'x'}-{path.name}"
-    ticket.touch()
+    held = open_lock_file(ticket)  # locked while this worker waits: how the others know it is alive
+    fcntl.flock(held, fcntl.LOCK_EX)
     lock = open(root / ".queue" / f"{device}.lock", "w")  # noqa: SIM115 — held past this function
     last_beat = time.time()
     try:
@@ -169,7 +186,7 @@ def wait_for_device(device: str, path: Path, poll: float = 0.2, beat: float = 30
                 lock.close()
                 return None
             waiting = sorted(p.name for p in queue.iterdir())
-            first = next((n for n in waiting if _ticket_alive(n) or n == ticket.name), None)
+            first = next((n for n in waiting if n == ticket.name or _ticket_alive(queue / n)), None)
             for dead in waiting[:waiting.index(first)] if first in waiting else []:
                 (queue / dead).unlink(missing_ok=True)  # a waiter that died gives up its place
             if first == ticket.name:
@@ -187,6 +204,7 @@ def wait_for_device(device: str, path: Path, poll: float = 0.2, beat: float = 30
         raise
     finally:
         ticket.unlink(missing_ok=True)
+        os.close(held)
 
 
 def _device_name(config: DistillConfig) -> str:
@@ -250,9 +268,21 @@ def _train(path: Path, config: DistillConfig | None) -> int:
     try:
         train(config or DistillConfig.from_json(path / "config.json"), path)
         return 0
-    except BaseException:  # noqa: BLE001 — train() wrote the reason into status.json; the traceback goes to log.txt
+    except BaseException as e:  # noqa: BLE001 — train() wrote the reason into status.json; the traceback goes to log.txt
         traceback.print_exc()
+        if config is not None:
+            _last_word(path, e)
         return 1
+
+
+def _last_word(path: Path, error: BaseException) -> None:
+    """A failure before train() could record one (its first status write found the disk full): write it, in
+    place if need be, while the status still says this worker has the run."""
+    from .recorder import Recorder
+
+    status = rundir.read_status(path)
+    if status.get("state") in (Status.QUEUED.value, Status.RUNNING.value) and status.get("pid") == os.getpid():
+        Recorder(path).failed(error)
 
 
 def accelerate_processes() -> int:

@@ -459,3 +459,23 @@ def test_stop_is_heard_while_the_teachers_attributions_are_computed(tiny_teacher
     monkeypatch.setattr(fidelity, "attribute", real)
     train(config, run, log=lambda *_: None)
     assert read_status(run)["state"] == "completed"
+
+
+def test_an_attribution_cache_that_cannot_be_written_is_only_logged(tiny_teacher, tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    def full_disk(tensors, path, *args, **kwargs):
+        open(path, "wb").write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    logs: list[str] = []
+    scores, lengths, targets, cached = _attributions(teacher, tok, ["the movie was good", "a dull plot"], logs)
+    assert not cached and scores.shape[0] == 2 and lengths.tolist() == [6, 5]
+    assert any("goes on without this cache" in m and "DISTILL_NB_CACHE" in m for m in logs), logs
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # no half-written file left
