@@ -12,12 +12,19 @@
 Every reply is strict JSON (no NaN); a corrupt run is listed as ``unreadable``, never a 500 for the list.
 Only ``runs``/``rundir`` are imported (stdlib): the server loads this module, so torch must never come in with it.
 The runs folder is ``runs_root()`` unless the server sets ``tornado_settings={"distill_nb": {"runs_root": ...}}``.
+
+Threads: reads (the list, a status, metrics) and actions (stop, resume, delete) run on two small pools of their
+own, never on the server's shared default executor, so a Stop or Delete never waits behind slow listings (nor do
+the listings of many open tabs starve the rest of Jupyter); concurrent listings of one folder share one read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +33,17 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop
 
-from .rundir import RunBusy, RunNotFound, dumps, list_runs, read_metrics, read_status, run_dir, runs_root
+from .rundir import (
+    RunBusy,
+    RunNotFound,
+    dumps,
+    list_runs,
+    read_metrics,
+    read_status,
+    run_dir,
+    runs_root,
+    validate_run_id,
+)
 from .runs import Run
 from .safeio import number
 
@@ -38,6 +55,11 @@ STARTER_CELLS = [
     ("code", "import distill_nb\n\ndistill_nb.app()"),
 ]
 
+# reads may take seconds (a folder of long runs); actions must answer at once, so each kind has its own threads
+READS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="distill-nb-read")
+ACTIONS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="distill-nb-action")
+_listing: dict[tuple[Path, asyncio.AbstractEventLoop], asyncio.Future] = {}  # (folder, loop) -> listing in flight
+
 
 class _Handler(APIHandler):
     """Base: the runs folder, and the one place where exceptions become JSON errors."""
@@ -46,18 +68,26 @@ class _Handler(APIHandler):
     def root(self) -> Path:
         return runs_root(self.settings.get("distill_nb", {}).get("runs_root"))
 
-    async def reply(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` off the event loop (it reads files, may signal) and write its result as JSON."""
+    async def reply(self, fn: Callable[..., Any], *args: Any, pool: ThreadPoolExecutor = READS) -> None:
+        """Run ``fn(*args)`` on ``pool`` (it reads files, may signal) and write its result as JSON."""
+        await self.answer(IOLoop.current().run_in_executor(pool, fn, *args))
+
+    async def answer(self, work: Awaitable[Any]) -> None:
+        """Await ``work`` and write its result as JSON, or its exception as a JSON error."""
         code = 200
         try:
-            result = await IOLoop.current().run_in_executor(None, fn, *args)
+            result = await work
             body = dumps(result)  # strict: NaN/Infinity become null, so JSON.parse never fails
         except RunNotFound as e:
             result, code = {"message": str(e)}, 404
         except RunBusy as e:  # a second Resume/Delete while a worker owns the run
             result, code = {"message": str(e)}, 409
         except PermissionError as e:
-            result, code = {"message": str(e)}, 403
+            # 403 is the sidebar's "your session is no longer valid": a file the server may not read is a 500
+            if e.errno is None:  # a refusal of ours (remote code without consent)
+                result, code = {"message": str(e)}, 403
+            else:
+                result, code = {"message": f"{e}: give the Jupyter server's user access to it."}, 500
         except ValueError as e:  # bad run id, bad ?since=, resuming a completed run, ...
             result, code = {"message": str(e)}, 400
         except Exception as e:
@@ -73,7 +103,15 @@ class _Handler(APIHandler):
 class RunsHandler(_Handler):
     @tornado.web.authenticated
     async def get(self) -> None:
-        await self.reply(list_runs, self.root)
+        # many open tabs poll one folder: a GET that finds a listing of it in flight waits for that one (at most
+        # one read old) instead of queueing a read of its own
+        root, loop = self.root, asyncio.get_running_loop()
+        key = (root, loop)
+        listing = _listing.get(key)
+        if listing is None:
+            listing = _listing[key] = loop.run_in_executor(READS, list_runs, root)
+            listing.add_done_callback(lambda done: _listing.pop(key, None))
+        await self.answer(asyncio.shield(listing))  # a client that goes away cancels its wait, not the read
 
 
 class RunHandler(_Handler):
@@ -84,10 +122,25 @@ class RunHandler(_Handler):
     @tornado.web.authenticated
     async def delete(self, run_id: str) -> None:
         def delete() -> dict[str, Any]:
-            Run(run_dir(run_id, self.root)).delete()
+            Run(listed_run_dir(run_id, self.root)).delete()
             return {"run_id": run_id, "deleted": True}
 
-        await self.reply(delete)
+        await self.reply(delete, pool=ACTIONS)
+
+
+def listed_run_dir(run_id: str, root: Path) -> Path:
+    """The folder of any run ``list_runs`` lists, the unreadable ones included, for Delete (it only renames it).
+
+    ``run_dir`` wants a regular config.json; the list also shows a folder whose config.json is a directory or a
+    link (as unreadable), and what the list shows, Delete must be able to remove.
+    """
+    try:
+        return run_dir(run_id, root)
+    except RunNotFound:
+        path = root / validate_run_id(run_id)
+        if not path.is_symlink() and path.is_dir() and os.path.lexists(path / "config.json"):
+            return path
+        raise
 
 
 class MetricsHandler(_Handler):
@@ -113,7 +166,7 @@ class StopHandler(_Handler):
     @tornado.web.authenticated
     async def post(self, run_id: str) -> None:
         # wait=None: the worker checkpoints before stopping; the sidebar's poll shows the new state
-        await self.reply(lambda: Run(run_dir(run_id, self.root)).stop(wait=None))
+        await self.reply(lambda: Run(run_dir(run_id, self.root)).stop(wait=None), pool=ACTIONS)
 
 
 class ResumeHandler(_Handler):
@@ -133,7 +186,7 @@ class ResumeHandler(_Handler):
             # a server is not a kernel: the worker always runs as a plain subprocess here
             return run.resume(backend="subprocess").status()
 
-        await self.reply(resume)
+        await self.reply(resume, pool=ACTIONS)
 
 
 class TemplateHandler(_Handler):

@@ -78,7 +78,7 @@ def test_sidebar_stop_and_launcher(lab, runs_root, tiny_teacher, tiny_dataset):
     assert (artifacts / "browser-sidebar.png").stat().st_size > 10_000
 
     # the REST contract (issue 12, 16): a fixed reply with an unreadable run, a remote-code run, a run in prep
-    assert seen["prepSteps"].startswith("preparing the teacher 40/300 · phase 2/6") and "ETA 1:20" in seen["prepSteps"]
+    assert seen["prepSteps"].startswith("preparing the teacher 40/300 · phase 2/7") and "ETA 1:20" in seen["prepSteps"]
     assert seen["prepBar"] == [40, 300]
     assert seen["prepSummary"] == "minilm-l6 → 3-layer student · sst2"
     assert seen["brokenState"] == "unreadable" and "not UTF-8" in seen["brokenError"]
@@ -95,3 +95,55 @@ def test_sidebar_stop_and_launcher(lab, runs_root, tiny_teacher, tiny_dataset):
     assert delete["method"] == "DELETE" and delete["url"].endswith("/distill-nb/runs/broken-run")
     assert "instead of a list" in seen["notListError"] and seen["runsAfterBadReply"] == 0
     assert (artifacts / "sidebar-contract.png").stat().st_size > 5_000
+
+
+def test_sidebar_survives_polls_and_hostile_runs(lab, runs_root, tmp_path):
+    # the real server lists these as unreadable (config.json a folder, a link): the sidebar's Delete removes them
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    for run_id, make in [("cfg-dir", lambda p: p.mkdir()), ("cfg-link", lambda p: p.symlink_to(outside))]:
+        (runs_root / run_id).mkdir(parents=True)
+        make(runs_root / run_id / "config.json")
+        write_status(runs_root / run_id, state="stopped")
+    artifacts = REPO / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    env = {**os.environ, "JLAB_URL": lab["url"], "JLAB_TOKEN": lab["token"], "UNREADABLE_IDS": "cfg-dir,cfg-link",
+           "ARTIFACTS": str(artifacts), "CHROMIUM": CHROMIUM}
+    out = subprocess.run(["node", str(LABEXT / "ui-tests" / "sidebar-robust.mjs")], env=env, cwd=LABEXT,
+                         capture_output=True, text=True, timeout=240, check=False)
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}\n--- lab log ---\n{lab['log'].read_text()[-3000:]}"
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+
+    # D4: listed as unreadable, deleted from the sidebar (the folder renamed away; a link never followed)
+    for run_id in ("cfg-dir", "cfg-link"):
+        assert seen["unreadable"][run_id] == {"state": "unreadable", "gone": True, "failure": ""}, seen["unreadable"]
+        assert not (runs_root / run_id).exists()
+    assert outside.read_text() == "{}"
+    # D2: polls update rows in place: focus stays on its button, a press held across a poll is still a click
+    assert seen["focusKept"] is True
+    assert seen["tabbedTo"] == "live-run/jp-DistillNb-stop", seen["tabbedTo"]
+    assert seen["stopPosted"] == 1
+    # D5: the Resume in flight stays disabled and says so across polls; one request, enabled again after
+    assert seen["resumeDuringPolls"] == [True, "resuming…"] and seen["resumePosted"] == 1
+    assert seen["resumeAfter"] == [False, "Resume"]
+    # D6: a 20,000-character message and a 5 kB error neither widen the panel nor bury the other runs
+    width, client = seen["widths"]
+    assert width <= client + 2 and seen["widthsExpanded"][0] <= seen["widthsExpanded"][1] + 2, seen
+    assert seen["errorHeight"] < 100 < seen["errorHeightExpanded"], seen
+    assert seen["errorTitleLength"] > 5000 and seen["stepsTitleLength"] > 4000
+    # D3: the hub org is shown; the spoofing teacher is one isolated, quoted, escaped, capped token
+    assert seen["hubSummary"].startswith("evilcorp/bert-base-uncased → 2-layer student"), seen["hubSummary"]
+    consent = seen["consent"]
+    assert consent["warning"] == "Resume only if you trust that code." and not consent["teacherHoldsWarning"]
+    teacher = consent["teacher"]
+    assert teacher.startswith('"org/model.\\n\\nThis model') and "\\u202E" in teacher and teacher.endswith('…"')
+    assert len(teacher) <= 124 and not re.search(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", teacher)
+    assert (consent["teacherDir"], consent["teacherBidi"]) == ("ltr", "isolate")
+    assert "audited" not in consent["bodyWithoutTokens"] and "\u202e" not in consent["bodyWithoutTokens"]
+    assert "trust_remote_code" in consent["bodyWithoutTokens"]
+    assert not re.search(r"[\x00-\x1f\u202a-\u202e\u2066-\u2069]", seen["spoofSummary"]), seen["spoofSummary"]
+    assert seen["remotePosted"] == 0  # Cancel sends nothing
+    # D8: a 403 stops the polling and says what to do
+    assert "no longer valid" in seen["sessionText"] and "reload the page" in seen["sessionText"]
+    assert seen["reloadButton"] == 1 and seen["getsAfterLoss"] == 0, seen
+    assert not [e for e in seen["consoleErrors"] if "distill" in e.lower()], seen["consoleErrors"]

@@ -455,5 +455,5 @@ def test_sidebar_puts_run_fields_in_the_dom_as_text():
         text = path.read_text()
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "dangerouslySetInnerHTML"):
             assert sink not in text, (path.name, sink)
-    sidebar = (src / "sidebar.ts").read_text()
+    sidebar = "\n".join(p.read_text() for p in src.glob("*.ts"))  # the panel and its rows (rows.ts)
     assert "jp-DistillNb-state-${run.state}" not in sidebar and "stateClass(run.state)" in sidebar

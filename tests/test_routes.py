@@ -13,6 +13,7 @@ import pytest
 
 from distill_nb import routes
 from distill_nb.config import DistillConfig
+from distill_nb.owner import process_start
 from distill_nb.runs import Run, append_metrics, create_run, write_status
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -86,7 +87,7 @@ async def test_metrics_paging_with_since(api, runs_root):
 
 async def test_stop_returns_at_once_and_leaves_stop_file(api, runs_root, sleeper):
     path = fabricate(runs_root, "run-d", state="running", step=4, total_steps=10, pid=sleeper.pid,
-                     host=socket.gethostname())
+                     pid_start=process_start(sleeper.pid), host=socket.gethostname())
     t0 = time.monotonic()
     code, status = await api("runs", "run-d", "stop", method="POST")
     assert time.monotonic() - t0 < 2.0  # the worker, not the request, waits for the checkpoint
@@ -113,7 +114,8 @@ async def test_resume_stopped_run_starts_a_worker(api, runs_root):
 
 async def test_resume_refusals_say_why(api, runs_root, sleeper):
     fabricate(runs_root, "done", state="completed")
-    fabricate(runs_root, "busy", state="running", pid=sleeper.pid, host=socket.gethostname())
+    fabricate(runs_root, "busy", state="running", pid=sleeper.pid, pid_start=process_start(sleeper.pid),
+              host=socket.gethostname())
     for run_id, code_wanted, words in [("done", 400, "already completed"), ("busy", 409, "already running")]:
         code, err = await api("runs", run_id, "resume", method="POST")
         assert code == code_wanted and words in err["message"], err
@@ -233,7 +235,8 @@ async def test_concurrent_rest_resumes_start_one_worker(api, runs_root):
 
 
 async def test_delete_refuses_active_runs_and_removes_finished_ones(api, runs_root, sleeper):
-    fabricate(runs_root, "live", state="running", pid=sleeper.pid, host=socket.gethostname())
+    fabricate(runs_root, "live", state="running", pid=sleeper.pid, pid_start=process_start(sleeper.pid),
+              host=socket.gethostname())
     done = fabricate(runs_root, "done", state="completed")
     code, err = await api("runs", "live", method="DELETE")
     assert code == 409 and "stop it" in err["message"] and (runs_root / "live").is_dir()
@@ -328,3 +331,84 @@ def test_kill_never_signals_a_process_it_cannot_identify(tmp_path, sleeper):
     assert sleeper.poll() is None
     Run._kill({"pid": sleeper.pid, "pid_start": process_start(sleeper.pid)})
     assert sleeper.wait(timeout=10) == -9
+
+
+@pytest.mark.parametrize("kind", ["dir", "link"])
+async def test_a_run_listed_as_unreadable_can_be_deleted(api, runs_root, tmp_path, kind):
+    # what the list shows, Delete removes: config.json a folder or a link is listed (unreadable), not a 404
+    path = runs_root / "odd"
+    path.mkdir(parents=True)
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    if kind == "dir":
+        (path / "config.json").mkdir()
+    else:
+        (path / "config.json").symlink_to(outside)
+    write_status(path, state="stopped")
+    (runs_root / "not-a-run").mkdir()  # no config.json: neither listed nor deletable
+    code, runs = await api("runs")
+    assert code == 200 and [(r["run_id"], r["state"]) for r in runs] == [("odd", "unreadable")], runs
+    code, reply = await api("runs", "odd", method="DELETE")
+    assert (code, reply) == (200, {"run_id": "odd", "deleted": True}) and not path.exists()
+    assert outside.read_text() == "{}"  # a link is removed, never followed
+    assert (await api("runs"))[1] == []
+    code, err = await api("runs", "not-a-run", method="DELETE")
+    assert code == 404 and "not-a-run" in err["message"] and (runs_root / "not-a-run").is_dir()
+
+
+async def test_an_unreadable_run_that_is_still_active_is_not_deleted(api, runs_root, sleeper):
+    from distill_nb.rundir import process_start
+
+    path = runs_root / "odd-live"
+    path.mkdir(parents=True)
+    (path / "config.json").mkdir()
+    write_status(path, state="running", pid=sleeper.pid, pid_start=process_start(sleeper.pid),
+                 host=socket.gethostname())
+    code, err = await api("runs", "odd-live", method="DELETE")
+    assert code == 409 and "stop it" in err["message"] and path.is_dir()
+
+
+async def test_actions_never_wait_behind_slow_listings(api, runs_root, monkeypatch, jp_http_port, jp_base_url,
+                                                      jp_auth_header):
+    import asyncio
+    import threading
+
+    from tornado.httpclient import AsyncHTTPClient
+
+    release, calls = threading.Event(), []
+
+    def slow_list(root):  # a folder of long runs: every listing takes seconds
+        calls.append(threading.current_thread().name)
+        release.wait(20)
+        return []
+
+    monkeypatch.setattr(routes, "list_runs", slow_list)
+    fabricate(runs_root, "queued-run")
+    done = fabricate(runs_root, "done-run", state="completed")
+    # many tabs polling at once (a client of their own: jp_fetch's sends at most 10 requests at a time)
+    tabs = AsyncHTTPClient(force_instance=True, max_clients=64)
+    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}distill-nb/runs"
+    polls = [asyncio.ensure_future(tabs.fetch(url, headers=jp_auth_header, request_timeout=60)) for _ in range(40)]
+    try:
+        await asyncio.sleep(0.5)
+        t0 = time.monotonic()
+        code, status = await api("runs", "queued-run", "stop", method="POST")
+        assert (code, status["state"]) == (200, "stopped")
+        assert (await api("runs", "done-run", method="DELETE"))[0] == 200 and not done.exists()
+        assert time.monotonic() - t0 < 5.0  # did not queue behind the 40 listings
+    finally:
+        release.set()
+        results = await asyncio.gather(*polls)
+        tabs.close()
+    assert all((r.code, json.loads(r.body)) == (200, []) for r in results)
+    assert len(calls) <= 2 and all(name.startswith("distill-nb-read") for name in calls), calls  # shared reads
+
+
+async def test_a_runs_folder_the_server_may_not_read_is_a_500_not_a_403(api, runs_root, monkeypatch):
+    # the sidebar reads a 403 as "your Jupyter session is no longer valid": a filesystem refusal must not say that
+    def denied(root):
+        raise PermissionError(13, "Permission denied", str(root))
+
+    monkeypatch.setattr(routes, "list_runs", denied)
+    code, err = await api("runs")
+    assert code == 500 and "Permission denied" in err["message"] and "access" in err["message"]

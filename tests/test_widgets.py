@@ -367,7 +367,7 @@ def test_monitor_shows_phase_progress_and_clears_on_a_new_run(runs_root):
     assert "old acc" in mon.acc_chart.value and "stroke-dasharray='5 3'" in mon.acc_chart.value
     write_status(new, phase="training", phase_step=3, phase_total=300, step=3, total_steps=300)
     mon.poll()
-    assert "training step 3/300 · phase 4/6" in mon.progress_text.value and "elapsed" in mon.progress_text.value
+    assert "training step 3/300 · phase 5/7" in mon.progress_text.value and "elapsed" in mon.progress_text.value
 
 
 def test_monitor_smoothing_and_rounded_ticks(runs_root):

@@ -130,7 +130,7 @@ try {
   // third cell: a run preparing its teacher (a faked status.json): the phase shows in the Monitor
   await nb.locator(".jp-Notebook-cell").nth(2).click();
   await page.keyboard.press("Shift+Enter");
-  const prep = nb.locator(".widget-html-content", { hasText: "phase 2/6" }).first();
+  const prep = nb.locator(".widget-html-content", { hasText: "phase 2/7" }).first();
   await prep.waitFor();
   seen.prepProgress = await prep.innerText();
   await tabs.screenshot({ path: `${ART}/widgets-monitor-prep.png` });
@@ -206,7 +206,7 @@ def test_app_in_jupyterlab(lab, tmp_path, tiny_teacher, tiny_dataset, runs_root)
     assert "against" in seen["legend"]
     (t_left, t_right, t_top, t_bottom), (s_left, s_right, s_top, s_bottom) = seen["stripBoxes"][:2]
     assert t_right <= s_left + 1 or t_bottom <= s_top + 1, seen["stripBoxes"]  # the strips never overlap
-    assert "preparing the teacher 40/300 · phase 2/6" in seen["prepProgress"], seen["prepProgress"]
+    assert "preparing the teacher 40/300 · phase 2/7" in seen["prepProgress"], seen["prepProgress"]
     assert "train: 300 steps" in seen["trainAfterOpen"], seen["trainAfterOpen"]  # the attached run's config
     for name in ("teacher", "student", "train", "monitor", "monitor-second", "explorer", "monitor-prep"):
         assert (art / f"widgets-{name}.png").stat().st_size > 10_000

@@ -1,11 +1,13 @@
-import { Dialog, showDialog, showErrorMessage } from "@jupyterlab/apputils";
-import { deleteIcon } from "@jupyterlab/ui-components";
+import { Dialog, showDialog } from "@jupyterlab/apputils";
 import { Message } from "@lumino/messaging";
 import { Poll } from "@lumino/polling";
 import { Widget } from "@lumino/widgets";
 
-import { runProgress } from "./progress";
 import { IRunSummary, requestAPI } from "./request";
+import { button, IRowActions, Pending, RunRow } from "./rows";
+import { isolate } from "./text";
+
+export { stateClass } from "./rows";
 
 /** What the panel needs from the app, so it stays testable without one. */
 export interface IRunsPanelOptions {
@@ -15,13 +17,13 @@ export interface IRunsPanelOptions {
   newNotebook: () => Promise<unknown>;
 }
 
-const ACTIVE = new Set(["queued", "running"]);
-const RESUMABLE = new Set(["stopped", "failed"]);
-
 /**
  * Left-sidebar list of distillation runs: name and teacher → student summary, state, the
  * progress of the current phase, last accuracy, and Stop / Resume / Open / Delete buttons,
  * refreshed by a Poll that backs off on errors and idles while the page is hidden.
+ *
+ * Rows are keyed by run id and updated in place (`RunRow`), and what a button is doing is kept here per
+ * run id, so a poll never drops a click, moves keyboard focus, or re-enables a button whose request is in flight.
  */
 export class RunsPanel extends Widget {
   constructor(options: IRunsPanelOptions) {
@@ -42,8 +44,32 @@ export class RunsPanel extends Widget {
 
     this._body = document.createElement("div");
     this._body.className = "jp-DistillNb-body";
-    this._body.textContent = "Loading runs…";
+    this._message = document.createElement("div");
+    this._message.textContent = "Loading runs…";
+    this._list = document.createElement("ul");
+    this._list.className = "jp-DistillNb-runs";
+    this._body.append(this._message, this._list);
     this.node.append(header, this._body);
+
+    this._actions = {
+      stop: (run) =>
+        this._act(run.run_id, "stopping", () =>
+          requestAPI(`runs/${encodeURIComponent(run.run_id)}/stop`, {
+            method: "POST",
+          }),
+        ),
+      resume: (run) =>
+        this._act(run.run_id, "confirming", () => this._resume(run)),
+      open: (run) => this._options.openMonitor(run.run_id),
+      delete: (run) =>
+        this._act(run.run_id, "confirming", () => this._delete(run)),
+      toggleError: (key) => {
+        if (!this._expanded.delete(key)) {
+          this._expanded.add(key);
+        }
+        this._updateRows();
+      },
+    };
 
     this._poll = new Poll({
       auto: true,
@@ -61,17 +87,19 @@ export class RunsPanel extends Widget {
     void this.refresh();
   }
 
-  /** Refresh now (after a Stop, or when the panel is shown). */
+  /** Refresh now (after a Stop, or when the panel is shown); nothing once the session is gone. */
   refresh(): Promise<void> {
-    return this._poll.refresh();
+    return this._sessionLost ? Promise.resolve() : this._poll.refresh();
   }
 
   dispose(): void {
     this._poll.dispose();
+    this._settle(Infinity);
     super.dispose();
   }
 
   private async _refresh(): Promise<void> {
+    const seq = ++this._sent;
     let runs: unknown;
     try {
       runs = await requestAPI<unknown>("runs");
@@ -82,230 +110,169 @@ export class RunsPanel extends Widget {
         );
       }
     } catch (error) {
+      this._settle(seq);
+      const status = (error as any)?.response?.status;
+      if (status === 401 || status === 403) {
+        // the login or its cookie is gone: every retry would be refused the same way
+        this._sessionLost = true;
+        this._renderSessionLost(status);
+        void this._poll.stop();
+        return;
+      }
       this._renderError(error);
       throw error; // let the Poll back off
     }
     this._render(runs);
+    this._settle(seq);
   }
 
   private _render(runs: unknown[]): void {
-    this._body.replaceChildren();
     if (runs.length === 0) {
-      const empty = document.createElement("p");
-      empty.className = "jp-DistillNb-empty";
-      empty.textContent =
-        'No runs yet… Launch one from a notebook (start with "New notebook") and it appears here.';
-      this._body.append(empty);
+      this._clearRows();
+      this._showMessage(
+        "jp-DistillNb-empty",
+        'No runs yet… Launch one from a notebook (start with "New notebook") and it appears here.',
+      );
       return;
     }
-    const list = document.createElement("ul");
-    list.className = "jp-DistillNb-runs";
+    this._message.hidden = true;
+    this._list.hidden = false;
+    const rows = new Map<string, RunRow>();
     for (const entry of runs) {
       // one odd entry is shown as unreadable; the other runs list normally
       const run = asRun(entry);
-      list.append(
-        run.state === "unreadable"
-          ? this._renderUnreadable(run)
-          : this._renderRun(run),
+      let key = run.run_id;
+      for (let n = 2; rows.has(key); n++) {
+        key = `${run.run_id}\u0000${n}`; // the same id twice (a reply that is not the server's): two rows
+      }
+      let row = this._rows.get(key);
+      const kind = run.state === "unreadable" ? "unreadable" : "run";
+      if (!row || row.kind !== kind) {
+        row = new RunRow(key, run, this._actions);
+      }
+      row.update(run, this._pending.get(run.run_id), this._expanded.has(key));
+      rows.set(key, row);
+    }
+    for (const [key, row] of this._rows) {
+      if (rows.get(key) !== row) {
+        row.node.remove();
+        this._expanded.delete(key);
+      }
+    }
+    this._rows = rows;
+    // move only the rows that are out of place: moving a node would take the focus from its button
+    let i = 0;
+    for (const row of rows.values()) {
+      const at = this._list.children[i++];
+      if (at !== row.node) {
+        this._list.insertBefore(row.node, at ?? null);
+      }
+    }
+  }
+
+  private _updateRows(): void {
+    for (const row of this._rows.values()) {
+      row.update(
+        row.run,
+        this._pending.get(row.run.run_id),
+        this._expanded.has(row.key),
       );
     }
-    this._body.append(list);
   }
 
-  private _renderRun(run: IRunSummary): HTMLElement {
-    const item = document.createElement("li");
-    item.className = "jp-DistillNb-run";
-    item.dataset.runId = run.run_id;
-    item.append(this._nameLine(run));
+  private _clearRows(): void {
+    this._rows.clear();
+    this._list.replaceChildren();
+    this._list.hidden = true;
+  }
 
-    const summary = summaryText(run);
-    if (summary) {
-      const line = document.createElement("div");
-      line.className = "jp-DistillNb-summary";
-      line.textContent = summary;
-      line.title = summary;
-      item.append(line);
+  private _setPending(runId: string, state: Pending | undefined): void {
+    if (state === undefined) {
+      this._pending.delete(runId);
+    } else {
+      this._pending.set(runId, state);
     }
+    this._updateRows();
+  }
 
-    const state = document.createElement("span");
-    // the state comes from the run's status.json: only a known state becomes part of a class name
-    state.className = `jp-DistillNb-state jp-DistillNb-state-${stateClass(run.state)}`;
-    state.textContent = run.state;
-    if (run.error) {
-      state.title = buttonsSay(run.error);
+  /**
+   * Run a button's `action` for `runId` once at a time: the run's buttons stay disabled (and say what they
+   * do) until a list fetched after the action shows its outcome, whatever polls come in between.
+   */
+  private async _act(
+    runId: string,
+    state: Pending,
+    action: () => Promise<unknown>,
+  ): Promise<void> {
+    if (this._pending.has(runId)) {
+      return; // a double-click sends one request
     }
-
-    const p = runProgress(run);
-    const progress = document.createElement("progress");
-    progress.className = "jp-DistillNb-progress";
-    progress.max = p.max;
-    progress.value = p.value;
-    const steps = document.createElement("span");
-    steps.className = "jp-DistillNb-steps";
-    steps.textContent = p.text;
-
-    const accuracy = document.createElement("span");
-    accuracy.className = "jp-DistillNb-accuracy";
-    const acc = run.last_eval?.accuracy;
-    const n = run.last_eval?.eval_examples;
-    accuracy.textContent =
-      typeof acc === "number" ? `acc ${(acc * 100).toFixed(1)}%` : "acc –";
-    if (typeof acc === "number") {
-      accuracy.title =
-        `student accuracy at step ${run.last_eval?.step ?? "?"}` +
-        (typeof n === "number" ? ` on ${n} eval examples` : "");
+    this._setPending(runId, state);
+    try {
+      await action();
+    } finally {
+      if (this._pending.get(runId) !== "confirming") {
+        await this._listedAfterNow(); // the request went out: wait for a list that shows its outcome
+      }
+      this._setPending(runId, undefined);
     }
+  }
 
-    const details = document.createElement("div");
-    details.className = "jp-DistillNb-details";
-    details.append(state, steps, accuracy);
-    const reasons = reasonsText(run);
-    if (reasons) {
-      const span = document.createElement("span");
-      span.className = "jp-DistillNb-reasons";
-      span.textContent = reasons;
-      span.title =
-        `reason agreement at step ${run.last_eval?.step ?? "?"}: mean Spearman correlation of the ` +
-        "student's token attributions with the teacher's on the run's probe texts (1 = same reasons)";
-      details.append(span);
+  /** Resolves when a list requested from now on has been shown (or after 15 s, or when polling stops). */
+  private _listedAfterNow(): Promise<void> {
+    if (this._sessionLost || this.isDisposed) {
+      return Promise.resolve();
     }
+    const after = this._sent;
+    const listed = new Promise<void>((resolve) =>
+      this._waiters.push({ after, resolve }),
+    );
+    void this.refresh();
+    return Promise.race([
+      listed,
+      new Promise<void>((resolve) => setTimeout(resolve, 15000)),
+    ]);
+  }
 
-    const actions = document.createElement("div");
-    actions.className = "jp-DistillNb-actions";
-    const stop = button("Stop", "jp-mod-warn jp-DistillNb-stop", async () => {
-      stop.disabled = true;
-      await requestAPI(`runs/${encodeURIComponent(run.run_id)}/stop`, {
-        method: "POST",
-      });
-      await this.refresh();
+  /** Wake the actions waiting for a list requested before request number `seq` ended. */
+  private _settle(seq: number): void {
+    const waiting = this._waiters;
+    this._waiters = waiting.filter((w) => w.after >= seq);
+    waiting.filter((w) => w.after < seq).forEach((w) => w.resolve());
+  }
+
+  private async _delete(run: IRunSummary): Promise<void> {
+    const body = document.createElement("div");
+    body.append(
+      "Delete run ",
+      isolate(run.run_id, "jp-DistillNb-runToken"),
+      " and everything in its folder (checkpoints, student, metrics)? This cannot be undone.",
+    );
+    const answer = await showDialog({
+      title: "Delete run?",
+      body: new Widget({ node: body }),
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: "Delete" })],
     });
-    stop.disabled = !ACTIVE.has(run.state);
-    stop.title = stop.disabled
-      ? "only a queued or running run can be stopped"
-      : "checkpoint and stop at the next step";
-    const resume = button(
-      "Resume",
-      "jp-mod-accept jp-DistillNb-resume",
-      async () => {
-        resume.disabled = true; // a double-click sends one request
-        try {
-          await this._resume(run);
-        } finally {
-          await this.refresh();
-        }
-      },
-    );
-    resume.disabled = !RESUMABLE.has(run.state);
-    resume.title = resume.disabled
-      ? "only a stopped or failed run can be resumed"
-      : "continue from the last checkpoint";
-    const open = button("Open", "jp-mod-reject jp-DistillNb-open", () =>
-      this._options.openMonitor(run.run_id),
-    );
-    open.title = "show this run's monitor in a notebook";
-    actions.append(stop, resume, open, this._deleteButton(run));
-
-    item.append(details, progress);
-    if (run.error && (run.state === "failed" || run.stale)) {
-      const error = document.createElement("div");
-      error.className = "jp-DistillNb-runError";
-      error.textContent = buttonsSay(run.error);
-      item.append(error);
+    if (!answer.button.accept) {
+      return;
     }
-    item.append(actions);
-    return item;
-  }
-
-  /** A run whose files cannot be read: its id, the reason, and Delete. */
-  private _renderUnreadable(run: IRunSummary): HTMLElement {
-    const item = document.createElement("li");
-    item.className = "jp-DistillNb-run jp-DistillNb-unreadable";
-    item.dataset.runId = run.run_id;
-    const state = document.createElement("span");
-    state.className = "jp-DistillNb-state jp-DistillNb-state-unreadable";
-    state.textContent = "unreadable";
-    const reason = document.createElement("div");
-    reason.className = "jp-DistillNb-runError";
-    reason.textContent = run.error || "its status or config cannot be read";
-    const details = document.createElement("div");
-    details.className = "jp-DistillNb-details";
-    details.append(state);
-    const actions = document.createElement("div");
-    actions.className = "jp-DistillNb-actions";
-    actions.append(this._deleteButton(run));
-    item.append(this._nameLine(run), details, reason, actions);
-    return item;
-  }
-
-  private _nameLine(run: IRunSummary): HTMLElement {
-    const name = document.createElement("div");
-    name.className = "jp-DistillNb-runId";
-    const id = document.createElement("span");
-    id.textContent = run.run_id;
-    id.title = run.run_id;
-    name.append(id);
-    if (run.trust_remote_code === true) {
-      const flag = document.createElement("span");
-      flag.className = "jp-DistillNb-flag jp-DistillNb-remoteCode";
-      flag.textContent = "remote code";
-      flag.title =
-        "trust_remote_code: true: this run executes model code from the hub; resume it only if you trust that code";
-      name.append(flag);
-    }
-    return name;
-  }
-
-  private _deleteButton(run: IRunSummary): HTMLButtonElement {
-    const del = button(
-      "Delete",
-      "jp-mod-reject jp-DistillNb-delete",
-      async () => {
-        const answer = await showDialog({
-          title: "Delete run?",
-          body: `Delete run ${run.run_id} and everything in its folder (checkpoints, student, metrics)? This cannot be undone.`,
-          buttons: [
-            Dialog.cancelButton(),
-            Dialog.warnButton({ label: "Delete" }),
-          ],
-        });
-        if (!answer.button.accept) {
-          return;
-        }
-        del.disabled = true;
-        try {
-          await requestAPI(`runs/${encodeURIComponent(run.run_id)}`, {
-            method: "DELETE",
-          });
-        } finally {
-          await this.refresh();
-        }
-      },
-    );
-    // an icon keeps Stop, Resume, Open and Delete on one row of a narrow sidebar
-    del.replaceChildren(
-      deleteIcon.element({ tag: "span", className: "jp-DistillNb-icon" }),
-    );
-    del.setAttribute("aria-label", "Delete");
-    del.disabled = ACTIVE.has(run.state);
-    del.title = del.disabled
-      ? "stop the run before deleting it"
-      : "delete this run's folder";
-    return del;
+    this._setPending(run.run_id, "deleting");
+    await requestAPI(`runs/${encodeURIComponent(run.run_id)}`, {
+      method: "DELETE",
+    });
   }
 
   private async _resume(run: IRunSummary): Promise<void> {
     const url = `runs/${encodeURIComponent(run.run_id)}/resume`;
     if (run.trust_remote_code !== true) {
+      this._setPending(run.run_id, "resuming");
       await requestAPI(url, { method: "POST" });
       return;
     }
     // the server refuses to run remote code unless the request says so: ask the person first
     const answer = await showDialog({
       title: "Resume a run that runs remote code?",
-      body:
-        `Run ${run.run_id} has trust_remote_code: true: resuming it executes Python code that ` +
-        `came with the model${run.summary?.teacher ? ` ${run.summary.teacher}` : ""}. ` +
-        "Resume only if you trust that code.",
+      body: new Widget({ node: consentBody(run) }),
       buttons: [
         Dialog.cancelButton(),
         Dialog.warnButton({ label: "Resume and run it" }),
@@ -314,84 +281,102 @@ export class RunsPanel extends Widget {
     if (!answer.button.accept) {
       return;
     }
+    this._setPending(run.run_id, "resuming");
     await requestAPI(url, {
       method: "POST",
       body: JSON.stringify({ trust_remote_code: true }),
     });
   }
 
+  private _showMessage(className: string, text: string): HTMLElement {
+    this._message.hidden = false;
+    this._message.className = "jp-DistillNb-message";
+    const p = document.createElement("p");
+    p.className = className;
+    p.textContent = text;
+    this._message.replaceChildren(p);
+    return this._message;
+  }
+
   private _renderError(error: unknown): void {
-    this._body.replaceChildren();
-    const message = document.createElement("p");
-    message.className = "jp-DistillNb-error";
-    message.textContent = `Could not load runs: ${
-      (error as Error)?.message ?? error
-    }. Retrying…`;
+    this._clearRows();
+    const message = this._showMessage(
+      "jp-DistillNb-error",
+      `Could not load runs: ${(error as Error)?.message ?? error}. Retrying…`,
+    );
     const retry = button("Retry now", "jp-mod-reject jp-DistillNb-retry", () =>
       this.refresh(),
     );
-    this._body.append(message, retry);
+    message.append(retry);
+  }
+
+  private _renderSessionLost(status: number): void {
+    this._clearRows();
+    const message = this._showMessage(
+      "jp-DistillNb-error jp-DistillNb-sessionLost",
+      `Your Jupyter session is no longer valid (the server answered ${status} ` +
+        `${status === 401 ? "Unauthorized" : "Forbidden"}): reload the page or log in again to see your runs. ` +
+        "The list stopped refreshing.",
+    );
+    const reload = button(
+      "Reload page",
+      "jp-mod-accept jp-DistillNb-reload",
+      async () => window.location.reload(),
+    );
+    const again = button(
+      "Try again",
+      "jp-mod-reject jp-DistillNb-retry",
+      async () => {
+        this._sessionLost = false;
+        await this._poll.start(); // ticks at once; a refusal stops it again
+      },
+    );
+    const buttons = document.createElement("div");
+    buttons.className = "jp-DistillNb-actions";
+    buttons.append(reload, again);
+    message.append(buttons);
   }
 
   private _options: IRunsPanelOptions;
+  private _actions: IRowActions;
   private _body: HTMLDivElement;
+  private _message: HTMLDivElement;
+  private _list: HTMLUListElement;
   private _poll: Poll;
+  private _rows = new Map<string, RunRow>();
+  private _pending = new Map<string, Pending>();
+  private _expanded = new Set<string>();
+  private _sessionLost = false;
+  private _sent = 0;
+  private _waiters: { after: number; resolve: () => void }[] = [];
 }
 
-const STATES = new Set([
-  "queued",
-  "running",
-  "completed",
-  "failed",
-  "stopped",
-  "unreadable",
-]);
-
-/** `state` as the suffix of a CSS class: a known state, else "other" (never text from a file). */
-export function stateClass(state: unknown): string {
-  return typeof state === "string" && STATES.has(state) ? state : "other";
-}
-
-/** Messages written for code (`resume()`, `stop()`) as the buttons here say them. */
-function buttonsSay(message: unknown): string {
-  return String(message)
-    .replace(/\bresume\(\)/g, "Resume")
-    .replace(/\bstop\(\) it/g, "Stop it");
-}
-
-/** "reasons ρ 0.43" from the last eval's reason agreement, or "" when the run does not track it. */
-function reasonsText(run: IRunSummary): string {
-  const r = run.last_eval?.reason_spearman;
-  return typeof r === "number" && Number.isFinite(r)
-    ? `reasons ρ ${r.toFixed(2)}`
-    : "";
-}
-
-/** "minilm-l6 → 3 layers · sst2", or "" when the server sent no summary. */
-function summaryText(run: IRunSummary): string {
-  const s = run.summary;
-  if (!s || typeof s !== "object") {
-    return "";
+/**
+ * The remote-code consent text. The run's files are not ours: its id and teacher appear only as isolated,
+ * quoted tokens with every control and bidi character written out, each in an element of its own, so no
+ * teacher string can add sentences to the warning or reverse it.
+ */
+function consentBody(run: IRunSummary): HTMLElement {
+  const body = document.createElement("div");
+  body.className = "jp-DistillNb-consent";
+  const first = document.createElement("p");
+  first.append(
+    "Run ",
+    isolate(run.run_id, "jp-DistillNb-runToken"),
+    " has trust_remote_code: true. Resuming it executes Python code that came with its teacher model:",
+  );
+  const teacher = document.createElement("p");
+  const id = run.summary?.teacher;
+  if (typeof id === "string" && id) {
+    teacher.append(isolate(id, "jp-DistillNb-teacherId"));
+  } else {
+    teacher.textContent = "(the run's config names no teacher)";
   }
-  const teacher = typeof s.teacher === "string" ? shortName(s.teacher) : "?";
-  const layers =
-    typeof s.student_layers === "number"
-      ? `${s.student_layers}-layer student`
-      : "student";
-  const parts = [`${teacher} → ${layers}`];
-  if (typeof s.dataset === "string") {
-    parts.push(shortName(s.dataset));
-  }
-  if (s.objective === "mlm") {
-    parts.push("masked LM");
-  }
-  return parts.join(" · ");
-}
-
-/** The last part of a path (teachers and datasets are often absolute paths). */
-function shortName(value: string): string {
-  const parts = value.split("/").filter((p) => p);
-  return parts.length ? parts[parts.length - 1] : value;
+  const warning = document.createElement("p");
+  warning.className = "jp-DistillNb-warning";
+  warning.textContent = "Resume only if you trust that code.";
+  body.append(first, teacher, warning);
+  return body;
 }
 
 /** An entry of the list as a run; anything that is not an object with a run_id reads as unreadable. */
@@ -422,19 +407,4 @@ function describe(value: unknown): string {
     return `text (${JSON.stringify(value.slice(0, 60))}${value.length > 60 ? "…" : ""})`;
   }
   return Array.isArray(value) ? "a list" : `a ${typeof value}`;
-}
-
-/** A button whose async errors show in a dialog instead of vanishing. */
-function button(
-  label: string,
-  className: string,
-  onClick: () => Promise<unknown>,
-): HTMLButtonElement {
-  const node = document.createElement("button");
-  node.className = `jp-Button jp-mod-styled ${className}`;
-  node.textContent = label;
-  node.addEventListener("click", () => {
-    onClick().catch((error) => showErrorMessage(`${label} failed`, error));
-  });
-  return node;
 }
