@@ -6,15 +6,23 @@ model plus a plain account of what was done. Sizes are measured by serialising t
 does *not* shrink the file or speed up dense kernels on its own; head pruning removes rows and columns, so it
 shrinks both; vocabulary trimming removes word-embedding rows (the file shrinks, the speed barely changes) and
 comes with its own tokenizer (:attr:`Compressed.tokenizer`).
+
+A head-pruned model records the removed heads in ``config.pruned_heads`` (transformers' own field, in the
+original head numbering). transformers 4 rebuilds the pruned shapes from it in ``from_pretrained``;
+transformers 5 dropped that, so load a saved head-pruned model with :func:`load_pruned` (it works on both).
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import math
+import numbers
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,14 +52,21 @@ def state_size_bytes(model: nn.Module) -> tuple[int, str]:
     if plain:
         from safetensors.torch import save
 
-        seen: dict[int, str] = {}
+        seen: set[tuple] = set()
+        storages: set[int] = set()
         tensors = {}
         for k, v in state.items():
-            ptr = v.untyped_storage().data_ptr() if v.numel() else id(v)
-            if ptr in seen:  # tied weights are stored once (as save_pretrained does)
+            # a tensor is its storage *and* the window into it: tied weights (same window) are stored once, as
+            # save_pretrained does, while distinct views of one storage (a fused q/k/v split in three) each count
+            key = (v.data_ptr(), tuple(v.shape), v.stride(), v.dtype) if v.numel() else (id(v),)
+            if key in seen:
                 continue
-            seen[ptr] = k
-            tensors[k] = v.detach().contiguous().cpu()
+            seen.add(key)
+            storage = v.untyped_storage().data_ptr() if v.numel() else id(v)
+            t = v.detach().cpu()
+            # safetensors refuses tensors that share memory: copy a second view of an already-kept storage
+            tensors[k] = t.clone() if storage in storages else t.contiguous()
+            storages.add(storage)
         return len(save(tensors)), "safetensors"
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -77,12 +92,26 @@ def _refuse_quantized(model: nn.Module, verb: str) -> None:
                          "model, then quantize_int8 the result).")
 
 
-def _check_texts(texts: Sequence[str], purpose: str) -> None:
+def _check_texts(texts: Sequence[str], purpose: str) -> list[str]:
+    """``texts`` as a list (a Series, array or generator too), or a TypeError/ValueError saying what to pass."""
     if isinstance(texts, str):
         raise TypeError(f"texts is one string ({texts[:40]!r}): pass a list of example texts, e.g. [{texts[:40]!r}]")
+    if isinstance(texts, Mapping):
+        raise TypeError(f"texts is a {type(texts).__name__}: pass a list of strings (e.g. list(texts.values()))")
+    texts = list(texts)
     if len(texts) == 0:
         raise ValueError(f"texts is empty: {purpose} needs example texts; pass a non-empty list of strings "
                          "(e.g. the training texts)")
+    return texts
+
+
+def _fraction(value: Any, name: str, what: str) -> float:
+    """``value`` as a float in [0, 1), or a ValueError naming what was given and what to give."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not 0 <= value < 1:
+        raise ValueError(f"{name}={value!r} ({type(value).__name__}) is invalid: give the fraction of {what} as a "
+                         f"number in [0, 1), e.g. {name}=0.3.")
+    return float(value)
 
 
 # --- int8 ------------------------------------------------------------------------------------------------------
@@ -98,6 +127,10 @@ def quantize_int8(model: nn.Module) -> Compressed:
         raise ValueError("the model is already quantized (int8): pass the float model to quantize_int8 (once; "
                          "quantizing again would find no Linear layers and change nothing).")
     source = copy.deepcopy(model).cpu().eval()
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in source.parameters() if p.is_floating_point()
+                     and p.dtype != torch.float32})
+    if dtypes:  # the int8 kernels take fp32 activations: a bf16/fp16 model is quantized from an fp32 copy
+        source = source.float()
     linear = [n for n, m in source.named_modules() if isinstance(m, nn.Linear)]
     linear_params = sum(m.weight.numel() for m in source.modules() if isinstance(m, nn.Linear))
     with warnings.catch_warnings():
@@ -106,11 +139,12 @@ def quantize_int8(model: nn.Module) -> Compressed:
 
         quantized = quantize_dynamic(source, {nn.Linear}, dtype=torch.qint8)
     total = sum(p.numel() for p in model.parameters())
+    converted = f"; converted from {'/'.join(dtypes)} to fp32 first" if dtypes else ""
     return Compressed(quantized, "int8-dynamic",
                       f"int8 dynamic quantization of {len(linear)} Linear layers "
-                      f"({100 * linear_params / total:.0f}% of the weights; embeddings stay fp32)",
+                      f"({100 * linear_params / total:.0f}% of the weights; embeddings stay fp32{converted})",
                       {"linear_layers": len(linear), "quantized_params": linear_params, "total_params": total,
-                       "engine": torch.backends.quantized.engine})
+                       "engine": torch.backends.quantized.engine, "converted_from": dtypes})
 
 
 # --- magnitude pruning -----------------------------------------------------------------------------------------
@@ -133,8 +167,7 @@ def magnitude_prune(model: nn.Module, amount: float, *, scope: str = "global") -
     """
     from torch.nn.utils import prune
 
-    if not 0 <= amount < 1:
-        raise ValueError(f"amount={amount!r} is invalid: give the fraction of weights to zero, in [0, 1).")
+    amount = _fraction(amount, "amount", "weights to zero")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope={scope!r} is invalid: use 'global' or 'layer'.")
     _refuse_quantized(model, "prune")
@@ -166,7 +199,8 @@ def _attention_parts(layer: nn.Module) -> tuple[nn.Module, list[nn.Linear], nn.L
     qkv = [getattr(self_attn, n, None) for n in ("query", "key", "value")]
     if self_attn is None or out is None or any(not isinstance(m, nn.Linear) for m in qkv):
         raise ValueError(f"head pruning supports BERT-style blocks (attention.self.query/key/value and "
-                         f"attention.output.dense); {type(layer).__name__} has another layout.")
+                         f"attention.output.dense); {type(layer).__name__} has another layout: use "
+                         "magnitude_prune(model, amount) or quantize_int8(model) to compress this model instead.")
     return self_attn, qkv, out
 
 
@@ -180,6 +214,33 @@ def heads_per_layer(model: nn.Module) -> list[int]:
     return [_attention_parts(layer)[1][0].out_features // d for layer in layer_list(model)]
 
 
+def pruned_heads(model_or_config: Any) -> dict[int, list[int]]:
+    """``config.pruned_heads`` as ``{layer: [head, ...]}`` in the original head numbering ({} when none).
+
+    JSON turns the layer keys into strings; they come back as ints here.
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    raw = getattr(config, "pruned_heads", None) or {}
+    return {int(k): sorted(int(h) for h in v) for k, v in raw.items() if v}
+
+
+def _library_prunes() -> bool:
+    """True where transformers still prunes heads itself (4.x: ``prune_heads`` + ``config.pruned_heads``)."""
+    from transformers import PreTrainedModel
+
+    return hasattr(PreTrainedModel, "prune_heads")
+
+
+def texts_batch(tokenizer: Any, texts: Sequence[str], max_length: int, device: torch.device
+                 ) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask (B, S) of ``texts`` as training encodes them (a text pair as a pair)."""
+    from .data import collate, encode
+
+    encoded = encode(tokenizer, list(texts), max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return {k: v.to(device) for k, v in collate(encoded, range(len(encoded)), pad).items()}
+
+
 def head_importance(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int] | None = None,
                     *, batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
     """Importance of each attention head, (layers, heads): Michel et al. (2019), "Are sixteen heads ...".
@@ -187,16 +248,21 @@ def head_importance(model: nn.Module, tokenizer: Any, texts: Sequence[str], labe
     A mask ``xi_h = 1`` multiplies each head's output; the score is the mean over examples of
     ``|d loss / d xi_h|`` (the first-order change in loss when the head is removed), normalised per layer
     by its L2 norm as in the paper. The loss is cross-entropy against ``labels``, or against the model's own
-    predictions when no labels are given. Computed in length-sorted batches.
+    predictions when no labels are given. Computed in length-sorted batches; a text pair (``tables.PAIR_SEP``)
+    is encoded as the tokenizer's pair, as training encodes it.
 
     Raises:
-        ValueError: empty ``texts``, ``labels`` of another length, a quantized model.
+        ValueError: empty ``texts``, ``labels`` of another length or not class ids of the model, a quantized
+            model, a tokenizer that does not fit a vocabulary-trimmed model.
     """
-    _check_texts(texts, "head importance")
-    if labels is not None and len(labels) != len(texts):
-        raise ValueError(f"labels has {len(labels)} entries for {len(texts)} texts: pass one label per text, "
-                         "or labels=None (the model's own predictions)")
+    from .evaluation import check_labels
+    from .vocab import check_tokenizer
+
+    texts = _check_texts(texts, "head importance")
+    if labels is not None:
+        labels = check_labels(labels, len(texts), getattr(model.config, "num_labels", None))
     _refuse_quantized(model, "prune heads")
+    check_tokenizer(model, tokenizer)
     layers = layer_list(model)
     device = next(model.parameters()).device
     n_heads = heads_per_layer(model)
@@ -209,7 +275,8 @@ def head_importance(model: nn.Module, tokenizer: Any, texts: Sequence[str], labe
         def scale(module: nn.Module, args: tuple, mask: torch.Tensor = mask) -> tuple:
             (x,) = args  # (B, S, heads * d): the heads' outputs side by side, before the output projection
             b, s, _ = x.shape
-            return ((x.view(b, s, -1, d) * mask.view(1, 1, -1, 1)).view(b, s, -1),)
+            # the mask in the activations' dtype: an fp32 mask would promote a bf16/fp16 model's activations
+            return ((x.view(b, s, -1, d) * mask.to(x.dtype).view(1, 1, -1, 1)).view(b, s, -1),)
         hooks.append(out.register_forward_pre_hook(scale))
     was_training = model.training
     model.eval()
@@ -218,9 +285,8 @@ def head_importance(model: nn.Module, tokenizer: Any, texts: Sequence[str], labe
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt").to(device)
-            logits = model(**batch).logits
+            batch = texts_batch(tokenizer, [texts[i] for i in idx], max_length, device)
+            logits = model(**batch).logits.float()
             target = (torch.tensor([labels[i] for i in idx], device=device) if labels is not None
                       else logits.argmax(-1).detach())
             loss = nn.functional.cross_entropy(logits, target, reduction="sum")
@@ -238,57 +304,154 @@ def head_importance(model: nn.Module, tokenizer: Any, texts: Sequence[str], labe
     return out
 
 
-def remove_heads(model: nn.Module, heads: dict[int, Sequence[int]]) -> nn.Module:
-    """Remove attention heads in place: ``{layer: [head, ...]}``; at least one head stays in every layer.
+def _heads_plan(model: nn.Module, heads: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
+    """Check every layer's request before anything is cut: ``{layer: sorted head indices}`` (current numbering).
 
-    Slices the query/key/value rows and the output projection's columns of the chosen heads, so the weights
-    (and the work) really shrink. transformers 5 dropped ``prune_heads``; its BERT attention infers the head
-    count from the projection width, so the sliced model runs unchanged. A model that still has
-    ``prune_heads`` (transformers 4) is pruned with it instead.
+    Raises:
+        ValueError: a missing layer, a head index outside the layer, or every head of a layer.
     """
-    _refuse_quantized(model, "prune heads")
+    if not isinstance(heads, Mapping):
+        raise TypeError(f"heads={heads!r} ({type(heads).__name__}) is not a dict: give {{layer: [head, ...]}}, "
+                        "e.g. {0: [1, 3]}.")
     layers = layer_list(model)
-    for li, drop in heads.items():
-        if drop and (isinstance(li, bool) or not hasattr(li, "__index__") or not 0 <= li < len(layers)):
-            raise ValueError(f"layer {li!r} does not exist (layers 0..{len(layers) - 1}): use layer indices in that "
-                             f"range as the keys of heads.")
-    if hasattr(model, "prune_heads"):
-        model.prune_heads({int(k): list(v) for k, v in heads.items() if v})
-        return model
     d = _head_size(model)
+    plan: dict[int, list[int]] = {}
     for li, drop in heads.items():
         if not drop:
             continue
-        self_attn, qkv, out = _attention_parts(layers[li])
-        n = qkv[0].out_features // d
-        bad = sorted(h for h in drop if not 0 <= h < n)
+        if isinstance(li, bool) or not hasattr(li, "__index__") or not 0 <= li < len(layers):
+            raise ValueError(f"layer {li!r} does not exist (layers 0..{len(layers) - 1}): use layer indices in that "
+                             f"range as the keys of heads.")
+        n = _attention_parts(layers[int(li)])[1][0].out_features // d
+        bad = sorted((h for h in drop if isinstance(h, bool) or not hasattr(h, "__index__") or not 0 <= h < n),
+                     key=repr)
         if bad:
-            raise ValueError(f"layer {li} has heads 0..{n - 1}; cannot remove {bad}.")
-        keep_heads = [h for h in range(n) if h not in set(drop)]
-        if not keep_heads:
-            raise ValueError(f"removing all {n} heads of layer {li} would cut the layer's attention: keep one.")
-        keep = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep_heads]).to(out.weight.device)
-        with torch.no_grad():
-            for lin in qkv:
-                lin.weight = nn.Parameter(lin.weight[keep].clone())
-                lin.bias = nn.Parameter(lin.bias[keep].clone()) if lin.bias is not None else None
-                lin.out_features = len(keep)
-            out.weight = nn.Parameter(out.weight[:, keep].clone())
-            out.in_features = len(keep)
-        self_attn.num_attention_heads = len(keep_heads)
-        self_attn.all_head_size = len(keep)
+            raise ValueError(f"layer {li} has heads 0..{n - 1}; cannot remove {bad}: use head indices in that range "
+                             "(heads_per_layer(model) gives each layer's count).")
+        chosen = sorted(set(plan.get(int(li), [])) | {int(h) for h in drop})
+        if len(chosen) >= n:
+            raise ValueError(f"removing all {n} heads of layer {li} would cut the layer's attention: keep one "
+                             f"(remove at most {n - 1} heads of that layer).")
+        plan[int(li)] = chosen
+    return plan
+
+
+def _slice_heads(layer: nn.Module, drop: Sequence[int], d: int) -> None:
+    """Cut heads ``drop`` (current numbering) out of one block's q/k/v rows and output-projection columns."""
+    self_attn, qkv, out = _attention_parts(layer)
+    n = qkv[0].out_features // d
+    keep_heads = [h for h in range(n) if h not in set(drop)]
+    keep = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep_heads]).to(out.weight.device)
+    with torch.no_grad():
+        for lin in qkv:
+            lin.weight = nn.Parameter(lin.weight[keep].clone())
+            lin.bias = nn.Parameter(lin.bias[keep].clone()) if lin.bias is not None else None
+            lin.out_features = len(keep)
+        out.weight = nn.Parameter(out.weight[:, keep].clone())
+        out.in_features = len(keep)
+    self_attn.num_attention_heads = len(keep_heads)
+    self_attn.all_head_size = len(keep)
+
+
+def _original_numbering(model: nn.Module, plan: dict[int, list[int]]) -> dict[int, list[int]]:
+    """``plan`` (heads numbered as they are now) in the numbering of the unpruned model, as config.pruned_heads
+    keeps it: after heads 0 and 1 are gone, head 0 of the layer is the original head 2."""
+    done = pruned_heads(model)
+    n = model.config.num_attention_heads
+    out = {}
+    for li, drop in plan.items():
+        left = [h for h in range(n) if h not in set(done.get(li, []))]
+        out[li] = [left[h] for h in drop]
+    return out
+
+
+def remove_heads(model: nn.Module, heads: dict[int, Sequence[int]]) -> nn.Module:
+    """Remove attention heads in place: ``{layer: [head, ...]}``; at least one head stays in every layer.
+
+    Heads are numbered as the model has them now (:func:`heads_per_layer`). Every layer's request is checked
+    before anything is cut, so a refused call leaves the model as it was. Slices the query/key/value rows and
+    the output projection's columns of the chosen heads, so the weights (and the work) really shrink, and
+    records them in ``config.pruned_heads`` (original numbering, transformers' own field) so the saved model
+    can be rebuilt: ``from_pretrained`` in transformers 4, :func:`load_pruned` in any version (transformers 5
+    dropped ``prune_heads``; its BERT attention infers the head count from the projection width, so the sliced
+    model runs unchanged). A model that still has ``prune_heads`` (transformers 4) is pruned with it instead.
+    """
+    _refuse_quantized(model, "prune heads")
+    plan = _heads_plan(model, heads)
+    if not plan:
+        return model
+    original = _original_numbering(model, plan)
+    if hasattr(model, "prune_heads"):  # transformers 4: it records config.pruned_heads itself
+        model.prune_heads(original)
+        return model
+    layers = layer_list(model)
+    d = _head_size(model)
+    for li, drop in plan.items():
+        _slice_heads(layers[li], drop, d)
+    done = pruned_heads(model)
+    for li, drop in original.items():
+        done[li] = sorted(set(done.get(li, [])) | set(drop))
+    model.config.pruned_heads = done
     return model
+
+
+def load_pruned(folder: str | os.PathLike, model_class: Any = None) -> nn.Module:
+    """Load a head-pruned model saved with ``save_pretrained`` (any transformers version), in eval mode.
+
+    transformers 5 builds every layer with ``config.num_attention_heads`` heads and cannot read the pruned
+    weights back; this builds the model from its config, cuts the heads ``config.pruned_heads`` names, then
+    loads the weights (strictly: every weight must fit). A model without pruned heads, or transformers 4
+    (which rebuilds them itself), goes through ``from_pretrained``.
+
+    Args:
+        folder: the saved model (config.json + *.safetensors).
+        model_class: e.g. ``AutoModelForMaskedLM``; default ``AutoModelForSequenceClassification``.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    cls = model_class or AutoModelForSequenceClassification
+    config = AutoConfig.from_pretrained(folder)
+    plan = pruned_heads(config)
+    if not plan or _library_prunes():
+        return cls.from_pretrained(folder).eval()
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder} has no *.safetensors weights: save the model with "
+                                "model.save_pretrained(folder) (safetensors is the default).")
+    model = cls.from_config(config)
+    layers = layer_list(model)
+    d = _head_size(model)
+    for li, drop in plan.items():
+        _slice_heads(layers[li], drop, d)  # a fresh model: the original numbering is the current one
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    params = model.state_dict(keep_vars=True)
+    result = model.load_state_dict(state, strict=False)
+    loaded = {id(params[k]) for k in state if k in params}
+    missing = [k for k in result.missing_keys if id(params[k]) not in loaded]  # tied weights come with their twin
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{folder} does not fit {cls.__name__} with the heads config.pruned_heads removes: "
+                         f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}. Pass the model_class "
+                         "it was saved from (e.g. model_class=AutoModelForMaskedLM).")
+    model.config.pruned_heads = plan  # int layer keys again (JSON made them strings)
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(dtypes) == 1:
+        model.to(dtypes.pop())  # the dtype it was saved in (from_config builds fp32)
+    return model.eval()
 
 
 def prune_heads(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int] | None = None, *,
                 fraction: float = 0.25, batch_size: int = 32, max_length: int = 128) -> Compressed:
     """Remove the ``fraction`` of heads with the lowest :func:`head_importance`, ranked over all layers.
 
-    Every layer keeps at least its most important head. Returns a copy; ``model`` is not changed.
+    Every layer keeps at least its most important head. Returns a copy; ``model`` is not changed. The copy
+    saves with ``save_pretrained`` and loads back with :func:`load_pruned` (``config.pruned_heads`` records the
+    removed heads).
     """
-    if not 0 <= fraction < 1:
-        raise ValueError(f"fraction={fraction!r} is invalid: give the fraction of heads to remove, in [0, 1).")
-    _check_texts(texts, "head importance")
+    fraction = _fraction(fraction, "fraction", "heads to remove")
+    texts = _check_texts(texts, "head importance")
     _refuse_quantized(model, "prune heads")
     pruned = copy.deepcopy(model).eval()
     before = heads_per_layer(pruned)
@@ -313,7 +476,9 @@ def prune_heads(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: 
                       {"fraction": fraction, "removed": removed, "total": total, "heads_before": before,
                        "heads_after": after, "dropped": {str(k): v for k, v in drop.items()},
                        "params_before": params_before, "params_after": params_after,
-                       "scores": scores.tolist(), "importance_examples": len(texts)})
+                       "scores": scores.tolist(), "importance_examples": len(texts),
+                       "pruned_heads": {str(k): v for k, v in pruned_heads(pruned).items()},
+                       "reload": "distill_nb.compress.load_pruned(folder) after save_pretrained(folder)"})
 
 
 # --- vocabulary ------------------------------------------------------------------------------------------------
@@ -332,7 +497,7 @@ def trim_vocabulary(model: nn.Module, tokenizer: Any, texts: Sequence[str], size
     """
     from .vocab import outside_vocab, trim_student
 
-    _check_texts(texts, "vocabulary trimming")
+    texts = _check_texts(texts, "vocabulary trimming")
     source = copy.deepcopy(model).cpu().eval()
     before = sum(p.numel() for p in source.parameters())
     trimmed, new_tok, trim = trim_student(source, tokenizer, texts, size, max_length=max_length)

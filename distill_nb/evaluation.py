@@ -2,12 +2,17 @@
 
 Each record is what ``metrics.jsonl`` holds for ``split="eval"``: student and teacher accuracy, retention,
 prediction agreement, eval loss and the student-teacher KL (T=1).
+
+A prediction from a logit row with a NaN or infinite value is no prediction: it counts as *wrong* for accuracy
+and as a *disagreement* for agreement (never as class 0, which ``argmax`` over NaN would pick), and the record
+says how many rows that was (``nonfinite``).
 """
 
 from __future__ import annotations
 
+import numbers
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -16,6 +21,64 @@ from torch import nn
 from . import losses
 from .models import predict_logits
 from .safeio import number
+
+NO_PREDICTION = -1  # the class of a non-finite logit row: equal to no label and no other prediction
+
+
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """Predicted class per row of ``logits`` (..., C) -> (...); ``NO_PREDICTION`` where the row has a NaN/inf."""
+    pred = logits.argmax(-1)
+    return pred.masked_fill(~torch.isfinite(logits).all(-1), NO_PREDICTION)
+
+
+def accuracy_of(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of ``pred`` equal to ``labels``; a ``NO_PREDICTION`` counts as wrong (NaN for no rows)."""
+    return ((pred == labels) & (pred != NO_PREDICTION)).float().mean().item()
+
+
+def agreement_of(pred: torch.Tensor, other: torch.Tensor) -> float:
+    """Fraction of equal predictions; two ``NO_PREDICTION`` rows do not agree (NaN for no rows)."""
+    return ((pred == other) & (pred != NO_PREDICTION)).float().mean().item()
+
+
+def nonfinite_rows(logits: torch.Tensor) -> int:
+    """Rows of ``logits`` (N, C) holding a NaN or infinite value."""
+    return int((~torch.isfinite(logits).all(-1)).sum())
+
+
+def _class_id(value: Any) -> int | None:
+    """``value`` as a class id when it is an integer (Python, numpy, 0-d integer tensor; not bool), else None."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.dtype.is_floating_point \
+            and not value.dtype.is_complex and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return None
+    return int(value) if isinstance(value, numbers.Integral) else None
+
+
+def check_labels(labels: Any, n: int, n_classes: int | None = None) -> list[int]:
+    """``labels`` as a list of ``n`` class ids, or a ValueError/TypeError saying what is wrong and what to pass.
+
+    Accepts a list, tuple, numpy array, tensor or pandas Series of integers. Refuses another length (a single
+    label used to broadcast to every text), strings, floats (1.7 used to be truncated to 1), NaN, bools and,
+    when ``n_classes`` is known, ids outside ``0..n_classes - 1``.
+    """
+    hint = "pass one integer class id per text, e.g. labels=[0, 1, ...] (map names to ids first)"
+    if isinstance(labels, (str, bytes, Mapping)) or not hasattr(labels, "__iter__"):
+        raise TypeError(f"labels={labels!r} ({type(labels).__name__}) is not a list of class ids: {hint}")
+    values = list(labels.tolist() if isinstance(labels, torch.Tensor) else labels)
+    if len(values) != n:
+        raise ValueError(f"labels has {len(values)} entries for {n} texts: {hint}")
+    out = []
+    for i, v in enumerate(values):
+        index = _class_id(v)
+        if index is None:
+            raise ValueError(f"labels[{i}]={v!r} ({type(v).__name__}) is not a class id: {hint}")
+        if n_classes is not None and not 0 <= index < n_classes:
+            raise ValueError(f"labels[{i}]={index} is out of range: the model has {n_classes} classes "
+                             f"(0..{n_classes - 1}); {hint}")
+        out.append(index)
+    return out
 
 
 def _ratio(acc: float, teacher_acc: float | None) -> float | None:
@@ -26,12 +89,13 @@ def _ratio(acc: float, teacher_acc: float | None) -> float | None:
 def evaluate_classifier(student: nn.Module, encoded: list[list[int]], pad_id: int, labels: torch.Tensor,
               teacher_logits: torch.Tensor, teacher_acc: float, device: torch.device, autocast: Callable,
               step: int) -> dict[str, Any]:
+    """The student's eval record; a non-finite logit row counts as wrong and as a disagreement (``nonfinite``)."""
     logits = predict_logits(student, encoded, pad_id, device, autocast)
-    pred = logits.argmax(-1)
-    acc = (pred == labels).float().mean().item()
+    pred = predictions(logits)
+    acc = accuracy_of(pred, labels)
     return {"step": step, "split": "eval", "accuracy": acc, "teacher_accuracy": teacher_acc,
             "retention": _ratio(acc, teacher_acc),
-            "agreement": (pred == teacher_logits.argmax(-1)).float().mean().item(),
+            "agreement": agreement_of(pred, predictions(teacher_logits)), "nonfinite": nonfinite_rows(logits),
             "eval_loss": losses.ce_loss(logits, labels).item(),
             "kd_to_teacher": losses.kd_loss(logits, teacher_logits, 1.0).item(), "time": time.time()}
 
@@ -73,7 +137,7 @@ def evaluate_mlm(student: nn.Module, teacher: nn.Module,
     The teacher runs again at each evaluation: its vocabulary logits are too large to keep between them.
     """
     student.eval()
-    total = dict.fromkeys(("correct", "teacher_correct", "agreement", "kd", "ce"), 0.0)
+    total = dict.fromkeys(("correct", "teacher_correct", "agreement", "kd", "ce", "nonfinite"), 0.0)
     n = 0
     for batch, labels in batches:
         batch, labels = {k: v.to(device) for k, v in batch.items()}, labels.to(device)
@@ -81,16 +145,18 @@ def evaluate_mlm(student: nn.Module, teacher: nn.Module,
         with autocast():
             s_logits = student(**batch).logits[masked].float()  # (M, V)
             t_logits = teacher(**batch).logits[masked].float()
-        y, s_pred, t_pred, m = labels[masked], s_logits.argmax(-1), t_logits.argmax(-1), int(masked.sum())
-        total["correct"] += (s_pred == y).sum().item()
-        total["teacher_correct"] += (t_pred == y).sum().item()
-        total["agreement"] += (s_pred == t_pred).sum().item()
+        y, s_pred, t_pred, m = labels[masked], predictions(s_logits), predictions(t_logits), int(masked.sum())
+        total["correct"] += ((s_pred == y) & (s_pred != NO_PREDICTION)).sum().item()
+        total["teacher_correct"] += ((t_pred == y) & (t_pred != NO_PREDICTION)).sum().item()
+        total["agreement"] += ((s_pred == t_pred) & (s_pred != NO_PREDICTION)).sum().item()
+        total["nonfinite"] += nonfinite_rows(s_logits)
         total["kd"] += losses.kd_loss(s_logits, t_logits, 1.0).item() * m
         total["ce"] += losses.ce_loss(s_logits, y).item() * m
         n += m
+    nonfinite = int(total.pop("nonfinite"))
     mean = {k: v / n if n else float("nan") for k, v in total.items()}
     acc, teacher_acc = mean["correct"], mean["teacher_correct"]
     return {"step": step, "split": "eval", "accuracy": acc, "teacher_accuracy": teacher_acc,
             "retention": _ratio(acc, teacher_acc),
             "agreement": mean["agreement"], "eval_loss": mean["ce"], "kd_to_teacher": mean["kd"],
-            "masked_tokens": n, "time": time.time()}
+            "masked_tokens": n, "nonfinite": nonfinite, "time": time.time()}

@@ -2,14 +2,17 @@
 
 Latencies of all models are measured interleaved (each repeat times one forward of every model in turn, in a
 rotating order) and summarised by the median, so background load on a shared machine hits every model alike.
+Accuracy counts an example whose logits hold a NaN or inf as wrong (see :mod:`distill_nb.evaluation`), and the
+report's notes say how many there were. The models are left in the train/eval mode they came in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .compress import state_size_bytes
+from .compress import state_size_bytes, texts_batch
+from .evaluation import accuracy_of, check_labels, nonfinite_rows, predictions
 from .models import count_params, predict_logits
 
 
@@ -124,14 +128,63 @@ def _device(model: nn.Module) -> torch.device:
     return next(iter(model.parameters()), torch.empty(0)).device
 
 
-def accuracy(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int], *,
-             batch_size: int = 64, max_length: int = 128) -> float:
-    """Accuracy over ``texts`` in length-sorted batches."""
+@contextlib.contextmanager
+def _modes_kept(models: Sequence[nn.Module]) -> Iterator[None]:
+    """Restore each model's train/eval mode afterwards (measuring switches them to eval)."""
+    modes = [(m, m.training) for m in models]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.train(training)
+
+
+def _texts(texts: Any) -> list[str]:
+    """``texts`` as a list (a pandas Series or numpy array too), or a TypeError/ValueError with a hint."""
+    if isinstance(texts, str):
+        raise TypeError(f"texts is one string ({texts[:40]!r}): pass a list of texts, e.g. [{texts[:40]!r}]")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("texts is empty: pass the evaluation texts (a non-empty list of strings).")
+    return texts
+
+
+def _num_labels(model: nn.Module) -> int | None:
+    value = getattr(getattr(model, "config", None), "num_labels", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def evaluate(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int], *,
+             batch_size: int = 64, max_length: int = 128) -> tuple[float, int]:
+    """(accuracy, examples with NaN/inf logits) over ``texts``; such an example counts as wrong."""
     from .data import encode
 
-    logits = predict_logits(model, encode(tokenizer, texts, max_length), tokenizer.pad_token_id, _device(model),
-                            batch_size=batch_size)
-    return (logits.argmax(-1) == torch.tensor(list(labels))).float().mean().item()
+    texts = _texts(texts)
+    labels = check_labels(labels, len(texts), _num_labels(model))
+    with _modes_kept([model]):
+        logits = predict_logits(model, encode(tokenizer, texts, max_length), tokenizer.pad_token_id,
+                                _device(model), batch_size=batch_size)
+    labels = check_labels(labels, len(texts), logits.shape[-1])  # the head's real width
+    return accuracy_of(predictions(logits), torch.tensor(labels)), nonfinite_rows(logits)
+
+
+def accuracy(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int], *,
+             batch_size: int = 64, max_length: int = 128) -> float:
+    """Accuracy over ``texts`` in length-sorted batches; an example with NaN/inf logits counts as wrong."""
+    return evaluate(model, tokenizer, texts, labels, batch_size=batch_size, max_length=max_length)[0]
+
+
+def param_count(model: nn.Module) -> int:
+    """Weights of ``model``: its parameters plus the packed int8 weights and biases of quantized Linear layers
+    (which are no longer ``nn.Parameter``s), so an int8 model counts as many weights as its float source."""
+    total = count_params(model)
+    for m in model.modules():
+        packed = getattr(m, "_packed_params", None)
+        if packed is None or not callable(getattr(m, "weight", None)):
+            continue
+        weight, bias = m.weight(), m.bias() if callable(getattr(m, "bias", None)) else None
+        total += weight.numel() + (bias.numel() if bias is not None else 0)
+    return total
 
 
 def disk_mb(folder: str | os.PathLike | None, model: nn.Module) -> float:
@@ -149,16 +202,27 @@ def interleaved_latency(models: Sequence[tuple[nn.Module, Any]], texts: Sequence
 
     Each repeat times one forward of every model; the order rotates between repeats so no model always runs
     first (or right after the same neighbour). Noise from other processes therefore lands on all models.
+    Texts are encoded as training encodes them (a text pair as the tokenizer's pair); each model's train/eval
+    mode is restored afterwards.
     """
-    if not texts:
-        raise ValueError("latency needs at least one text.")
+    from .attribution.methods import check_positive
+
+    texts = _texts(texts)
+    check_positive(batch_size=batch_size, repeats=repeats)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup={warmup!r}: give a number of untimed forwards >= 0, e.g. warmup=1.")
+    with _modes_kept([m for m, _ in models]):
+        return _timed(models, texts, batch_size, repeats, max_length, warmup)
+
+
+def _timed(models: Sequence[tuple[nn.Module, Any]], texts: list[str], batch_size: int, repeats: int,
+           max_length: int, warmup: int) -> list[float]:
     chosen = list(texts[:batch_size])
     chosen += [chosen[i % len(chosen)] for i in range(batch_size - len(chosen))]  # fewer texts than the batch
     inputs = []
     for model, tok in models:
         model.eval()
-        inputs.append(tok(chosen, padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt").to(_device(model)))
+        inputs.append(texts_batch(tok, chosen, max_length, _device(model)))
     cuda = any(_device(m).type == "cuda" for m, _ in models)
     for (model, _), batch in zip(models, inputs):
         for _ in range(warmup):
@@ -191,32 +255,60 @@ def compare(models: dict[str, tuple[nn.Module, Any, str | os.PathLike | None]] |
 
     Args:
         models: ``{name: (model, tokenizer, folder)}`` or a list of :class:`Candidate`.
-        texts, labels: evaluation data; latency uses the first 1 and 32 texts (padded to the longest).
+        texts, labels: evaluation data (lists, numpy arrays or pandas Series); labels are integer class ids,
+            one per text, or None. Latency uses the first 1 and 32 texts (padded to the longest).
         repeats: timed forwards per model and batch size (interleaved across models; medians reported).
+        max_length: tokens per text; at most what every model's positions allow.
+
+    Raises:
+        ValueError/TypeError: no models, empty texts, labels of another length or not class ids of the models,
+            max_length beyond a model's positions, repeats < 1, a tokenizer that does not fit a
+            vocabulary-trimmed model.
     """
+    from .attribution.methods import check_max_length, check_positive
+    from .vocab import check_tokenizer
+
     cands = _candidates(models)
     if not cands:
-        raise ValueError("compare() needs at least one model.")
-    pairs = [(c.model, c.tokenizer) for c in cands]
-    b1 = interleaved_latency(pairs, texts, batch_size=1, repeats=repeats, max_length=max_length)
-    b32 = interleaved_latency(pairs, texts, batch_size=32, repeats=repeats, max_length=max_length)
-    rows = [ModelRow(name=c.name, params=c.params if c.params is not None else count_params(c.model),
-                     mb=disk_mb(c.folder, c.model), latency_b1_ms=1000 * t1, latency_b32_ms=1000 * t32,
-                     accuracy=(accuracy(c.model, c.tokenizer, texts, labels, max_length=max_length)
-                               if labels is not None else None), note=c.note,
-                     reason_spearman=c.reason_spearman)
-            for c, t1, t32 in zip(cands, b1, b32)]
-    notes = list(notes)
+        raise ValueError("compare() needs at least one model: pass {name: (model, tokenizer, folder)}.")
+    texts = _texts(texts)
+    check_positive(repeats=repeats)
+    check_max_length(max_length, *(c.model for c in cands))
+    for c in cands:
+        check_tokenizer(c.model, c.tokenizer, f"model {c.name!r}")
+    if labels is not None:
+        known = [n for n in (_num_labels(c.model) for c in cands) if n is not None]
+        labels = check_labels(labels, len(texts), min(known) if known else None)
+    with _modes_kept([c.model for c in cands]):
+        rows, bad = _rows(cands, texts, labels, repeats, max_length)
+    notes = list(notes) + [f"{name}: {k} of {len(texts)} eval texts gave NaN/inf logits; they count as wrong "
+                           "(accuracy, retention)" for name, k in bad if k]
     if labels is not None:  # a student above its teacher beyond noise means the teacher is the bottleneck
         from .teacher_cache import student_beats_teacher
 
         notes += [f"{r.name}: {w}" for r in rows[1:]
                   if (w := student_beats_teacher(r.accuracy, rows[0].accuracy, len(texts)))]
-    tok = cands[0].tokenizer
-    n32 = tok(list(texts[:32]), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    n32 = texts_batch(cands[0].tokenizer, texts[:32], max_length, torch.device("cpu"))
     lat = (f"median of {repeats} interleaved forwards; batch 1 = first text, batch 32 = first 32 texts padded to "
            f"{n32['input_ids'].shape[1]} tokens; threads={torch.get_num_threads()}")
     return Report(rows, str(_device(cands[0].model)), data, lat, notes)
+
+
+def _rows(cands: list[Candidate], texts: list[str], labels: list[int] | None, repeats: int, max_length: int
+          ) -> tuple[list[ModelRow], list[tuple[str, int]]]:
+    """The measured rows, and (name, examples with NaN/inf logits) per model."""
+    pairs = [(c.model, c.tokenizer) for c in cands]
+    b1 = interleaved_latency(pairs, texts, batch_size=1, repeats=repeats, max_length=max_length)
+    b32 = interleaved_latency(pairs, texts, batch_size=32, repeats=repeats, max_length=max_length)
+    rows, bad = [], []
+    for c, t1, t32 in zip(cands, b1, b32):
+        acc, nonfinite = (evaluate(c.model, c.tokenizer, texts, labels, max_length=max_length)
+                          if labels is not None else (None, 0))
+        bad.append((c.name, nonfinite))
+        rows.append(ModelRow(name=c.name, params=c.params if c.params is not None else param_count(c.model),
+                             mb=disk_mb(c.folder, c.model), latency_b1_ms=1000 * t1, latency_b32_ms=1000 * t32,
+                             accuracy=acc, note=c.note, reason_spearman=c.reason_spearman))
+    return rows, bad
 
 
 def load_run_models(run_dir: str | os.PathLike, *, final_only: bool = True) -> tuple[Any, Any, Any, Any]:

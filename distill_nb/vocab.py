@@ -234,3 +234,22 @@ def trim_of(model_or_config: Any) -> VocabTrim | None:
     unk = info.get("unk_id")
     return VocabTrim(kept, int(info["source_size"]), int(unk) if unk is not None else kept[0], info["mode"],
                      int(info["task_tokens"]), int(info["texts"]))
+
+
+def check_tokenizer(model: Any, tokenizer: Any, who: str = "the model") -> None:
+    """Raise a ValueError when ``tokenizer`` is not the one a vocabulary-trimmed ``model`` reads.
+
+    A trimmed student numbers its tokens anew (:func:`trim_tokenizer`): the teacher's tokenizer gives it ids
+    past its embeddings (an IndexError deep in the model) or, below them, other tokens than the text says
+    (silently wrong). Untrimmed models pass unchecked.
+    """
+    trim = trim_of(model)
+    if trim is None or tokenizer is None:
+        return
+    size = len(tokenizer)
+    if size != trim.size:
+        source = " (the vocabulary it was trimmed from: the teacher's tokenizer?)" if size == trim.source_size else ""
+        raise ValueError(f"{who} was vocabulary-trimmed to {trim.size:,} tokens, but the tokenizer given has "
+                         f"{size:,}{source}: pass the student's own tokenizer (saved with it: "
+                         "AutoTokenizer.from_pretrained(its folder), or Compressed.tokenizer of trim_vocabulary), "
+                         "or build it with distill_nb.vocab.trim_tokenizer(teacher_tokenizer, trim_of(student)).")

@@ -304,7 +304,7 @@ def test_bad_inputs_raise_clear_errors(teacher):
     assert attribute(opaque, tok, ["the good"], method="leave_one_out")[0].scores.tolist() == [0, 0, 4, 0]
     three = copy.deepcopy(model)
     three.classifier = torch.nn.Linear(model.config.hidden_size, 3)
-    with pytest.raises(ValueError, match="teacher has 2 classes but student has 3"):
+    with pytest.raises(ValueError, match="teacher has 2 classes but the student has 3"):
         compare(model, three, TEXTS[:1], teacher_tokenizer=tok, n_steps=2)
 
 
@@ -364,16 +364,17 @@ def test_agreement_with_no_units_is_nan_everywhere_l1_included():
     assert all(math.isnan(v) for v in m.values()), m
 
 
-def test_sweep_means_skip_a_text_with_no_aligned_units(teacher):
+def test_sweep_means_skip_a_text_whose_metrics_are_nan(teacher):
     model, tok = teacher
     student = copy.deepcopy(model)
     with torch.no_grad():
         student.classifier.weight.mul_(0.5)
-    result = sweep(model, student, ["the movie was good", "\x00"], teacher_tokenizer=tok, method="saliency",
-                   faithfulness_steps=None)
-    assert len(result[1].units) == 0 and math.isnan(result[1].metrics["l1_distance"])
+    # one unit ranks nothing (spearman, kendall and top-k NaN); a text with no tokens at all is now refused
+    result = sweep(model, student, ["the movie was good", "fine"], teacher_tokenizer=tok, method="saliency",
+                   faithfulness_steps=None, top_k=3)
+    assert len(result[1].units) == 1 and math.isnan(result[1].metrics["spearman"])
     summary = result.summary()
-    for key in ("l1_distance", "sign_agreement", "topk_jaccard"):
+    for key in ("spearman", "kendall", "topk_jaccard"):
         assert summary[key] == pytest.approx(result[0].metrics[key]), key
 
 

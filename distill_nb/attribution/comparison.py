@@ -8,8 +8,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .methods import Attribution, attribute, check_method, check_positive, check_targets, check_texts
-from .metrics import Faithfulness, agreement, align, faithfulness
+from .methods import (
+    Attribution,
+    attribute,
+    check_gradients,
+    check_max_length,
+    check_method,
+    check_positive,
+    check_readable,
+    check_targets,
+    check_texts,
+    collate,
+    encode,
+    forward_rows,
+    logits_fn,
+    pad_id,
+    prepared,
+)
+from .metrics import Faithfulness, agreement, align, faithfulness, unread_units
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,6 +46,8 @@ class Comparison:
             {teacher,student}_{comprehensiveness,sufficiency,deletion_auc}.
         top_k: k used for the top-k overlap and faithfulness.
         teacher_faithfulness, student_faithfulness: per-model faithfulness, or None.
+        unread_units: word units left out of ``units`` and the metrics because only one model read them (the
+            two tokenisers truncated the text at different places); 0 at token level.
     """
 
     teacher: Attribution
@@ -42,6 +60,7 @@ class Comparison:
     top_k: int
     teacher_faithfulness: Faithfulness | None = field(default=None, repr=False)
     student_faithfulness: Faithfulness | None = field(default=None, repr=False)
+    unread_units: int = 0
 
     @property
     def text(self) -> str:
@@ -73,6 +92,44 @@ def _same_vocab(a: Any, b: Any) -> bool:
     return a is b or (type(a) is type(b) and a.get_vocab() == b.get_vocab())
 
 
+def _n_classes(model: Any, tokenizer: Any, text: str, max_length: int, device: Any) -> int:
+    """Output width of ``model``: one forward pass on one text (a config's num_labels can disagree with its head)."""
+    with prepared(model, device) as dev:
+        ids, mask, _, _ = collate(encode(tokenizer, [text], max_length), pad_id(tokenizer), dev)
+        return int(forward_rows(logits_fn(model), ids, mask, 1).shape[-1])
+
+
+def _student_tokenizer(student: Any, teacher_tokenizer: Any, student_tokenizer: Any) -> Any:
+    """The student's tokenizer: the one given, else the teacher's, or for a vocabulary-trimmed student the
+    teacher's trimmed to the student's vocabulary (the tokenizer it was trained with)."""
+    from ..vocab import check_tokenizer, trim_of, trim_tokenizer
+
+    trim = trim_of(student)
+    if student_tokenizer is None and trim is not None and len(teacher_tokenizer) == trim.source_size:
+        return trim_tokenizer(teacher_tokenizer, trim)
+    student_tokenizer = teacher_tokenizer if student_tokenizer is None else student_tokenizer
+    check_tokenizer(student, student_tokenizer, "the student")
+    return student_tokenizer
+
+
+def _checked_classes(teacher: Any, student: Any, t_tok: Any, s_tok: Any, text: str, max_length: int,
+                     device: Any) -> int:
+    """Number of classes both models predict; a ValueError naming both counts when they differ."""
+    t_n = _n_classes(teacher, t_tok, text, max_length, device)
+    s_n = _n_classes(student, s_tok, text, max_length, device)
+    if t_n != s_n:
+        raise ValueError(f"the teacher has {t_n} classes but the student has {s_n}: they must predict the same "
+                         "labels; use a student trained on the teacher's task (same num_labels).")
+    return t_n
+
+
+def _check_target_range(targets: Sequence[int | None], n_classes: int) -> None:
+    bad = [t for t in targets if t is not None and not 0 <= t < n_classes]
+    if bad:
+        raise ValueError(f"target {bad[0]} is out of range: teacher and student have {n_classes} classes "
+                         f"(0..{n_classes - 1}); give a class index in that range, or target=None")
+
+
 def compare(teacher: Any, student: Any, texts: Sequence[str] | str, *, teacher_tokenizer: Any,
             student_tokenizer: Any = None, method: str = "integrated_gradients",
             target: int | Sequence[int] | None = None, top_k: int = 5, n_steps: int = 32,
@@ -85,8 +142,8 @@ def compare(teacher: Any, student: Any, texts: Sequence[str] | str, *, teacher_t
         teacher, student: sequence classifiers with the same classes (see ``attribute``).
         texts: N strings.
         teacher_tokenizer: the teacher's fast tokenizer.
-        student_tokenizer: the student's; None = the teacher's. With a different vocabulary the
-            comparison is at word level.
+        student_tokenizer: the student's; None = the teacher's (for a vocabulary-trimmed student: the teacher's
+            trimmed to the student's vocabulary). With a different vocabulary the comparison is at word level.
         method: one of ``METHODS``.
         target: class to explain; None = the teacher's predicted class (used for both models).
         top_k: units for the top-k overlap and tokens for comprehensiveness/sufficiency.
@@ -97,19 +154,30 @@ def compare(teacher: Any, student: Any, texts: Sequence[str] | str, *, teacher_t
         N ``Comparison`` in the order of ``texts``.
 
     Raises:
-        ValueError: empty texts, unknown method, models with different numbers of classes.
+        ValueError: empty or blank texts, unknown method, models with different numbers of classes, a target
+            out of their range, a tokenizer that does not fit a vocabulary-trimmed student, a gradient method
+            on an int8-quantized model. All are checked before anything is attributed.
     """
+    from ..vocab import check_tokenizer
+
     texts = check_texts(texts)
     check_method(method)
     check_positive(top_k=top_k, faithfulness_steps=faithfulness_steps)
-    student_tokenizer = teacher_tokenizer if student_tokenizer is None else student_tokenizer
+    check_max_length(max_length, teacher, student)
+    check_gradients(teacher, method, "the teacher")
+    check_gradients(student, method, "the student")
+    check_tokenizer(teacher, teacher_tokenizer, "the teacher")
+    student_tokenizer = _student_tokenizer(student, teacher_tokenizer, student_tokenizer)
+    targets = check_targets(target, len(texts))
+    check_readable(encode(teacher_tokenizer, texts, max_length), texts, "the teacher's tokenizer")
+    check_readable(encode(student_tokenizer, texts, max_length), texts, "the student's tokenizer")
+    n_classes = _checked_classes(teacher, student, teacher_tokenizer, student_tokenizer, texts[0], max_length,
+                                 device)
+    _check_target_range(targets, n_classes)
     kw = {"n_steps": n_steps, "internal_batch_size": internal_batch_size, "batch_size": batch_size,
           "device": device, "max_length": max_length, "precision": precision}
-    t_attr = attribute(teacher, teacher_tokenizer, texts, method, target, **kw)
+    t_attr = attribute(teacher, teacher_tokenizer, texts, method, targets, **kw)
     s_attr = attribute(student, student_tokenizer, texts, method, [a.target for a in t_attr], **kw)
-    if len(t_attr[0].probs) != len(s_attr[0].probs):
-        raise ValueError(f"teacher has {len(t_attr[0].probs)} classes but student has {len(s_attr[0].probs)}: "
-                         "they must predict the same labels")
     t_faith: list[Faithfulness | None] = [None] * len(texts)
     s_faith: list[Faithfulness | None] = [None] * len(texts)
     if faithfulness_steps is not None:
@@ -120,10 +188,11 @@ def compare(teacher: Any, student: Any, texts: Sequence[str] | str, *, teacher_t
     token_level_ok = _same_vocab(teacher_tokenizer, student_tokenizer)
     out = []
     for ta, sa, tf, sf in zip(t_attr, s_attr, t_faith, s_faith):
-        if token_level_ok:
-            alignment, units, ts, ss = align(ta, sa)
-        else:  # same token ids from different vocabularies mean different tokens: force word level
-            alignment, units, ts, ss = align(ta, _renumbered(sa))
+        if not token_level_ok:  # same token ids from different vocabularies mean different tokens: word level
+            sa_aligned = _renumbered(sa)
+        else:
+            sa_aligned = sa
+        alignment, units, ts, ss = align(ta, sa_aligned)
         metrics = agreement(ts, ss, top_k)
         metrics["prediction_agree"] = float(ta.label == sa.label)
         metrics["prob_diff"] = float(abs(ta.probs[ta.target] - sa.probs[ta.target]))
@@ -131,7 +200,8 @@ def compare(teacher: Any, student: Any, texts: Sequence[str] | str, *, teacher_t
             if f is not None:
                 metrics.update({f"{name}_comprehensiveness": f.comprehensiveness,
                                 f"{name}_sufficiency": f.sufficiency, f"{name}_deletion_auc": f.deletion_auc})
-        out.append(Comparison(ta, sa, alignment, tuple(units), ts, ss, metrics, top_k, tf, sf))
+        out.append(Comparison(ta, sa, alignment, tuple(units), ts, ss, metrics, top_k, tf, sf,
+                              unread_units(ta, sa_aligned)))
     return out
 
 
@@ -204,9 +274,17 @@ class SweepResult:
             out["student_accuracy"] = float((frame["student_pred"] == frame["label"]).mean())
         return out
 
-    def plot(self, metrics: Sequence[str] = ("spearman", "topk_jaccard")) -> Figure:
+    def plot(self, metrics: Sequence[str] | str = ("spearman", "topk_jaccard")) -> Figure:
         """Histogram of agreement over the data set, one panel per metric. Returns the Figure."""
         from .render import plot_agreement_hist
+
+        metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+        known = list(self.comparisons[0].metrics) if self.comparisons else []
+        unknown = [m for m in metrics if m not in known]
+        if unknown or not metrics:
+            raise ValueError(f"metrics={metrics!r}: {unknown[0]!r} is not a metric of this sweep; choose from "
+                             f"{', '.join(known)}" if unknown else f"metrics is empty: name at least one of "
+                             f"{', '.join(known)}")
 
         return plot_agreement_hist(self, metrics)
 
@@ -236,18 +314,26 @@ def sweep(teacher: Any, student: Any, texts: Sequence[str], labels: Sequence[int
     """``compare`` over a data set in batches and rank the examples by divergence.
 
     Args:
-        texts: N strings; labels: N gold labels or None.
+        texts: N strings; labels: N gold labels (integer class ids of the models) or None; checked before
+            anything is attributed.
         progress: called as ``progress(done, N)`` after each chunk (e.g. to update a widget).
         Others: as for ``compare``.
 
     Returns:
         ``SweepResult``; ``.to_frame()`` for a table, ``.plot()`` for the agreement histogram.
     """
+    from ..evaluation import check_labels
+
     texts = check_texts(texts)
-    if labels is not None and len(labels) != len(texts):
-        raise ValueError(f"labels has {len(labels)} entries for {len(texts)} texts: pass one label per text")
+    if labels is not None:
+        labels = check_labels(labels, len(texts))
     check_positive(batch_size=batch_size)
     targets = check_targets(target, len(texts))
+    check_max_length(max_length, teacher, student)
+    student_tokenizer = _student_tokenizer(student, teacher_tokenizer, student_tokenizer)  # once, not per chunk
+    if labels is not None:  # class ids of the models' head, checked before the (long) sweep starts
+        labels = check_labels(labels, len(texts), _n_classes(teacher, teacher_tokenizer, texts[0], max_length,
+                                                              device))
     chunk = (batch_size or 16) * 8  # several attribute() batches per compare call: length sorting pays off
     comparisons: list[Comparison] = []
     for start in range(0, len(texts), chunk):
@@ -259,6 +345,6 @@ def sweep(teacher: Any, student: Any, texts: Sequence[str], labels: Sequence[int
             faithfulness_steps=faithfulness_steps, device=device, max_length=max_length, precision=precision)
         if progress is not None:
             progress(len(comparisons), len(texts))
-    return SweepResult(tuple(comparisons), None if labels is None else tuple(int(x) for x in labels),
+    return SweepResult(tuple(comparisons), None if labels is None else tuple(labels),
                        tuple(divergence_order(comparisons)), method)
 

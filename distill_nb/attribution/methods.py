@@ -102,20 +102,51 @@ class Attribution:
 # --------------------------------------------------------------------------- input checks
 
 
+def _blank(text: str) -> bool:
+    """True when ``text`` has nothing a tokenizer reads: only whitespace, control and format characters
+    (zero-width spaces, NULs), which ``str.strip`` keeps but tokenizers drop."""
+    import unicodedata
+
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zs", "Zl", "Zp") for c in text)
+
+
 def check_texts(texts: Sequence[str] | str) -> list[str]:
     """Return ``texts`` as a list of str, or raise a ValueError/TypeError saying what is wrong."""
     if isinstance(texts, str):
         texts = [texts]
+    if isinstance(texts, (Mapping, AbstractSet)):  # a dict iterates its keys, a set in no fixed order
+        raise TypeError(f"texts is a {type(texts).__name__}: pass a list of strings, e.g. list(texts.values()) "
+                        "for a dict")
     texts = list(texts)
     if not texts:
         raise ValueError("texts is empty: pass a non-empty list of strings, e.g. ['a fine movie']")
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
-        raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected str")
-    empty = [i for i, t in enumerate(texts) if not t.strip()]
+        raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected str: pass strings only")
+    empty = [i for i, t in enumerate(texts) if _blank(t)]
     if empty:
-        raise ValueError(f"texts[{empty[0]}] is blank: every text needs at least one word")
+        raise ValueError(f"texts[{empty[0]}]={texts[empty[0]][:40]!r} is blank (only spaces, control or zero-width "
+                         "characters): every text needs at least one word; drop or fix it")
     return texts
+
+
+def check_readable(items: Sequence[Encoded], texts: Sequence[str], who: str = "the tokenizer") -> None:
+    """Raise a ValueError for a text of which the tokenizer kept no token besides [CLS]/[SEP]."""
+    empty = [i for i, e in enumerate(items) if all(w is None for w in e.word_ids)]
+    if empty:
+        raise ValueError(f"texts[{empty[0]}]={texts[empty[0]][:40]!r} has no tokens for {who} (it drops every "
+                         "character of it): every text needs at least one word; drop or fix it")
+
+
+def check_gradients(model: Any, method: str, who: str = "the model") -> None:
+    """Raise a ValueError when a gradient method meets a dynamically quantized (int8) model: its Linear layers
+    have no gradients, so captum would fail with an autograd error about unused tensors."""
+    from ..compress import is_quantized
+
+    if method not in ("occlusion", "leave_one_out") and is_quantized(model):
+        raise ValueError(f"{who} is quantized (int8 Linear layers have no gradients), so method={method!r} cannot "
+                         "attribute it: use method='occlusion' or 'leave_one_out' (forward passes only), or "
+                         "attribute the float model it was quantized from.")
 
 
 def check_method(method: str) -> str:
@@ -138,16 +169,33 @@ def _class_index(value: Any) -> int | None:
     return None
 
 
+def _pandas_targets(target: Any) -> Any:
+    """A pandas Series/Index of targets as a list: its missing values (NaN, <NA>, None) become None.
+
+    pandas stores ``[0, 1, None]`` as floats (0.0, 1.0, NaN); in such a column, whole numbers are the class
+    indices it was given. Anything else passes through unchanged.
+    """
+    if not type(target).__module__.startswith("pandas") or not hasattr(target, "isna"):
+        return target
+    missing = [bool(m) for m in target.isna()]
+    values = list(target)
+    if any(missing) and getattr(target.dtype, "kind", "") == "f":
+        values = [int(v) if not m and float(v).is_integer() else v for v, m in zip(values, missing)]
+    return [None if m else v for v, m in zip(values, missing)]
+
+
 def check_targets(target: Any, n: int) -> list[int | None]:
     """``target`` as one class index (or None) per text.
 
     Accepts None (each model's prediction), one integer (Python, numpy or a 0-d integer tensor) for every
-    text, or a sequence (list, array, tensor, pandas Series) of ``n`` such integers/None. Floats, strings
-    and bools are refused (a float was truncated and a string iterated by characters before).
+    text, or a sequence (list, array, tensor, pandas Series) of ``n`` such integers/None; in a pandas Series,
+    NaN and <NA> mean None. Floats, strings and bools are refused (a float was truncated and a string iterated
+    by characters before).
     """
     hint = "give one int class index (e.g. target=1), a list with one int (or None) per text, or None"
     if target is None:
         return [None] * n
+    target = _pandas_targets(target)
     single = _class_index(target)
     if single is not None:
         return [single] * n
@@ -204,8 +252,10 @@ def check_max_length(max_length: Any, *models: Any) -> None:
 
 def check_positive(**values: int | None) -> None:
     for name, value in values.items():
-        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
-            raise ValueError(f"{name}={value!r}: expected a positive int")
+        if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+                                  or value < 1):
+            raise ValueError(f"{name}={value!r} ({type(value).__name__}) is invalid: give a positive int, e.g. "
+                             f"{name}=8")
 
 
 # --------------------------------------------------------------------------- encoding
@@ -249,6 +299,16 @@ def encode(tokenizer: Any, texts: list[str], max_length: int) -> list[Encoded]:
     return out
 
 
+def check_ids(model: Any, items: Sequence[Encoded]) -> None:
+    """Raise a ValueError when the tokenizer gives ids past the model's word embeddings (another vocabulary)."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(emb, "num_embeddings", None)
+    top = max((max(e.ids) for e in items if e.ids), default=-1)
+    if isinstance(rows, int) and top >= rows:
+        raise ValueError(f"the tokenizer gives token id {top}, but {type(model).__name__} has {rows} word embeddings: "
+                         "they have different vocabularies; pass the tokenizer saved with this model.")
+
+
 def pad_id(tokenizer: Any) -> int:
     """The id used for padding and for the baseline/removed tokens ([PAD], else 0)."""
     return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else 0
@@ -280,11 +340,35 @@ def collate(items: list[Encoded], pad: int, device: torch.device) -> tuple[torch
 # --------------------------------------------------------------------------- model plumbing
 
 
-def logits_fn(model: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``f(input_ids (B,T), attention_mask (B,T)) -> logits (B,C)`` for HF and plain modules."""
+def _padding_idx(model: Any) -> int | None:
+    """The padding id a model derives its position ids from (RoBERTa-style families), else None."""
+    from ..families import POSITION_OFFSET_FAMILIES
+
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in POSITION_OFFSET_FAMILIES:
+        return None
+    embeddings = getattr(getattr(model, "base_model", None), "embeddings", None)
+    idx = getattr(embeddings, "padding_idx", None)
+    idx = idx if idx is not None else getattr(config, "pad_token_id", None)
+    return int(idx) if isinstance(idx, (int, np.integer)) else None
+
+
+def logits_fn(model: Any, keep_positions: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``f(input_ids (B,T), attention_mask (B,T)) -> logits (B,C)`` for HF and plain modules.
+
+    ``keep_positions``: for inputs whose removed tokens were *replaced* by [PAD] (occlusion, faithfulness) while
+    the attention mask still marks the text. RoBERTa-style models number positions by counting non-pad ids, so
+    a [PAD] in the text would shift every later token one place left; their position ids are then passed
+    explicitly, counted from the attention mask (the text as it was). Other models number by index anyway.
+    """
+    padding_idx = _padding_idx(model) if keep_positions else None
 
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = model(input_ids=input_ids, attention_mask=attention_mask)
+        kwargs = {}
+        if padding_idx is not None:  # as RoBERTa's create_position_ids_from_input_ids, on the unperturbed text
+            real = attention_mask.long()
+            kwargs["position_ids"] = real.cumsum(1) * real + padding_idx  # (B, T)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if hasattr(out, "logits"):
             return out.logits
         return out[0] if isinstance(out, (tuple, list)) else out
@@ -435,7 +519,7 @@ def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: st
         method: one of ``METHODS``: "integrated_gradients" (LayerIntegratedGradients on the input
             embeddings, baseline = [PAD] everywhere except [CLS]/[SEP], attention mask unchanged),
             "saliency" (gradient norm per token embedding), "input_x_gradient", "occlusion" (captum
-            FeatureAblation, each word replaced by [PAD]), "leave_one_out" (gradient-free: each word
+            FeatureAblation, each word replaced by [PAD], the other tokens keeping their positions), "leave_one_out" (gradient-free: each word
             dropped from the attention mask, batched forward passes).
         target: class to explain: None = the model's prediction, an int, or one int per text.
         n_steps: integration steps (integrated gradients only).
@@ -451,15 +535,23 @@ def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: st
         N ``Attribution`` in the order of ``texts``.
 
     Raises:
-        ValueError: empty texts, unknown method, bad target (not an int class index), max_length too short
-            or beyond the model's positions, unknown precision, non-fast tokenizer.
+        ValueError: empty or blank texts (no token the tokenizer keeps), unknown method, bad target (not an int
+            class index), max_length too short or beyond the model's positions, unknown precision, non-fast
+            tokenizer, a tokenizer of another vocabulary (a vocabulary-trimmed student with the teacher's), a
+            gradient method on an int8-quantized model (use "occlusion" or "leave_one_out").
     """
+    from ..vocab import check_tokenizer
+
     texts = check_texts(texts)
     check_method(method)
     check_positive(n_steps=n_steps, internal_batch_size=internal_batch_size, batch_size=batch_size)
     check_max_length(max_length, model)
+    check_gradients(model, method)
+    check_tokenizer(model, tokenizer)
     targets = check_targets(target, len(texts))
     items = encode(tokenizer, texts, max_length)
+    check_readable(items, texts)
+    check_ids(model, items)
     pad = pad_id(tokenizer)
     results: list[Attribution | None] = [None] * len(texts)
     order = sorted(range(len(texts)), key=lambda i: len(items[i].ids))  # length buckets: little padding
@@ -468,7 +560,7 @@ def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: st
 
         autocast = autocast_for(amp_dtype(precision, torch.device(dev)), torch.device(dev))
         batch_size, internal_batch_size = batch_sizes(dev, batch_size, internal_batch_size, method)
-        fn = logits_fn(model)
+        fn = logits_fn(model, keep_positions=method == "occlusion")  # occlusion puts [PAD] in the text
         layer = None
         if method not in ("occlusion", "leave_one_out"):
             if not hasattr(model, "get_input_embeddings"):

@@ -15,7 +15,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .methods import Attribution, Encoded, batch_sizes, check_positive, collate, forward_rows, logits_fn, pad_id, prepared
+from .methods import (
+    Attribution,
+    Encoded,
+    batch_sizes,
+    check_positive,
+    collate,
+    forward_rows,
+    logits_fn,
+    pad_id,
+    prepared,
+)
 
 # --------------------------------------------------------------------------- alignment
 
@@ -40,14 +50,43 @@ def common_segments(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) 
 
 
 def segment_scores(attr: Attribution, segments: Sequence[tuple[int, int]]) -> np.ndarray:
-    """Token scores (T,) summed into ``segments`` by each token's start offset -> (n_segments,)."""
+    """Token scores (T,) summed into ``segments`` by each token's start offset -> (n_segments,); a token that
+    starts in no segment (past the text both models read) is left out."""
     if not segments:
         return np.zeros(0)
     starts = np.array([s for s, _ in segments])
+    ends = np.array([e for _, e in segments])
     keep = ~attr.special
     tok_start = np.array([s for s, _ in attr.offsets])[keep]
     seg = np.clip(np.searchsorted(starts, tok_start, side="right") - 1, 0, None)
-    return np.bincount(seg, weights=attr.scores[keep], minlength=len(segments))
+    inside = (tok_start >= starts[seg]) & (tok_start < ends[seg])  # tokens past the segments (unread) drop out
+    return np.bincount(seg[inside], weights=attr.scores[keep][inside], minlength=len(segments))
+
+
+def _read_end(attr: Attribution) -> int:
+    """Character where the text ``attr``'s model read ends (the end of its last word; 0 with no words)."""
+    return max((e for _, e in attr.word_spans()), default=0)
+
+
+def word_segments(teacher: Attribution, student: Attribution) -> tuple[list[tuple[int, int]], int]:
+    """The common word segments both models read, and how many segments only one of them read.
+
+    When the two tokenisers truncate at different places (``max_length`` tokens of different lengths), the
+    words past the shorter one's end, and a word it cut in half, were read by one model only: comparing them
+    would score the other model 0 there. Those segments are left out and counted instead.
+    """
+    segments = common_segments(teacher.word_spans(), student.word_spans())
+    t_end, s_end = _read_end(teacher), _read_end(student)
+    if t_end == s_end:
+        return segments, 0
+    end = min(t_end, s_end)
+    kept = [(s, e) for s, e in segments if e <= end]  # a segment crossing ``end`` was read in part by one side
+    return kept, len(segments) - len(kept)
+
+
+def unread_units(teacher: Attribution, student: Attribution) -> int:
+    """Word units :func:`align` leaves out because only one model read them (different truncation)."""
+    return 0 if teacher.token_ids == student.token_ids else word_segments(teacher, student)[1]
 
 
 def align(teacher: Attribution, student: Attribution) -> tuple[str, list[str], np.ndarray, np.ndarray]:
@@ -55,12 +94,13 @@ def align(teacher: Attribution, student: Attribution) -> tuple[str, list[str], n
 
     Returns:
         (alignment, units, teacher_scores (U,), student_scores (U,)) with alignment "token" when the
-        token ids are identical (specials dropped) and "word" otherwise.
+        token ids are identical (specials dropped) and "word" otherwise; word units cover only the text both
+        models read (see :func:`word_segments`).
     """
     if teacher.token_ids == student.token_ids:
         keep = ~teacher.special
         return "token", [t for t, k in zip(teacher.tokens, keep) if k], teacher.scores[keep], student.scores[keep]
-    segments = common_segments(teacher.word_spans(), student.word_spans())
+    segments, _ = word_segments(teacher, student)
     units = [teacher.text[s:e] for s, e in segments]
     return "word", units, segment_scores(teacher, segments), segment_scores(student, segments)
 
@@ -86,12 +126,14 @@ def agreement(t: np.ndarray, s: np.ndarray, top_k: int) -> dict[str, float]:
     """Agreement between two aligned score vectors (U,).
 
     A metric is NaN where it would not measure agreement (so means over examples, which skip NaN, are not
-    inflated by it); identical vectors always count as perfect agreement (1.0, l1_distance 0.0).
+    inflated by it); identical vectors count as perfect agreement (1.0, l1_distance 0.0) wherever the metric
+    is defined.
 
     Returns:
         spearman, kendall and topk_jaccard (of the ``top_k`` highest scores): NaN with fewer than 2 units or
         when either vector is constant, e.g. an all-zero (collapsed) student, whose "top k" would be its
-        tie order; sign_agreement (fraction of units with the same sign): NaN with no units or when either
+        tie order; topk_jaccard is also NaN with ``top_k`` or fewer units, where both top-k sets are every
+        unit and the overlap is 1.0 whatever the scores; sign_agreement (fraction of units with the same sign): NaN with no units or when either
         vector is all zero (it has no signs); l1_distance (between L1-normalised vectors, in [0, 2]): NaN
         with no units.
     """
@@ -107,11 +149,12 @@ def agreement(t: np.ndarray, s: np.ndarray, top_k: int) -> dict[str, float]:
             warnings.simplefilter("ignore")
             rho = float(stats.spearmanr(t, s).statistic)
             tau = float(stats.kendalltau(t, s).statistic)
-        k = min(top_k, n)
-        a, b = top_indices(t, k), top_indices(s, k)
-        jaccard = len(a & b) / len(a | b)
+        if n > top_k:
+            a, b = top_indices(t, top_k), top_indices(s, top_k)
+            jaccard = len(a & b) / len(a | b)
     elif same:
-        rho = tau = jaccard = 1.0
+        rho = tau = 1.0
+        jaccard = 1.0 if n > top_k else math.nan
     if same:
         sign, l1 = 1.0, 0.0
     elif n:
@@ -157,7 +200,8 @@ def faithfulness(model: Any, tokenizer: Any, attributions: Sequence[Attribution]
 
     All perturbations of ``batch_size`` texts (2 + steps + 1 per text) go through the model together,
     ``internal_batch_size`` sequences per forward pass. Removed tokens become [PAD] (the integrated
-    gradients baseline); [CLS]/[SEP] and the attention mask are kept.
+    gradients baseline); [CLS]/[SEP], the attention mask and every token's position are kept (RoBERTa-style
+    models get explicit position ids, see ``logits_fn``).
 
     Args:
         model, tokenizer: the model that produced ``attributions`` (their token ids are reused).
@@ -176,7 +220,7 @@ def faithfulness(model: Any, tokenizer: Any, attributions: Sequence[Attribution]
     out: list[Faithfulness] = []
     with prepared(model, device) as dev:
         batch_size, internal_batch_size = batch_sizes(dev, batch_size, internal_batch_size)
-        fn = logits_fn(model)
+        fn = logits_fn(model, keep_positions=True)  # removed tokens become [PAD]; the rest keep their positions
         for start in range(0, len(attributions), batch_size):
             chunk = attributions[start:start + batch_size]
             items = [Encoded(list(a.token_ids), list(a.offsets), list(a.word_ids)) for a in chunk]

@@ -96,6 +96,7 @@ class AttributionExplorer(Panel):
         self.text_box.observe(lambda c: setattr(self, "text", c["new"]), names=["value"])
         self.method_dropdown.observe(lambda c: setattr(self, "method", c["new"]), names=["value"])
         self.observe(self._sync_text, names=["text"])
+        self.observe(self._sync_method, names=["method"])  # set in code: the dropdown shows it too
         self.explain_button.on_click(lambda _: self.explain())
         self.children = [W.HTML("<b>5. Explain</b> — token attributions of teacher and student for the same class"
                                 " (red: supports it, blue: against)"), self.examples, self.text_box,
@@ -153,6 +154,16 @@ class AttributionExplorer(Panel):
         if self.text_box.value != change["new"]:
             self.text_box.value = change["new"]
 
+    @T.validate("method")
+    def _valid_method(self, proposal: dict[str, Any]) -> str:
+        from ..attribution.methods import check_method
+
+        return check_method(proposal["value"])  # a ValueError naming the methods, before anything runs
+
+    def _sync_method(self, change: dict[str, Any]) -> None:
+        if self.method_dropdown.value != change["new"]:
+            self.method_dropdown.value = change["new"]
+
     def models(self) -> tuple[Any, Any, Any, Any]:
         """(teacher, teacher_tokenizer, student, student_tokenizer), loading them from the run if needed."""
         if self._models[0] is None:
@@ -164,6 +175,12 @@ class AttributionExplorer(Panel):
 
             with quiet_loading():
                 self._models = load_run_models(self._run)
+        missing = [name for name, value in zip(("teacher", "teacher_tokenizer", "student"), self._models[:3])
+                   if value is None]
+        if missing:
+            raise ValueError(f"no {missing[0]}: AttributionExplorer compares two models; pass teacher=, student= "
+                             "and teacher_tokenizer= (student_tokenizer= when its vocabulary differs), or use "
+                             "from_run(run) / set_run(run).")
         return self._models
 
     # --- explaining --------------------------------------------------------------------------------------------
@@ -176,17 +193,20 @@ class AttributionExplorer(Panel):
             self.text = text
         if not self.text.strip():
             raise ValueError("the text is empty: type a sentence or pick an example.")
-        teacher, t_tok, student, s_tok = self.models()
-        self.status.value = note_html(f"attributing with {esc(self.method)}…")
-        target = None if self.target_dropdown.value == TEACHER_PREDICTION else int(self.target_dropdown.value)
-        (comp,) = compare(teacher, student, [self.text], teacher_tokenizer=t_tok, student_tokenizer=s_tok,
-                          method=self.method, target=target, n_steps=self.n_steps, faithfulness_steps=None)
+        try:
+            teacher, t_tok, student, s_tok = self.models()
+            self.status.value = note_html(f"attributing with {esc(self.method)}…")
+            target = None if self.target_dropdown.value == TEACHER_PREDICTION else int(self.target_dropdown.value)
+            (comp,) = compare(teacher, student, [self.text], teacher_tokenizer=t_tok, student_tokenizer=s_tok,
+                              method=self.method, target=target, n_steps=self.n_steps, faithfulness_steps=None)
+        except Exception:
+            self.status.value = note_html("Explain failed: see the error below")  # not a stale "attributing…"
+            raise
         self.show(comp)
         return comp
 
     def show(self, comparison: Any) -> None:
         """Display an existing ``attribution.Comparison`` (e.g. a row picked in ErrorAnalysis)."""
-        from ..attribution.render import attribution_html
 
         self.comparison = comparison
         self.metrics = dict(comparison.metrics)

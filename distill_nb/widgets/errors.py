@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,13 @@ ALL = -1  # label filter value meaning "all labels"
 HEADERS = {"divergence_rank": "rank", "text": "text", "label": "gold label", "teacher_pred": "teacher says",
            "student_pred": "student says", "teacher_prob": "teacher p", "student_prob": "student p",
            "spearman": "rank correlation", "topk_jaccard": "top-k overlap"}
+
+
+def _listed(values: Any) -> list | None:
+    """``values`` (a list, numpy array, pandas Series, tensor, generator) as a list; None stays None."""
+    if values is None:
+        return None
+    return list(values.tolist() if hasattr(values, "tolist") else values)
 
 
 class ErrorAnalysis(Panel):
@@ -34,7 +42,8 @@ class ErrorAnalysis(Panel):
                  label_names: Sequence[str] = (), n_examples: int = 40, n_steps: int = 8, **kwargs: Any):
         super().__init__(**kwargs)
         self.explorer = explorer
-        self.texts, self.labels, self.label_names = list(texts), labels, list(label_names)
+        # lists, whatever came in (a numpy array or Series has no truth value: `if labels` would raise)
+        self.texts, self.labels, self.label_names = list(texts), _listed(labels), list(label_names)
         self.n_steps = n_steps
         self.n_box = W.BoundedIntText(n_examples, min=1, max=100000, description="examples",
                                       style={"description_width": "70px"}, layout=W.Layout(width="180px"))
@@ -77,11 +86,13 @@ class ErrorAnalysis(Panel):
         from .attribution import run_examples
 
         self.clear()
-        self.texts, self.labels, self.label_names = run_examples(run, self.n_box.value)
+        texts, labels, names = run_examples(run, self.n_box.value)
+        self.texts, self.labels, self.label_names = list(texts), _listed(labels), list(names)
         self._update_label_options()
 
     def _update_label_options(self) -> None:
-        n = len(self.label_names) or (max(self.labels) + 1 if self.labels else 0)
+        ids = [int(v) for v in self.labels or [] if isinstance(v, numbers.Integral) and not isinstance(v, bool)]
+        n = len(self.label_names) or (max(ids) + 1 if ids else 0)
         self.label_filter.options = [("all labels", ALL)] + [(self._name(i), i) for i in range(n)]
         self.label_filter.value = ALL
 
@@ -107,9 +118,13 @@ class ErrorAnalysis(Panel):
             self.progress.value = done
 
         labels = list(self.labels[:n]) if self.labels is not None else None
-        result = sweep(teacher, student, self.texts[:n], labels, teacher_tokenizer=t_tok, student_tokenizer=s_tok,
-                       method=self.explorer.method, n_steps=self.n_steps, faithfulness_steps=None,
-                       progress=progress)
+        try:
+            result = sweep(teacher, student, self.texts[:n], labels, teacher_tokenizer=t_tok,
+                           student_tokenizer=s_tok, method=self.explorer.method, n_steps=self.n_steps,
+                           faithfulness_steps=None, progress=progress)
+        except Exception:
+            self.summary.value = note_html("the sweep failed: see the error below")  # not a stale "sweeping…"
+            raise
         self.result = result
         self.progress.value = n
         s = result.summary()
