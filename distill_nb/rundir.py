@@ -54,6 +54,7 @@ from .safeio import (
     not_utf8,
     number,
     read_json,
+    read_tail,
     read_text,
     write_all,
     write_in_place,
@@ -398,6 +399,33 @@ def read_metrics(path: Path, since: int | None = None) -> list[dict[str, Any]]:
     return out
 
 
+TAIL_BYTES = (1 << 16, 1 << 20, 1 << 23)  # how much of metrics.jsonl's end last_eval reads, growing: at most 8 MB
+
+
+def last_eval(path: Path) -> dict[str, Any] | None:
+    """The newest eval record of a run, read from the end of its metrics.jsonl.
+
+    The run list asks this of every run on every poll, so the cost does not grow with the run's length: only the
+    file's end is read (at most the last 8 MB; an eval record further back than that is not shown in the list).
+    """
+    for size in TAIL_BYTES:
+        try:
+            text, whole = read_tail(Path(path) / "metrics.jsonl", size)
+        except (FileNotFoundError, CorruptRecord):
+            return None
+        lines = text.splitlines()
+        for line in reversed(lines if whole else lines[1:]):  # the first line of a tail may be cut
+            try:
+                rec = loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and rec.get("split") == "eval" and number(rec.get("step", 0)) is not None:
+                return rec
+        if whole:
+            return None
+    return None
+
+
 def truncate_metrics(path: Path, max_step: int) -> None:
     """Keep only records with ``step <= max_step``: a resumed run redoes later steps, so none appears twice."""
     kept = [r for r in read_metrics(path) if r.get("step", 0) <= max_step]
@@ -494,8 +522,7 @@ def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
         if not _is_file(path / "config.json"):
             status = {"state": Status.UNREADABLE.value, "error": "config.json is not a regular file"}
         status["run_id"] = path.name
-        evals = [m for m in read_metrics(path) if m.get("split") == "eval"]
-        status["last_eval"] = evals[-1] if evals else None
+        status["last_eval"] = last_eval(path)
         status["summary"], status["trust_remote_code"] = _summary(path)
         out.append(status)
     return sorted(out, key=lambda s: s.get("created_at") or 0, reverse=True)

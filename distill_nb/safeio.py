@@ -116,6 +116,26 @@ def read_text(path: Path, errors: str = "strict") -> str:
         raise CorruptRecord(f"{path.name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+def read_tail(path: Path, max_bytes: int) -> tuple[str, bool]:
+    """The last ``max_bytes`` of a regular file as text (undecodable bytes replaced), and whether that is all of it;
+    the same refusals as :func:`read_text` (links, directories, FIFOs)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise FileNotFoundError(str(path)) from None
+        raise CorruptRecord(f"{path.name} cannot be opened ({e.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # a directory, a FIFO, a device
+        os.close(fd)
+        raise CorruptRecord(f"{path.name} is not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        start = max(0, info.st_size - max_bytes)
+        f.seek(start)
+        data = f.read(max_bytes)
+    return data.decode("utf-8", errors="replace"), start == 0
+
+
 def read_json(path: Path) -> Any:
     """Parse a JSON file; NaN/Infinity literals read as None. Raises FileNotFoundError or CorruptRecord."""
     text = read_text(path)

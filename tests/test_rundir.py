@@ -359,3 +359,59 @@ def test_cli_list_says_where_it_looked(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DISTILL_NB_RUNS", str(tmp_path / "nothing-here"))
     assert cli(["list"]) == 0
     assert capsys.readouterr().out.startswith(f"0 run(s) in {tmp_path / 'nothing-here'}")
+
+
+def _old_last_eval(path):
+    evals = [m for m in rundir.read_metrics(path) if m.get("split") == "eval"]
+    return evals[-1] if evals else None
+
+
+@pytest.mark.parametrize("layout", ["eval last", "train after eval", "eval 200 KB back", "no eval", "empty",
+                                    "garbage lines", "cut last line", "crlf", "bad utf-8", "eval in first line only",
+                                    "eval step not a number"])
+def test_last_eval_reads_the_end_and_agrees_with_reading_everything(tmp_path, layout):
+    import random
+
+    rng = random.Random(0)
+    train = [json.dumps({"step": i, "split": "train", "loss": rng.random()}) for i in range(1, 3000)]
+    ev = json.dumps({"step": 2999, "split": "eval", "accuracy": 0.75})
+    lines = {"eval last": train + [ev], "train after eval": train[:-20] + [ev] + train[-20:],
+             "eval 200 KB back": train[:200] + [ev] + train[200:], "no eval": train, "empty": [],
+             "garbage lines": [ev] + ["{not json", "[1, 2]", '"x"', "null"] * 50 + train[:10] + ["{]"],
+             "cut last line": train + [ev, '{"step": 3000, "split": "eval", "accur'],
+             "crlf": train[:100] + [ev] + train[100:200], "bad utf-8": train[:100] + [ev] + train[100:110],
+             "eval in first line only": [ev] + train,
+             "eval step not a number": train + [ev, json.dumps({"step": "x", "split": "eval"})]}[layout]
+    text = ("\r\n" if layout == "crlf" else "\n").join(lines) + ("\n" if lines else "")
+    data = text.encode()
+    if layout == "bad utf-8":
+        data = data.replace(b'"loss"', b'"lo\xff\xfes"', 3)
+    (tmp_path / "metrics.jsonl").write_bytes(data)
+    assert rundir.last_eval(tmp_path) == _old_last_eval(tmp_path)
+    if layout not in ("no eval", "empty"):
+        assert rundir.last_eval(tmp_path)["accuracy"] == 0.75
+
+
+def test_last_eval_reads_a_bounded_tail_of_a_huge_metrics_file(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    with open(path, "wb") as f:  # a 300 MB sparse file of NULs, then an eval record: the run list stays cheap
+        f.truncate(300 << 20)
+        f.seek(0, 2)
+        f.write(b'\n{"step": 7, "split": "eval", "accuracy": 0.5}\n')
+    asked = []
+    real = rundir.read_tail
+    monkeypatch.setattr(rundir, "read_tail", lambda p, n: asked.append(n) or real(p, n))
+    assert rundir.last_eval(tmp_path) == {"step": 7, "split": "eval", "accuracy": 0.5}
+    assert asked == [1 << 16]
+    path.write_bytes(b'{"step": 1, "split": "eval", "accuracy": 0.1}\n' + b"x" * (20 << 20) + b"\n")
+    asked.clear()
+    assert rundir.last_eval(tmp_path) is None and max(asked) <= 8 << 20  # too far back: not read, not shown
+
+
+@pytest.mark.parametrize("kind", ["link", "directory", "fifo"])
+def test_last_eval_of_a_metrics_file_that_is_not_a_regular_file_is_none(tmp_path, kind):
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_text('{"step": 1, "split": "eval", "accuracy": 0.9}\n')
+    path = tmp_path / "metrics.jsonl"
+    {"link": lambda: path.symlink_to(target), "directory": path.mkdir, "fifo": lambda: os.mkfifo(path)}[kind]()
+    assert rundir.last_eval(tmp_path) is None
