@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from .config import atomic_write_text
+from .evaluation import accuracy_of, predictions
 from .families import cache_dir, cache_problem
 from .models import load_config, predict_logits
 from .owner import RunBusy, open_lock_file
@@ -412,7 +413,7 @@ def _fine_tune(name: str, task: Any, recipe: dict[str, Any], *, max_steps: int, 
     def holdout_accuracy() -> float:
         logits = predict_logits(model, hold_enc, tok.pad_token_id, device, autocast)
         model.train()
-        return (logits.argmax(-1) == hold_labels).float().mean().item()
+        return accuracy_of(predictions(logits), hold_labels)  # a NaN/inf row counts as wrong
 
     log(f"preparing teacher: fine-tuning {name!r} + a new head on {len(fit)} examples of {task.source} until "
         f"the accuracy on {len(hold)} held-out training examples stops improving (at most {max_steps} steps"
@@ -459,7 +460,7 @@ def _fine_tune(name: str, task: Any, recipe: dict[str, Any], *, max_steps: int, 
     model.eval()
     dev = predict_logits(model, encode(tok, task.eval.texts, recipe["max_length"]), tok.pad_token_id, device,
                          autocast)
-    dev_acc = (dev.argmax(-1) == torch.tensor(task.eval.labels)).float().mean().item()
+    dev_acc = accuracy_of(predictions(dev), torch.tensor(task.eval.labels))
     meta = {"dev_accuracy": dev_acc, "dev_examples": len(task.eval), "holdout_accuracy": best_acc,
             "holdout_examples": len(hold), "train_examples": len(fit), "steps": step, "best_step": best_step,
             "seconds": time.time() - start, "stopped_by": stopped_by, "history": history,
@@ -501,15 +502,29 @@ def _read(folder: Path) -> PreparedTeacher:
 
 
 # --- is the teacher the bottleneck? ---------------------------------------------------------------------------
+MIN_NOISE_TEXTS = 30  # fewer eval texts than this: no claim that one model beats the other
+
+
 def accuracy_noise(student: float, teacher: float, n: int) -> float:
-    """Two standard errors of the difference of two accuracies measured on the same ``n`` texts."""
-    return 2 * math.sqrt(max(student * (1 - student) + teacher * (1 - teacher), 1e-12) / max(n, 1))
+    """Two standard errors of the difference of two accuracies measured on the same ``n`` texts.
+
+    Agresti-Caffo: each accuracy as if measured with one more right and one more wrong answer, so the error does
+    not collapse to 0 at accuracies of 0 or 1 (on 3 texts, 1.0 vs 0.67 was "beyond noise (±0.0)").
+    """
+    n = max(n, 1)
+
+    def var(p: float) -> float:
+        q = (p * n + 1) / (n + 2)
+        return q * (1 - q)
+
+    return 2 * math.sqrt((var(student) + var(teacher)) / (n + 2))
 
 
 def student_beats_teacher(student: float | None, teacher: float | None, n: int) -> str | None:
-    """A warning when the student beats its teacher by more than noise on ``n`` eval texts, else None."""
-    if number(student) is None or number(teacher) is None or n < 1:
-        return None  # nothing measured (None, NaN): no claim either way
+    """A warning when the student beats its teacher by more than noise on ``n`` eval texts, else None (also when
+    fewer than ``MIN_NOISE_TEXTS`` texts cannot tell)."""
+    if number(student) is None or number(teacher) is None or n < MIN_NOISE_TEXTS:
+        return None  # nothing measured (None, NaN), or too few texts: no claim either way
     noise = accuracy_noise(student, teacher, n)
     if student - teacher <= noise:
         return None

@@ -37,7 +37,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, DistillConfig
 from .data import TaskData, collate, encode, length_batches, steps_per_epoch
-from .evaluation import evaluate_classifier, evaluate_mlm, mlm_batch
+from .evaluation import accuracy_of, evaluate_classifier, evaluate_mlm, mlm_batch, predictions
 from .models import (
     NotAClassifierError,
     copied_layer_map,
@@ -223,7 +223,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             evaluate = partial(evaluate_mlm, model.student, teacher, eval_batches, device, autocast)
         else:
             teacher_eval = predict_logits(teacher, t_eval, tokenizer.pad_token_id, device, autocast)
-            teacher_acc = (teacher_eval.argmax(-1) == eval_labels).float().mean().item()
+            teacher_acc = accuracy_of(predictions(teacher_eval), eval_labels)  # a NaN/inf row counts as wrong
             evaluate = partial(evaluate_classifier, model.student, s_eval, student_tok.pad_token_id, eval_labels,
                                teacher_eval, teacher_acc, device, autocast)
         # --- reasons (distill_nb.fidelity): probe agreement at each eval; the attribution-alignment loss --------

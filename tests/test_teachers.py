@@ -85,7 +85,11 @@ def test_student_above_teacher_beyond_noise_is_flagged():
     assert student_beats_teacher(0.855, 0.852, 1000) is None  # within noise
     assert student_beats_teacher(0.80, 0.85, 1000) is None  # below the teacher
     assert student_beats_teacher(0.9, 0.85, 20) is None  # 20 texts cannot tell
-    assert accuracy_noise(0.5, 0.5, 100) == pytest.approx(2 * (0.5 / 100) ** 0.5)
+    assert accuracy_noise(0.5, 0.5, 100) == pytest.approx(2 * (0.5 / 102) ** 0.5)  # Agresti-Caffo
+    for n in (1, 2, 3, 29):  # too few texts: never "beyond noise", even at the extremes
+        assert student_beats_teacher(1.0, 0.0, n) is None and student_beats_teacher(1.0, 2 / 3, n) is None
+    assert accuracy_noise(1.0, 1.0, 3) > 0.3 and accuracy_noise(1.0, 0.9, 200) > 0.02  # no collapse at 0 or 1
+    assert student_beats_teacher(1.0, 0.9, 200) and student_beats_teacher(1.0, 0.0, 30)
 
 
 def test_teacher_tab_lists_refreshes_and_removes_prepared_teachers(bare):
