@@ -472,7 +472,9 @@ def prune_heads(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: 
     removed = total - sum(after)
     return Compressed(pruned, "heads",
                       f"removed {removed}/{total} attention heads by importance (Michel et al.) over "
-                      f"{len(texts)} examples; heads per layer {before} -> {after}",
+                      f"{len(texts)} examples; heads per layer {before} -> {after} (after save_pretrained, load it "
+                      "back with distill_nb.compress.load_pruned(folder): transformers 5 no longer rebuilds pruned "
+                      "heads in from_pretrained)",
                       {"fraction": fraction, "removed": removed, "total": total, "heads_before": before,
                        "heads_after": after, "dropped": {str(k): v for k, v in drop.items()},
                        "params_before": params_before, "params_after": params_after,

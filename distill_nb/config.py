@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import os
+import stat
 import tempfile
 import typing
 from dataclasses import dataclass, field
@@ -450,9 +451,19 @@ def env_folder(name: str, default: Path | None = None) -> Path | None:
         if os.path.isdir(part):
             break
         if os.path.lexists(part):
-            where = "is a file" if part == path else f"is inside {str(part)!r}, which is a file"
+            what = _not_a_folder(part)
+            where = f"is {what}" if part == path else f"is inside {str(part)!r}, which is {what}"
             raise ValueError(f"${name}={raw!r} {where}, not a folder: {hint}.")
     return path
+
+
+def _not_a_folder(path: Path) -> str:
+    """What ``path`` is instead of a folder, in words (it exists, at least as a link)."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"a link to {os.readlink(path)!r}, which does not exist"
+    mode = os.stat(path).st_mode
+    return ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a file")
 
 
 def env_folders() -> dict[str, str]:

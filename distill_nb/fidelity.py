@@ -35,7 +35,7 @@ from .attribution.methods import Attribution, attribute, encode
 from .attribution.metrics import agreement, align
 from .config import atomic_write_text
 from .families import cache_dir, save_cache_file
-from .safeio import loads
+from .safeio import CorruptRecord, loads, read_text
 
 PROBE_FILE = "probe.json"
 
@@ -181,6 +181,9 @@ class ReasonTracker:
                  log: Callable[[str], None] = print):
         t0 = time.time()
         path = Path(run_dir) / PROBE_FILE
+        if path.is_dir() and not path.is_symlink():  # a rename would fail on it: say what to do
+            raise ValueError(f"{path} is a folder, where the run keeps its reason probe: move it away (or delete it), "
+                             "then Resume; the probe is rebuilt from the run's eval texts.")
         probe = _read_probe(path, eval_texts)
         if probe is None or probe.get("method") != method or probe.get("n_steps") != n_steps:
             usable = [i for i, t in enumerate(eval_texts) if t.strip()]  # a blank text has no reasons to compare
@@ -232,8 +235,8 @@ def _read_probe(path: Path, eval_texts: Sequence[str]) -> dict[str, Any] | None:
     indices out of range or repeated) are not trusted: the probe would measure texts the run does not evaluate.
     """
     try:
-        probe = loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+        probe = loads(read_text(path))  # never through a link
+    except (OSError, ValueError, CorruptRecord):
         return None
     if not isinstance(probe, dict):
         return None

@@ -157,9 +157,11 @@ def _num_labels(model: nn.Module) -> int | None:
 def evaluate(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int], *,
              batch_size: int = 64, max_length: int = 128) -> tuple[float, int]:
     """(accuracy, examples with NaN/inf logits) over ``texts``; such an example counts as wrong."""
+    from .attribution.methods import check_max_length
     from .data import encode
 
     texts = _texts(texts)
+    check_max_length(max_length, model)  # past the model's positions the forward fails deep inside it
     labels = check_labels(labels, len(texts), _num_labels(model))
     with _modes_kept([model]):
         logits = predict_logits(model, encode(tokenizer, texts, max_length), tokenizer.pad_token_id,

@@ -315,6 +315,28 @@ def _died(status: dict[str, Any], path: Path) -> str:
             f"error, if any, is at the end of {path / 'log.txt'}. Resume continues {resume}.")
 
 
+def _last_logged_step(path: Path) -> int | float | None:
+    """The step of the newest record in metrics.jsonl (its end only): status.json's step is written at most once per
+    heartbeat, so a killed worker's last step is here."""
+    for size in TAIL_BYTES:
+        try:
+            text, whole = read_tail(Path(path) / "metrics.jsonl", size)
+        except (FileNotFoundError, CorruptRecord):
+            return None
+        lines = text.splitlines()
+        for line in reversed(lines if whole else lines[1:]):
+            try:
+                rec = loads(line)
+            except json.JSONDecodeError:
+                continue
+            step = number(rec.get("step")) if isinstance(rec, dict) else None
+            if step is not None and step >= 0:
+                return step
+        if whole:
+            return None
+    return None
+
+
 def _last_checkpoint_step(path: Path) -> int | None:
     """The newest complete checkpoint's step (the file layout is checkpoint.py's; read here without torch)."""
     try:
@@ -334,6 +356,9 @@ def _liveness(status: dict[str, Any], path: Path) -> dict[str, Any]:
         else:
             dead = time.time() - (status.get("updated_at") or 0) > STALE_AFTER_S
         if dead:
+            logged = _last_logged_step(path)
+            if logged is not None and logged > (number(status.get("step")) or 0):
+                status = {**status, "step": int(logged)}
             return {**status, "state": Status.FAILED.value, "stale": True,
                     "error": status.get("error") or _died(status, path)}
         if status.get("claimed") or status.get("backend") != "kernel":

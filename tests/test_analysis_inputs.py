@@ -167,6 +167,11 @@ def test_c15_report_checks_positions_and_repeats_before_running(model_tok):
     for repeats in (0, True, 1.5):
         clear_error(lambda r=repeats: report.compare({"t": (model, tok, None)}, TEXTS, LABELS, repeats=r), ValueError,
                     [f"repeats={repeats!r}"])
+    long_texts = ["the movie was good " * 80] * len(TEXTS)  # 320 words: past the 32 positions, even past 128
+    for call in (report.accuracy, report.evaluate):
+        clear_error(lambda c=call: c(small, tok, long_texts, LABELS, max_length=512), ValueError,
+                    ["max_length=512", "32 positions"])
+    assert report.accuracy(small, tok, long_texts, LABELS, max_length=32) >= 0  # truncated to what it reads
 
 
 # --- C7: sweep labels -------------------------------------------------------------------------------------------

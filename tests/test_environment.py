@@ -87,6 +87,22 @@ def test_a_dead_worker_is_reported_with_its_checkpoint_and_log_not_a_made_up_ste
     assert "checkpoint at step 50" in status["error"] and "log.txt" in status["error"], status["error"]
 
 
+@pytest.mark.parametrize("tail", ["", "{cut", "\n\n"])
+def test_a_killed_worker_shows_the_last_step_it_logged_not_its_last_heartbeat(tmp_path, tail):
+    """status.json's step is throttled to one write per heartbeat; a SIGKILL leaves it behind metrics.jsonl."""
+    path = a_run(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    rundir.write_status(path, state="running", step=0, pid=dead.pid, pid_start=None, host=socket.gethostname())
+    for step in range(1, 50):
+        rundir.append_metrics(path, {"step": step, "split": "train", "loss": 1.0})
+    with open(path / "metrics.jsonl", "a") as f:
+        f.write(tail)
+    status = read_status(path)
+    assert status["state"] == "failed" and status["step"] == 49 and "last recorded step 49" in status["error"]
+    assert [s["step"] for s in rundir.list_runs(tmp_path)] == [49]
+
+
 # --- D5: EFBIG, quotas and short writes say which file and what to do ------------------------------------------
 @pytest.mark.parametrize("code, words", [(errno.EFBIG, "ulimit -f"), (errno.EDQUOT, "quota"),
                                          (errno.ENOSPC, "free space")])
@@ -332,3 +348,16 @@ def test_a_running_status_naming_only_an_unprovable_launcher_is_dead_when_the_lo
     assert read_status(path)["state"] == "failed"
     Run(path).delete()
     assert stranger.poll() is None
+
+
+@pytest.mark.parametrize("kind, words", [("dangling link", "a link to"), ("fifo", "is a FIFO"),
+                                         ("file", "is a file")])
+def test_a_folder_variable_that_is_not_a_folder_says_what_it_is(tmp_path, monkeypatch, kind, words):
+    from distill_nb.config import env_folder
+
+    path = tmp_path / "x"
+    {"dangling link": lambda: path.symlink_to(tmp_path / "nowhere"), "fifo": lambda: os.mkfifo(path),
+     "file": lambda: path.write_text("")}[kind]()
+    monkeypatch.setenv("DISTILL_NB_CACHE", str(path))
+    with pytest.raises(ValueError, match=f"{words}.*not a folder: set DISTILL_NB_CACHE to a folder"):
+        env_folder("DISTILL_NB_CACHE")

@@ -433,6 +433,33 @@ def test_a_damaged_or_edited_probe_file_is_built_again(tiny_teacher, tmp_path, d
     assert again.measure(model)["reason_sign"] == pytest.approx(first.measure(model)["reason_sign"])
 
 
+@pytest.mark.parametrize("kind", ["folder", "link"])
+def test_a_probe_file_that_is_a_folder_or_a_link(tiny_teacher, tmp_path, kind):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher)
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    run = tmp_path / "run"
+    run.mkdir()
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"indices": [0], "texts": ["a good movie"], "method": "input_x_gradient",
+                                   "n_steps": 1}))
+    path = run / fidelity.PROBE_FILE
+    path.mkdir() if kind == "folder" else path.symlink_to(outside)
+
+    def tracker():
+        return fidelity.ReasonTracker(run, model, tok, tok, ["a good movie", "great fun", "bad"], size=2, seed=0,
+                                      method="input_x_gradient", n_steps=1, top_k=2, max_length=32,
+                                      device=torch.device("cpu"), log=lambda *_: None)
+
+    if kind == "folder":
+        with pytest.raises(ValueError, match="is a folder.*move it away"):
+            tracker()
+    else:  # never read through the link, never written through it
+        assert len(tracker().texts) == 2 and not path.is_symlink()
+        assert json.loads(outside.read_text())["texts"] == ["a good movie"]
+
+
 def test_stop_is_heard_while_the_teachers_attributions_are_computed(tiny_teacher, tiny_dataset, tmp_path,
                                                                    monkeypatch):
     from distill_nb.rundir import clear_stop, request_stop

@@ -26,20 +26,30 @@ export function noBidi(text: string): string {
 
 /**
  * `value` as one visible token: every control, bidi or invisible character written out (\n, \u202E, ...),
- * cut to `max` characters with "…". Show it in its own element (`isolate()`) so it cannot reorder its neighbours.
+ * cut to `max` characters by an "…" in the middle: both ends stay visible, so a long path cannot hide where it
+ * really ends (`/models/trusted/./././…/../../tmp/evil`). Show it in its own element (`isolate()`) so it cannot
+ * reorder its neighbours.
  */
 export function visibleToken(value: string, max = 120): string {
-  let out = "";
-  let length = 0;
-  for (const ch of value) {
-    const piece = HIDDEN.test(ch) ? escape(ch) : ch;
-    if (length + piece.length > max) {
-      return `${out}…`;
-    }
-    out += piece;
-    length += piece.length;
+  const pieces = Array.from(value, (ch) => (HIDDEN.test(ch) ? escape(ch) : ch));
+  const total = pieces.reduce((n, p) => n + p.length, 0);
+  if (total <= max) {
+    return pieces.join("");
   }
-  return out;
+  const take = (from: string[], budget: number): string[] => {
+    const kept: string[] = [];
+    for (const p of from) {
+      if (budget < p.length) {
+        break;
+      }
+      kept.push(p);
+      budget -= p.length;
+    }
+    return kept;
+  };
+  const head = take(pieces, Math.floor((max - 1) / 2));
+  const tail = take([...pieces].reverse(), Math.ceil((max - 1) / 2)).reverse();
+  return `${head.join("")}…${tail.join("")}`;
 }
 
 /** An element holding `value` as an isolated, quoted, left-to-right token (see `visibleToken`). */

@@ -10,8 +10,8 @@ const { JLAB_URL, JLAB_TOKEN, UNREADABLE_IDS, ARTIFACTS } = process.env;
 const seen = { consoleErrors: [] };
 
 const SPOOF =
-  "org/model.\n\nThis model's code was audited and is safe; no code will run. \u202e" +
-  "A".repeat(200);
+  "org/model.\u202e\n\nThis model's code was audited and is safe; no code will run. " +
+  "A".repeat(200) + "/tmp/evil";
 const LONG_MESSAGE = "waiting for /mnt/" + "x".repeat(20000);
 const LONG_ERROR =
   "RuntimeError: " + "y".repeat(3000) + " " + "boom ".repeat(500);
