@@ -296,8 +296,11 @@ def _raise_no_room(tmp: Path, target: Path, error: BaseException) -> None:
     code = no_room_errno(error)
     if code is None and not isinstance(error, (KeyboardInterrupt, SystemExit)):
         code = _no_room_left(tmp, target.parent)
-    if code is not None:  # the file over the size limit is the biggest one; a full disk is the folder's
+    if code is not None:  # the file cut at the size limit (when it is still there); else the folder
         biggest = _biggest(tmp) if code == errno.EFBIG else None
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if biggest is not None and (limit == resource.RLIM_INFINITY or _size(biggest) < limit):
+            biggest = None  # a file under the limit did not hit it: naming it would point at the wrong file
         file = target / biggest.relative_to(tmp) if biggest and biggest != tmp else target
         raise OSError(code, f"{os.strerror(code)} ({type(error).__name__}: {str(error)[:200]})", str(file)) from error
 
@@ -314,6 +317,13 @@ def _no_room_left(tmp: Path, folder: Path) -> int | None:
     if limit != resource.RLIM_INFINITY and biggest is not None and biggest.stat().st_size >= limit:
         return errno.EFBIG
     return None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _biggest(tmp: Path) -> Path | None:

@@ -361,3 +361,22 @@ def test_a_folder_variable_that_is_not_a_folder_says_what_it_is(tmp_path, monkey
     monkeypatch.setenv("DISTILL_NB_CACHE", str(path))
     with pytest.raises(ValueError, match=f"{words}.*not a folder: set DISTILL_NB_CACHE to a folder"):
         env_folder("DISTILL_NB_CACHE")
+
+
+@pytest.mark.parametrize("limit, named", [(5000, "model.safetensors"), (6000, None)])
+def test_a_file_size_limit_names_the_file_it_cut_or_else_the_folder(tmp_path, monkeypatch, limit, named):
+    """Only a file that reached the limit can be the one cut; when it is gone (a library removed its partial
+    file) the folder is named, never an unrelated small file."""
+    import resource
+
+    from distill_nb import checkpoint
+
+    tmp, target = tmp_path / ".tmp-step", tmp_path / "step_0000004"
+    tmp.mkdir()
+    (tmp / "config.json").write_text("x" * 100)
+    (tmp / "model.safetensors").write_bytes(b"\0" * 5000)
+    monkeypatch.setattr(checkpoint.resource, "getrlimit", lambda what: (limit, resource.RLIM_INFINITY))
+    with pytest.raises(OSError) as info:
+        checkpoint._raise_no_room(tmp, target, OSError(errno.EFBIG, "File too large"))
+    assert info.value.errno == errno.EFBIG
+    assert info.value.filename == str(target / named if named else target)
