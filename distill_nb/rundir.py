@@ -29,7 +29,7 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -318,23 +318,8 @@ def _died(status: dict[str, Any], path: Path) -> str:
 def _last_logged_step(path: Path) -> int | float | None:
     """The step of the newest record in metrics.jsonl (its end only): status.json's step is written at most once per
     heartbeat, so a killed worker's last step is here."""
-    for size in TAIL_BYTES:
-        try:
-            text, whole = read_tail(Path(path) / "metrics.jsonl", size)
-        except (FileNotFoundError, CorruptRecord):
-            return None
-        lines = text.splitlines()
-        for line in reversed(lines if whole else lines[1:]):
-            try:
-                rec = loads(line)
-            except json.JSONDecodeError:
-                continue
-            step = number(rec.get("step")) if isinstance(rec, dict) else None
-            if step is not None and step >= 0:
-                return step
-        if whole:
-            return None
-    return None
+    rec = _newest_record(path, lambda r: (number(r.get("step")) or 0) > 0)
+    return None if rec is None else number(rec.get("step"))
 
 
 def _last_checkpoint_step(path: Path) -> int | None:
@@ -433,6 +418,11 @@ def last_eval(path: Path) -> dict[str, Any] | None:
     The run list asks this of every run on every poll, so the cost does not grow with the run's length: only the
     file's end is read (at most the last 8 MB; an eval record further back than that is not shown in the list).
     """
+    return _newest_record(path, lambda r: r.get("split") == "eval" and number(r.get("step", 0)) is not None)
+
+
+def _newest_record(path: Path, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """The newest record of metrics.jsonl for which ``wanted`` holds, reading back from its end (``TAIL_BYTES``)."""
     for size in TAIL_BYTES:
         try:
             text, whole = read_tail(Path(path) / "metrics.jsonl", size)
@@ -444,7 +434,7 @@ def last_eval(path: Path) -> dict[str, Any] | None:
                 rec = loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(rec, dict) and rec.get("split") == "eval" and number(rec.get("step", 0)) is not None:
+            if isinstance(rec, dict) and wanted(rec):
                 return rec
         if whole:
             return None
