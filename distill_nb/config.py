@@ -6,6 +6,7 @@ Standard library only: the server extension and the run-directory code read conf
 from __future__ import annotations
 
 import dataclasses
+import errno
 import itertools
 import json
 import math
@@ -41,7 +42,7 @@ class DistillConfig:
     label_column: str = "label"  # column holding the labels: any integers or strings (mapped to ids 0..n-1)
     label_names: list[str] | None = None  # class names: names integer ids, orders string labels (a named teacher wins)
     train_split: str = "train"  # split used for training
-    eval_split: str = "validation"  # split used for evaluation ("dev"/"test" are accepted aliases)
+    eval_split: str = "validation"  # split used for evaluation (this default also finds dev/test/valid/val)
     max_train_examples: int | None = None  # cap on training examples (None: all)
     max_eval_examples: int | None = None  # cap on evaluation examples (None: all)
     max_length: int = 128  # tokens per example; longer texts are truncated
@@ -263,7 +264,11 @@ class DistillConfig:
         """Return the config as JSON; with ``path``, also write it there atomically."""
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False)  # validate() made every value finite
         if path is not None:
-            atomic_write_text(Path(path), text + "\n")
+            path = Path(path)
+            if path.is_dir():  # the rename onto it would fail with a temp file's name in the message
+                raise IsADirectoryError(errno.EISDIR, f"{str(path)!r} is a folder: give a file name for the config, "
+                                        f"e.g. {str(path / 'distill_config.json')!r}", str(path))
+            atomic_write_text(path, text + "\n")
         return text
 
     @classmethod

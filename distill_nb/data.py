@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # torch loads in collate() only: preflight() reads data with 
     import torch
 
 EVAL_ALIASES = ("validation", "dev", "test", "valid", "val")
+DEFAULT_EVAL_SPLIT = "validation"  # only this default falls back to the aliases
 LABEL_NAMES = {"sst2": ["negative", "positive"], "trec6": ["DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"]}
 HOLDOUT = 0.1  # a single data file: this fraction (at least 1 row) is held out for evaluation, seeded
 MIN_SINGLE_FILE_ROWS = 10  # below it a 10 % hold-out leaves nothing worth measuring
@@ -168,10 +169,14 @@ def data_files(path: Path, train_split: str, eval_split: str) -> dict[str, Path]
         return {"train": path}
     files = {p.stem: p for p in sorted(path.iterdir()) if p.suffix.lower() in FILE_FORMATS}
     train = files.get(train_split)
-    evals = [files[n] for n in (eval_split, *EVAL_ALIASES) if n in files and n != train_split]
+    # the default eval split may be called dev/test/...; a split the user named must exist (a typo never silently
+    # evaluates on another file)
+    names = (eval_split, *EVAL_ALIASES) if eval_split == DEFAULT_EVAL_SPLIT else (eval_split,)
+    evals = [files[n] for n in names if n in files and n != train_split]
     if train is None or not evals:
         raise FileNotFoundError(f"data folder {str(path)!r} has {sorted(files) or 'no data files'}; it needs "
-                                f"{train_split}.<csv|tsv|json|jsonl|parquet> and {eval_split}.<...> (or dev/test): "
+                                f"{train_split}.<csv|tsv|json|jsonl|parquet> and {eval_split}.<...>"
+                                f"{' (or dev/test)' if eval_split == DEFAULT_EVAL_SPLIT else ''}: "
                                 "rename the files, or set train_split/eval_split to their names.")
     return {"train": train, "eval": evals[0]}
 

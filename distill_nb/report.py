@@ -331,8 +331,12 @@ def load_run_models(run_dir: str | os.PathLike, *, final_only: bool = True) -> t
     config = DistillConfig.from_json(run_dir / "config.json")
     status = read_status(run_dir)
     folder = run_dir / "student"
-    if not (folder / "config.json").is_file() and final_only:
-        state = status.get("state")
+    state = status.get("state")
+    gone = ("its student/ folder is missing (moved or deleted?); a completed run is never trained again: put the "
+            "folder back, or train it anew with Run.attach(run_id).fork()")
+    if not (folder / "config.json").is_file() and (final_only or state == "completed"):
+        if state == "completed":
+            raise FileNotFoundError(f"run {run_dir.name!r} is completed but {gone}.")
         todo = {"running": "wait for it to finish", "queued": "wait for it to finish",
                 "stopped": "resume it (run.resume()) and let it finish",
                 "failed": "see its error, then resume it (run.resume()) or fork it"}.get(state, "finish the run")

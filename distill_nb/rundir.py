@@ -271,6 +271,9 @@ def read_status(path: Path) -> dict[str, Any]:
     try:
         status = _read_raw_status(path)
     except FileNotFoundError:
+        if not os.path.isdir(path):  # the whole run is gone, not one file of it
+            return {"state": Status.UNREADABLE.value, "error": f"run {Path(path).name!r} no longer exists (its folder "
+                    "was deleted or moved): distill_nb.list_runs() shows the runs there are."}
         return {"state": Status.UNREADABLE.value, "error": "status.json is missing"}
     except CorruptRecord as e:
         return {"state": Status.UNREADABLE.value, "error": str(e)}
@@ -471,8 +474,8 @@ def create_run(config: DistillConfig, root: str | os.PathLike | None = None, run
                          "and records under it: rename the folder, or pass root= (or set $DISTILL_NB_RUNS to) "
                          "another one.")
     final = root_path / run_id
-    exists = FileExistsError(f"run {run_id!r} already exists in {root_path}: pick another run_id, or continue it "
-                             "with Run.attach(run_id).resume().")
+    exists = FileExistsError(f"run {run_id!r} already exists in {root_path}: pick another run_id, or (unless it "
+                             "completed) continue it with Run.attach(run_id).resume().")
     if os.path.lexists(final):
         raise exists
     try:

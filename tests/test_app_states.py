@@ -246,6 +246,23 @@ def test_open_run_clears_a_picker_error_for_the_same_teacher(tiny_teacher, tiny_
         app.close()
 
 
+def test_open_run_says_when_it_replaces_settings_the_person_edited(tiny_teacher, tiny_dataset, runs_root):
+    """Re-running the quickstart's launch cell after editing the config: the run is shown, and the edits it
+    replaces are named instead of vanishing."""
+    base = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text", max_steps=6)
+    write_status(create_run(base, runs_root, "done"), state="completed", pid=None, step=6, total_steps=6)
+    app = DistillApp(base.replace(max_steps=60, temperature=4.0), root=str(runs_root))
+    try:
+        app.open_run("done")
+        message = app.launcher.message.value
+        assert "max_steps 60 → 6" in message and "temperature 4.0 → 2.0" in message and "another run id" in message
+        assert app.launcher.build_config().max_steps == 6
+        app.open_run("done")  # nothing edited since: no warning
+        assert "other settings" not in app.launcher.message.value
+    finally:
+        app.close()
+
+
 # --- F11: an unreadable run -----------------------------------------------------------------------------------
 def test_unreadable_run_offers_no_resume_and_a_red_bar(tiny_teacher, tiny_dataset, runs_root):
     cfg = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text", max_steps=6)
@@ -260,3 +277,21 @@ def test_unreadable_run_offers_no_resume_and_a_red_bar(tiny_teacher, tiny_datase
         app.close()
     launcher = _launcher(runs_root, "garbled", "unreadable")
     assert buttons(launcher) == {"start": True, "stop": False, "resume": False}
+
+
+def test_a_monitor_says_so_when_its_run_is_deleted(tiny_teacher, tiny_dataset, runs_root):
+    from distill_nb.widgets import RunMonitor
+
+    base = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text", max_steps=6)
+    path = create_run(base, runs_root, "doomed")
+    write_status(path, state="stopped", pid=None, step=3, total_steps=6)
+    mon = RunMonitor.attach("doomed", autostart=False)
+    mon.idle_interval = mon.interval = 0.05
+    mon.start_polling()
+    try:
+        assert wait_for(lambda: mon.polling)
+        Run(path).delete()
+        assert wait_for(lambda: "no longer exists" in mon.run_error_box.value)
+        assert wait_for(lambda: not mon.polling) and mon.state == "unreadable"
+    finally:
+        mon.close()

@@ -67,3 +67,11 @@ def test_extra_of_json_values_round_trips():
     extra = {"note": "x", "n": 3, "f": 0.5, "ok": True, "none": None, "list": [1, "a"], "d": {"k": [0.1]}}
     config = DistillConfig(extra=extra)
     assert DistillConfig.from_json(config.to_json()).extra == extra
+
+
+def test_to_json_onto_a_folder_says_to_give_a_file_name(tmp_path):
+    from distill_nb.config import DistillConfig
+
+    with pytest.raises(IsADirectoryError, match="is a folder: give a file name for the config, e.g.") as info:
+        DistillConfig().to_json(tmp_path)
+    assert "distill_config.json" in str(info.value) and not list(tmp_path.iterdir())  # no temp file left

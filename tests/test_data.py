@@ -84,3 +84,23 @@ def test_length_bucketing_covers_every_example_once_and_pads_less():
     assert batch["input_ids"].shape == (2, 5) and batch["attention_mask"].sum().item() == 8
     with pytest.raises(ValueError, match="batch_size=0"):
         length_batches(lengths, 0, seed=0)
+
+
+@pytest.mark.parametrize("files, eval_split, found", [
+    (["train", "validation", "test"], "tets", None),  # a typo: refused, never another file
+    (["train", "validation"], "test", None),  # a named split that is not there
+    (["train", "validation", "test"], "test", "test"),
+    (["train", "dev"], "validation", "dev"),  # the default finds the usual other names
+    (["train", "test"], "validation", "test"),
+    (["train", "holdout"], "holdout", "holdout"),
+])
+def test_a_named_eval_split_must_exist(tmp_path, files, eval_split, found):
+    from distill_nb.data import data_files
+
+    for name in files:
+        (tmp_path / f"{name}.csv").write_text("text,label\na,0\n")
+    if found is None:
+        with pytest.raises(FileNotFoundError, match=rf"needs train\.<csv.*and {eval_split}\.<\.\.\.>: rename"):
+            data_files(tmp_path, "train", eval_split)
+    else:
+        assert data_files(tmp_path, "train", eval_split)["eval"].stem == found

@@ -231,3 +231,17 @@ def test_compare_run_without_a_final_student_says_what_to_do(tmp_path, state):
         with pytest.raises(FileNotFoundError) as info:
             call()
         assert f"run 'r' is {state}" in str(info.value) and "no final student" in str(info.value)
+
+
+@pytest.mark.parametrize("final_only", [True, False])
+def test_a_completed_run_without_its_student_folder_says_what_happened(tmp_path, final_only):
+    from distill_nb.config import DistillConfig
+    from distill_nb.report import load_run_models
+    from distill_nb.rundir import create_run, write_status
+
+    path = create_run(DistillConfig(teacher="minilm-l6"), tmp_path, "done")
+    write_status(path, state="completed", pid=None, step=5, total_steps=5)
+    (path / "checkpoints" / "step_0000005").mkdir(parents=True)  # a checkpoint is not the final student
+    with pytest.raises(FileNotFoundError, match="is completed but its student/ folder is missing.*fork") as info:
+        load_run_models(path, final_only=final_only)
+    assert "wait for" not in str(info.value) and "finish the run" not in str(info.value)

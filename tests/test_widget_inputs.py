@@ -354,3 +354,12 @@ def test_launcher_epochs_without_max_steps_and_rounding_after_an_edit(tiny_datas
     assert launcher.build_config().learning_rate == 1.2345e-5 and launcher.error == ""
     launcher.fields["learning_rate"].value = 10 ** -4.3  # a slider drag is still rounded as a person types it
     assert launcher.build_config().learning_rate == 5e-05
+
+
+def test_buttons_say_leaves_code_the_person_may_copy_as_code():
+    from distill_nb.widgets._util import buttons_say
+
+    said = buttons_say("pick another run_id, or continue it with Run.attach(run_id).resume(). resume() continues "
+                       "from step 3; stop() it first, or call run.stop() it")
+    assert "Run.attach(run_id).resume()." in said and "Resume continues from step 3" in said
+    assert "Stop it first" in said and "run.stop() it" in said

@@ -420,6 +420,23 @@ def test_launcher_failed_start_enables_start_again(tmp_path, runs_root):
     assert launcher.error and not launcher.start_button.disabled
 
 
+@pytest.mark.parametrize("state, start_enabled", [("running", False), ("queued", False), ("stopped", True),
+                                                  ("completed", True)])
+def test_a_failed_start_keeps_the_buttons_of_the_run_the_launcher_holds(monkeypatch, tiny_teacher, tiny_dataset,
+                                                                        runs_root, state, start_enabled):
+    """Re-running start(run_id=...) fails ("run already exists"): a live run keeps Stop and gets no second Start."""
+    base = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text", max_steps=2)
+    path = create_run(base, runs_root, "mine")
+    write_status(path, state=state, pid=None, claimed=True)
+    launcher = Launcher(base, root=str(runs_root))
+    launcher.run_id = "mine"
+    launcher._buttons(state)
+    launcher.start(run_id="mine")  # guarded: the error is shown in the tab
+    assert "already exists" in launcher.error or "exists" in launcher.error, launcher.error
+    assert launcher.start_button.disabled is not start_enabled
+    assert launcher.stop_button.disabled is start_enabled
+
+
 def test_launcher_offers_the_files_columns_and_counts_steps(tmp_path, tiny_teacher, runs_root):
     data = tmp_path / "reviews.csv"
     data.write_text("id,review,category\n" + "".join(f"{i},the movie was good,{i % 2}\n" for i in range(50)))
@@ -573,3 +590,10 @@ def test_students_table_marks_the_better_student():
                            "comprehensiveness": 0.3, "sufficiency": 0.05}]).set_index("run")
     html = students_html(frame)
     assert "<b>0.550</b>" in html and "<b>0.8000</b>" in html and "<b>0.050</b>" in html and ">-<" in html
+
+
+def test_waiting_on_a_monitor_without_a_run_says_what_to_do():
+    mon = RunMonitor()
+    for call in (mon.wait, lambda: asyncio.run(mon.wait_async())):
+        with pytest.raises(RuntimeError, match="shows no run.*run the launch cell first.*RunMonitor.attach"):
+            call()

@@ -40,9 +40,10 @@ def fmt_eta(seconds: float | None) -> str:
 
 def buttons_say(message: str) -> str:
     """A message written for code (``resume()``, ``stop()``) as the buttons the person sees say it."""
-    message = re.sub(r"\bresume\(\) (continues|starts)", r"Resume \1", message)
-    message = re.sub(r"\bresume\(\)", "Resume", message)
-    return re.sub(r"\bstop\(\) it", "Stop it", message)
+    # a method call in code the person may copy (Run.attach(run_id).resume()) stays code
+    message = re.sub(r"(?<!\.)\bresume\(\) (continues|starts)", r"Resume \1", message)
+    message = re.sub(r"(?<!\.)\bresume\(\)", "Resume", message)
+    return re.sub(r"(?<!\.)\bstop\(\) it", "Stop it", message)
 
 
 def table_html(rows: Sequence[tuple[str, Any]]) -> str:

@@ -121,6 +121,11 @@ class DistillApp(W.VBox):
 
         run = Run.attach(run_id, self.root)
         config = run.config
+        try:  # what the tabs held before: edits the person made are about to be replaced by the run's settings
+            held = self.launcher.build_config().diff(config)
+        except Exception:  # noqa: BLE001 — tabs that do not make a config have nothing to lose
+            held = {}
+        held.pop("name", None)
         # every tab shows the attached run's config, so Start there runs what the person sees: the run's teacher
         # also when it cannot be loaded (the picker says so), and its config is read again (no stale error)
         self.picker.show(config.teacher)
@@ -132,7 +137,12 @@ class DistillApp(W.VBox):
         self.launcher.run_id = run.id
         self.monitor.watch(run)
         self.launcher.run_finished(self.monitor.state or "stopped")  # Start/Stop/Resume as the run stands
+        replaced = ", ".join(f"{k} {v[0]!r} → {v[1]!r}" for k, v in list(held.items())[:4]) + (
+            ", …" if len(held) > 4 else "")
         self.launcher.message.value = note_html(f"opened run <code>{esc(run.id)}</code>") + (
+            note_html(f"the tabs held other settings than this run's ({esc(replaced)}): they now show the run's. "
+                      "To train your settings, set them again and Start with another run id (or fork this run: "
+                      "run.fork(...)).", "#a60") if held else "") + (
             note_html(f"the run's teacher <code>{esc(config.teacher)}</code> cannot be loaded (see the Teacher "
                       "tab): put it back before Resume, or pick another teacher before Start.", "#a00")
             if self.picker.teacher_config is None else "")

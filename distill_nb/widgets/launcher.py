@@ -353,8 +353,7 @@ class Launcher(Panel):
             config = self.build_config()
             run = launch(config, backend=self.backend, root=self.root, run_id=run_id)
         except BaseException:
-            self.start_button.disabled = False
-            self.start_button.button_style = "success"
+            self._buttons(self._run_state())  # the buttons of the run this launcher still holds (a live one: no Start)
             raise
         self.run_id = run.id
         self.message.value = note_html(f"started run <code>{esc(run.id)}</code> ({esc(self.backend)} backend) in "
@@ -422,6 +421,13 @@ class Launcher(Panel):
             self.monitor.watch(run)
         self.message.value = note_html(f"resumed run <code>{esc(self.run_id)}</code>")
         self._buttons("running")
+
+    def _run_state(self) -> str:
+        """The state of this launcher's run ("" without one, or when it cannot be read)."""
+        try:
+            return str(self.run.status().get("state") or "") if self.run_id else ""
+        except Exception:  # noqa: BLE001 — a deleted or unreadable run: the buttons of no run
+            return ""
 
     def _buttons(self, state: str) -> None:
         active = state in ("running", "queued", "stopping")

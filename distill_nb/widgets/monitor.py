@@ -419,7 +419,10 @@ class RunMonitor(Panel):
         """
         if idle:
             if not self._reactivated():
-                return (self.idle_interval if self._resumable() else None), True
+                if self._resumable():
+                    return self.idle_interval, True
+                self.poll()  # the last look before the poll ends (e.g. the run was deleted): shown, not left stale
+                return None, True
             self._rewatch()
         if self.poll():
             return self.interval, False
@@ -482,6 +485,7 @@ class RunMonitor(Panel):
 
     async def wait_async(self, timeout: float | None = None) -> str:
         """``await monitor.wait_async()`` in a cell: wait for the run while the widgets keep updating."""
+        self._need_run("wait_async")
         deadline = None if timeout is None else time.time() + timeout
         while self.poll() and (deadline is None or time.time() < deadline):
             await asyncio.sleep(self.interval)
@@ -489,10 +493,17 @@ class RunMonitor(Panel):
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until the run finishes (widgets update when it returns); prefer ``await wait_async()``."""
+        self._need_run("wait")
         deadline = None if timeout is None else time.time() + timeout
         while self.poll() and (deadline is None or time.time() < deadline):
             time.sleep(self.interval)
         return self.state
+
+    def _need_run(self, verb: str) -> None:
+        if self.run is None:
+            raise RuntimeError(f"this monitor shows no run, so there is nothing to {verb.split('_')[0]} for: run the "
+                               "launch cell first (or, after a kernel restart, RunMonitor.attach(run_id); "
+                               "distill_nb.list_runs() shows the ids).")
 
     # --- static snapshots -------------------------------------------------------------------------------------
     def snapshot_html(self) -> str:
