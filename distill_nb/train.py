@@ -280,6 +280,11 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             batches = length_batches(lengths, config.batch_size, seed=config.seed + epoch)
             for idx in batches[done_in_epoch:]:
                 mine = idx[rank::world]  # this process's slice of the global batch
+                # DDP averages the processes' gradients: each slice's mean loss is weighed by its share of the batch,
+                # so uneven slices give the gradient of the whole batch's mean, as one process would
+                share = len(mine) * world / len(idx)
+                if not mine:  # fewer examples than processes: a stand-in row keeps this process in the step, weight 0
+                    mine = idx[:1]
                 batch = collate(s_train, mine, student_tok.pad_token_id)
                 if mlm:  # a new mask per step, seeded by (seed, step, process): a resumed run masks the same way
                     batch, mlm_labels = mlm_batch(batch, tokenizer, config.mlm_probability,
@@ -327,7 +332,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                     weights = {"kd": config.alpha_kd, "ce": config.alpha_ce, "hidden": config.alpha_hidden,
                                "attn": config.alpha_attn, "attr": config.alpha_attr}
                     loss = sum(weights[k] * v for k, v in parts.items())
-                (scaler.scale(loss) if scaler else loss).backward()
+                scaled = loss * share if world > 1 else loss
+                (scaler.scale(scaled) if scaler else scaled).backward()
                 if scaler:
                     scaler.unscale_(opt)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -29,8 +29,12 @@ from .rundir import Status
 
 BACKENDS = ("auto", "kernel", "subprocess", "torchrun")
 EXIT_BUSY = 3  # another worker holds the run
-_SCRUB_PREFIXES = ("JPY_", "JUPYTER_SERVER", "KERNEL_", "IPYKERNEL_", "PYDEVD_")
-_SCRUB = {"MPLBACKEND", "CLICOLOR", "FORCE_COLOR", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONINSPECT"}
+_SCRUB_PREFIXES = ("JPY_", "JUPYTER_SERVER", "KERNEL_", "IPYKERNEL_", "PYDEVD_", "TORCHELASTIC_")
+_SCRUB = {"MPLBACKEND", "CLICOLOR", "FORCE_COLOR", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONINSPECT",
+          # a distributed rendezvous left in the caller's environment (a kernel started under torchrun, a copied
+          # cell): a worker is one process unless its launcher (torchrun) sets these itself
+          "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+          "ROLE_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"}
 
 
 # --- starting a worker -----------------------------------------------------------------------------------------

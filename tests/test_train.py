@@ -112,6 +112,25 @@ def test_ddp_two_processes_on_cpu_match_one_process(tiny_teacher, tiny_dataset, 
     assert [m["step"] for m in read_metrics(multi) if m["split"] == "train"] == [1, 2, 3, 4]
 
 
+def test_ddp_with_uneven_slices_and_a_batch_smaller_than_the_processes(tiny_teacher, tiny_dataset, tmp_path):
+    """Batch 7 of 64 rows: slices of 4 and 3 (each weighed by its share, so the step is the one-process step), and
+    a last batch of 1 example, which leaves one process nothing (it joins the step with a weight of 0)."""
+    cfg = tiny_config(tiny_teacher, tiny_dataset, max_steps=10, batch_size=7, eval_every=100, checkpoint_every=100,
+                      precision="fp32")
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    train(cfg, single, log=lambda *_: None)
+    cfg.to_json(multi / "config.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "distill_nb.train", str(multi)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads((multi / "status.json").read_text())["state"] == "completed"
+    a, b = load_file(single / "student" / "model.safetensors"), load_file(multi / "student" / "model.safetensors")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-4, worst
+
+
 @pytest.mark.parametrize("flags, module", [(["--multi_gpu"], "distill_nb.worker"), ([], "distill_nb.train")],
                          ids=["multi_gpu-worker", "plain-train"])
 def test_accelerate_launch_two_cpu_processes_give_the_single_process_student(tiny_teacher, tiny_dataset, tmp_path,

@@ -92,6 +92,27 @@ def test_worker_environment_is_scrubbed(monkeypatch):
     assert all(os.path.isabs(p) for p in env["PYTHONPATH"].split(os.pathsep)) and "/abs/dir" in env["PYTHONPATH"]
 
 
+LEAKED_RENDEZVOUS = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                     "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999", "TORCHELASTIC_RUN_ID": "x", "GROUP_RANK": "0"}
+
+
+def test_a_rendezvous_left_in_the_callers_environment_never_reaches_a_worker(monkeypatch, tiny_teacher, tiny_dataset,
+                                                                            runs_root):
+    """A kernel started under torchrun (or a copied cell) leaves RANK/WORLD_SIZE/MASTER_*: a plain launch must still
+    be one process that trains and writes its run (RANK=1 alone made it train and write nothing)."""
+    from distill_nb.runs import launch
+
+    for key, value in LEAKED_RENDEZVOUS.items():
+        monkeypatch.setenv(key, value)
+    env = worker.worker_env()
+    assert not set(LEAKED_RENDEZVOUS) & set(env)
+    run = launch(tiny(tiny_teacher, tiny_dataset, max_steps=2), root=runs_root, backend="subprocess")
+    run.wait(120)
+    status = run.status()
+    assert status["state"] == "completed" and status.get("world_size", 1) == 1, status
+    assert (run.path / "student" / "config.json").is_file()
+
+
 # --- 2. one worker per run; completed runs and configs are never overwritten -------------------------------------
 def test_double_resume_starts_one_worker(tiny_teacher, tiny_dataset, runs_root):
     path = create_run(tiny(tiny_teacher, tiny_dataset, max_steps=12), runs_root, "double")
