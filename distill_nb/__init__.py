@@ -10,8 +10,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from .config import ConfigError, DistillConfig  # noqa: E402  (stdlib only)
-from .runs import Run, Status, launch, list_runs  # noqa: E402  (stdlib only)
+from .config import ConfigError, DistillConfig
+from .runs import Run, Status, launch, list_runs
 
 
 def app(**kwargs: Any):

@@ -13,9 +13,10 @@ import json
 import math
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .config import env_folder
 from .tables import FILE_FORMATS, check_columns, join_text, label_value, read_table, split_pair
@@ -61,7 +62,7 @@ class TaskData:
         """
         index = {str(n).lower(): i for i, n in enumerate(names)}
         new_id = [index[n.lower()] for n in self.label_names]  # KeyError: caller checked with match_labels()
-        remap = lambda split: TextSplit(split.texts, [new_id[y] for y in split.labels])  # noqa: E731
+        remap = lambda split: TextSplit(split.texts, [new_id[y] for y in split.labels])
         values = [None] * len(names)
         for old, new in enumerate(new_id):
             values[new] = self.label_values[old] if old < len(self.label_values) else self.label_names[old]
@@ -207,7 +208,7 @@ def read_local(path: Path, text_cols: Sequence[str], label_col: str | None, trai
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
     n_eval = max(1, round(len(order) * HOLDOUT))
-    pick = lambda idx: ([texts[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
+    pick = lambda idx: ([texts[i] for i in idx], [labels[i] for i in idx])
     note = (f"eval split: a random {HOLDOUT:.0%} of {path.name} held out ({n_eval} of {len(order)} rows, seed "
             f"{seed}); give a folder with train/validation files to choose it")
     return {"train": pick(order[n_eval:]), "eval": pick(order[:n_eval])}, whole, note
@@ -309,7 +310,7 @@ def _finish(raw: dict[str, tuple[list[str], list[Any]]], label_names: Sequence[s
         raise ValueError(f"the train split of {source} has one class only ({raw['train'][1][0]!r}): a classifier "
                          "needs at least 2. Check label_column (is it the label column?) and the file.")
     index = {v: i for i, v in enumerate(values)}
-    key = (lambda y: y) if all(isinstance(v, int) for v in values) else str  # noqa: E731
+    key = (lambda y: y) if all(isinstance(v, int) for v in values) else str
     split = {k: TextSplit(list(t), [index[key(y)] for y in ys]) for k, (t, ys) in raw.items()}
     return TaskData(split["train"], split["eval"], names, source, named, tuple(values))
 

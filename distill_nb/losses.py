@@ -6,7 +6,7 @@ Every loss returns a scalar tensor; a batch where everything is masked gives 0 (
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

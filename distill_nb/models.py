@@ -10,15 +10,15 @@ import shutil
 import statistics
 import time
 import zipfile
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from .families import PACKAGED, SHAPE_NAMES, cache_dir, packaged_folder
-
 
 
 def resolve(name: str) -> str:

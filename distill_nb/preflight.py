@@ -15,13 +15,21 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .config import ConfigError, DistillConfig
 from .data import LABEL_NAMES, _finish, check_some_text, find_shared_data, read_local
-from .families import (ENCODERS, PACKAGED, POSITION_OFFSET_FAMILIES, SHAPE_NAMES, TOKENIZER_FILES, packaged_folder,
-                       unsupported_family)
+from .families import (
+    ENCODERS,
+    PACKAGED,
+    POSITION_OFFSET_FAMILIES,
+    SHAPE_NAMES,
+    TOKENIZER_FILES,
+    packaged_folder,
+    unsupported_family,
+)
 from .tables import FILE_FORMATS
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

@@ -82,7 +82,11 @@ def quiet_loading() -> Any:
     except ImportError:
         pass
     try:
-        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+        from huggingface_hub.utils import (
+            are_progress_bars_disabled,
+            disable_progress_bars,
+            enable_progress_bars,
+        )
 
         if not are_progress_bars_disabled():
             disable_progress_bars()
@@ -256,8 +260,8 @@ def svg_chart(series: Sequence[Series], *, title: str = "", width: int = 420, he
         step = ticks[1] - ticks[0] if len(ticks) > 1 else (y1 - y0)
         y0, y1 = min(y0, ticks[0]), max(y1, ticks[-1])
         y0, y1 = (math.floor(y0 / step) * step, math.ceil(y1 / step) * step) if step else (y0, y1)
-    sx = lambda x: pad_l + (x - x0) / (x1 - x0) * (width - pad_l - pad_r)  # noqa: E731
-    sy = lambda y: height - pad_b - (y - y0) / (y1 - y0) * (height - pad_t - pad_b)  # noqa: E731
+    sx = lambda x: pad_l + (x - x0) / (x1 - x0) * (width - pad_l - pad_r)
+    sy = lambda y: height - pad_b - (y - y0) / (y1 - y0) * (height - pad_t - pad_b)
     parts.append(f"<line x1='{pad_l}' y1='{height - pad_b}' x2='{width - pad_r}' y2='{height - pad_b}' "
                  "stroke='#999'/>")
     for y in nice_ticks(y0, y1, 5):
