@@ -229,41 +229,68 @@ def main(run_dir: str | os.PathLike) -> int:
     """
     path = Path(run_dir).resolve()
     rank = int(os.environ.get("RANK", "0"))
-    if rank != 0:  # DDP ranks > 0 follow rank 0, which owns the run directory
-        return _train(path, None)
+    if rank != 0:  # DDP ranks > 0 follow rank 0, which owns the run directory: they train only on its word
+        return _train(path, None) if _agree_to_train(True) else 0
     try:
         rundir.acquire_worker_lock(path)
     except rundir.RunBusy as e:
         print(f"distill_nb.worker: {e} This worker exits without touching the run.", file=sys.stderr)
-        return EXIT_BUSY
+        return _no_go(EXIT_BUSY)
     try:
         done = rundir.never_train_again(path)
         if done:
             print(f"distill_nb.worker: {done}; it is never trained again (use Run.fork(...) for a new run).",
                   file=sys.stderr)
-            return EXIT_BUSY
+            return _no_go(EXIT_BUSY)
         if rundir.read_status(path)["state"] == Status.STOPPED.value and rundir.stop_requested(path):
             # a Stop answered between Resume queueing the run and this worker starting: it stands
-            print(f"distill_nb.worker: run {path.name!r} was stopped before this worker started; Resume starts it "
-                  "again.", file=sys.stderr)
-            return 0
+            print(f"distill_nb.worker: run {path.name!r} was stopped before this worker started; Resume (the "
+                  f"sidebar, or Run.attach({path.name!r}).resume()) starts it again.", file=sys.stderr)
+            return _no_go(0)
         try:
             config = DistillConfig.from_json(path / "config.json")
         except Exception as e:  # noqa: BLE001 — whatever it is, status.json must say why the worker stopped
             rundir.write_status(path, state=Status.FAILED, error=f"config.json cannot be used: {e}",
                                 finished_at=time.time(), **rundir.identity())
-            return 1
+            return _no_go(1)
         device = _device_name(config)
         rundir.write_status(path, state=Status.QUEUED, **rundir.identity(), claimed=True, phase="queued",
                             error=None, stale=None, message=f"waiting for device {device}")
         lock = wait_for_device(device, path)
         if lock is None:
             rundir.write_status(path, state=Status.STOPPED, finished_at=time.time(), message="stopped while queued")
-            return 0
+            return _no_go(0)
         with lock:
+            _agree_to_train(True)
             return _train(path, config)
     finally:
         rundir.release_worker_lock(path)
+
+
+def _no_go(code: int) -> int:
+    """Rank 0 ends without training: under torchrun/accelerate its other ranks are told so, and end too (they would
+    otherwise wait for a rendezvous that never comes, 30 minutes for gloo)."""
+    _agree_to_train(False)
+    return code
+
+
+def _agree_to_train(go: bool) -> bool:
+    """One process: ``go``. Several (``WORLD_SIZE`` > 1): join the process group and take rank 0's word (rank 0
+    gives ``go``). The group stays up for train(); on a no-go it is taken down."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return go
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # rank 0 may wait in the device queue first: the others wait for it, long
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(days=1))
+    word = torch.tensor([int(go)])
+    dist.broadcast(word, src=0, group=dist.new_group(backend="gloo"))  # a CPU tensor, also beside NCCL
+    if not word.item():
+        dist.destroy_process_group()
+    return bool(word.item())
 
 
 def _train(path: Path, config: DistillConfig | None) -> int:

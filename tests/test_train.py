@@ -131,6 +131,24 @@ def test_ddp_with_uneven_slices_and_a_batch_smaller_than_the_processes(tiny_teac
     assert worst < 1e-4, worst
 
 
+def test_torchrun_on_a_stopped_run_ends_every_process_at_once(tiny_teacher, tiny_dataset, tmp_path):
+    """Rank 0 finds the run stopped (its STOP file stands) and does not train: the other rank is told so and ends
+    too, instead of waiting for a rendezvous that never comes (gloo: 30 minutes)."""
+    from distill_nb.rundir import request_stop, write_status
+
+    run = tmp_path / "stopped"
+    tiny_config(tiny_teacher, tiny_dataset, max_steps=4).to_json(run / "config.json")
+    write_status(run, state="stopped", step=0, total_steps=4, pid=None)
+    request_stop(run)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "distill_nb.train", str(run)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "was stopped before this worker started" in proc.stderr
+    assert read_status(run)["state"] == "stopped" and not (run / "student").exists()
+
+
 @pytest.mark.parametrize("flags, module", [(["--multi_gpu"], "distill_nb.worker"), ([], "distill_nb.train")],
                          ids=["multi_gpu-worker", "plain-train"])
 def test_accelerate_launch_two_cpu_processes_give_the_single_process_student(tiny_teacher, tiny_dataset, tmp_path,
