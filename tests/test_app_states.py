@@ -280,18 +280,18 @@ def test_unreadable_run_offers_no_resume_and_a_red_bar(tiny_teacher, tiny_datase
 
 
 def test_a_monitor_says_so_when_its_run_is_deleted(tiny_teacher, tiny_dataset, runs_root):
+    """The idle poll of a stopped run finds its folder gone: it looks once more (shown, not left stale), then ends."""
     from distill_nb.widgets import RunMonitor
 
     base = DistillConfig(teacher=str(tiny_teacher), dataset=str(tiny_dataset), text_column="text", max_steps=6)
     path = create_run(base, runs_root, "doomed")
     write_status(path, state="stopped", pid=None, step=3, total_steps=6)
     mon = RunMonitor.attach("doomed", autostart=False)
-    mon.idle_interval = mon.interval = 0.05
-    mon.start_polling()
     try:
-        assert wait_for(lambda: mon.polling)
+        assert mon.poll() is False and mon.state == "stopped"
+        assert mon._tick(True) == (mon.idle_interval, True)  # stopped: it may be resumed elsewhere, keep checking
         Run(path).delete()
-        assert wait_for(lambda: "no longer exists" in mon.run_error_box.value)
-        assert wait_for(lambda: not mon.polling) and mon.state == "unreadable"
+        assert mon._tick(True) == (None, True)  # gone: the poll ends ...
+        assert mon.state == "unreadable" and "no longer exists" in mon.run_error_box.value  # ... after saying so
     finally:
         mon.close()
