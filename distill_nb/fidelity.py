@@ -110,7 +110,7 @@ def teacher_attributions(teacher: nn.Module, tokenizer: Any, texts: Sequence[str
     was_training = teacher.training
     # attribute()'s default batch: 16 texts per call for the gradient methods, captum-sized for IG
     attrs: list[Attribution] = []
-    chunk = len(texts) if progress is None else ATTRIBUTION_CHUNK
+    chunk = ATTRIBUTION_CHUNK  # the same chunks with or without progress: every DDP process computes the same
     try:
         for start in range(0, len(texts), max(1, chunk)):
             if progress is not None:
