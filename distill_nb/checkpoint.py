@@ -297,11 +297,8 @@ def _raise_no_room(tmp: Path, target: Path, error: BaseException) -> None:
     if code is None and not isinstance(error, (KeyboardInterrupt, SystemExit)):
         code = _no_room_left(tmp, target.parent)
     if code is not None:  # the file cut at the size limit (when it is still there); else the folder
-        biggest = _biggest(tmp) if code == errno.EFBIG else None
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        if biggest is not None and (limit == resource.RLIM_INFINITY or _size(biggest) < limit):
-            biggest = None  # a file under the limit did not hit it: naming it would point at the wrong file
-        file = target / biggest.relative_to(tmp) if biggest and biggest != tmp else target
+        cut = _at_size_limit(tmp) if code == errno.EFBIG else None
+        file = target / cut.relative_to(tmp) if cut and cut != tmp else target
         raise OSError(code, f"{os.strerror(code)} ({type(error).__name__}: {str(error)[:200]})", str(file)) from error
 
 
@@ -312,24 +309,18 @@ def _no_room_left(tmp: Path, folder: Path) -> int | None:
             return errno.ENOSPC
     except OSError:
         return None
+    return errno.EFBIG if _at_size_limit(tmp) is not None else None
+
+
+def _at_size_limit(tmp: Path) -> Path | None:
+    """The largest file written into ``tmp`` when it reached the process's file-size limit (``ulimit -f``): the
+    file a write was cut on. None without a limit, or when no file reached it (never a smaller, unrelated file)."""
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    biggest = _biggest(tmp)
-    if limit != resource.RLIM_INFINITY and biggest is not None and biggest.stat().st_size >= limit:
-        return errno.EFBIG
-    return None
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _biggest(tmp: Path) -> Path | None:
-    """The largest file written into ``tmp`` (the one a write failed on, most likely), or None."""
+    if limit == resource.RLIM_INFINITY:
+        return None
     try:
         files = [p for p in ([tmp] if tmp.is_file() else tmp.rglob("*")) if p.is_file() and not p.is_symlink()]
-        return max(files, key=lambda p: p.stat().st_size, default=None)
+        biggest = max(files, key=lambda p: p.stat().st_size, default=None)
+        return biggest if biggest is not None and biggest.stat().st_size >= limit else None
     except OSError:
         return None

@@ -77,13 +77,16 @@ def cache_key(teacher_id: str, texts: Sequence[str], method: str, n_steps: int, 
 def teacher_attributions(teacher: nn.Module, tokenizer: Any, texts: Sequence[str], *, method: str, n_steps: int,
                          max_length: int, device: torch.device, teacher_id: str | None = None,
                          save: bool = True, log: Callable[[str], None] = print,
-                         progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                     torch.Tensor, bool]:
+                         progress: Callable[[int, int], None] | None = None,
+                         token_counts: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                             torch.Tensor, bool]:
     """The teacher's token attributions of ``texts`` (its predicted class), from the cache or computed once.
 
     A cache file is used only when it holds what these texts need (a row and the token count of each text, finite
     scores, classes of the teacher); anything else is computed again. ``progress(done, total)`` is called between
-    chunks of texts while computing (it may raise to abandon the work; nothing is cached then).
+    chunks of texts while computing (it may raise to abandon the work; nothing is cached then). ``token_counts``:
+    the texts' token counts with ``tokenizer`` when the caller has them (train() does), so they are not tokenized
+    again to check the cache.
 
     Returns:
         (scores (N, S) float32 right-padded with 0, zero at specials; lengths (N,) long; targets (N,) long;
@@ -98,8 +101,9 @@ def teacher_attributions(teacher: nn.Module, tokenizer: Any, texts: Sequence[str
         try:
             data = load_file(path)
             scores, lengths, targets = data["scores"], data["lengths"], data["targets"]
-            problem = _cache_problem(scores, lengths, targets, [len(e.ids) for e in encode(tokenizer, list(texts),
-                                                                                           max_length)],
+            expected = (list(token_counts) if token_counts is not None else
+                        [len(e.ids) for e in encode(tokenizer, list(texts), max_length)])
+            problem = _cache_problem(scores, lengths, targets, expected,
                                      int(getattr(teacher.config, "num_labels", 0) or 0))
             if problem is None:
                 return scores.float(), lengths.long(), targets.long(), True
@@ -287,7 +291,7 @@ class Aligner:
         t0 = time.time()
         self.scores, lengths, self.targets, cached = teacher_attributions(
             teacher, tokenizer, train_texts, method=method, n_steps=n_steps, max_length=max_length, device=device,
-            save=save, log=log, progress=progress)
+            save=save, log=log, progress=progress, token_counts=[len(e) for e in encoded])
         bad = [i for i, e in enumerate(encoded) if len(e) != int(lengths[i])]
         if bad:
             raise RuntimeError(f"teacher attributions do not line up with the training tokens (example {bad[0]}: "

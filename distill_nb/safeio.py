@@ -91,11 +91,11 @@ def loads(text: str) -> Any:
     return value
 
 
-def read_text(path: Path, errors: str = "strict") -> str:
-    """A regular file's text, never through a symbolic link.
+def _open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """An fd of a regular file and its stat, never through a symbolic link.
 
     Raises:
-        FileNotFoundError: missing. CorruptRecord: a link, a directory, or (``errors="strict"``) not UTF-8.
+        FileNotFoundError: missing. CorruptRecord: a link, a directory, a FIFO or a device.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -105,9 +105,20 @@ def read_text(path: Path, errors: str = "strict") -> str:
         if e.errno == errno.ENOENT:
             raise FileNotFoundError(str(path)) from None
         raise CorruptRecord(f"{path.name} cannot be opened ({e.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, a FIFO, a device
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # a directory, a FIFO, a device
         os.close(fd)
         raise CorruptRecord(f"{path.name} is not a regular file")
+    return fd, info
+
+
+def read_text(path: Path, errors: str = "strict") -> str:
+    """A regular file's text, never through a symbolic link.
+
+    Raises:
+        FileNotFoundError: missing. CorruptRecord: a link, a directory, or (``errors="strict"``) not UTF-8.
+    """
+    fd, _ = _open_regular(path)
     with os.fdopen(fd, "rb") as f:
         data = f.read()
     try:
@@ -119,16 +130,7 @@ def read_text(path: Path, errors: str = "strict") -> str:
 def read_tail(path: Path, max_bytes: int) -> tuple[str, bool]:
     """The last ``max_bytes`` of a regular file as text (undecodable bytes replaced), and whether that is all of it;
     the same refusals as :func:`read_text` (links, directories, FIFOs)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            raise FileNotFoundError(str(path)) from None
-        raise CorruptRecord(f"{path.name} cannot be opened ({e.strerror})") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):  # a directory, a FIFO, a device
-        os.close(fd)
-        raise CorruptRecord(f"{path.name} is not a regular file")
+    fd, info = _open_regular(path)
     with os.fdopen(fd, "rb") as f:
         start = max(0, info.st_size - max_bytes)
         f.seek(start)
@@ -168,16 +170,6 @@ def no_room_errno(error: BaseException | None) -> int | None:
                 return code
         error, seen = error.__cause__ or error.__context__, seen + 1
     return None
-
-
-def no_room_error(error: BaseException, path: str | os.PathLike) -> OSError | None:
-    """``error`` as an OSError naming ``path`` (errno ENOSPC/EDQUOT/EFBIG kept), or None if it is another error."""
-    code = no_room_errno(error)
-    if code is None:
-        return None
-    if isinstance(error, OSError) and error.errno == code and error.filename:
-        return error
-    return OSError(code, os.strerror(code), str(path))
 
 
 def write_all(fd: int, data: bytes) -> None:
