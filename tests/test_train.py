@@ -93,16 +93,20 @@ def test_resume_continues_from_checkpoint_without_duplicate_steps(tiny_teacher, 
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def torchrun_two(run, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2 -m distill_nb.train RUN`` on CPU (gloo), one thread each."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "distill_nb.train", str(run)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def test_ddp_two_processes_on_cpu_match_one_process(tiny_teacher, tiny_dataset, tmp_path):
     """torchrun --nproc_per_node 2 (gloo): each process takes half of every batch; DDP averages gradients."""
     cfg = tiny_config(tiny_teacher, tiny_dataset, max_steps=4, eval_every=100, checkpoint_every=100)
     single, multi = tmp_path / "single", tmp_path / "multi"
     train(cfg, single, log=lambda *_: None)
     cfg.to_json(multi / "config.json")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "distill_nb.train", str(multi)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = torchrun_two(multi)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     status = json.loads((multi / "status.json").read_text())
     assert status["state"] == "completed" and status["world_size"] == 2
@@ -120,10 +124,7 @@ def test_ddp_with_uneven_slices_and_a_batch_smaller_than_the_processes(tiny_teac
     single, multi = tmp_path / "single", tmp_path / "multi"
     train(cfg, single, log=lambda *_: None)
     cfg.to_json(multi / "config.json")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "distill_nb.train", str(multi)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = torchrun_two(multi)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert json.loads((multi / "status.json").read_text())["state"] == "completed"
     a, b = load_file(single / "student" / "model.safetensors"), load_file(multi / "student" / "model.safetensors")
@@ -140,10 +141,7 @@ def test_torchrun_on_a_stopped_run_ends_every_process_at_once(tiny_teacher, tiny
     tiny_config(tiny_teacher, tiny_dataset, max_steps=4).to_json(run / "config.json")
     write_status(run, state="stopped", step=0, total_steps=4, pid=None)
     request_stop(run)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "distill_nb.train", str(run)], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = torchrun_two(run, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "was stopped before this worker started" in proc.stderr
     assert read_status(run)["state"] == "stopped" and not (run / "student").exists()

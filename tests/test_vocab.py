@@ -115,6 +115,16 @@ def test_pipeline_on_the_saved_trimmed_student_gives_the_training_predictions(ti
     assert accuracy == pytest.approx(record["accuracy"], abs=1e-6)  # what training reported, through pipeline()
 
 
+def rare_piece_data(data):
+    """train/validation CSVs where "xqz" is split into x ##q ##z: rare pieces a 16-token vocabulary drops."""
+    data.mkdir()
+    for split in ("train", "validation"):
+        rows = ["text,label", "the film was xqz,0"] + ["the movie was good,1", "the movie was bad,0",
+                                                         "a great fun story,1", "an awful dull plot,0"] * 4
+        (data / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return data
+
+
 def test_config_and_train_errors(tiny_teacher, tiny_dataset, tmp_path):
     assert DistillConfig(student_vocab=8000).student_vocab == 8000
     with pytest.raises(ConfigError, match="student_vocab='some' is invalid"):
@@ -125,12 +135,7 @@ def test_config_and_train_errors(tiny_teacher, tiny_dataset, tmp_path):
         DistillConfig(student_vocab="task", objective="mlm")
     from distill_nb.train import train
 
-    data = tmp_path / "data"  # "xqz" is split into x ##q ##z: rare pieces a 16-token vocabulary drops
-    data.mkdir()
-    for split in ("train", "validation"):
-        rows = ["text,label", "the film was xqz,0"] + ["the movie was good,1", "the movie was bad,0",
-                                                         "a great fun story,1", "an awful dull plot,0"] * 4
-        (data / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    data = rare_piece_data(tmp_path / "data")
     for loss in ("alpha_hidden", "alpha_attn", "alpha_attr"):  # every loss that pairs teacher and student tokens
         config = DistillConfig(teacher=str(tiny_teacher), dataset=str(data), text_column="text",
                                student_layers=2, max_steps=1, batch_size=8, student_vocab=16, **{loss: 1.0})
@@ -143,12 +148,7 @@ def test_preflight_refuses_what_train_would_refuse_before_a_run_exists(tiny_teac
     from distill_nb import launch
     from distill_nb.preflight import preflight
 
-    data = tmp_path / "data"  # "xqz" is split into x ##q ##z: rare pieces a 16-token vocabulary drops
-    data.mkdir()
-    for split in ("train", "validation"):
-        rows = ["text,label", "the film was xqz,0"] + ["the movie was good,1", "the movie was bad,0",
-                                                         "a great fun story,1", "an awful dull plot,0"] * 4
-        (data / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    data = rare_piece_data(tmp_path / "data")
     base = dict(teacher=str(tiny_teacher), dataset=str(data), text_column="text", student_layers=2, max_steps=1,
                 batch_size=8)
     monkeypatch.setenv("DISTILL_NB_RUNS", str(tmp_path / "runs"))

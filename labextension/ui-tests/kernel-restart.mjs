@@ -2,7 +2,7 @@
 // tests/test_browser_restart.py runs it. Input (env): JLAB_URL (with trailing /), JLAB_TOKEN, NOTEBOOK (path
 // relative to the server root, cell 1 launches run RUN_ID, cell 2 re-attaches), RUN_ID, ARTIFACTS.
 // Prints one JSON line of what it saw.
-import { launchChromium } from "./browser.mjs";
+import { launchChromium, openLab } from "./browser.mjs";
 
 const { JLAB_URL, JLAB_TOKEN, NOTEBOOK, RUN_ID, ARTIFACTS } = process.env;
 const seen = { consoleErrors: [] };
@@ -60,15 +60,7 @@ async function waitForIdleKernel(page) {
 }
 
 try {
-  const page = await browser.newPage({
-    viewport: { width: 1400, height: 850 },
-  });
-  page.on("console", (msg) => {
-    if (msg.type() === "error") seen.consoleErrors.push(msg.text());
-  });
-  page.setDefaultTimeout(60000);
-  await page.goto(`${JLAB_URL}lab/tree/${NOTEBOOK}?token=${JLAB_TOKEN}`);
-  await page.locator("#jupyterlab-splash").waitFor({ state: "detached" });
+  const page = await openLab(browser, seen, `tree/${NOTEBOOK}`);
   await page.locator(".jp-NotebookPanel:visible .jp-Cell").first().waitFor();
   await waitForIdleKernel(page);
 

@@ -4,9 +4,9 @@
 // First the real server: Delete of unreadable runs. Then a fixed `GET /distill-nb/runs` reply: keyboard focus
 // and a click held across polls, a Resume in flight across polls, a spoofing teacher in the remote-code
 // dialog, long text, and finally a 403 (the session is gone).
-import { launchChromium } from "./browser.mjs";
+import { launchChromium, openLab } from "./browser.mjs";
 
-const { JLAB_URL, JLAB_TOKEN, UNREADABLE_IDS, ARTIFACTS } = process.env;
+const { UNREADABLE_IDS, ARTIFACTS } = process.env;
 const seen = { consoleErrors: [] };
 
 const SPOOF =
@@ -55,17 +55,7 @@ const reply = [
 
 const browser = await launchChromium();
 try {
-  const page = await browser.newPage({
-    viewport: { width: 1400, height: 850 },
-  });
-  page.on("console", (msg) => {
-    if (msg.type() === "error") {
-      seen.consoleErrors.push(msg.text());
-    }
-  });
-  page.setDefaultTimeout(60000);
-  await page.goto(`${JLAB_URL}lab?token=${JLAB_TOKEN}`);
-  await page.locator("#jupyterlab-splash").waitFor({ state: "detached" });
+  const page = await openLab(browser, seen);
   const tab = page.locator('.jp-SideBar [data-id="distill-nb-runs"]');
   await tab.waitFor();
   await page.waitForTimeout(1000);

@@ -3,7 +3,7 @@
 // run with an accuracy), ARTIFACTS (folder for screenshots). Prints one JSON line of what it saw.
 // The second half feeds the sidebar a fixed `GET /distill-nb/runs` reply (an unreadable run, a run with
 // trust_remote_code, a run preparing its teacher, a reply that is not a list) to check the REST contract.
-import { launchChromium } from "./browser.mjs";
+import { launchChromium, openLab } from "./browser.mjs";
 
 const {
   JLAB_URL,
@@ -18,17 +18,7 @@ const seen = { consoleErrors: [] };
 
 const browser = await launchChromium();
 try {
-  const page = await browser.newPage({
-    viewport: { width: 1400, height: 850 },
-  });
-  page.on("console", (msg) => {
-    if (msg.type() === "error") {
-      seen.consoleErrors.push(msg.text());
-    }
-  });
-  page.setDefaultTimeout(60000);
-  await page.goto(`${JLAB_URL}lab?token=${JLAB_TOKEN}`);
-  await page.locator("#jupyterlab-splash").waitFor({ state: "detached" });
+  const page = await openLab(browser, seen);
 
   // the sidebar tab carries the panel's id
   await page.locator('.jp-SideBar [data-id="distill-nb-runs"]').click();
