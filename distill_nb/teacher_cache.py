@@ -378,6 +378,7 @@ def _fine_tune(name: str, task: Any, recipe: dict[str, Any], *, max_steps: int, 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .data import collate, encode, length_batches
+    from .fastdrop import use_fast_dropout
 
     device = torch.device(device)
     path, _ = load_config(name, trust_remote_code)
@@ -386,6 +387,7 @@ def _fine_tune(name: str, task: Any, recipe: dict[str, Any], *, max_steps: int, 
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=task.num_labels, id2label=dict(enumerate(task.label_names)),
         label2id={n: i for i, n in enumerate(task.label_names)}, trust_remote_code=trust_remote_code).to(device)
+    use_fast_dropout(model, device)  # CPU: dropout masks cut from random words (same p), see fastdrop.py
     # a seeded held-out slice of the training split decides when to stop; the dev split is only reported
     order = list(range(len(task.train)))
     random.Random(recipe["seed"]).shuffle(order)

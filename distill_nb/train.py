@@ -481,3 +481,5 @@ if __name__ == "__main__":  # `torchrun/accelerate launch ... -m distill_nb.trai
     from .worker import cli
 
     sys.exit(cli(sys.argv, module="distill_nb.train"))
+from .fastdrop import use_fast_dropout
+        use_fast_dropout(student, device)  # CPU: dropout masks cut from random words (same p), see fastdrop.py

@@ -63,11 +63,14 @@ def test_learning_moves_student_towards_teacher(tiny_teacher, tiny_dataset, tmp_
     assert evals[-1]["kd_to_teacher"] < evals[0]["kd_to_teacher"]
 
 
-def test_resume_continues_from_checkpoint_without_duplicate_steps(tiny_teacher, tiny_dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("dropout", [0.0, 0.1])  # 0.1: the CPU dropout's masks replay from the saved RNG state
+def test_resume_continues_from_checkpoint_without_duplicate_steps(tiny_teacher, tiny_dataset, tmp_path, monkeypatch,
+                                                                  dropout):
     from distill_nb import rundir
 
     run = tmp_path / "run"
-    cfg = tiny_config(tiny_teacher, tiny_dataset, max_steps=7, checkpoint_every=3, eval_every=100)
+    cfg = tiny_config(tiny_teacher, tiny_dataset, max_steps=7, checkpoint_every=3, eval_every=100,
+                      student_dropout=dropout)
     (run).mkdir()
     # ask to stop after step 4 (checkpoint at 3): train() checkpoints where it stops and returns
     real_append = rundir.append_metrics
