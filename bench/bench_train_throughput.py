@@ -82,7 +82,7 @@ def flops_per_step(teacher_folder: str, texts: list[str], *, steps: int, batch_s
     from distill_nb.models import load_teacher, make_student
 
     teacher, tok = load_teacher(teacher_folder)
-    student = make_student(teacher, n_layers=student_layers).train()
+    student = use_fast_dropout(make_student(teacher, n_layers=student_layers), device).train()  # as train() does
     enc = encode(tok, texts, max_length)
     batches = length_batches([len(e) for e in enc], batch_size, seed=0)[:steps]  # train()'s first epoch order
 
@@ -110,6 +110,7 @@ def flops_per_step(teacher_folder: str, texts: list[str], *, steps: int, batch_s
 OP_KINDS = {  # torch.profiler op name -> what it is, for the breakdown of a step
     "aten::mm": "matmul", "aten::addmm": "matmul", "aten::bmm": "matmul", "aten::baddbmm": "matmul",
     "aten::_fused_adamw_": "AdamW update", "aten::bernoulli_": "dropout masks",
+    "aten::random_": "dropout masks", "aten::bitwise_and": "dropout masks", "aten::ge": "dropout masks",  # fastdrop
     "aten::copy_": "casts and copies", "aten::_to_copy": "casts and copies",
     "aten::fill_": "zero-fills", "aten::zero_": "zero-fills", "aten::linalg_vector_norm": "gradient clipping",
     "aten::gelu": "GELU/softmax/LayerNorm", "aten::gelu_backward": "GELU/softmax/LayerNorm",
@@ -132,6 +133,7 @@ def loop_breakdown(teacher_folder: str, texts: list[str], labels: list[int], *, 
 
     from distill_nb import losses
     from distill_nb.data import collate, encode, length_batches
+    from distill_nb.fastdrop import use_fast_dropout
     from distill_nb.models import load_teacher, make_student
     from distill_nb.precision import adamw, amp_dtype, autocast_for, keep_freed_memory
 
@@ -139,7 +141,7 @@ def loop_breakdown(teacher_folder: str, texts: list[str], labels: list[int], *, 
     device = torch.device("cpu")
     autocast = autocast_for(amp_dtype(precision, device), device)
     teacher, tok = load_teacher(teacher_folder)
-    student = make_student(teacher, n_layers=student_layers).train()
+    student = use_fast_dropout(make_student(teacher, n_layers=student_layers), device).train()  # as train() does
     enc = encode(tok, texts, max_length)
     batches = length_batches([len(e) for e in enc], batch_size, seed=0)[:steps]
     y = torch.tensor(labels)
