@@ -82,7 +82,7 @@ def flops_per_step(teacher_folder: str, texts: list[str], *, steps: int, batch_s
     from distill_nb.models import load_teacher, make_student
 
     teacher, tok = load_teacher(teacher_folder)
-    student = use_fast_dropout(make_student(teacher, n_layers=student_layers), device).train()  # as train() does
+    student = make_student(teacher, n_layers=student_layers).train()
     enc = encode(tok, texts, max_length)
     batches = length_batches([len(e) for e in enc], batch_size, seed=0)[:steps]  # train()'s first epoch order
 
