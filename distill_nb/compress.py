@@ -231,14 +231,17 @@ def _library_prunes() -> bool:
     return hasattr(PreTrainedModel, "prune_heads")
 
 
-def texts_batch(tokenizer: Any, texts: Sequence[str], max_length: int, device: torch.device
-                 ) -> dict[str, torch.Tensor]:
-    """input_ids and attention_mask (B, S) of ``texts`` as training encodes them (a text pair as a pair)."""
+def texts_batch(tokenizer: Any, texts: Sequence[str], max_length: int, device: torch.device,
+                model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask (B, S) of ``texts`` as training encodes them (a text pair as a pair, with its
+    token_type_ids when ``model`` takes them)."""
     from .data import collate, encode
+    from .models import accepts_token_types
 
     encoded = encode(tokenizer, list(texts), max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return {k: v.to(device) for k, v in collate(encoded, range(len(encoded)), pad).items()}
+    token_types = model is not None and accepts_token_types(model)
+    return {k: v.to(device) for k, v in collate(encoded, range(len(encoded)), pad, token_types=token_types).items()}
 
 
 def head_importance(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int] | None = None,
@@ -285,7 +288,7 @@ def head_importance(model: nn.Module, tokenizer: Any, texts: Sequence[str], labe
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            batch = texts_batch(tokenizer, [texts[i] for i in idx], max_length, device)
+            batch = texts_batch(tokenizer, [texts[i] for i in idx], max_length, device, model)
             logits = model(**batch).logits.float()
             target = (torch.tensor([labels[i] for i in idx], device=device) if labels is not None
                       else logits.argmax(-1).detach())

@@ -13,13 +13,13 @@ import json
 import math
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import env_folder
-from .tables import FILE_FORMATS, check_columns, join_text, label_value, read_table, split_pair
+from .tables import FILE_FORMATS, check_columns, join_text, label_values, read_table, split_pair
 
 if TYPE_CHECKING:  # torch loads in collate() only: preflight() reads data with this module, torch-free
     import torch
@@ -72,8 +72,17 @@ class TaskData:
     @classmethod
     def from_lists(cls, train_texts: Sequence[str], train_labels: Sequence[Any], eval_texts: Sequence[str],
                    eval_labels: Sequence[Any], label_names: Sequence[str] | None = None) -> TaskData:
-        """A task from Python lists; labels map to ids as in :func:`label_ids` (strings in sorted order)."""
-        raw = {"train": (list(train_texts), list(train_labels)), "eval": (list(eval_texts), list(eval_labels))}
+        """A task from Python lists; labels map to ids as in :func:`label_ids` (strings in sorted order).
+
+        Labels are read as a data file's cells are (``tables.label_value``): whole numbers of any type (1, 1.0,
+        numpy's, '1') are ids, booleans and other strings are names, NaN/inf/None are missing.
+
+        Raises:
+            ValueError: a missing label, or a number with a fraction (0.5), naming its position.
+        """
+        raw = {"train": (list(train_texts), label_values(list(train_labels), lambda i: f"train_labels[{i}]")),
+               "eval": (list(eval_texts), label_values(list(eval_labels), lambda i: f"eval_labels[{i}]"))}
+        check_present({k: ys for k, (_, ys) in raw.items()}, "in-memory lists", lambda k, i: f"{k}_labels[{i}]")
         return _finish(raw, label_names, "in-memory lists")
 
     def write_jsonl(self, folder: str | os.PathLike) -> Path:
@@ -198,6 +207,7 @@ def read_local(path: Path, text_cols: Sequence[str], label_col: str | None, trai
             raise ValueError(f"data file {str(file)!r} is empty: it has a header but no rows. Give it examples (one "
                              "per row), or set dataset to another file.")
         raw[split] = (texts, labels)
+    check_present({k: ys for k, (_, ys) in raw.items()}, str(path), lambda k, i: f"row {i + 1} of {files[k].name}")
     if "eval" in raw:
         return raw, whole, ""
     texts, labels = raw["train"]
@@ -229,11 +239,13 @@ def _read_datasets(name: str, text_cols: Sequence[str], label_col: str | None, t
     if train_split not in ds or not evals:
         raise KeyError(f"dataset {name!r} has splits {list(ds)}; set train_split/eval_split to two of them.")
 
-    def columns(table: Any) -> tuple[list[str], list[Any]]:
+    def columns(table: Any, split: str) -> tuple[list[str], list[Any]]:
         check_columns(table.column_names, text_cols, label_col, name)
         texts = [join_text(row, pair) for row in zip(*(table[c] for c in text_cols))]
-        return texts, [label_value(y) for y in table[label_col]] if label_col is not None else [0] * len(texts)
-    return {"train": columns(ds[train_split]), "eval": columns(ds[evals[0]])}
+        if label_col is None:
+            return texts, [0] * len(texts)
+        return texts, label_values(table[label_col], lambda i: f"row {i} of the {split} split of {name!r}")
+    return {"train": columns(ds[train_split], train_split), "eval": columns(ds[evals[0]], evals[0])}
 
 
 def label_ids(train: Sequence[Any], evals: Sequence[Any], label_names: Sequence[str] | None,
@@ -249,10 +261,7 @@ def label_ids(train: Sequence[Any], evals: Sequence[Any], label_names: Sequence[
         ValueError: missing labels, eval labels outside the label set (with the hidden-test-split hint), a
             ``label_names`` that does not fit.
     """
-    if any(y is None for y in [*train, *evals]):
-        n = sum(y is None for y in [*train, *evals])
-        raise ValueError(f"{source}: {n} label(s) are missing (empty cells, NaN or +/-Infinity): drop those rows or "
-                         "fill them, or set label_column to the column that holds the labels.")
+    check_present({"train": train, "eval": evals}, source, lambda k, i: f"{k} example {i}")
     ints = all(isinstance(y, int) for y in [*train, *evals])
     if not ints:
         train, evals = [str(y) for y in train], [str(y) for y in evals]
@@ -281,6 +290,15 @@ def label_ids(train: Sequence[Any], evals: Sequence[Any], label_names: Sequence[
         raise ValueError(f"{source}: labels {unknown[:10]} are not among label_names={names}: add them to "
                          "label_names, fix the data, or set label_names=None.")
     return names, names, True
+
+
+def check_present(labels: dict[str, Sequence[Any]], source: str, place: Callable[[str, int], str]) -> None:
+    """ValueError counting the missing labels (None) of the splits and naming the first one's ``place(split, i)``."""
+    missing = [(split, i) for split, ys in labels.items() for i, y in enumerate(ys) if y is None]
+    if missing:
+        raise ValueError(f"{source}: {len(missing)} label(s) are missing (empty cells, NaN or +/-Infinity), the first "
+                         f"at {place(*missing[0])}: drop those examples or fill them in (a data file: or set "
+                         "label_column to the column that holds the labels).")
 
 
 def check_some_text(raw: dict[str, tuple[list[Any], list[Any]]], source: str) -> None:
@@ -325,12 +343,34 @@ def _cap(task: TaskData, max_train: int | None, max_eval: int | None, seed: int)
 
 
 # --- tokens and batches ----------------------------------------------------------------------------------------
+class PairIds(list):
+    """The token ids of a text pair (a list like any other), with the tokenizer's segment id of each token.
+
+    ``token_type_ids`` is 0 for the first text and 1 for the second (BERT-style); :func:`collate` passes them to
+    a model that takes them, so it reads a pair as a teacher fine-tuned on pairs (e.g. MNLI) was trained.
+    """
+
+    __slots__ = ("token_type_ids",)
+
+    def __init__(self, ids: Sequence[int], token_type_ids: Sequence[int]):
+        super().__init__(ids)
+        self.token_type_ids = list(token_type_ids)
+
+
 def encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids per text (with special tokens, truncated to ``max_length``, unpadded)."""
+    """Token ids per text (with special tokens, truncated to ``max_length``, unpadded).
+
+    A text pair (``text_pair=True``) is encoded as the tokenizer's pair; where the tokenizer gives segment ids
+    (BERT, ELECTRA, ALBERT, DeBERTa; not DistilBERT, RoBERTa, MPNet) each pair's ids are a :class:`PairIds`.
+    A single text gets plain ids, as its segment ids would all be 0.
+    """
     pairs = [split_pair(t) for t in texts]
     if any(p is not None for p in pairs):  # text_pair=True: the tokenizer's own pair format (and token types)
         first, second = zip(*[p or (t, "") for p, t in zip(pairs, texts)])
-        return tokenizer(list(first), list(second), truncation=True, max_length=max_length)["input_ids"]
+        enc = tokenizer(list(first), list(second), truncation=True, max_length=max_length)
+        if "token_type_ids" not in enc:
+            return enc["input_ids"]
+        return [PairIds(ids, types) for ids, types in zip(enc["input_ids"], enc["token_type_ids"])]
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
 
@@ -358,8 +398,14 @@ def length_batches(lengths: Sequence[int], batch_size: int, *, seed: int, shuffl
     return batches
 
 
-def collate(encoded: Sequence[Sequence[int]], idx: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad the chosen examples to the longest of them: input_ids and attention_mask, both (B, S)."""
+def collate(encoded: Sequence[Sequence[int]], idx: Sequence[int], pad_id: int, *,
+            token_types: bool = False) -> dict[str, torch.Tensor]:
+    """Pad the chosen examples to the longest of them: input_ids and attention_mask, both (B, S).
+
+    Args:
+        token_types: add ``token_type_ids`` (B, S), padded with 0, when a chosen example is a :class:`PairIds`;
+            pass ``models.accepts_token_types(model)`` (a model without the argument must not get it).
+    """
     import torch
 
     longest = max(len(encoded[i]) for i in idx)
@@ -368,7 +414,14 @@ def collate(encoded: Sequence[Sequence[int]], idx: Sequence[int], pad_id: int) -
     for row, i in enumerate(idx):
         ids[row, :len(encoded[i])] = torch.tensor(encoded[i])
         mask[row, :len(encoded[i])] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    batch = {"input_ids": ids, "attention_mask": mask}
+    segments = [getattr(encoded[i], "token_type_ids", None) for i in idx]
+    if token_types and any(s is not None for s in segments):
+        batch["token_type_ids"] = torch.zeros((len(idx), longest), dtype=torch.long)
+        for row, s in enumerate(segments):
+            if s is not None:
+                batch["token_type_ids"][row, :len(s)] = torch.tensor(s, dtype=torch.long)
+    return batch
 
 
 def steps_per_epoch(n_examples: int, batch_size: int) -> int:

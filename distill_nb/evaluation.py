@@ -10,6 +10,7 @@ says how many rows that was (``nonfinite``).
 
 from __future__ import annotations
 
+import math
 import numbers
 import time
 from collections.abc import Callable, Mapping
@@ -47,21 +48,27 @@ def nonfinite_rows(logits: torch.Tensor) -> int:
 
 
 def _class_id(value: Any) -> int | None:
-    """``value`` as a class id when it is an integer (Python, numpy, 0-d integer tensor; not bool), else None."""
-    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.dtype.is_floating_point \
-            and not value.dtype.is_complex and value.dtype != torch.bool:
+    """``value`` as a class id when it is a whole number (an int, or a float like 1.0: Python, numpy, a 0-d
+    tensor), else None (also for bools, strings, fractions, NaN and infinities)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.dtype.is_complex \
+            and value.dtype != torch.bool:
         value = value.item()
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return None
-    return int(value) if isinstance(value, numbers.Integral) else None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+        return int(value)  # pandas and numpy store ids as floats (1.0) once a column had a NaN
+    return None
 
 
 def check_labels(labels: Any, n: int, n_classes: int | None = None) -> list[int]:
     """``labels`` as a list of ``n`` class ids, or a ValueError/TypeError saying what is wrong and what to pass.
 
-    Accepts a list, tuple, numpy array, tensor or pandas Series of integers. Refuses another length (a single
-    label used to broadcast to every text), strings, floats (1.7 used to be truncated to 1), NaN, bools and,
-    when ``n_classes`` is known, ids outside ``0..n_classes - 1``.
+    Accepts a list, tuple, numpy array, tensor or pandas Series of whole numbers (ints, or floats such as 1.0).
+    Refuses another length (a single label used to broadcast to every text), strings (also '1': ids are numbers,
+    names are mapped to ids first), floats with a fraction (1.7 used to be truncated to 1), NaN, infinities,
+    bools and, when ``n_classes`` is known, ids outside ``0..n_classes - 1``.
     """
     hint = "pass one integer class id per text, e.g. labels=[0, 1, ...] (map names to ids first)"
     if isinstance(labels, (str, bytes, Mapping)) or not hasattr(labels, "__iter__"):

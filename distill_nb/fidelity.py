@@ -62,7 +62,8 @@ def tokenizer_id(tokenizer: Any) -> str:
     return hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=12).hexdigest()
 
 
-CACHE_FORMAT = 2  # 2: text pairs are encoded as pairs (attribution.methods.encode), as training feeds them
+CACHE_FORMAT = 3  # 2: text pairs are encoded as pairs (attribution.methods.encode), as training feeds them;
+# 3: and read with their segment ids (token_type_ids) by a model that takes them
 
 
 def cache_key(teacher_id: str, texts: Sequence[str], method: str, n_steps: int, max_length: int,
@@ -267,7 +268,8 @@ def _as_attributions(tokenizer: Any, texts: list[str], scores: torch.Tensor, len
         out.append(Attribution(text=text, tokens=tuple(tokenizer.convert_ids_to_tokens(e.ids)),
                                token_ids=tuple(e.ids), word_ids=tuple(e.word_ids), offsets=tuple(e.offsets),
                                scores=scores[i, :n].numpy().astype(np.float64), label=int(targets[i]),
-                               probs=np.zeros(0), target=int(targets[i]), delta=None, method=method))
+                               probs=np.zeros(0), target=int(targets[i]), delta=None, method=method,
+                               token_type_ids=None if e.token_type_ids is None else tuple(e.token_type_ids)))
     return out
 
 

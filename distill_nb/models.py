@@ -344,18 +344,36 @@ def describe(config: Any, teacher_config: Any | None = None) -> dict[str, Any]:
     return out
 
 
+def accepts_token_types(model: nn.Module) -> bool:
+    """Whether ``model``'s forward takes ``token_type_ids`` (BERT, ELECTRA, ALBERT, DeBERTa; not DistilBERT, MPNet)."""
+    import inspect
+
+    try:
+        return "token_type_ids" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature: never given an argument it may not take
+        return False
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, encoded: Sequence[Sequence[int]], pad_id: int, device: torch.device,
-                   autocast: Callable[[], Any] = nullcontext, batch_size: int = 64) -> torch.Tensor:
-    """Logits (N, C) for N token-id lists, in input order, computed in length-sorted batches (little padding)."""
+                   autocast: Callable[[], Any] = nullcontext, batch_size: int = 64,
+                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Logits (N, C) for N token-id lists, in input order, computed in length-sorted batches (little padding).
+
+    Text pairs (``data.PairIds``) take their segment ids along when the model accepts them. ``progress(done,
+    total)`` is called before each batch (it may raise to abandon the work).
+    """
     from .data import collate
 
     model.eval()
+    token_types = accepts_token_types(model)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out = [None] * len(encoded)
     for start in range(0, len(order), batch_size):
+        if progress is not None:
+            progress(start, len(order))
         idx = order[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate(encoded, idx, pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate(encoded, idx, pad_id, token_types=token_types).items()}
         with autocast():
             logits = model(**batch).logits.float().cpu()
         for row, i in enumerate(idx):

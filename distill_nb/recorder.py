@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import time
 import traceback as tb
@@ -25,9 +26,10 @@ from .safeio import no_room_errno
 
 
 class Recorder:
-    def __init__(self, path: str | Path, enabled: bool = True, beat_s: float = 1.0):
+    def __init__(self, path: str | Path, rank: int = 0, beat_s: float = 1.0):
         self.path = Path(path)
-        self.enabled = enabled  # False on DDP ranks other than 0
+        self.rank = rank  # the DDP process; only process 0 writes status and metrics
+        self.enabled = rank == 0
         self.beat_s = beat_s
         self._last = 0.0
         self.step: int | None = None  # the last step heard of (status writes are throttled; a failure says it)
@@ -72,25 +74,40 @@ class Recorder:
         self.update(state=Status.COMPLETED, step=step, finished_at=time.time(), final=final, phase="done",
                     phase_step=None, phase_total=None, eta_s=0, message=message)
 
-    def failed(self, error: BaseException, config: Any = None) -> None:
+    def failed(self, error: BaseException, config: Any = None) -> str | None:
         """The real reason, in words, and the last step reached; best effort (the disk may still be full).
 
+        Under torchrun another process's failure reaches process 0 as a broken connection: another process records
+        its own error (see ``rundir.write_peer_error``), and process 0 reports that one instead of the connection.
         When status.json cannot be replaced (a temp copy needs room a full disk does not have), the failure is
         written over it in place, without the traceback (log.txt has it), so the run never stays "running".
+
+        Returns:
+            on process 0, the other process's error when it was recorded as the run's (for the log), else None.
         """
+        reason, trace = explain(error, config, self.path), "".join(tb.format_exception(error))
         if not self.enabled:
-            return
-        fields: dict[str, Any] = {"state": Status.FAILED, "error": explain(error, config, self.path),
-                                  "finished_at": time.time()}
+            if not lost_connection(error):  # a broken connection only echoes another process's failure
+                try:
+                    rundir.write_peer_error(self.path, self.rank, reason, trace)
+                except OSError:
+                    pass
+            return None
+        peer = rundir.peer_error(self.path) if lost_connection(error) else None
+        if peer:
+            reason = f"process {peer['rank']} failed: {peer['error']}"
+            trace = f"{peer.get('traceback') or reason}\nProcess 0 then lost its connection to it:\n{trace}"
+        fields: dict[str, Any] = {"state": Status.FAILED, "error": reason, "finished_at": time.time()}
         if self.step is not None:
             fields["step"] = self.step
         try:
-            self.update(**fields, traceback="".join(tb.format_exception(error)))
+            self.update(**fields, traceback=trace)
         except OSError:
             try:
                 rundir.write_status_in_place(self.path, **fields, traceback=None)
             except OSError:
                 pass  # nothing can be written at all: readers still see the worker gone (stale, pointing to log.txt)
+        return reason if peer else None
 
 
 def explain(e: BaseException, config: Any = None, run_dir: str | Path | None = None) -> str:
@@ -111,6 +128,18 @@ def explain(e: BaseException, config: Any = None, run_dir: str | Path | None = N
     if type(e).__name__ in ("Diverged", "ConfigError"):
         return text
     return f"{type(e).__name__}: {text}"
+
+
+_LOST = re.compile(r"gloo|nccl|connection (closed|reset) by peer|remote worker", re.IGNORECASE)
+
+
+def lost_connection(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that broke because another process went away (gloo: "Connection closed by
+    peer"), not a failure of this process's own: torch's ``DistError`` types, a ``ConnectionError``, or the
+    transport's words in a ``RuntimeError``."""
+    if any(t.__name__ == "DistError" for t in type(e).__mro__) or isinstance(e, ConnectionError):
+        return True
+    return isinstance(e, RuntimeError) and bool(_LOST.search(str(e)))
 
 
 _FIX = {errno.ENOSPC: "free space (old runs or checkpoints)",

@@ -224,7 +224,7 @@ def _timed(models: Sequence[tuple[nn.Module, Any]], texts: list[str], batch_size
     inputs = []
     for model, tok in models:
         model.eval()
-        inputs.append(texts_batch(tok, chosen, max_length, _device(model)))
+        inputs.append(texts_batch(tok, chosen, max_length, _device(model), model))
     cuda = any(_device(m).type == "cuda" for m, _ in models)
     for (model, _), batch in zip(models, inputs):
         for _ in range(warmup):

@@ -7,6 +7,7 @@ The one owner of these formats (the server, the CLI, the widgets and the worker 
         status.json      one JSON object, validated by :func:`validate_status` (a str Enum ``state``)
         metrics.jsonl    one JSON object per line, appended and flushed per line
         STOP             present while someone asks the run to stop
+        rankN_error.json why process N > 0 failed (torchrun/accelerate), for process 0 to report
         .lock            short-lived lock around status changes (compare-and-set)
         .worker.lock     held by the worker for its whole life (exactly one worker per run)
 
@@ -311,11 +312,18 @@ def _process_gone(status: dict[str, Any], path: Path, pid: int, start: int | Non
 
 
 def _died(status: dict[str, Any], path: Path) -> str:
-    """Why a run's worker is gone, with the last step it recorded and where Resume starts."""
+    """Why a run's worker is gone, with the last step it recorded, where its output went, and where Resume starts."""
     ckpt = _last_checkpoint_step(path)
     resume = f"from its checkpoint at step {ckpt}" if ckpt else "from the start (no checkpoint was written)"
-    return (f"the worker process died without finishing (last recorded step {status.get('step') or 0}); its last "
-            f"error, if any, is at the end of {path / 'log.txt'}. Resume continues {resume}.")
+    peer = peer_error(path)  # torchrun ends process 0 (SIGTERM) when another one fails: that one said why
+    first = f"process {peer['rank']} failed: {peer['error']}; then " if peer else ""
+    # launch() and Resume record their backend and send the worker's output to log.txt; a worker started by hand
+    # (torchrun, accelerate launch, train() in a notebook) prints where it was started, and no log.txt is written
+    where = (f"at the end of {path / 'log.txt'}" if status.get("backend") else
+             "in the output of the command that started it (the terminal of torchrun or accelerate launch, or the "
+             "notebook that called train()): only runs started with launch() or Resume write log.txt")
+    return (f"{first}the worker process died without finishing (last recorded step {status.get('step') or 0}); its "
+            f"last error, if any, is {where}. Resume continues {resume}.")
 
 
 def _last_logged_step(path: Path) -> int | float | None:
@@ -461,6 +469,46 @@ def clear_stop(path: Path) -> None:
 
 def stop_requested(path: Path) -> bool:
     return os.path.lexists(Path(path) / "STOP")
+
+
+# --- errors of the other processes (torchrun/accelerate) --------------------------------------------------------
+# Process 0 alone writes status.json. Another process that fails leaves its error here, so that process 0, which
+# then only sees its connection to it break, records the real failure. A worker that claims a run clears these
+# before the other processes can join it: a file found here is the current attempt's, never an earlier one's.
+_PEER_ERROR = re.compile(r"rank([1-9][0-9]{0,5})_error\.json")
+
+
+def write_peer_error(path: Path, rank: int, error: str, traceback: str | None = None) -> None:
+    """Record why process ``rank`` (> 0) failed: ``error`` is one line for users, ``traceback`` the detail."""
+    atomic_write_text(Path(path) / f"rank{rank}_error.json",
+                      dumps({"rank": rank, "error": error, "traceback": traceback, "time": time.time()}))
+
+
+def peer_error(path: Path) -> dict[str, Any] | None:
+    """The first recorded failure of a process other than 0 (``rank``, ``error``, ``traceback``, ``time``), or
+    None; a corrupt or linked file is passed over."""
+    found = []
+    for file in _peer_error_files(path):
+        try:
+            record = read_json(file)
+        except (OSError, CorruptRecord):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("error"), str) and isinstance(record.get("rank"), int):
+            found.append(record)
+    return min(found, key=lambda r: number(r.get("time")) or math.inf, default=None)
+
+
+def clear_peer_errors(path: Path) -> None:
+    """Forget the other processes' errors of an earlier attempt (a new worker claims the run)."""
+    for file in _peer_error_files(path):
+        file.unlink(missing_ok=True)
+
+
+def _peer_error_files(path: Path) -> list[Path]:
+    try:
+        return [Path(path) / n for n in sorted(os.listdir(path)) if _PEER_ERROR.fullmatch(n)]
+    except OSError:
+        return []
 
 
 # --- creating and listing --------------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ import csv
 import io
 import json
 import math
+import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,13 @@ def read_table(path: Path, text_cols: Sequence[str], label_col: str | None, *, p
         rows, columns = _json(text, path, whole)
     check_columns(columns, text_cols, label_col, str(path))
     texts = [join_text([r.get(c) for c in text_cols], pair) for r in rows]
-    labels = [label_value(r.get(label_col)) for r in rows] if label_col is not None else [0] * len(rows)
+    labels = label_values([r.get(label_col) for r in rows], _row_of(path)) if label_col is not None else [0] * len(rows)
     return texts, labels, whole
+
+
+def _row_of(path: Path) -> Callable[[int], str]:
+    """``where(i)`` for :func:`label_values`: the i-th example of a data file (rows counted from 1, header aside)."""
+    return lambda i: f"row {i + 1} of data file {str(path)!r}"
 
 
 def _csv(text: str, path: Path) -> tuple[list[dict[str, Any]], list[str]]:
@@ -240,7 +246,7 @@ def _parquet(path: Path, text_cols: Sequence[str], label_col: str | None, pair: 
     table = pq.read_table(path, columns=wanted).to_pydict()
     n = len(table[text_cols[0]])
     texts = [join_text([table[c][i] for c in text_cols], pair) for i in range(n)]
-    labels = [label_value(y) for y in table[label_col]] if label_col is not None else [0] * n
+    labels = label_values(table[label_col], _row_of(path)) if label_col is not None else [0] * n
     return texts, labels
 
 
@@ -262,26 +268,54 @@ def check_columns(columns: Sequence[str], text_cols: Sequence[str], label_col: s
 
 
 _NON_FINITE = re.compile(r"[-+]?(nan|inf|infinity)", re.IGNORECASE)
+_INTEGER = re.compile(r"[-+]?\d+")
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # a decimal number, as a CSV cell spells it
 
 
 def label_value(value: Any) -> Any:
-    """A label cell as a Python value: integers (also '3', 3.0) become ints, the rest str.
+    """A label cell as a Python value: whole numbers (3, 3.0, numpy's, '3', '3.0', '3e0') become ints, the rest str.
 
-    Missing labels are None: empty cells and non-finite numbers (NaN, +/-Infinity, also spelled in a text
-    cell as 'nan', 'inf', '-Infinity'), which name no class; ``data.label_ids`` reports them.
+    Booleans become their names ('true', 'false'). Missing labels are None: empty cells and non-finite numbers
+    (NaN, +/-Infinity, also spelled in a text cell as 'nan', 'inf', '-Infinity'), which name no class;
+    ``data.label_ids`` reports them.
+
+    Raises:
+        ValueError: a number that is not whole (0.5, '2.5'): it names no class (the message says what to do).
     """
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        value = value.item()  # a numpy scalar or a 0-d array/tensor -> the Python number
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        return int(value) if value.is_integer() else str(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
     if isinstance(value, str):
         value = value.strip()
         if value == "" or _NON_FINITE.fullmatch(value):
             return None
-        if re.fullmatch(r"[-+]?\d+(\.0*)?", value):
-            return int(float(value)) if "." in value else int(value)
-    if value is None or isinstance(value, int):
-        return value
-    return str(value)
+        if _INTEGER.fullmatch(value):
+            return int(value)  # exact, however many digits
+        if not _NUMBER.fullmatch(value):
+            return value
+        number, shown = float(value), value
+    elif isinstance(value, numbers.Real):
+        number, shown = float(value), value
+    else:
+        return None if value is None else str(value)
+    if not math.isfinite(number):
+        return None
+    if not number.is_integer():
+        raise ValueError(f"label {shown!r} is a number with a fraction, so it names no class: give whole class ids "
+                         "(0, 1, ...) or class names; round or map these values to classes first (scores, as in "
+                         "a regression task like STS-B, need binning into classes).")
+    return int(number)
+
+
+def label_values(cells: Sequence[Any], where: Callable[[int], str]) -> list[Any]:
+    """:func:`label_value` of each cell; a ValueError for a cell that is no class names its place (``where(i)``)."""
+    out = []
+    for i, cell in enumerate(cells):
+        try:
+            out.append(label_value(cell))
+        except ValueError as e:
+            raise ValueError(f"{where(i)}: {e}") from None
+    return out

@@ -40,10 +40,11 @@ import torch
 from .config import atomic_write_text
 from .evaluation import accuracy_of, predictions
 from .families import cache_dir, cache_problem
-from .models import load_config, predict_logits
+from .models import accepts_token_types, load_config, predict_logits
 from .owner import RunBusy, open_lock_file
 from .precision import adamw
 from .safeio import no_room_errno, number
+from .tables import split_pair
 
 # The preparation recipe. Anything here changes the teacher, so it is part of the cache key; bump the version
 # when the code of the loop changes what it produces.
@@ -323,6 +324,8 @@ def load_prepared(folder: str | os.PathLike, **kwargs: Any) -> tuple[Any, Any, d
 def _cache_entry(name: str, task: Any, recipe: dict[str, Any], trust_remote_code: bool) -> tuple[Path, dict]:
     """(the cache folder, the identity hashed into its name) of ``name`` prepared on ``task`` with ``recipe``."""
     identity = {"base": base_key(name, trust_remote_code), "data": data_key(task), "recipe": recipe}
+    if any(split_pair(t) is not None for t in task.train.texts):  # text pairs: fine-tuned with segment ids since
+        identity["pair_segments"] = True  # 1 Dec 2026; a teacher cached before that read every pair as segment 0
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     base = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(name)).name)[:32]
     return teachers_dir() / f"{task_name(task)}-{base}-{key}", identity
@@ -423,11 +426,13 @@ def _fine_tune(name: str, task: Any, recipe: dict[str, Any], *, max_steps: int, 
     start = time.time()
     best_acc, best_step, best_state, bad, history = -1.0, 0, None, 0, []
     stopped_by, step, epoch = "max_steps", 0, 0
+    token_types = accepts_token_types(model)  # a text pair's segment ids, as predict_logits passes them
     model.train()
     while step < max_steps and stopped_by == "max_steps":
         for idx in length_batches([len(e) for e in fit_enc], recipe["batch_size"], seed=recipe["seed"] + epoch):
             set_lr(step)
-            batch = {k: v.to(device) for k, v in collate(fit_enc, idx, tok.pad_token_id).items()}
+            batch = {k: v.to(device) for k, v in collate(fit_enc, idx, tok.pad_token_id,
+                                                         token_types=token_types).items()}
             with autocast():
                 logits = model(**batch).logits
             loss = torch.nn.functional.cross_entropy(logits.float(), fit_labels[idx].to(device))

@@ -38,8 +38,10 @@ from .checkpoint import (
 from .config import ConfigError, DistillConfig
 from .data import TaskData, collate, encode, length_batches, steps_per_epoch
 from .evaluation import accuracy_of, evaluate_classifier, evaluate_mlm, mlm_batch, predictions
+from .fastdrop import use_fast_dropout
 from .models import (
     NotAClassifierError,
+    accepts_token_types,
     copied_layer_map,
     default_layer_map,
     load_teacher,
@@ -92,8 +94,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     main_proc = rank == 0
     held = _claim(config, run_dir) if main_proc else False  # exactly one worker; never another config's run
-    rec = Recorder(run_dir, enabled=main_proc)
-    rec.started(world_size=world)
+    rec = Recorder(run_dir, rank=rank)
+    rec.started(world_size=world, **({"backend": None} if held else {}))  # held: no launcher, no log.txt
     try:  # from here every failure, device set-up included, ends as "failed" with its real reason
         # --- processes and device --------------------------------------------------------------------------
         if world > 1 and not dist.is_initialized():
@@ -163,6 +165,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                                trust_remote_code=config.trust_remote_code, layers_from=config.student_layers_from)
         if attn or config.alpha_attr:  # alpha_attr: the SDPA kernels have no double backward (create_graph)
             student.set_attn_implementation("eager")
+        use_fast_dropout(student, device)  # CPU: dropout masks cut from random words (same p), see fastdrop.py
         t_shape, s_shape = shape(teacher.config), shape(student.config)
         layer_map = config.layer_map or (copied_layer_map(config.student_layers_from, t_shape["layers"])
                                          if config.student_layers_from else
@@ -197,6 +200,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         t_eval = encode(tokenizer, task.eval.texts, config.max_length)
         s_eval = t_eval if student_tok is tokenizer else encode(student_tok, task.eval.texts, config.max_length)
         train_labels, eval_labels = torch.tensor(task.train.labels), torch.tensor(task.eval.labels)
+        # a text pair's segment ids (data.PairIds) go to each model whose forward takes token_type_ids
+        t_types, s_types = accepts_token_types(teacher), accepts_token_types(model.student)
         needs_teacher_states = bool(config.alpha_hidden or config.alpha_attn)
         token_aligned = needs_teacher_states or config.alpha_attr  # losses that pair teacher and student tokens
         if token_aligned and s_train is not t_train and any(
@@ -210,14 +215,21 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         # mlm: never cached, the teacher runs every step: its logits are (S, V) per text (~15 MB at S=128,
         # V=30k, so GBs for a corpus), and the masked positions change from step to step anyway
         if config.cache_teacher_logits and config.alpha_kd and not needs_teacher_states and not mlm:
-            rec.phase("caching_logits", f"caching the teacher's logits on {len(t_train)} texts", force=True)
-            cached_logits = cached_tensor(run_dir / "teacher_logits.safetensors", main_proc, lambda: predict_logits(
-                teacher, t_train, tokenizer.pad_token_id, device, autocast),
-                shape=(len(t_train), teacher.config.num_labels), log=log)
+            rec.phase("caching_logits", f"caching the teacher's logits on {len(t_train)} texts", 0, len(t_train),
+                      force=True)
+            progress = _logits_progress(rec, world == 1) if main_proc else None  # minutes on a CPU: Stop is heard
+            try:
+                cached_logits = cached_tensor(run_dir / "teacher_logits.safetensors", main_proc, lambda: predict_logits(
+                    teacher, t_train, tokenizer.pad_token_id, device, autocast, progress=progress),
+                    shape=(len(t_train), teacher.config.num_labels), log=log)
+            except _StopRequested:
+                rec.stopped(ckpt_step(latest_checkpoint(run_dir)),  # a resume that lost the file keeps its step
+                            "stopped while caching the teacher's logits; Resume computes them again")
+                return {}
         if mlm:  # one fixed mask on the eval texts, so every evaluation scores the same masked tokens
             eval_order = length_batches([len(e) for e in t_eval], 16, seed=0, shuffle=False)  # (B, S, V) logits
-            eval_batches = [mlm_batch(collate(t_eval, idx, tokenizer.pad_token_id), tokenizer,
-                                       config.mlm_probability, hash((config.seed, -1, b)), at_least_one=True)
+            eval_batches = [mlm_batch(collate(t_eval, idx, tokenizer.pad_token_id, token_types=t_types and s_types),
+                                      tokenizer, config.mlm_probability, hash((config.seed, -1, b)), at_least_one=True)
                             for b, idx in enumerate(eval_order)]
             teacher_acc = None  # measured with the student at each evaluation
             evaluate = partial(evaluate_mlm, model.student, teacher, eval_batches, device, autocast)
@@ -285,7 +297,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                 share = len(mine) * world / len(idx)
                 if not mine:  # fewer examples than processes: a stand-in row keeps this process in the step, weight 0
                     mine = idx[:1]
-                batch = collate(s_train, mine, student_tok.pad_token_id)
+                batch = collate(s_train, mine, student_tok.pad_token_id, token_types=s_types)
                 if mlm:  # a new mask per step, seeded by (seed, step, process): a resumed run masks the same way
                     batch, mlm_labels = mlm_batch(batch, tokenizer, config.mlm_probability,
                                                    hash((config.seed, step, rank)))
@@ -301,8 +313,9 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                         t_logits, t_out = None, None
                     else:
                         with torch.no_grad():
-                            t_batch = batch if s_train is t_train or mlm else {
-                                k: v.to(device) for k, v in collate(t_train, mine, tokenizer.pad_token_id).items()}
+                            t_batch = batch if (s_train is t_train and s_types == t_types) or mlm else {
+                                k: v.to(device) for k, v in collate(t_train, mine, tokenizer.pad_token_id,
+                                                                    token_types=t_types).items()}
                             t_out = teacher(**t_batch, output_hidden_states=bool(config.alpha_hidden),
                                             output_attentions=bool(config.alpha_attn))
                             t_logits = t_out.logits
@@ -403,7 +416,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             dist.barrier()
         return record
     except BaseException as e:
-        rec.failed(e, config)
+        if peer := rec.failed(e, config):  # another process failed first: this one only lost its connection
+            log(f"{peer} (process 0 then lost its connection to it)")
         raise
     finally:
         if world > 1 and dist.is_initialized():
@@ -414,7 +428,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
 
 # --- helpers train() calls (small, pure where possible) --------------------------------------------------------
 class _StopRequested(Exception):
-    """STOP appeared while the teacher was being fine-tuned or its attributions computed."""
+    """STOP appeared while the teacher was being fine-tuned, or its logits or attributions computed."""
 
 
 def _prep_progress(rec: Recorder, can_stop: bool) -> Callable[[int, int], None]:
@@ -436,6 +450,17 @@ def _attr_progress(rec: Recorder, can_stop: bool) -> Callable[[int, int], None]:
         if can_stop and rec.stop_requested():
             raise _StopRequested
         rec.phase("caching_attributions", f"computing the teacher's attributions: {done}/{total} texts", done, total)
+
+    return progress
+
+
+def _logits_progress(rec: Recorder, can_stop: bool) -> Callable[[int, int], None]:
+    """``predict_logits``' progress while caching the teacher's logits: a throttled heartbeat; STOP abandons it."""
+
+    def progress(done: int, total: int) -> None:
+        if can_stop and rec.stop_requested():
+            raise _StopRequested
+        rec.phase("caching_logits", f"caching the teacher's logits: {done}/{total} texts", done, total)
 
     return progress
 
@@ -464,6 +489,8 @@ def _claim(config: DistillConfig, run_dir: Path) -> bool:
         if done:
             raise ValueError(f"{done}; it is never trained again (that would overwrite its student and metrics): "
                              "start a new run, e.g. Run.fork(max_steps=...).")
+        if held:  # a new attempt (no worker claimed it for us); the other processes join only after this
+            rundir.clear_peer_errors(run_dir)
     except BaseException:
         if held:
             rundir.release_worker_lock(run_dir)
@@ -481,5 +508,3 @@ if __name__ == "__main__":  # `torchrun/accelerate launch ... -m distill_nb.trai
     from .worker import cli
 
     sys.exit(cli(sys.argv, module="distill_nb.train"))
-from .fastdrop import use_fast_dropout
-        use_fast_dropout(student, device)  # CPU: dropout masks cut from random words (same p), see fastdrop.py

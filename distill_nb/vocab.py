@@ -148,8 +148,10 @@ def trim_tokenizer(tokenizer: Any, trim: VocabTrim) -> Any:
     specials = {k: getattr(tokenizer, k) for k in ("unk_token", "pad_token", "cls_token", "sep_token",
                                                    "mask_token", "bos_token", "eos_token")
                 if getattr(tokenizer, k, None) is not None}
+    # model_input_names: the same outputs as the source (BERT's token_type_ids: a text pair's segment ids)
     return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=tokenizer.model_max_length,
-                                   padding_side=tokenizer.padding_side, **specials)
+                                   padding_side=tokenizer.padding_side,
+                                   model_input_names=list(tokenizer.model_input_names), **specials)
 
 
 def _remap_post_processor(proc: dict[str, Any] | None, table: list[int]) -> None:

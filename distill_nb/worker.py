@@ -242,7 +242,8 @@ def main(run_dir: str | os.PathLike) -> int:
             print(f"distill_nb.worker: {done}; it is never trained again (use Run.fork(...) for a new run).",
                   file=sys.stderr)
             return _no_go(EXIT_BUSY)
-        if rundir.read_status(path)["state"] == Status.STOPPED.value and rundir.stop_requested(path):
+        before = rundir.read_status(path)
+        if before["state"] == Status.STOPPED.value and rundir.stop_requested(path):
             # a Stop answered between Resume queueing the run and this worker starting: it stands
             print(f"distill_nb.worker: run {path.name!r} was stopped before this worker started; Resume (the "
                   f"sidebar, or Run.attach({path.name!r}).resume()) starts it again.", file=sys.stderr)
@@ -254,8 +255,13 @@ def main(run_dir: str | os.PathLike) -> int:
                                 finished_at=time.time(), **rundir.identity())
             return _no_go(1)
         device = _device_name(config)
+        rundir.clear_peer_errors(path)  # an earlier attempt's; the other processes join only after this one
+        # launch() and Resume queue the run unclaimed, with the backend that sends this worker's output to log.txt;
+        # a worker started by hand (torchrun, accelerate launch) prints to its terminal: no backend, no log.txt
+        launched = before["state"] == Status.QUEUED.value and not before.get("claimed")
         rundir.write_status(path, state=Status.QUEUED, **rundir.identity(), claimed=True, phase="queued",
-                            error=None, stale=None, message=f"waiting for device {device}")
+                            error=None, stale=None, message=f"waiting for device {device}",
+                            backend=before.get("backend") if launched else None)
         lock = wait_for_device(device, path)
         if lock is None:
             rundir.write_status(path, state=Status.STOPPED, finished_at=time.time(), message="stopped while queued")
@@ -303,6 +309,10 @@ def _train(path: Path, config: DistillConfig | None) -> int:
         traceback.print_exc()
         if config is not None:
             _last_word(path, e)
+        else:  # a process other than 0 (it reads config.json here): its error, for process 0 to report
+            from .recorder import Recorder
+
+            Recorder(path, rank=int(os.environ.get("RANK", "1"))).failed(e)
         return 1
 
 

@@ -118,6 +118,72 @@ def runs_root(tmp_path, monkeypatch) -> Path:
     return root
 
 
+def make_segment_bert(folder: Path) -> Path:
+    """A tiny random BERT classifier whose predictions depend on the segment ids (token_type_ids) of a text pair.
+
+    Weights at unit scale (``make_tiny_bert``'s 0.02 gives nearly the same logits for every input), a
+    token-type-1 embedding three times a word's (read without its segment ids, a pair often gets another class)
+    and a classifier bias that splits random word pairs about evenly between the two classes.
+    """
+    import math
+
+    import torch
+    from transformers import BertForSequenceClassification, BertTokenizerFast
+
+    make_tiny_bert(folder)
+    model = BertForSequenceClassification.from_pretrained(folder).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0, 1 / math.sqrt(m.in_features), generator=generator)
+            elif isinstance(m, torch.nn.Embedding):
+                m.weight.normal_(0, 1, generator=generator)
+        model.bert.embeddings.token_type_embeddings.weight[1].mul_(3)
+        first, second = random_pairs(200, seed=1)
+        logits = model(**BertTokenizerFast.from_pretrained(folder)(first, second, padding=True,
+                                                                    return_tensors="pt")).logits
+        model.classifier.bias[1] -= (logits[:, 1] - logits[:, 0]).median()
+    model.save_pretrained(folder)
+    return folder
+
+
+def random_pairs(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """``n`` (first, second) texts of 2-8 random words each."""
+    import random
+
+    rng = random.Random(seed)
+    words = [w for w in WORDS if w.isalpha()]
+    phrase = lambda: " ".join(rng.choice(words) for _ in range(rng.randint(2, 8)))
+    return [phrase() for _ in range(n)], [phrase() for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def pair_teacher(tmp_path_factory) -> Path:
+    """Path of :func:`make_segment_bert`: a BERT teacher that reads a text pair's two segments differently."""
+    return make_segment_bert(tmp_path_factory.mktemp("pair_teacher"))
+
+
+@pytest.fixture(scope="session")
+def pair_dataset(tmp_path_factory, pair_teacher) -> Path:
+    """train.csv / validation.csv (premise,hypothesis,label), labelled with ``pair_teacher``'s own predictions on
+    each pair read with its segment ids (a clear margin each): that teacher scores 1.0 when it gets them."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(pair_teacher).eval()
+    tok = AutoTokenizer.from_pretrained(pair_teacher)
+    first, second = random_pairs(400, seed=0)
+    with torch.no_grad():
+        logits = model(**tok(first, second, padding=True, return_tensors="pt")).logits
+    keep = [i for i in range(400) if abs(logits[i, 1] - logits[i, 0]) > 0.05][:88]
+    folder = tmp_path_factory.mktemp("pair_data")
+    for split, idx in [("train", keep[:64]), ("validation", keep[64:])]:
+        rows = ["premise,hypothesis,label"] + [f"{first[i]},{second[i]},{int(logits[i].argmax())}" for i in idx]
+        (folder / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
 # --- JupyterLab in a browser ------------------------------------------------------------------------------
 def browser_missing(need_build: bool = True) -> str | None:
     """Why a headless-Chromium test cannot run here (None when it can)."""

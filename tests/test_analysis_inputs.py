@@ -136,6 +136,38 @@ def test_c6_report_refuses_labels_that_are_not_one_class_id_per_text(model_tok, 
     clear_error(lambda: report.compare({"t": (model, tok, None)}, TEXTS, labels, repeats=1), ValueError, [needle])
 
 
+def _float_ids():
+    import pandas as pd
+
+    floats = [float(y) for y in LABELS]
+    return {"list": floats, "numpy-float64": np.array(floats), "numpy-float32": np.array(floats, dtype=np.float32),
+            "numpy-scalars": [np.float64(y) for y in LABELS], "torch-float": torch.tensor(floats),
+            "torch-0d": [torch.tensor(y) for y in floats], "pandas-with-nan-elsewhere": pd.Series(
+                [*floats, math.nan])[:4], "mixed": [1, 0.0, np.int64(1), -0.0]}
+
+
+@pytest.mark.parametrize("kind", list(_float_ids()))
+def test_whole_float_labels_are_class_ids_for_accuracy_and_head_importance(model_tok, kind):
+    """pandas and numpy store ids as floats (1.0) once a column held a NaN: the same ids, the same accuracy."""
+    model, tok = model_tok
+    labels = _float_ids()[kind]
+    assert evaluation.check_labels(labels, 4, 2) == LABELS
+    assert report.accuracy(model, tok, TEXTS, labels) == report.accuracy(model, tok, TEXTS, LABELS)
+    torch.testing.assert_close(compress.head_importance(model, tok, TEXTS, labels),
+                               compress.head_importance(model, tok, TEXTS, LABELS))
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.5, math.nan, math.inf, -math.inf, np.float64(0.25), torch.tensor(0.5),
+                                 "1", "1.0", True, np.True_, None], ids=repr)
+def test_labels_that_are_no_whole_number_are_refused_naming_value_and_position(model_tok, bad):
+    model, tok = model_tok
+    labels = [1, 0, bad, 0]
+    shown = f"labels[2]={bad!r}"
+    for call in (lambda: report.accuracy(model, tok, TEXTS, labels),
+                 lambda: compress.head_importance(model, tok, TEXTS, labels)):
+        clear_error(call, ValueError, [shown, "pass one integer class id per text"])
+
+
 def test_c10_c11_report_keeps_train_mode_and_takes_series_and_arrays(model_tok):
     import pandas as pd
 

@@ -444,3 +444,99 @@ def test_attribute_refuses_an_unknown_precision(teacher, name):
     model, tok = teacher
     with pytest.raises(ValueError, match=rf"precision='{name}' is not a known precision.*'fp32', 'bf16'"):
         attribute(model, tok, ["good movie"], "saliency", precision=name)
+
+
+# ---- text pairs: every forward (captum's included) reads the pair with its segment ids --------------------------
+@pytest.fixture(scope="module")
+def pair_model(pair_teacher, pair_dataset):
+    """The segment-sensitive teacher, its tokenizer, and 6 eval pairs as ``text_pair=True`` data holds them."""
+    import csv
+
+    from distill_nb.tables import PAIR_SEP
+
+    with open(pair_dataset / "validation.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[:6]
+    model, tok = load(pair_teacher, sharpen_seed=None)
+    return model, tok, [r["premise"] + PAIR_SEP + r["hypothesis"] for r in rows]
+
+
+@pytest.fixture
+def segments_seen(monkeypatch) -> list[bool]:
+    """Whether each BERT forward got token_type_ids."""
+    from transformers.models.bert.modeling_bert import BertModel
+
+    seen: list[bool] = []
+    real = BertModel.forward
+
+    def forward(self, *args, **kwargs):
+        seen.append(kwargs.get("token_type_ids") is not None)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertModel, "forward", forward)
+    return seen
+
+
+def _pair_inputs(tok, text):
+    from distill_nb.tables import split_pair
+
+    return tok(*split_pair(text), return_tensors="pt")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_text_pair_is_attributed_with_its_segment_ids(pair_model, segments_seen, method):
+    model, tok, texts = pair_model
+    attrs = attribute(model, tok, texts, method, n_steps=8, batch_size=4)
+    assert segments_seen and all(segments_seen)  # the prediction and every perturbed/interpolated forward
+    for a, text in zip(attrs, texts):
+        enc = _pair_inputs(tok, text)
+        with torch.no_grad():
+            probs = model(**enc).logits.softmax(-1)[0]
+        np.testing.assert_allclose(a.probs, probs.numpy(), atol=1e-5)
+        assert a.token_type_ids == tuple(enc["token_type_ids"][0].tolist()) and 1 in a.token_type_ids
+    one = attribute(model, tok, texts, method, n_steps=8, batch_size=1)  # no padding: segments line up anyway
+    for a, b in zip(attrs, one):
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_integrated_gradients_completeness_on_a_text_pair(pair_model):
+    """captum expands the segment ids with the inputs: the scores add up to the logit change with them."""
+    model, tok, texts = pair_model
+    for a, text in zip(attribute(model, tok, texts, n_steps=64), texts):
+        enc = _pair_inputs(tok, text)
+        baseline = torch.where(torch.from_numpy(a.special)[None], enc["input_ids"],
+                               torch.full_like(enc["input_ids"], tok.pad_token_id))
+        with torch.no_grad():
+            gap = float(model(**enc).logits[0, a.target] - model(**{**enc, "input_ids": baseline}).logits[0, a.target])
+        assert abs(a.delta) < 0.02 * max(1.0, abs(gap))
+        assert a.scores.sum() == pytest.approx(gap, abs=0.02 * max(1.0, abs(gap)))
+
+
+def test_faithfulness_of_a_text_pair_uses_its_segment_ids(pair_model, segments_seen):
+    model, tok, texts = pair_model
+    attrs = attribute(model, tok, texts, "saliency")
+    segments_seen.clear()
+    for f, a, text in zip(faithfulness(model, tok, attrs, top_k=2, steps=4), attrs, texts):
+        with torch.no_grad():
+            full = model(**_pair_inputs(tok, text)).logits.softmax(-1)[0, a.target].item()
+        assert f.deletion[0] == pytest.approx(full, abs=1e-5)  # step 0: the unchanged pair
+    assert segments_seen and all(segments_seen)
+
+
+def test_single_texts_are_attributed_without_segment_ids(pair_model, segments_seen):
+    model, tok, _ = pair_model
+    attrs = attribute(model, tok, TEXTS, "leave_one_out")
+    assert segments_seen and not any(segments_seen) and all(a.token_type_ids is None for a in attrs)
+
+
+def test_a_model_without_token_type_ids_attributes_a_pair_without_them(pair_model, tmp_path):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    _, tok, texts = pair_model
+    distil = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=tok.vocab_size, dim=16, n_layers=1,
+                                                                  n_heads=2, hidden_dim=32)).eval()
+    for method in ("integrated_gradients", "leave_one_out"):
+        attrs = attribute(distil, tok, texts, method, n_steps=4)
+        with torch.no_grad():
+            enc = _pair_inputs(tok, texts[0])
+            probs = distil(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.softmax(-1)[0]
+        np.testing.assert_allclose(attrs[0].probs, probs.numpy(), atol=1e-5)

@@ -179,3 +179,32 @@ def test_remove_heads_names_a_missing_layer(model_and_tok, layer):
     clear_error(lambda: compress.remove_heads(model, {layer: [0]}), ValueError,
                 [f"layer {layer!r} does not exist (layers 0..3)"])
     assert compress.heads_per_layer(model) == [4, 4, 4, 4]  # nothing was removed before the error
+
+
+def test_head_importance_and_latency_batches_read_a_pair_with_its_segment_ids(pair_teacher, monkeypatch):
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+    )
+    from transformers.models.bert.modeling_bert import BertModel
+
+    from distill_nb.tables import PAIR_SEP
+
+    model, tok = (AutoModelForSequenceClassification.from_pretrained(pair_teacher).eval(),
+                  AutoTokenizer.from_pretrained(pair_teacher))
+    first, second = ["the movie was good", "bad"], ["it is fun", "the plot was very dull"]
+    pairs = [a + PAIR_SEP + b for a, b in zip(first, second)]
+    batch = compress.texts_batch(tok, pairs, 32, torch.device("cpu"), model)
+    assert batch["token_type_ids"].tolist() == tok(first, second, padding=True)["token_type_ids"]
+    distil = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=tok.vocab_size, dim=16, n_layers=1,
+                                                                  n_heads=2, hidden_dim=32))
+    assert "token_type_ids" not in compress.texts_batch(tok, pairs, 32, torch.device("cpu"), distil)
+    assert "token_type_ids" not in compress.texts_batch(tok, first, 32, torch.device("cpu"), model)  # single texts
+    seen = []
+    real = BertModel.forward
+    monkeypatch.setattr(BertModel, "forward", lambda self, *a, **k: seen.append(k.get("token_type_ids") is not None)
+                        or real(self, *a, **k))
+    compress.head_importance(model, tok, pairs, [0, 1])
+    assert seen and all(seen)

@@ -104,3 +104,169 @@ def test_a_named_eval_split_must_exist(tmp_path, files, eval_split, found):
             data_files(tmp_path, "train", eval_split)
     else:
         assert data_files(tmp_path, "train", eval_split)["eval"].stem == found
+
+
+# ---- labels: whole numbers of any type are class ids; a fraction, NaN or infinity is refused where it is --------
+def _write_labels(folder, ext: str, labels: list) -> None:
+    """train.<ext> and validation.<ext> with ``labels`` as the label column's values, typed as the format keeps them
+    (CSV/TSV: their text; JSON: the JSON number, NaN/Infinity literals included; Parquet: a float64 column)."""
+    import pandas as pd
+
+    folder.mkdir()
+    texts = [f"text {i}" for i in range(len(labels))]
+    for split in ("train", "validation"):
+        path = folder / f"{split}.{ext}"
+        if ext in ("csv", "tsv"):
+            sep = "," if ext == "csv" else "\t"
+            path.write_text(f"text{sep}label\n" + "".join(f"{t}{sep}{y}\n" for t, y in zip(texts, labels)))
+        elif ext in ("json", "jsonl"):
+            objs = [json.dumps({"text": t, "label": y}) for t, y in zip(texts, labels)]  # nan -> NaN literal
+            path.write_text("[" + ",".join(objs) + "]" if ext == "json" else "\n".join(objs) + "\n")
+        else:
+            pd.DataFrame({"text": texts, "label": [float(y) for y in labels]}).to_parquet(path)
+
+
+FORMATS = ["csv", "tsv", "json", "jsonl", "parquet"]
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_whole_float_labels_in_every_file_format_are_class_ids(tmp_path, ext):
+    _write_labels(tmp_path / ext, ext, [1.0, 0.0, 2.0, 0.0] * 3)
+    task = load_task(str(tmp_path / ext), text_column="text")
+    assert task.label_names == ["0", "1", "2"] and not task.named_labels and task.label_values == (0, 1, 2)
+    assert task.train.labels[:4] == [1, 0, 2, 0]
+
+
+def _whole_numbers():
+    import numpy as np
+    import torch
+
+    return [(1.0, 0.0), (np.float64(1), np.float64(0)), (np.float32(1), np.float32(0)), (np.int64(1), np.int64(0)),
+            (torch.tensor(1.0), torch.tensor(0.0)), (torch.tensor(1), torch.tensor(0)), ("1.0", "0.0"), ("1", "0"),
+            (" 1.0 ", "0e0"), (1, 0.0), (1.0, -0.0)]
+
+
+@pytest.mark.parametrize("pos,neg", _whole_numbers(), ids=lambda v: f"{type(v).__name__}:{v}")
+def test_whole_number_labels_in_memory_are_class_ids_as_in_a_file(tmp_path, pos, neg):
+    """1.0, numpy/torch numbers and '1' are the ids a data file's 1 / 1.0 / "1" would be: not class names '1.0'."""
+    from distill_nb.rundata import align_labels
+
+    task = TaskData.from_lists(["good", "bad"] * 3, [pos, neg] * 3, ["fine", "poor"], [pos, neg])
+    assert task.label_names == ["0", "1"] and not task.named_labels and task.label_values == (0, 1)
+    assert task.train.labels == [1, 0] * 3 and task.eval.labels == [1, 0]
+    assert all(type(y) is int for y in [*task.train.labels, *task.label_values])
+    # ids stay ids: a teacher that names its classes gives its names (string labels '1.0' would be refused)
+    assert align_labels(task, ["NEGATIVE", "POSITIVE"], "t").label_names == ["NEGATIVE", "POSITIVE"]
+    _write_labels(tmp_path / "same", "jsonl", [1, 0] * 3)
+    assert load_task(str(tmp_path / "same"), text_column="text").label_names == task.label_names
+
+
+def test_boolean_labels_are_the_same_classes_in_memory_and_in_a_file(tmp_path):
+    import numpy as np
+
+    (tmp_path / "b").mkdir()
+    for split in ("train", "validation"):
+        (tmp_path / "b" / f"{split}.jsonl").write_text("".join(
+            json.dumps({"text": t, "label": y}) + "\n" for t, y in [("a", True), ("b", False)] * 3))
+    from_file = load_task(str(tmp_path / "b"), text_column="text")
+    for yes, no in [(True, False), (np.True_, np.False_)]:
+        memory = TaskData.from_lists(["a", "b"] * 3, [yes, no] * 3, ["c", "d"], [yes, no])
+        assert (memory.label_names, memory.named_labels, memory.train.labels) == \
+            (from_file.label_names, from_file.named_labels, from_file.train.labels) == (["false", "true"], True,
+                                                                                         [1, 0] * 3)
+
+
+NAN, INF = float("nan"), float("inf")
+NOT_A_CLASS = [(0.5, "fraction", "0.5"), (-2.25, "fraction", "-2.25"), (1.000001, "fraction", "1.000001"),
+               (NAN, "missing", None), (INF, "missing", None), (-INF, "missing", None)]
+
+
+def _refusal(kind: str, value: str | None, place: str) -> list[str]:
+    """What the message of a refused label must hold: where it is, the value (a fraction), and the fix."""
+    if kind == "fraction":
+        return [place, value, "a number with a fraction", "round or map"]
+    return [place, "missing (empty cells, NaN or +/-Infinity)", "drop those examples or fill them in"]
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+@pytest.mark.parametrize("bad,kind,shown", NOT_A_CLASS, ids=lambda v: str(v))
+def test_a_label_that_names_no_class_is_refused_with_its_row_in_every_format(tmp_path, ext, bad, kind, shown):
+    from conftest import clear_error
+
+    labels = [1, 0, 1, 0, 1, 0, bad, 0, 1, 0]  # the 7th example
+    _write_labels(tmp_path / ext, ext, labels)
+    if ext in ("csv", "tsv") and kind == "fraction":
+        shown = repr(str(bad))  # a CSV cell is text: the message shows it as written
+    clear_error(lambda: load_task(str(tmp_path / ext), text_column="text"), ValueError,
+                _refusal(kind, shown, f"row 7 of {'data file ' if kind == 'fraction' else ''}")
+                + [f"train.{ext}"])
+
+
+@pytest.mark.parametrize("cell", ["0.5", "2.50", "-0.1", ".5", "1e-1", "nan", "-Infinity", "inf", ""])
+def test_a_csv_label_cell_that_names_no_class_is_refused_with_its_row(tmp_path, cell):
+    from conftest import clear_error
+
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(10))
+                                        + f"odd,{cell}\n")
+    (tmp_path / "validation.csv").write_text("text,label\na,0\nb,1\n")
+    kind = "missing" if cell in ("nan", "-Infinity", "inf", "") else "fraction"
+    clear_error(lambda: load_task(str(tmp_path), text_column="text"), ValueError,
+                _refusal(kind, repr(cell), "row 11 of") + ["train.csv"])
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+@pytest.mark.parametrize("bad,kind,shown", [*NOT_A_CLASS, (None, "missing", None), ("2.5", "fraction", "'2.5'"),
+                                            ("nan", "missing", None)], ids=lambda v: str(v))
+def test_an_in_memory_label_that_names_no_class_is_refused_with_its_position(split, bad, kind, shown):
+    import numpy as np
+    from conftest import clear_error
+
+    for box in (lambda v: v, lambda v: np.float64(v) if isinstance(v, float) else v):
+        train, evals = [1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0]
+        (train if split == "train" else evals)[2] = box(bad)
+        clear_error(lambda t=train, e=evals: TaskData.from_lists(["a", "b", "c", "d"], t, ["e", "f", "g"], e),
+                    ValueError, _refusal(kind, shown, f"{split}_labels[2]"))
+
+
+# ---- text pairs keep the tokenizer's segment ids; single texts are encoded exactly as before -------------------
+def _tokenizers(folder):
+    """A BERT tokenizer (gives token_type_ids) and the same vocabulary without them (DistilBERT/RoBERTa-style)."""
+    from conftest import write_vocab
+    from transformers import BertTokenizerFast
+
+    vocab = str(write_vocab(folder))
+    return (BertTokenizerFast(vocab=vocab, do_lower_case=True),
+            BertTokenizerFast(vocab=vocab, do_lower_case=True, model_input_names=["input_ids", "attention_mask"]))
+
+
+def test_a_text_pair_keeps_the_tokenizers_segment_ids_and_collate_pads_them(tmp_path):
+    from distill_nb.data import PairIds, encode
+    from distill_nb.tables import PAIR_SEP
+
+    bert, _ = _tokenizers(tmp_path)
+    first, second = ["the movie was good", "bad", "a"], ["it is fun", "the plot was very very dull", ""]
+    encoded = encode(bert, [a + PAIR_SEP + b for a, b in zip(first, second)], 32)
+    direct = bert(first, second, truncation=True, max_length=32)
+    assert all(isinstance(e, PairIds) for e in encoded)
+    assert [list(e) for e in encoded] == direct["input_ids"]
+    assert [e.token_type_ids for e in encoded] == direct["token_type_ids"] and any(1 in t for t in direct["token_type_ids"])
+    batch = collate(encoded, [1, 0, 2], bert.pad_token_id, token_types=True)
+    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids"}
+    for row, i in enumerate([1, 0, 2]):
+        n = len(encoded[i])
+        assert batch["token_type_ids"][row, :n].tolist() == direct["token_type_ids"][i]
+        assert batch["token_type_ids"][row, n:].eq(0).all()  # padding: segment 0, as the tokenizer pads
+    assert set(collate(encoded, [0, 1], bert.pad_token_id)) == {"input_ids", "attention_mask"}  # model takes none
+
+
+def test_single_texts_and_tokenizers_without_segment_ids_give_plain_ids(tmp_path):
+    from distill_nb.data import encode
+    from distill_nb.tables import PAIR_SEP
+
+    bert, plain = _tokenizers(tmp_path)
+    single = encode(bert, ["the movie was good", "bad"], 32)
+    assert all(type(e) is list for e in single)  # exactly as before: no segment ids (they would all be 0)
+    assert set(collate(single, [0, 1], bert.pad_token_id, token_types=True)) == {"input_ids", "attention_mask"}
+    pairs = encode(plain, ["the movie" + PAIR_SEP + "was good", "bad" + PAIR_SEP + "fun"], 32)
+    assert all(type(e) is list for e in pairs)
+    assert set(collate(pairs, [0, 1], plain.pad_token_id, token_types=True)) == {"input_ids", "attention_mask"}

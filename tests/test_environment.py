@@ -78,13 +78,56 @@ def test_a_dead_worker_is_reported_with_its_checkpoint_and_log_not_a_made_up_ste
     path = a_run(tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    rundir.write_status(path, state="running", step=36, pid=dead.pid, pid_start=None, host=socket.gethostname())
+    rundir.write_status(path, state="running", step=36, pid=dead.pid, pid_start=None, host=socket.gethostname(),
+                        backend="subprocess")
     ckpt = path / "checkpoints" / "step_0000050"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text('{"step": 50}')
     status = read_status(path)
     assert status["state"] == "failed" and status["stale"]
-    assert "checkpoint at step 50" in status["error"] and "log.txt" in status["error"], status["error"]
+    assert "checkpoint at step 50" in status["error"] and str(path / "log.txt") in status["error"], status["error"]
+
+
+def test_a_dead_worker_started_by_hand_points_to_its_terminal_and_to_the_process_that_failed_first(tmp_path):
+    """torchrun started by hand (no backend recorded, no log.txt): its output is in its terminal. torchrun ends
+    process 0 when process 1 fails, often before process 0 could say why: process 1's own record says it."""
+    path = a_run(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    rundir.write_status(path, state="running", step=3, pid=dead.pid, pid_start=None, host=socket.gethostname())
+    error = read_status(path)["error"]
+    assert str(path / "log.txt") not in error and "terminal of torchrun" in error, error
+    rundir.write_peer_error(path, 1, "ValueError: bad row 7", "Traceback ...")
+    error = read_status(path)["error"]
+    assert error.startswith("process 1 failed: ValueError: bad row 7; then the worker process died"), error
+
+
+GLOO = "[/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:37786. remote worker crashing."
+
+
+def test_process_0_reports_the_failure_of_the_process_that_broke_its_connection(tmp_path):
+    path = a_run(tmp_path)
+    Recorder(path, rank=1).failed(RuntimeError(GLOO))  # a broken connection only echoes someone else's failure
+    assert rundir.peer_error(path) is None
+    Recorder(path, rank=2).failed(ValueError("bad row 7"))
+    Recorder(path, rank=0).failed(RuntimeError(GLOO))
+    status = read_status(path)
+    assert status["state"] == "failed" and status["error"] == "process 2 failed: ValueError: bad row 7", status
+    assert "bad row 7" in status["traceback"] and "Connection closed by peer" in status["traceback"]
+    Recorder(path, rank=0).failed(MemoryError("process 0's own"))  # its own failure stays its own
+    assert read_status(path)["error"] == "MemoryError: process 0's own"
+    rundir.clear_peer_errors(path)  # a new attempt
+    Recorder(path, rank=0).failed(RuntimeError(GLOO))
+    assert "Connection closed by peer" in read_status(path)["error"]
+
+
+def test_a_process_other_than_0_that_cannot_read_the_config_says_why(tmp_path, monkeypatch):
+    path = a_run(tmp_path)
+    (path / "config.json").write_text("{cut")
+    monkeypatch.setenv("RANK", "1")
+    assert worker._train(path, None) == 1
+    peer = rundir.peer_error(path)
+    assert peer["rank"] == 1 and "config.json" in peer["error"], peer
 
 
 @pytest.mark.parametrize("tail", ["", "{cut", "\n\n"])

@@ -79,6 +79,7 @@ def test_sigkill_mid_epoch_then_resume(tiny_teacher, tiny_dataset, runs_root):
         status = run.status()
         assert status["state"] == "failed" and status["stale"], status
         assert "died" in status["error"] and "Resume" in status["error"]
+        assert str(run.path / "log.txt") in status["error"]  # launch() sends the worker's output there
         killed_at = last_train_step(run.path)
         assert 12 <= killed_at < total, "the worker finished before the kill: raise max_steps"
         ckpt_step = assert_checkpoint_intact(run.path)

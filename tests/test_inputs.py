@@ -524,6 +524,43 @@ def test_the_worker_fails_with_the_preflight_message(case, name):
     assert status["state"] == "failed" and str(before.value) in status["error"], status
 
 
+# --- labels written as numbers: whole ones are ids everywhere; the rest refused by preflight and worker alike ------
+LABEL_FILES: list[tuple[str, Callable[[Case], str], list[str] | None]] = [
+    ("csv-1.0", lambda c: c.folder("floats", rows([(t, f"{y}.0") for t, y in GOOD])), None),
+    ("jsonl-1.0", lambda c: c.folder("floats-jsonl", "".join(
+        json.dumps({"text": t, "label": float(y)}) + "\n" for t, y in GOOD), ext="jsonl"), None),
+    ("single-file-1.0", lambda c: c.file("floats.csv", rows([(t, f"{y}.0") for t, y in GOOD])), None),
+    ("csv-0.5", lambda c: c.folder("half", rows(GOOD[:5] + [("meh", "0.5")] + GOOD[5:])),
+     ["half", "row 6 of data file", "train.csv", "'0.5'", "fraction"]),
+    ("jsonl-2.5", lambda c: c.folder("half-jsonl", "".join(
+        json.dumps({"text": t, "label": y}) + "\n" for t, y in [*GOOD[:3], ("meh", 2.5), *GOOD[3:]]), ext="jsonl"),
+     ["row 4 of data file", "train.jsonl", "2.5", "fraction"]),
+    ("single-file-0.5", lambda c: c.file("half.csv", rows(GOOD + [("meh", "0.5")])),
+     ["row 13 of data file", "half.csv", "'0.5'"]),
+    ("jsonl-NaN", lambda c: c.folder("nan-jsonl", "".join(
+        json.dumps({"text": t, "label": y}) + "\n" for t, y in [*GOOD[:8], ("meh", NAN), *GOOD[8:]]), ext="jsonl"),
+     ["nan-jsonl", "missing", "row 9 of train.jsonl"]),
+    ("csv-minus-inf", lambda c: c.folder("inf-csv", rows(GOOD), rows([("meh", "-inf"), *GOOD])),
+     ["inf-csv", "missing", "row 1 of validation.csv"]),
+    ("single-file-inf", lambda c: c.file("inf.csv", rows([*GOOD[:2], ("meh", "Infinity"), *GOOD[2:]])),
+     ["inf.csv", "missing", "row 3 of inf.csv"]),  # the file's row, not its place after the hold-out shuffle
+]
+
+
+@pytest.mark.parametrize("name,make,needles", LABEL_FILES, ids=[c[0] for c in LABEL_FILES])
+def test_number_labels_preflight_and_worker_agree(case, name, make, needles):
+    dataset = make(case)
+    if needles is None:
+        assert _preflight(case, dataset=dataset)["data_labels"] == ["0", "1"]
+        task = _task(case, dataset=dataset)
+        assert task.label_names == ["0", "1"] and not task.named_labels and task.label_values == (0, 1)
+        assert sorted(set(task.train.labels)) == [0, 1]
+        return
+    before = clear_error(lambda: case.launch(dataset=dataset), ValueError, needles)
+    _no_run_left(case)
+    assert clear_error(lambda: _task(case, dataset=dataset), ValueError, needles) == before
+
+
 # --- 5. the Launcher widget path: Start shows the error, nothing is created ---------------------------------------
 LAUNCHER_CASES: list[tuple[str, Callable[[Case], dict[str, Any]], list[str]]] = [
     ("zero-byte-data", lambda c: {"dataset": c.file("zero.csv", b"")}, ["zero.csv", "0 bytes"]),

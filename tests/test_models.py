@@ -146,3 +146,88 @@ def test_a_damaged_teacher_folder_says_what_and_how_to_fix(tmp_path, case, needl
     text = str(info.value)
     assert all(n in text for n in needles), text
     assert "weights_only set to False" not in text  # never the advice to unpickle
+
+
+# ---- text pairs: segment ids go to a model that takes them, never to one that does not --------------------------
+def _pairs(pair_dataset):
+    import csv
+
+    with open(pair_dataset / "validation.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [r["premise"] for r in rows], [r["hypothesis"] for r in rows]
+
+
+def test_accepts_token_types_follows_the_forward_signature():
+    from transformers import DistilBertForSequenceClassification, MPNetConfig, MPNetForSequenceClassification
+
+    bert = AutoModelForSequenceClassification.from_config(BertConfig(
+        vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    distil = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=60, dim=16, n_layers=1, n_heads=2,
+                                                                  hidden_dim=32))
+    mpnet = MPNetForSequenceClassification(MPNetConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1,
+                                                       num_attention_heads=2, intermediate_size=32))
+    plain = torch.nn.Linear(2, 2)  # forward(input): no such argument
+    assert [models.accepts_token_types(m) for m in (bert, distil, mpnet, plain)] == [True, False, False, False]
+
+
+def test_predict_logits_reads_a_pair_with_its_segment_ids(pair_teacher, pair_dataset):
+    from transformers import AutoTokenizer
+
+    from distill_nb.data import encode
+    from distill_nb.tables import PAIR_SEP
+
+    model, tok = AutoModelForSequenceClassification.from_pretrained(pair_teacher).eval(), \
+        AutoTokenizer.from_pretrained(pair_teacher)
+    first, second = _pairs(pair_dataset)
+    enc = tok(first, second, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        direct = model(**enc).logits
+        without = model(**{k: v for k, v in enc.items() if k != "token_type_ids"}).logits
+    assert not torch.allclose(direct, without, atol=0.1)  # the fixture's point: segments matter to this teacher
+    got = models.predict_logits(model, encode(tok, [a + PAIR_SEP + b for a, b in zip(first, second)], 128),
+                                tok.pad_token_id, torch.device("cpu"), batch_size=5)
+    torch.testing.assert_close(got, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_single_texts_reach_the_model_exactly_as_before(pair_teacher, pair_dataset):
+    """No token_type_ids for a single text (BERT's default is all 0 anyway): the model gets the very same call."""
+    from transformers import AutoTokenizer
+
+    from distill_nb.data import encode
+
+    model, tok = AutoModelForSequenceClassification.from_pretrained(pair_teacher).eval(), \
+        AutoTokenizer.from_pretrained(pair_teacher)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(sorted(kwargs)), with_kwargs=True)
+    try:
+        texts = _pairs(pair_dataset)[0]
+        got = models.predict_logits(model, encode(tok, texts, 128), tok.pad_token_id, torch.device("cpu"))
+    finally:
+        hook.remove()
+    assert calls == [["attention_mask", "input_ids"]]
+    with torch.no_grad():  # one text at a time: no padding, so the numbers are comparable bit for bit
+        direct = torch.cat([model(**tok([t], return_tensors="pt")).logits for t in texts[:4]])
+        alone = torch.cat([models.predict_logits(model, encode(tok, [t], 128), tok.pad_token_id,
+                                                 torch.device("cpu")) for t in texts[:4]])
+    assert torch.equal(alone, direct)
+    torch.testing.assert_close(got[:4], direct, atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_without_token_type_ids_gets_a_pair_without_them(pair_dataset, tmp_path):
+    from conftest import write_vocab
+    from transformers import BertTokenizerFast, DistilBertForSequenceClassification
+
+    from distill_nb.data import PairIds, encode
+    from distill_nb.tables import PAIR_SEP
+
+    tok = BertTokenizerFast(vocab=str(write_vocab(tmp_path)), do_lower_case=True)  # gives segment ids
+    distil = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=tok.vocab_size, dim=16, n_layers=1,
+                                                                  n_heads=2, hidden_dim=32)).eval()
+    first, second = _pairs(pair_dataset)
+    encoded = encode(tok, [a + PAIR_SEP + b for a, b in zip(first, second)], 128)
+    assert isinstance(encoded[0], PairIds)
+    got = models.predict_logits(distil, encoded, tok.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        enc = tok(first, second, padding=True, return_tensors="pt")
+        direct = distil(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    torch.testing.assert_close(got, direct, atol=1e-5, rtol=1e-5)

@@ -305,3 +305,24 @@ def test_a_read_only_cache_can_still_be_loaded_from(bare, monkeypatch):
     assert model is not None and meta["steps"] == 2
     with pytest.raises(PermissionError):  # preparing there is refused, as writing would be
         prepare_teacher(bare, toy(), max_steps=3, log=quiet)
+
+
+def test_pair_tasks_get_a_new_cache_key_and_single_texts_keep_theirs(tiny_teacher):
+    """Teachers are fine-tuned on text pairs with their segment ids since 1 Dec 2026: a pair teacher cached
+    before (every pair read as segment 0) must not be reused; a single-text task's key, and its cache, stay."""
+    import hashlib
+    import json
+
+    from distill_nb.tables import PAIR_SEP
+    from distill_nb.teacher_cache import RECIPE, _cache_entry, base_key, data_key
+
+    def old_key(task):
+        identity = {"base": base_key(str(tiny_teacher)), "data": data_key(task), "recipe": RECIPE}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+    single = TaskData.from_lists(["good film", "bad film"], [1, 0], ["fine"], [1])
+    pairs = TaskData.from_lists([f"a man{PAIR_SEP}a person", f"a dog{PAIR_SEP}a cat"], [1, 0],
+                                [f"x{PAIR_SEP}y"], [1])
+    assert _cache_entry(str(tiny_teacher), single, RECIPE, False)[0].name.endswith(old_key(single))
+    folder, identity = _cache_entry(str(tiny_teacher), pairs, RECIPE, False)
+    assert identity["pair_segments"] is True and not folder.name.endswith(old_key(pairs))

@@ -96,10 +96,10 @@ def test_resume_continues_from_checkpoint_without_duplicate_steps(tiny_teacher, 
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def torchrun_two(run, timeout: float = 300) -> subprocess.CompletedProcess:
+def torchrun_two(run, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=2 -m distill_nb.train RUN`` on CPU (gloo), one thread each."""
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "distill_nb.train", str(run)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           "-m", "distill_nb.train", str(run)], env={**os.environ, "OMP_NUM_THREADS": "1", **env},
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -148,6 +148,60 @@ def test_torchrun_on_a_stopped_run_ends_every_process_at_once(tiny_teacher, tiny
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "was stopped before this worker started" in proc.stderr
     assert read_status(run)["state"] == "stopped" and not (run / "student").exists()
+
+
+def one_process_fails(folder: Path, rank: int, how: str) -> str:
+    """A ``PYTHONPATH`` whose sitecustomize makes process ``rank`` (only) fail in its first training step: ``raise``
+    an exception, or ``die`` at once (SIGKILL, as the OOM killer does) with nothing recorded. A test-only shim:
+    monkeypatch does not reach torchrun's processes."""
+    folder.mkdir()
+    body = (f'raise ValueError("process {rank} read a bad batch")' if how == "raise" else
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    (folder / "sitecustomize.py").write_text(
+        "import os, signal\n"
+        f"if os.environ.get('RANK') == '{rank}':\n"
+        "    import distill_nb.losses as losses\n"
+        "    def kd_loss(*args, **kwargs):\n"
+        f"        {body}\n"
+        "    losses.kd_loss = kd_loss\n")
+    return os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+
+
+def test_a_failure_on_process_1_is_the_runs_error_not_the_broken_connection(tiny_teacher, tiny_dataset, tmp_path):
+    """Process 1 raises inside its training step; process 0 then fails on the next collective (gloo: "Connection
+    closed by peer"). status.json names process 1's error; a later attempt whose process 1 dies without a word
+    is never blamed on that old error."""
+    run = tmp_path / "run"
+    tiny_config(tiny_teacher, tiny_dataset, max_steps=4, eval_every=100, checkpoint_every=100).to_json(
+        run / "config.json")
+    proc = torchrun_two(run, timeout=180, PYTHONPATH=one_process_fails(tmp_path / "raise", 1, "raise"))
+    assert proc.returncode != 0
+    status = read_status(run)
+    assert status["state"] == "failed", (status, proc.stderr[-3000:])
+    assert status["error"].startswith("process 1 failed: ValueError: process 1 read a bad batch"), status["error"]
+    assert "process 1 read a bad batch" in status["traceback"]
+
+    proc = torchrun_two(run, timeout=180, PYTHONPATH=one_process_fails(tmp_path / "die", 1, "die"))  # Resume, then worse
+    assert proc.returncode != 0
+    status = read_status(run)
+    assert status["state"] == "failed" and "bad batch" not in status["error"], (status, proc.stderr[-3000:])
+
+
+def test_a_torchrun_worker_that_dies_points_to_its_terminal_not_to_log_txt(tiny_teacher, tiny_dataset, tmp_path):
+    """torchrun started by hand prints to its terminal; only launch() and Resume write log.txt. A process 0 that
+    dies without a word (SIGKILL) leaves a run whose error says where to look, also after an earlier launch()."""
+    from distill_nb.rundir import write_status
+
+    run = tmp_path / "run"
+    tiny_config(tiny_teacher, tiny_dataset, max_steps=4, eval_every=100, checkpoint_every=100).to_json(
+        run / "config.json")
+    write_status(run, state="failed", step=0, backend="subprocess", claimed=True)  # as an earlier launch() left it
+    proc = torchrun_two(run, timeout=180, PYTHONPATH=one_process_fails(tmp_path / "die", 0, "die"))
+    assert proc.returncode != 0
+    status = read_status(run)
+    assert status["state"] == "failed" and status["stale"], (status, proc.stderr[-3000:])
+    assert str(run / "log.txt") not in status["error"] and "terminal of torchrun" in status["error"], status["error"]
+    assert not (run / "log.txt").exists()
 
 
 @pytest.mark.parametrize("flags, module", [(["--multi_gpu"], "distill_nb.worker"), ([], "distill_nb.train")],
@@ -350,3 +404,102 @@ def test_a_run_that_measured_nothing_never_completes(tiny_teacher, tiny_dataset,
     status = read_status(tmp_path / "run")
     assert status["state"] == "failed" and "measured nothing" in status["error"]
     assert not (tmp_path / "run" / "student").exists()
+
+
+# --- text pairs: every model call gets the pair's segment ids (token_type_ids); single texts get none -------------
+def _spy_segments(monkeypatch) -> list[bool]:
+    """Whether each BERT forward (teacher or student, any path) got token_type_ids."""
+    from transformers.models.bert.modeling_bert import BertModel
+
+    seen: list[bool] = []
+    real = BertModel.forward
+
+    def forward(self, *args, **kwargs):
+        seen.append(kwargs.get("token_type_ids") is not None)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertModel, "forward", forward)
+    return seen
+
+
+def _pair_logits(model, tok, texts):
+    from distill_nb.tables import split_pair
+
+    first, second = zip(*(split_pair(t) for t in texts))
+    with torch.no_grad():
+        return model(**tok(list(first), list(second), padding=True, return_tensors="pt")).logits
+
+
+@pytest.mark.parametrize("kw", [{}, {"alpha_hidden": 1.0}, {"student_vocab": "task"}],
+                         ids=["cached-logits", "teacher-each-step", "trimmed-student-tokenizer"])
+def test_a_text_pair_run_reads_every_pair_with_its_segment_ids(pair_teacher, pair_dataset, tmp_path, monkeypatch,
+                                                               kw):
+    """Cached teacher logits, teacher and student accuracy and the reason probe's attributions: each as
+    ``model(**tokenizer(first, second))`` gives them, as a teacher fine-tuned on pairs (e.g. MNLI) was trained."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distill_nb.rundata import run_task
+
+    monkeypatch.setenv("DISTILL_NB_CACHE", str(tmp_path / "cache"))
+    seen = _spy_segments(monkeypatch)
+    run = tmp_path / "run"
+    config = tiny_config(pair_teacher, pair_dataset, text_column=["premise", "hypothesis"], text_pair=True,
+                         max_steps=2, reason_probe=8, **kw)
+    final = train(config, run, log=lambda *_: None)
+    assert len(seen) > 5 and all(seen), seen  # caching, training steps, evaluations, attributions
+    monkeypatch.undo()
+    task = run_task(run)
+    teacher, tok = (AutoModelForSequenceClassification.from_pretrained(pair_teacher).eval(),
+                    AutoTokenizer.from_pretrained(pair_teacher))
+    if not kw:
+        torch.testing.assert_close(load_file(run / "teacher_logits.safetensors")["logits"],
+                                   _pair_logits(teacher, tok, task.train.texts), atol=1e-5, rtol=1e-5)
+    assert final["teacher_accuracy"] == 1.0  # the labels are its predictions on the pairs read with their segments
+    student = AutoModelForSequenceClassification.from_pretrained(run / "student").eval()
+    s_tok = AutoTokenizer.from_pretrained(run / "student")
+    predicted = _pair_logits(student, s_tok, task.eval.texts).argmax(-1)
+    assert final["accuracy"] == pytest.approx((predicted == torch.tensor(task.eval.labels)).float().mean().item())
+
+
+def test_a_single_text_run_calls_the_models_without_segment_ids(tiny_teacher, tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_NB_CACHE", str(tmp_path / "cache"))
+    seen = _spy_segments(monkeypatch)
+    train(tiny_config(tiny_teacher, tiny_dataset, max_steps=2, reason_probe=8), tmp_path / "run", log=lambda *_: None)
+    assert seen and not any(seen)  # as before: BERT's own default (all 0), bit for bit
+
+
+# --- Stop while the teacher's logits are cached ------------------------------------------------------------------
+def test_stop_is_heard_while_the_teachers_logits_are_cached(tiny_teacher, tiny_dataset, tmp_path, monkeypatch):
+    from functools import partial
+
+    from distill_nb import train as train_module
+    from distill_nb.rundir import clear_stop, request_stop
+
+    run = tmp_path / "run"
+    phases = []
+    real_predict = train_module.predict_logits
+    real_forward = None
+
+    def slow_first_batch(model, *args, **kwargs):  # the user clicks Stop while the first batch is computed
+        phases.append(read_status(run).get("phase"))
+        if len(phases) == 1:
+            request_stop(run)
+        return real_forward(model, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "predict_logits", partial(real_predict, batch_size=8))  # 64 texts: 8 batches
+    from transformers.models.bert.modeling_bert import BertForSequenceClassification
+
+    real_forward = BertForSequenceClassification.forward
+    monkeypatch.setattr(BertForSequenceClassification, "forward", slow_first_batch)
+    config = tiny_config(tiny_teacher, tiny_dataset, reason_probe=0)
+    assert train(config, run, log=lambda *_: None) == {}
+    status = read_status(run)
+    assert status["state"] == "stopped" and "teacher's logits" in status["message"] and status["step"] == 0, status
+    assert phases == ["caching_logits"]  # stopped after the first of 8 batches
+    assert status["phase_total"] == 64 and status["phase_step"] == 0
+    assert not (run / "teacher_logits.safetensors").exists()  # nothing half-done cached
+    assert not latest_checkpoint(run)
+    clear_stop(run)
+    monkeypatch.setattr(BertForSequenceClassification, "forward", real_forward)
+    train(config, run, log=lambda *_: None)
+    assert read_status(run)["state"] == "completed" and (run / "teacher_logits.safetensors").is_file()

@@ -41,6 +41,8 @@ class Attribution:
         delta: integrated-gradients convergence delta (sum of scores minus logit difference to the
             baseline); None for other methods.
         method: one of ``METHODS``.
+        token_type_ids: segment id of each token (0 first text, 1 second) of a text pair, when the tokenizer
+            gives them (the model got them if its forward takes ``token_type_ids``); None for a single text.
     """
 
     text: str
@@ -54,6 +56,7 @@ class Attribution:
     target: int
     delta: float | None
     method: str
+    token_type_ids: tuple[int, ...] | None = None
 
     @property
     def special(self) -> np.ndarray:
@@ -263,11 +266,13 @@ def check_positive(**values: int | None) -> None:
 
 @dataclass(frozen=True)
 class Encoded:
-    """One tokenized text (no padding)."""
+    """One tokenized text (no padding); ``token_type_ids``: a text pair's segment ids, as ``data.encode`` keeps
+    them (None for a single text, or a tokenizer without them)."""
 
     ids: list[int]
     offsets: list[tuple[int, int]]
     word_ids: list[int | None]
+    token_type_ids: list[int] | None = None
 
 
 def encode(tokenizer: Any, texts: list[str], max_length: int) -> list[Encoded]:
@@ -295,7 +300,8 @@ def encode(tokenizer: Any, texts: list[str], max_length: int) -> list[Encoded]:
             seq = batch.sequence_ids(i)
             offsets = [(a + shift, b + shift) if q == 1 else (a, b) for (a, b), q in zip(offsets, seq)]
             words = [w + first_words if w is not None and q == 1 else w for w, q in zip(words, seq)]
-        out.append(Encoded(list(batch["input_ids"][i]), offsets, words))
+        types = batch["token_type_ids"][i] if pairs[i] is not None and "token_type_ids" in batch else None
+        out.append(Encoded(list(batch["input_ids"][i]), offsets, words, None if types is None else list(types)))
     return out
 
 
@@ -337,6 +343,20 @@ def collate(items: list[Encoded], pad: int, device: torch.device) -> tuple[torch
     return to(ids), to(mask), to(words), to(special)
 
 
+def segment_ids(model: Any, items: list[Encoded], device: torch.device) -> torch.Tensor | None:
+    """token_type_ids (B, T) of a batch (0 at padding) for ``model``; None when no item is a text pair with segment
+    ids or the model's forward takes no ``token_type_ids`` (then it is called as before, without them)."""
+    from ..models import accepts_token_types
+
+    if all(e.token_type_ids is None for e in items) or not accepts_token_types(model):
+        return None
+    types = np.zeros((len(items), max(len(e.ids) for e in items)), dtype=np.int64)
+    for b, e in enumerate(items):
+        if e.token_type_ids is not None:
+            types[b, :len(e.token_type_ids)] = e.token_type_ids
+    return torch.from_numpy(types).to(device)
+
+
 # --------------------------------------------------------------------------- model plumbing
 
 
@@ -353,8 +373,9 @@ def _padding_idx(model: Any) -> int | None:
     return int(idx) if isinstance(idx, (int, np.integer)) else None
 
 
-def logits_fn(model: Any, keep_positions: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``f(input_ids (B,T), attention_mask (B,T)) -> logits (B,C)`` for HF and plain modules.
+def logits_fn(model: Any, keep_positions: bool = False) -> Callable[..., torch.Tensor]:
+    """``f(input_ids (B,T), attention_mask (B,T), token_type_ids (B,T) | None) -> logits (B,C)`` for HF and plain
+    modules; ``token_type_ids`` (a text pair's segments, see :func:`segment_ids`) is passed on only when given.
 
     ``keep_positions``: for inputs whose removed tokens were *replaced* by [PAD] (occlusion, faithfulness) while
     the attention mask still marks the text. RoBERTa-style models number positions by counting non-pad ids, so
@@ -363,8 +384,9 @@ def logits_fn(model: Any, keep_positions: bool = False) -> Callable[[torch.Tenso
     """
     padding_idx = _padding_idx(model) if keep_positions else None
 
-    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        kwargs = {}
+    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         if padding_idx is not None:  # as RoBERTa's create_position_ids_from_input_ids, on the unperturbed text
             real = attention_mask.long()
             kwargs["position_ids"] = real.cumsum(1) * real + padding_idx  # (B, T)
@@ -424,39 +446,48 @@ def batch_sizes(device: torch.device, batch_size: int | None, internal_batch_siz
 
 
 @torch.no_grad()
-def forward_rows(fn: Callable, ids: torch.Tensor, mask: torch.Tensor, rows: int) -> torch.Tensor:
-    """Logits (N, C) for N sequences, ``rows`` sequences per forward pass."""
-    return torch.cat([fn(ids[i:i + rows], mask[i:i + rows]) for i in range(0, len(ids), rows)])
+def forward_rows(fn: Callable, ids: torch.Tensor, mask: torch.Tensor, rows: int,
+                 types: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (N, C) for N sequences, ``rows`` sequences per forward pass; ``types``: their token_type_ids or None."""
+    return torch.cat([fn(*_args(ids[i:i + rows], mask[i:i + rows], None if types is None else types[i:i + rows]))
+                      for i in range(0, len(ids), rows)])
+
+
+def _args(*tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """The given tensors without a trailing None: ``fn``'s arguments, and captum's additional forward args (which
+    it expands with the inputs), without token_type_ids for a single text."""
+    return tensors[:-1] if tensors[-1] is None else tensors
 
 
 # --------------------------------------------------------------------------- the methods
-# Each takes the padded batch and returns (scores (B, T) float, delta (B,) or None).
+# Each takes the padded batch (``types``: a text pair's token_type_ids, or None) and returns (scores (B, T) float,
+# delta (B,) or None).
 
 
-def _integrated_gradients(fn, layer, ids, mask, words, special, target, pad, n_steps, rows):
+def _integrated_gradients(fn, layer, ids, mask, types, words, special, target, pad, n_steps, rows):
     from captum.attr import LayerIntegratedGradients
 
     baseline = torch.where(special, ids, torch.full_like(ids, pad))  # keep [CLS]/[SEP], rest -> [PAD]
     attr, delta = LayerIntegratedGradients(fn, layer).attribute(
-        ids, baselines=baseline, target=target, additional_forward_args=(mask,), n_steps=n_steps,
+        ids, baselines=baseline, target=target, additional_forward_args=_args(mask, types), n_steps=n_steps,
         internal_batch_size=max(rows, 2 * len(ids)), return_convergence_delta=True)
     return attr.sum(-1), delta  # (B, T, H) -> (B, T)
 
 
-def _gradient(fn, layer, ids, mask, target, times_input: bool):
+def _gradient(fn, layer, ids, mask, types, target, times_input: bool):
     from captum.attr import LayerGradientXActivation
 
     grads = LayerGradientXActivation(fn, layer, multiply_by_inputs=times_input).attribute(
-        ids, target=target, additional_forward_args=(mask,))
+        ids, target=target, additional_forward_args=_args(mask, types))
     return grads.sum(-1) if times_input else grads.norm(dim=-1)  # (B, T, H) -> (B, T)
 
 
-def _saliency(fn, layer, ids, mask, words, special, target, pad, n_steps, rows):
-    return _gradient(fn, layer, ids, mask, target, times_input=False), None
+def _saliency(fn, layer, ids, mask, types, words, special, target, pad, n_steps, rows):
+    return _gradient(fn, layer, ids, mask, types, target, times_input=False), None
 
 
-def _input_x_gradient(fn, layer, ids, mask, words, special, target, pad, n_steps, rows):
-    return _gradient(fn, layer, ids, mask, target, times_input=True), None
+def _input_x_gradient(fn, layer, ids, mask, types, words, special, target, pad, n_steps, rows):
+    return _gradient(fn, layer, ids, mask, types, target, times_input=True), None
 
 
 def _word_sizes(words: torch.Tensor) -> torch.Tensor:
@@ -472,26 +503,27 @@ def _per_token(word_scores: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     return torch.where(words >= 0, per, torch.zeros_like(per))
 
 
-def _occlusion(fn, layer, ids, mask, words, special, target, pad, n_steps, rows):
+def _occlusion(fn, layer, ids, mask, types, words, special, target, pad, n_steps, rows):
     from captum.attr import FeatureAblation
 
     # Group 0 holds specials and padding (its score is discarded); word w is group w + 1.
     attr = FeatureAblation(fn).attribute(
-        ids, baselines=pad, target=target, additional_forward_args=(mask,), feature_mask=words + 1,
+        ids, baselines=pad, target=target, additional_forward_args=_args(mask, types), feature_mask=words + 1,
         perturbations_per_eval=max(1, rows // len(ids)))
     # captum gives every token of a word the word's score: share it out so word sums are exact.
     return attr.float() / _word_sizes(words), None
 
 
-def _leave_one_out(fn, layer, ids, mask, words, special, target, pad, n_steps, rows):
+def _leave_one_out(fn, layer, ids, mask, types, words, special, target, pad, n_steps, rows):
     # Remove each word from attention (no replacement token at all): (B, W, T) variants.
     n_b, n_t = ids.shape
     n_words = max(int(words.max()) + 1, 1)
     drop = words[:, None, :] == torch.arange(n_words, device=ids.device)[None, :, None]  # (B, W, T)
     var_mask = (mask[:, None, :] * (~drop)).reshape(n_b * n_words, n_t)
     var_ids = ids[:, None, :].expand(n_b, n_words, n_t).reshape(n_b * n_words, n_t)
-    full = forward_rows(fn, ids, mask, rows).gather(1, target[:, None])  # (B, 1)
-    logits = forward_rows(fn, var_ids, var_mask, rows).reshape(n_b, n_words, -1)
+    var_types = None if types is None else types[:, None, :].expand(n_b, n_words, n_t).reshape(n_b * n_words, n_t)
+    full = forward_rows(fn, ids, mask, rows, types).gather(1, target[:, None])  # (B, 1)
+    logits = forward_rows(fn, var_ids, var_mask, rows, var_types).reshape(n_b, n_words, -1)
     removed = logits.gather(2, target[:, None, None].expand(n_b, n_words, 1))[..., 0]  # (B, W)
     return _per_token(full - removed, words), None
 
@@ -570,15 +602,16 @@ def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: st
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             ids, mask, words, special = collate([items[i] for i in idx], pad, dev)
+            types = segment_ids(model, [items[i] for i in idx], dev)  # a text pair's, where the model takes them
             with autocast():
-                probs = forward_rows(fn, ids, mask, internal_batch_size).float().softmax(-1)  # (B, C)
+                probs = forward_rows(fn, ids, mask, internal_batch_size, types).float().softmax(-1)  # (B, C)
             tgt = [targets[i] if targets[i] is not None else int(p.argmax()) for i, p in zip(idx, probs)]
             bad = [t for t in tgt if not 0 <= t < probs.shape[1]]
             if bad:
                 raise ValueError(f"target {bad[0]} is out of range: the model has {probs.shape[1]} classes")
             tgt_t = torch.tensor(tgt, device=dev)
             with autocast():
-                scores, delta = _IMPL[method](fn, layer, ids, mask, words, special, tgt_t, pad, n_steps,
+                scores, delta = _IMPL[method](fn, layer, ids, mask, types, words, special, tgt_t, pad, n_steps,
                                               internal_batch_size)
             scores = torch.where(words >= 0, scores, torch.zeros_like(scores)).detach().float().cpu().numpy()
             probs_np = probs.cpu().numpy()
@@ -588,5 +621,6 @@ def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: st
                     text=texts[i], tokens=tuple(tokenizer.convert_ids_to_tokens(e.ids)), token_ids=tuple(e.ids),
                     word_ids=tuple(e.word_ids), offsets=tuple(e.offsets), scores=scores[b, :n].copy(),
                     label=int(probs_np[b].argmax()), probs=probs_np[b].copy(), target=tgt[b],
-                    delta=None if delta is None else float(delta[b]), method=method)
+                    delta=None if delta is None else float(delta[b]), method=method,
+                    token_type_ids=None if e.token_type_ids is None else tuple(e.token_type_ids))
     return results  # type: ignore[return-value]

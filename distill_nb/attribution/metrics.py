@@ -25,6 +25,7 @@ from .methods import (
     logits_fn,
     pad_id,
     prepared,
+    segment_ids,
 )
 
 # --------------------------------------------------------------------------- alignment
@@ -223,8 +224,10 @@ def faithfulness(model: Any, tokenizer: Any, attributions: Sequence[Attribution]
         fn = logits_fn(model, keep_positions=True)  # removed tokens become [PAD]; the rest keep their positions
         for start in range(0, len(attributions), batch_size):
             chunk = attributions[start:start + batch_size]
-            items = [Encoded(list(a.token_ids), list(a.offsets), list(a.word_ids)) for a in chunk]
+            items = [Encoded(list(a.token_ids), list(a.offsets), list(a.word_ids),
+                             None if a.token_type_ids is None else list(a.token_type_ids)) for a in chunk]
             ids, mask, words, _ = collate(items, pad, dev)
+            types = segment_ids(model, items, dev)  # a text pair is read with its segments, as attribute() read it
             n_b, n_t = ids.shape
             real = words >= 0  # (B, T)
             scores = torch.full((n_b, n_t), -math.inf, device=dev)
@@ -244,8 +247,9 @@ def faithfulness(model: Any, tokenizer: Any, attributions: Sequence[Attribution]
             n_v = remove.shape[1]
             var_ids = torch.where(remove, torch.full_like(remove, pad, dtype=ids.dtype), ids[:, None, :])
             var_mask = mask[:, None, :].expand(n_b, n_v, n_t)
-            probs = forward_rows(fn, var_ids.reshape(-1, n_t), var_mask.reshape(-1, n_t),
-                                 internal_batch_size).float().softmax(-1).reshape(n_b, n_v, -1)
+            var_types = None if types is None else types[:, None, :].expand(n_b, n_v, n_t).reshape(-1, n_t)
+            probs = forward_rows(fn, var_ids.reshape(-1, n_t), var_mask.reshape(-1, n_t), internal_batch_size,
+                                 var_types).float().softmax(-1).reshape(n_b, n_v, -1)
             target = torch.tensor([a.target for a in chunk], device=dev)
             p = probs.gather(2, target[:, None, None].expand(n_b, n_v, 1))[..., 0].cpu().numpy()  # (B, V)
             for b, a in enumerate(chunk):
