@@ -36,7 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import copied_layer_map, every_k_layers, layer_list, shape
+from .data import collate, encode
+from .models import accepts_token_types, copied_layer_map, every_k_layers, layer_list, shape
 
 
 @dataclass(frozen=True)
@@ -294,9 +295,11 @@ def suggest_layers(teacher: nn.Module, tokenizer: Any, texts: Sequence[str], lab
     was_training = teacher.training
     try:
         teacher.eval()
-        order = sorted(range(len(sample)), key=lambda i: len(sample[i]))  # length-sorted batches: little padding
-        batches = [tokenizer([sample[i] for i in order[s:s + batch_size]], padding=True, truncation=True,
-                             max_length=max_length, return_tensors="pt").to(device)
+        enc = encode(tokenizer, sample, max_length)  # as training encodes them: a text pair as the tokenizer's pair
+        order = sorted(range(len(sample)), key=lambda i: len(enc[i]))  # length-sorted batches: little padding
+        types = accepts_token_types(teacher)  # ... with its segment ids where the teacher takes them
+        batches = [{k: v.to(device) for k, v in collate(enc, order[s:s + batch_size], tokenizer.pad_token_id,
+                                                         token_types=types).items()}
                    for s in range(0, len(order), batch_size)]
         y = y[order] if y is not None else None
         # --- the full teacher: logits, hidden states (CKA, probes) ------------------------------------------------

@@ -147,7 +147,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                     prepared = prep(refresh=True)
                     teacher, tokenizer, prep_meta = load_prepared(prepared, attn_implementation=attn)
             except _StopRequested:
-                rec.stopped(0, "stopped while preparing the teacher; Resume starts its fine-tuning again")
+                rec.stopped(ckpt_step(latest_checkpoint(run_dir)),  # a resumed run keeps its step
+                            "stopped while preparing the teacher; Resume starts its fine-tuning again")
                 return {}
             rec.update(teacher_path=str(prepared), teacher_prep=prep_meta)
         teacher = teacher.to(device).eval().requires_grad_(False)
@@ -250,7 +251,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                     max_length=config.max_length, device=device, save=main_proc, log=log,
                     student_tokenizer=student_tok, progress=_attr_progress(rec, world == 1) if main_proc else None)
             except _StopRequested:
-                rec.stopped(0, "stopped while computing the teacher's attributions; Resume computes them again")
+                rec.stopped(ckpt_step(latest_checkpoint(run_dir)),  # a resumed run keeps its step
+                            "stopped while computing the teacher's attributions; Resume computes them again")
                 return {}
         if config.reason_probe and not mlm and main_proc:  # seed 0: all runs on a data set share one probe
             evaluate = fidelity.ReasonTracker(

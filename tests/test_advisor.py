@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -338,3 +339,25 @@ def test_suggest_layers_refuses_a_teacher_that_computes_nan(teacher_and_tok, whe
     with pytest.raises(ValueError, match="NaN/inf values") as info:
         suggest_layers(broken, tok, ["a good film", "a bad film", "great fun", "dull"], [1, 0, 1, 0], n_layers=2)
     assert {"embeddings": "its embeddings", "layer": "layer 1", "classifier": "its logits"}[where] in str(info.value)
+
+
+def test_suggest_layers_reads_a_text_pair_as_training_does(pair_teacher, pair_dataset):
+    """A pair is the tokenizer's pair ([CLS] a [SEP] b [SEP]) with its segment ids, as train() encodes it, not
+    the joined string with its separator character read as one text."""
+    from distill_nb.data import load_task
+    from distill_nb.models import load_teacher
+
+    task = load_task(str(pair_dataset), text_column=["premise", "hypothesis"], text_pair=True)
+    teacher, tok = load_teacher(str(pair_teacher))
+    seen, real = [], teacher.forward
+
+    @functools.wraps(real)  # the same signature: the advisor asks it whether token_type_ids is taken
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    teacher.forward = spy
+    advisor.suggest_layers(teacher, tok, task.train.texts, task.train.labels, n_layers=2, max_examples=16)
+    first = seen[0]
+    assert (first["input_ids"] == tok.sep_token_id).sum(1).tolist() == [2] * len(first["input_ids"])
+    assert first["token_type_ids"].max() == 1

@@ -503,3 +503,45 @@ def test_stop_is_heard_while_the_teachers_logits_are_cached(tiny_teacher, tiny_d
     monkeypatch.setattr(BertForSequenceClassification, "forward", real_forward)
     train(config, run, log=lambda *_: None)
     assert read_status(run)["state"] == "completed" and (run / "teacher_logits.safetensors").is_file()
+
+
+@pytest.mark.parametrize("phase", ["caching_logits", "caching_attributions"])
+def test_a_stop_while_a_resumed_run_recomputes_its_teacher_cache_keeps_the_runs_step(tiny_teacher, tiny_dataset,
+                                                                                     tmp_path, monkeypatch, phase):
+    """A resumed run whose teacher cache is gone computes it again; a Stop then ends it at its checkpoint's step
+    (Resume continues from there), never at a made-up step 0."""
+    from distill_nb import rundir
+    from distill_nb.families import cache_dir
+    from distill_nb.recorder import Recorder
+
+    run = tmp_path / "run"
+    extra = {"alpha_attr": 0.1, "reason_probe": 0} if phase == "caching_attributions" else {"reason_probe": 0}
+    cfg = tiny_config(tiny_teacher, tiny_dataset, max_steps=6, checkpoint_every=2, eval_every=100, **extra)
+    real_append = rundir.append_metrics
+
+    def append_and_stop(path, rec):
+        real_append(path, rec)
+        if rec.get("step") == 3 and rec["split"] == "train":
+            rundir.request_stop(run)
+
+    monkeypatch.setattr(rundir, "append_metrics", append_and_stop)
+    train(cfg, run, log=lambda *_: None)
+    monkeypatch.setattr(rundir, "append_metrics", real_append)
+    stopped = read_status(run)["step"]
+    assert stopped >= 3 and latest_checkpoint(run).name == f"step_{stopped:07d}"
+    rundir.clear_stop(run)
+    (run / "teacher_logits.safetensors").unlink(missing_ok=True)  # the caches are gone: computed again
+    for file in (cache_dir() / "attributions").glob("*"):
+        file.unlink()
+    real_phase = Recorder.phase
+
+    def phase_and_stop(self, name, *args, **kwargs):
+        real_phase(self, name, *args, **kwargs)
+        if name == phase:
+            rundir.request_stop(run)
+
+    monkeypatch.setattr(Recorder, "phase", phase_and_stop)
+    assert train(cfg, run, log=lambda *_: None) == {}
+    status = read_status(run)
+    assert status["state"] == "stopped" and status["step"] == stopped, status
+    assert ("logits" if phase == "caching_logits" else "attributions") in status["message"]
