@@ -5,8 +5,9 @@ On a CPU, torch draws each dropout mask element with ``bernoulli_`` (about 7 ns 
 attention in fp32. On a bf16 step of a 3-layer MiniLM-sized student over 128-token texts that was about a fifth
 of the step. Here a keep mask is cut from 15-bit slices of int64 random words (``random_``: four mask elements
 per draw from the same global generator, so ``torch.manual_seed`` and a checkpoint's saved RNG state reproduce
-it). Attention with dropout is computed like transformers' eager attention, with the numerics of SDPA's fused
-CPU kernel: scores and softmax in fp32, the probabilities in the autocast dtype for the product with the values.
+it). Attention with dropout is computed like transformers' eager attention, with the numerics of mixed-precision
+eager attention on CUDA (scores in the autocast dtype, softmax in fp32, probabilities back in the autocast dtype);
+SDPA's math path, which torch takes on a CPU as soon as there is dropout, computes all of it in fp32.
 
 The drop probability is ``q = round(p * 2**15) / 2**15`` (0.100006 for p = 0.1) and kept values are scaled by
 ``1 / (1 - q)``, so every output keeps its expectation; a ``p`` that 15 bits cannot represent within 0.1 % (and
@@ -86,18 +87,16 @@ class Dropout(nn.Dropout):
 def _eager(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
            attention_mask: torch.Tensor | None, scaling: float | None, p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """transformers' eager attention (query/key/value: (batch, heads, tokens, head_dim); additive float mask
-    broadcastable to (batch, heads, tokens, tokens)) with :func:`dropout` on the probabilities. Scores and softmax
-    in fp32 whatever the autocast dtype; the probabilities then take the values' dtype (bf16 under autocast), as
-    SDPA's fused kernel does. Returns ((batch, tokens, heads, head_dim), probabilities after dropout)."""
-    with torch.autocast(query.device.type, enabled=False):
-        q, k = query.float(), key.float()
-        weights = torch.matmul(q, k.transpose(2, 3)) * (q.size(-1) ** -0.5 if scaling is None else scaling)
-        if attention_mask is not None:
-            weights = weights + attention_mask
-        weights = F.softmax(weights, dim=-1).to(value.dtype)
+    broadcastable to (batch, heads, tokens, tokens)) with :func:`dropout` on the probabilities, in the numerics of
+    mixed-precision eager attention on CUDA: the score matmul in the autocast dtype, the softmax in fp32, the
+    probabilities back in the values' dtype for dropout and the product with the values.
+    Returns ((batch, tokens, heads, head_dim), probabilities after dropout)."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * (query.size(-1) ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(value.dtype)
     weights = dropout(weights, p, module.training)
-    out = torch.matmul(weights, value)
-    return out.transpose(1, 2).contiguous(), weights
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
 def _cpu_dropout(query: torch.Tensor, p: float) -> bool:

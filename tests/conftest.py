@@ -164,6 +164,22 @@ def pair_teacher(tmp_path_factory) -> Path:
     return make_segment_bert(tmp_path_factory.mktemp("pair_teacher"))
 
 
+@pytest.fixture
+def segments_seen(monkeypatch) -> list[bool]:
+    """Whether each BERT forward (teacher or student, any path) got token_type_ids, in call order."""
+    from transformers.models.bert.modeling_bert import BertModel
+
+    seen: list[bool] = []
+    real = BertModel.forward
+
+    def forward(self, *args, **kwargs):
+        seen.append(kwargs.get("token_type_ids") is not None)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertModel, "forward", forward)
+    return seen
+
+
 @pytest.fixture(scope="session")
 def pair_dataset(tmp_path_factory, pair_teacher) -> Path:
     """train.csv / validation.csv (premise,hypothesis,label), labelled with ``pair_teacher``'s own predictions on

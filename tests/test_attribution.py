@@ -460,22 +460,6 @@ def pair_model(pair_teacher, pair_dataset):
     return model, tok, [r["premise"] + PAIR_SEP + r["hypothesis"] for r in rows]
 
 
-@pytest.fixture
-def segments_seen(monkeypatch) -> list[bool]:
-    """Whether each BERT forward got token_type_ids."""
-    from transformers.models.bert.modeling_bert import BertModel
-
-    seen: list[bool] = []
-    real = BertModel.forward
-
-    def forward(self, *args, **kwargs):
-        seen.append(kwargs.get("token_type_ids") is not None)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(BertModel, "forward", forward)
-    return seen
-
-
 def _pair_inputs(tok, text):
     from distill_nb.tables import split_pair
 

@@ -175,9 +175,9 @@ def test_not_on_the_cpu_nothing_changes():
 
 @pytest.mark.parametrize("family", ["bert", "distilbert"])
 def test_bf16_training_attention_is_as_close_to_fp32_as_sdpa_is(family):
-    """Scores and softmax in fp32, probabilities in bf16 for the value product (as SDPA's fused kernel does):
-    under bf16 autocast the fast path (training, p = 2**-15: nothing dropped here) stays as close to the fp32
-    logits as SDPA without dropout does."""
+    """Mixed-precision eager attention (bf16 scores, fp32 softmax, bf16 probabilities): under bf16 autocast the
+    fast path (training, p = 2**-15: nothing dropped here) stays about as close to the fp32 logits as SDPA
+    without dropout does."""
     plain = tiny(family, 2 ** -15)
     fast = use_fast_dropout(copy.deepcopy(plain), "cpu")
     with torch.no_grad():
@@ -187,3 +187,18 @@ def test_bf16_training_attention_is_as_close_to_fp32_as_sdpa_is(family):
             torch.manual_seed(0)
             ours = fast.train()(**BATCH).logits.float()
     assert (ours - exact).abs().max() <= 2 * (reference - exact).abs().max() + 1e-3
+
+
+def test_applying_twice_changes_nothing_more_and_a_saved_model_loads_without_this_module(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model = use_fast_dropout(tiny("bert", 0.1), "cpu")
+    modules = list(model.modules())
+    use_fast_dropout(model, "cpu")
+    assert list(model.modules()) == modules and model.config._attn_implementation == fastdrop.SDPA
+    model.save_pretrained(tmp_path)
+    assert "distill_nb" not in (tmp_path / "config.json").read_text()  # the swap is not saved with the model
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert again.config._attn_implementation == "sdpa" and type(again.bert.encoder.layer[0].output.dropout) is nn.Dropout
+    with torch.no_grad():
+        assert torch.allclose(again.eval()(**BATCH).logits, model.eval()(**BATCH).logits, atol=1e-6)

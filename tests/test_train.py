@@ -407,21 +407,6 @@ def test_a_run_that_measured_nothing_never_completes(tiny_teacher, tiny_dataset,
 
 
 # --- text pairs: every model call gets the pair's segment ids (token_type_ids); single texts get none -------------
-def _spy_segments(monkeypatch) -> list[bool]:
-    """Whether each BERT forward (teacher or student, any path) got token_type_ids."""
-    from transformers.models.bert.modeling_bert import BertModel
-
-    seen: list[bool] = []
-    real = BertModel.forward
-
-    def forward(self, *args, **kwargs):
-        seen.append(kwargs.get("token_type_ids") is not None)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(BertModel, "forward", forward)
-    return seen
-
-
 def _pair_logits(model, tok, texts):
     from distill_nb.tables import split_pair
 
@@ -433,7 +418,7 @@ def _pair_logits(model, tok, texts):
 @pytest.mark.parametrize("kw", [{}, {"alpha_hidden": 1.0}, {"student_vocab": "task"}],
                          ids=["cached-logits", "teacher-each-step", "trimmed-student-tokenizer"])
 def test_a_text_pair_run_reads_every_pair_with_its_segment_ids(pair_teacher, pair_dataset, tmp_path, monkeypatch,
-                                                               kw):
+                                                               segments_seen, kw):
     """Cached teacher logits, teacher and student accuracy and the reason probe's attributions: each as
     ``model(**tokenizer(first, second))`` gives them, as a teacher fine-tuned on pairs (e.g. MNLI) was trained."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -441,12 +426,12 @@ def test_a_text_pair_run_reads_every_pair_with_its_segment_ids(pair_teacher, pai
     from distill_nb.rundata import run_task
 
     monkeypatch.setenv("DISTILL_NB_CACHE", str(tmp_path / "cache"))
-    seen = _spy_segments(monkeypatch)
     run = tmp_path / "run"
     config = tiny_config(pair_teacher, pair_dataset, text_column=["premise", "hypothesis"], text_pair=True,
                          max_steps=2, reason_probe=8, **kw)
     final = train(config, run, log=lambda *_: None)
-    assert len(seen) > 5 and all(seen), seen  # caching, training steps, evaluations, attributions
+    # caching, training steps, evaluations, attributions: every forward got the segment ids
+    assert len(segments_seen) > 5 and all(segments_seen), segments_seen
     monkeypatch.undo()
     task = run_task(run)
     teacher, tok = (AutoModelForSequenceClassification.from_pretrained(pair_teacher).eval(),
@@ -461,11 +446,11 @@ def test_a_text_pair_run_reads_every_pair_with_its_segment_ids(pair_teacher, pai
     assert final["accuracy"] == pytest.approx((predicted == torch.tensor(task.eval.labels)).float().mean().item())
 
 
-def test_a_single_text_run_calls_the_models_without_segment_ids(tiny_teacher, tiny_dataset, tmp_path, monkeypatch):
+def test_a_single_text_run_calls_the_models_without_segment_ids(tiny_teacher, tiny_dataset, tmp_path, monkeypatch,
+                                                                segments_seen):
     monkeypatch.setenv("DISTILL_NB_CACHE", str(tmp_path / "cache"))
-    seen = _spy_segments(monkeypatch)
     train(tiny_config(tiny_teacher, tiny_dataset, max_steps=2, reason_probe=8), tmp_path / "run", log=lambda *_: None)
-    assert seen and not any(seen)  # as before: BERT's own default (all 0), bit for bit
+    assert segments_seen and not any(segments_seen)  # as before: BERT's own default (all 0), bit for bit
 
 
 # --- Stop while the teacher's logits are cached ------------------------------------------------------------------
