@@ -202,3 +202,9 @@ def test_applying_twice_changes_nothing_more_and_a_saved_model_loads_without_thi
     assert again.config._attn_implementation == "sdpa" and type(again.bert.encoder.layer[0].output.dropout) is nn.Dropout
     with torch.no_grad():
         assert torch.allclose(again.eval()(**BATCH).logits, model.eval()(**BATCH).logits, atol=1e-6)
+
+
+def test_a_plain_torch_module_gets_the_dropout_and_nothing_else():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Sequential(nn.Dropout(0.25)))
+    use_fast_dropout(model, "cpu")
+    assert [type(m) for m in model.modules()].count(Dropout) == 2 and model[1].p == 0.5 and model[2][0].p == 0.25
