@@ -133,7 +133,9 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             prep = partial(prepare_teacher, config.teacher, data or full_task_for(config),
                            max_steps=config.teacher_prep_steps, max_minutes=config.teacher_prep_minutes,
                            device=device, autocast=autocast, log=log, trust_remote_code=config.trust_remote_code,
-                           progress=_prep_progress(rec, world == 1) if main_proc else None)
+                           progress=_phase_progress(rec, world == 1, "preparing_teacher", lambda step, steps: (
+                               f"preparing the teacher: fine-tuning step {step}/{steps} (at most; it stops earlier "
+                               "when its held-out accuracy stops improving)")) if main_proc else None)
             try:  # minutes on a CPU: process 0 shows its progress, and a Stop ends it (single process only)
                 prepared = prep()
                 if world > 1 and main_proc:
@@ -218,7 +220,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
         if config.cache_teacher_logits and config.alpha_kd and not needs_teacher_states and not mlm:
             rec.phase("caching_logits", f"caching the teacher's logits on {len(t_train)} texts", 0, len(t_train),
                       force=True)
-            progress = _logits_progress(rec, world == 1) if main_proc else None  # minutes on a CPU: Stop is heard
+            progress = _phase_progress(rec, world == 1, "caching_logits", lambda done, total: (  # minutes on a CPU
+                f"caching the teacher's logits: {done}/{total} texts")) if main_proc else None
             try:
                 cached_logits = cached_tensor(run_dir / "teacher_logits.safetensors", main_proc, lambda: predict_logits(
                     teacher, t_train, tokenizer.pad_token_id, device, autocast, progress=progress),
@@ -249,7 +252,10 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                     teacher, tokenizer, task.train.texts, t_train, method=config.attr_method,
                     n_steps=config.attr_n_steps, top_k=config.attr_top_k, examples=config.attr_examples,
                     max_length=config.max_length, device=device, save=main_proc, log=log,
-                    student_tokenizer=student_tok, progress=_attr_progress(rec, world == 1) if main_proc else None)
+                    student_tokenizer=student_tok, progress=_phase_progress(
+                        rec, world == 1, "caching_attributions",
+                        lambda done, total: f"computing the teacher's attributions: {done}/{total} texts")
+                    if main_proc else None)
             except _StopRequested:
                 rec.stopped(ckpt_step(latest_checkpoint(run_dir)),  # a resumed run keeps its step
                             "stopped while computing the teacher's attributions; Resume computes them again")
@@ -433,36 +439,15 @@ class _StopRequested(Exception):
     """STOP appeared while the teacher was being fine-tuned, or its logits or attributions computed."""
 
 
-def _prep_progress(rec: Recorder, can_stop: bool) -> Callable[[int, int], None]:
-    """``prepare_teacher``'s progress: a throttled phase heartbeat; STOP abandons the fine-tuning."""
-
-    def progress(step: int, steps: int) -> None:
-        if can_stop and rec.stop_requested():
-            raise _StopRequested
-        rec.phase("preparing_teacher", f"preparing the teacher: fine-tuning step {step}/{steps} (at most; it "
-                  "stops earlier when its held-out accuracy stops improving)", step, steps)
-
-    return progress
-
-
-def _attr_progress(rec: Recorder, can_stop: bool) -> Callable[[int, int], None]:
-    """``teacher_attributions``' progress: a throttled phase heartbeat; STOP abandons the computation."""
+def _phase_progress(rec: Recorder, can_stop: bool, phase: str,
+                    say: Callable[[int, int], str]) -> Callable[[int, int], None]:
+    """A long phase's ``progress(done, total)``: a throttled heartbeat of ``phase`` with the message ``say(done,
+    total)``; STOP abandons the work (``_StopRequested``) where ``can_stop`` (a single process)."""
 
     def progress(done: int, total: int) -> None:
         if can_stop and rec.stop_requested():
             raise _StopRequested
-        rec.phase("caching_attributions", f"computing the teacher's attributions: {done}/{total} texts", done, total)
-
-    return progress
-
-
-def _logits_progress(rec: Recorder, can_stop: bool) -> Callable[[int, int], None]:
-    """``predict_logits``' progress while caching the teacher's logits: a throttled heartbeat; STOP abandons it."""
-
-    def progress(done: int, total: int) -> None:
-        if can_stop and rec.stop_requested():
-            raise _StopRequested
-        rec.phase("caching_logits", f"caching the teacher's logits: {done}/{total} texts", done, total)
+        rec.phase(phase, say(done, total), done, total)
 
     return progress
 
