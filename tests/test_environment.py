@@ -121,6 +121,45 @@ def test_process_0_reports_the_failure_of_the_process_that_broke_its_connection(
     assert "Connection closed by peer" in read_status(path)["error"]
 
 
+@pytest.mark.parametrize("damage", ["empty", "cut", "list", "error-not-text", "rank-not-int", "folder", "link",
+                                    "rank0-name", "other-name"])
+def test_a_damaged_or_foreign_peer_error_file_is_passed_over(tmp_path, damage):
+    """Anything in the run folder that is not a well-formed record of a process > 0 never becomes the run's error:
+    process 0 keeps its own (the broken connection) and the dead-worker message names no process."""
+    path = a_run(tmp_path)
+    target = path / "rank1_error.json"
+    if damage == "empty":
+        target.write_text("")
+    elif damage == "cut":
+        target.write_text('{"rank": 1, "error": "Val')
+    elif damage == "list":
+        target.write_text('["ValueError: bad row 7"]')
+    elif damage == "error-not-text":
+        target.write_text('{"rank": 1, "error": {"text": "bad"}, "time": 1}')
+    elif damage == "rank-not-int":
+        target.write_text('{"rank": "1", "error": "ValueError: bad", "time": 1}')
+    elif damage == "folder":
+        target.mkdir()
+    elif damage == "link":
+        outside = tmp_path / "elsewhere.json"
+        outside.write_text('{"rank": 1, "error": "planted", "time": 1}')
+        target.symlink_to(outside)
+    elif damage == "rank0-name":
+        (path / "rank0_error.json").write_text('{"rank": 0, "error": "planted", "time": 1}')
+    else:
+        (path / "rank1_error.json.tmp").write_text('{"rank": 1, "error": "planted", "time": 1}')
+    assert rundir.peer_error(path) is None
+    Recorder(path, rank=0).failed(RuntimeError(GLOO))
+    assert "Connection closed by peer" in read_status(path)["error"]
+
+
+def test_of_several_failed_processes_the_first_to_fail_is_named(tmp_path):
+    path = a_run(tmp_path)
+    rundir.write_peer_error(path, 3, "ValueError: later")
+    (path / "rank2_error.json").write_text('{"rank": 2, "error": "ValueError: first", "time": 1.0}')
+    assert rundir.peer_error(path)["error"] == "ValueError: first"
+
+
 def test_a_process_other_than_0_that_cannot_read_the_config_says_why(tmp_path, monkeypatch):
     path = a_run(tmp_path)
     (path / "config.json").write_text("{cut")
