@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import losses
-from .models import predict_logits
+from .models import accepts_token_types, predict_logits
 from .safeio import number
 
 NO_PREDICTION = -1  # the class of a non-finite logit row: equal to no label and no other prediction
@@ -146,12 +146,14 @@ def evaluate_mlm(student: nn.Module, teacher: nn.Module,
     student.eval()
     total = dict.fromkeys(("correct", "teacher_correct", "agreement", "kd", "ce", "nonfinite"), 0.0)
     n = 0
+    t_types = accepts_token_types(teacher)
     for batch, labels in batches:
         batch, labels = {k: v.to(device) for k, v in batch.items()}, labels.to(device)
         masked = labels != -100  # (B, S)
         with autocast():
             s_logits = student(**batch).logits[masked].float()  # (M, V)
-            t_logits = teacher(**batch).logits[masked].float()
+            t_logits = teacher(**{k: v for k, v in batch.items()  # segment ids only for a teacher that takes them
+                                  if t_types or k != "token_type_ids"}).logits[masked].float()
         y, s_pred, t_pred, m = labels[masked], predictions(s_logits), predictions(t_logits), int(masked.sum())
         total["correct"] += ((s_pred == y) & (s_pred != NO_PREDICTION)).sum().item()
         total["teacher_correct"] += ((t_pred == y) & (t_pred != NO_PREDICTION)).sum().item()

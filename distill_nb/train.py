@@ -232,7 +232,7 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                 return {}
         if mlm:  # one fixed mask on the eval texts, so every evaluation scores the same masked tokens
             eval_order = length_batches([len(e) for e in t_eval], 16, seed=0, shuffle=False)  # (B, S, V) logits
-            eval_batches = [mlm_batch(collate(t_eval, idx, tokenizer.pad_token_id, token_types=t_types and s_types),
+            eval_batches = [mlm_batch(collate(t_eval, idx, tokenizer.pad_token_id, token_types=s_types),
                                       tokenizer, config.mlm_probability, hash((config.seed, -1, b)), at_least_one=True)
                             for b, idx in enumerate(eval_order)]
             teacher_acc = None  # measured with the student at each evaluation
@@ -321,9 +321,13 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                         t_logits, t_out = None, None
                     else:
                         with torch.no_grad():
-                            t_batch = batch if (s_train is t_train and s_types == t_types) or mlm else {
-                                k: v.to(device) for k, v in collate(t_train, mine, tokenizer.pad_token_id,
-                                                                    token_types=t_types).items()}
+                            if mlm:  # the student's masked batch; segment ids only for a teacher that takes them
+                                t_batch = {k: v for k, v in batch.items() if t_types or k != "token_type_ids"}
+                            elif s_train is t_train and s_types == t_types:
+                                t_batch = batch
+                            else:
+                                t_batch = {k: v.to(device) for k, v in collate(
+                                    t_train, mine, tokenizer.pad_token_id, token_types=t_types).items()}
                             t_out = teacher(**t_batch, output_hidden_states=bool(config.alpha_hidden),
                                             output_attentions=bool(config.alpha_attn))
                             t_logits = t_out.logits

@@ -319,6 +319,43 @@ def test_mlm_learning_moves_student_towards_teacher(tiny_mlm_teacher, tiny_datas
     assert evals[-1]["kd_to_teacher"] < 0.5 * evals[0]["kd_to_teacher"]
 
 
+@pytest.mark.parametrize("pair", [False, True], ids=["single-text", "text-pairs"])
+def test_mlm_with_a_teacher_without_segment_ids_and_a_student_with_them(pair, tiny_dataset, pair_dataset, tmp_path,
+                                                                        one_thread, segments_seen, monkeypatch):
+    """A DistilBERT masked-LM teacher (no token_type_ids in its forward) and a BERT student from a path, same
+    vocabulary, on single texts and on text pairs: each model gets only the inputs its forward takes, in training
+    and in evaluation."""
+    from transformers import BertTokenizerFast, DistilBertConfig, DistilBertForMaskedLM
+
+    from conftest import make_tiny_bert, write_vocab
+
+    teacher_dir = tmp_path / "distilbert-mlm"
+    tok = BertTokenizerFast(vocab=str(write_vocab(teacher_dir)), do_lower_case=True)
+    torch.manual_seed(0)
+    DistilBertForMaskedLM(DistilBertConfig(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                           max_position_embeddings=128)).save_pretrained(teacher_dir)
+    tok.save_pretrained(teacher_dir)
+    student_dir = make_tiny_bert(tmp_path / "bert-mlm", layers=2, mlm=True, seed=1)
+    data = {"dataset": str(pair_dataset), "text_column": ["premise", "hypothesis"], "text_pair": True} if pair else {}
+    cfg = tiny_config(teacher_dir, tiny_dataset, objective="mlm", student_init=str(student_dir),
+                      label_column="no-such-column", num_threads=one_thread, **data)
+    from transformers.models.distilbert.modeling_distilbert import DistilBertForMaskedLM as Teacher
+
+    teacher_got, real = [], Teacher.forward  # the teacher's forward takes **kwargs: an extra input is not refused
+
+    def forward(self, *args, **kwargs):
+        teacher_got.append(sorted(kwargs))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Teacher, "forward", forward)
+    train(cfg, tmp_path / "run", log=lambda *_: None)
+    assert read_status(tmp_path / "run")["state"] == "completed"
+    assert [m["step"] for m in read_metrics(tmp_path / "run") if m["split"] == "train"] == [1, 2, 3]
+    assert teacher_got and not any("token_type_ids" in got for got in teacher_got)
+    # the BERT student reads a pair's segments in every forward, training and evaluation alike
+    assert segments_seen and all(segments_seen) == pair and any(segments_seen) == pair
+
+
 def test_hard_label_run_never_runs_the_teacher_during_training(tiny_teacher, tiny_dataset, tmp_path):
     cfg = tiny_config(tiny_teacher, tiny_dataset, alpha_kd=0.0, alpha_ce=1.0)
     train(cfg, tmp_path / "run", log=lambda *_: None)
