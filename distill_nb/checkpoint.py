@@ -17,6 +17,7 @@ import json
 import os
 import resource
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -97,7 +98,7 @@ def save_checkpoint(run_dir: Path, student: nn.Module, proj: nn.Module, opt: tor
         config.to_json(tmp / "distill_config.json")  # config.json is the student's own (transformers)
         atomic_write_text(tmp / "trainer_state.json", json.dumps({"step": step, "time": time.time()}))
     for old in sorted((p for p in folder.glob("step_*") if p.name[5:].isdigit()), key=_step_of)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return final
 
 
@@ -267,7 +268,7 @@ def _replacing(target: Path, *, folder: bool) -> Iterator[Path]:
             tmp.mkdir(parents=True)
         yield tmp
         if folder:
-            shutil.rmtree(target, ignore_errors=True)
+            _remove(target)  # whatever stands there: a folder, a file, a link, a FIFO
         os.replace(tmp, target)
     except BaseException as e:
         _raise_no_room(tmp, target, e)
@@ -277,10 +278,16 @@ def _replacing(target: Path, *, folder: bool) -> Iterator[Path]:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+    """Remove whatever is at ``path`` without following a link or opening it: ``shutil.rmtree`` opens its
+    argument, and opening a FIFO blocks until a writer comes (a worker stuck for good)."""
+    try:
+        is_folder = stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if is_folder:
+        shutil.rmtree(path, ignore_errors=True)  # inside a folder, rmtree unlinks entries without opening them
     else:
-        path.unlink(missing_ok=True)
+        Path(path).unlink(missing_ok=True)
 
 
 def _raise_no_room(tmp: Path, target: Path, error: BaseException) -> None:

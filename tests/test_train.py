@@ -356,6 +356,32 @@ def test_mlm_with_a_teacher_without_segment_ids_and_a_student_with_them(pair, ti
     assert segments_seen and all(segments_seen) == pair and any(segments_seen) == pair
 
 
+@pytest.mark.parametrize("where", ["student", ".tmp-student", "checkpoints/step_0000002",
+                                   "checkpoints/step_0000001", "checkpoints/.tmp-step_0000002"])
+def test_a_fifo_where_the_run_saves_is_replaced_never_opened(where, tiny_teacher, tiny_dataset, tmp_path, one_thread):
+    """Opening a FIFO blocks until a writer comes: a run that met one where it saves (the student, a checkpoint, an
+    old checkpoint it prunes, a temp folder) hung for good, Stop and Delete powerless. It must save over it."""
+    import threading
+
+    from distill_nb.runs import create_run
+
+    cfg = tiny_config(tiny_teacher, tiny_dataset, max_steps=4, checkpoint_every=2, keep_checkpoints=1,
+                      num_threads=one_thread)
+    run = create_run(cfg, tmp_path / "runs", "r")
+    (run / where).parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(run / where)
+    worker = threading.Thread(target=train, args=(cfg, run), kwargs={"log": lambda *_: None}, daemon=True)
+    worker.start()
+    worker.join(120)
+    if worker.is_alive():  # let the stuck reader go, so the test reports instead of hanging
+        os.close(os.open(run / where, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(10)
+        pytest.fail(f"train() blocked on a FIFO at {where}")
+    assert read_status(run)["state"] == "completed"
+    assert (run / "student").is_dir() and latest_checkpoint(run).name == "step_0000002"
+    assert not any(p.is_fifo() for p in run.rglob("*"))
+
+
 def test_hard_label_run_never_runs_the_teacher_during_training(tiny_teacher, tiny_dataset, tmp_path):
     cfg = tiny_config(tiny_teacher, tiny_dataset, alpha_kd=0.0, alpha_ce=1.0)
     train(cfg, tmp_path / "run", log=lambda *_: None)
