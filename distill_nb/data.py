@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import env_folder
-from .tables import FILE_FORMATS, check_columns, join_text, label_values, read_table, split_pair
+from .tables import (
+    FILE_FORMATS,
+    PAIR_MARK,
+    check_columns,
+    clean_text,
+    join_text,
+    label_values,
+    read_table,
+    split_pair,
+)
 
 if TYPE_CHECKING:  # torch loads in collate() only: preflight() reads data with this module, torch-free
     import torch
@@ -74,30 +83,77 @@ class TaskData:
                    eval_labels: Sequence[Any], label_names: Sequence[str] | None = None) -> TaskData:
         """A task from Python lists; labels map to ids as in :func:`label_ids` (strings in sorted order).
 
-        Labels are read as a data file's cells are (``tables.label_value``): whole numbers of any type (1, 1.0,
-        numpy's, '1') are ids, booleans and other strings are names, NaN/inf/None are missing.
+        A text is a string, or a ``(first, second)`` tuple for a text pair (``text_pair=True``); a string made
+        by ``tables.join_text(..., pair=True)`` (e.g. the texts of a loaded pair task) is a pair too. Labels are
+        read as a data file's cells are (``tables.label_value``): whole numbers of any type (1, 1.0, numpy's,
+        '1') are ids, booleans and other strings are names, NaN/inf/None are missing.
 
         Raises:
-            ValueError: a missing label, or a number with a fraction (0.5), naming its position.
+            ValueError: a missing label, or a number with a fraction (0.5), naming its position; a text that
+                holds the pair marker U+001E stray, or pairs mixed with single texts.
         """
-        raw = {"train": (list(train_texts), label_values(list(train_labels), lambda i: f"train_labels[{i}]")),
-               "eval": (list(eval_texts), label_values(list(eval_labels), lambda i: f"eval_labels[{i}]"))}
+        raw = {"train": (_list_texts(train_texts, "train_texts"),
+                         label_values(list(train_labels), lambda i: f"train_labels[{i}]")),
+               "eval": (_list_texts(eval_texts, "eval_texts"),
+                        label_values(list(eval_labels), lambda i: f"eval_labels[{i}]"))}
         check_present({k: ys for k, (_, ys) in raw.items()}, "in-memory lists", lambda k, i: f"{k}_labels[{i}]")
+        _check_pair_marks(raw, "in-memory lists")
         return _finish(raw, label_names, "in-memory lists")
 
     def write_jsonl(self, folder: str | os.PathLike) -> Path:
         """Write ``train.jsonl`` / ``validation.jsonl`` (text, label name) so a background run can read them.
 
         Read them back with ``label_names=task.label_names`` (``DistillConfig.label_names``) to keep these ids;
-        without it the names map to ids in sorted order.
+        without it the names map to ids in sorted order. A text pair is written as ``text_a`` and ``text_b``
+        (no ``text``): read those back with ``text_column=["text_a", "text_b"], text_pair=True``.
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for name, split in [("train", self.train), ("validation", self.eval)]:
-            lines = (json.dumps({"text": t, "label": self.label_names[y]}) for t, y in zip(split.texts,
-                                                                                          split.labels))
+            lines = (_jsonl_row(t, self.label_names[y]) for t, y in zip(split.texts, split.labels))
             (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         return folder
+
+
+def _jsonl_row(text: Any, label: str) -> str:
+    """One line of :meth:`TaskData.write_jsonl`: a pair keeps its two texts apart (the reader drops the marker)."""
+    pair = split_pair(text) if isinstance(text, str) else None
+    fields = {"text": text} if pair is None else {"text_a": pair[0], "text_b": pair[1]}
+    return json.dumps({**fields, "label": label})
+
+
+def _list_texts(texts: Sequence[Any], name: str) -> list[Any]:
+    """The texts of :meth:`TaskData.from_lists`: a (first, second) tuple becomes a text pair, the rest as given."""
+    out = []
+    for i, text in enumerate(texts):
+        if isinstance(text, tuple | list):
+            if len(text) != 2:
+                raise ValueError(f"{name}[{i}] is a {type(text).__name__} of {len(text)} items: give a text (a "
+                                 "string), or a text pair as a (first, second) tuple.")
+            text = join_text(text, pair=True)
+        out.append(text)
+    return out
+
+
+def _check_pair_marks(raw: dict[str, tuple[list[Any], list[Any]]], source: str) -> None:
+    """ValueError for a text that holds the pair marker (U+001E) other than as one pair, or pairs mixed with
+    single texts: whether a text is a pair must not hang on its content, and one task is all pairs or none."""
+    first: dict[bool, tuple[str, int, str]] = {}  # pair? -> the first such text (split, index, text)
+    for split, (texts, _) in raw.items():
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                continue
+            pair = split_pair(text) is not None
+            if text.count(PAIR_MARK) > pair:
+                raise ValueError(f"{source}: {split} text {i} ({text[:60]!r}) holds the control character U+001E "
+                                 "that marks a text pair (tables.PAIR_SEP) where it makes no pair: remove it from "
+                                 "the text, and give a text pair as a (first, second) tuple.")
+            first.setdefault(pair, (split, i, text))
+    if len(first) == 2:
+        (ps, pi, pt), (ss, si, _) = first[True], first[False]
+        raise ValueError(f"{source}: {ps} text {pi} ({pt[:60]!r}) is a text pair (it holds tables.PAIR_SEP) but "
+                         f"{ss} text {si} is a single text: give every text as a (first, second) pair, or every "
+                         "text as one string (remove the control character U+001E from a single text).")
 
 
 def find_shared_data() -> Path | None:
@@ -163,13 +219,13 @@ def _read_shared(folder: Path, key: str) -> dict[str, tuple[list[str], list[Any]
         def read(name: str) -> tuple[list[str], list[int]]:
             with open(folder / name, encoding="utf-8", newline="") as f:
                 rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-            return [r["sentence"] for r in rows], [int(r["label"]) for r in rows]
+            return [clean_text(r["sentence"]) for r in rows], [int(r["label"]) for r in rows]
         return {"train": read("train.tsv"), "eval": read("dev.tsv")}
 
     def read_trec(name: str) -> tuple[list[str], list[int]]:
         lines = (folder / name).read_text(encoding="utf-8", errors="replace").splitlines()
         pairs = [line.split(" ", 1) for line in lines if line.strip()]
-        return [t for _, t in pairs], [int(y) for y, _ in pairs]
+        return [clean_text(t) for _, t in pairs], [int(y) for y, _ in pairs]
     return {"train": read_trec("train.txt"), "eval": read_trec("test.txt")}
 
 
@@ -360,18 +416,32 @@ class PairIds(list):
 def encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids per text (with special tokens, truncated to ``max_length``, unpadded).
 
-    A text pair (``text_pair=True``) is encoded as the tokenizer's pair; where the tokenizer gives segment ids
-    (BERT, ELECTRA, ALBERT, DeBERTa; not DistilBERT, RoBERTa, MPNet) each pair's ids are a :class:`PairIds`.
-    A single text gets plain ids, as its segment ids would all be 0.
+    A text pair (``text_pair=True``: ``tables.split_pair`` finds its two texts) is encoded as the tokenizer's
+    pair; where the tokenizer gives segment ids (BERT, ELECTRA, ALBERT, DeBERTa; not DistilBERT, RoBERTa, MPNet)
+    each pair's ids are a :class:`PairIds`. A single text gets plain ids, as its segment ids would all be 0.
+    Each text is encoded on its own terms: a pair among single texts never turns them into pairs.
     """
     pairs = [split_pair(t) for t in texts]
-    if any(p is not None for p in pairs):  # text_pair=True: the tokenizer's own pair format (and token types)
-        first, second = zip(*[p or (t, "") for p, t in zip(pairs, texts)])
-        enc = tokenizer(list(first), list(second), truncation=True, max_length=max_length)
-        if "token_type_ids" not in enc:
-            return enc["input_ids"]
-        return [PairIds(ids, types) for ids, types in zip(enc["input_ids"], enc["token_type_ids"])]
-    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    out: list[Any] = [None] * len(texts)
+    singles = [i for i, p in enumerate(pairs) if p is None]
+    if singles:
+        ids = tokenizer([texts[i] for i in singles], truncation=True, max_length=max_length)["input_ids"]
+        for i, e in zip(singles, ids):
+            out[i] = e
+    both = [i for i, p in enumerate(pairs) if p is not None]
+    if both:
+        for i, e in zip(both, _encode_pairs(tokenizer, [pairs[i] for i in both], max_length)):
+            out[i] = e
+    return out
+
+
+def _encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int) -> list[list[int]]:
+    """The tokenizer's own pair format of (first, second) texts, with their segment ids where it gives them."""
+    first, second = zip(*pairs)
+    enc = tokenizer(list(first), list(second), truncation=True, max_length=max_length)
+    if "token_type_ids" not in enc:
+        return enc["input_ids"]
+    return [PairIds(ids, types) for ids, types in zip(enc["input_ids"], enc["token_type_ids"])]
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, *, seed: int, shuffle: bool = True,

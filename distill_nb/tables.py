@@ -6,7 +6,8 @@ library only (pyarrow for Parquet, imported when needed): no torch, no ``dataset
 
 Accepted shapes: UTF-8 with or without a BOM (Excel's "CSV UTF-8"); JSON as a list of objects, JSON lines, a
 dict of columns, or one wrapping key holding a list of objects (``{"data": [...]}``); text in one column or
-several (joined, or kept as a pair for the tokenizer: see :func:`join_text`). A .tsv has no quoting (a ``"``
+several (joined, or kept as a pair for the tokenizer: see :func:`join_text`; the pair marker's character U+001E
+is dropped from every cell, so whether a text is a pair follows ``text_pair`` alone). A .tsv has no quoting (a ``"``
 is part of the text, as in GLUE's SST-2 files); a .csv quotes with ``"``. A header that names a used column twice,
 or a row with more fields than the header, is refused (it would shift or drop values silently).
 """
@@ -26,19 +27,37 @@ from typing import Any
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 # Two text columns passed to the tokenizer as a pair are kept in one string around this separator;
 # data.encode() splits them again. BERT-style normalisers drop the control character, so a view that
-# tokenizes the string itself sees the two texts joined by spaces.
-PAIR_SEP = " \x1e "
+# tokenizes the string itself sees the two texts joined by spaces. The reader drops PAIR_MARK from every cell
+# (clean_text), so a text read from data holds it only where join_text put it: once, at the column boundary.
+PAIR_MARK = "\x1e"  # ASCII record separator: a control character, not text
+PAIR_SEP = f" {PAIR_MARK} "
 JOIN_SEP = "\n"  # text_pair=False: several columns become one text, one column per line
 
 
+def clean_text(value: Any) -> str:
+    """A text cell as a string: None is "", and PAIR_MARK is dropped (BERT and SentencePiece normalisers drop
+    this control character anyway), so no cell's content can read as a text pair or move a pair's split."""
+    return "" if value is None else str(value).replace(PAIR_MARK, "")
+
+
 def join_text(values: Sequence[Any], pair: bool) -> str:
-    """One text from the text columns of a row: a pair (``a PAIR_SEP b``) or the columns joined by newlines."""
-    parts = ["" if v is None else str(v) for v in values]
+    """One text from the text columns of a row: a pair (``a PAIR_SEP b``) or the columns joined by newlines.
+
+    Raises:
+        ValueError: ``pair`` with other than 2 values (a pair has a first and a second text).
+    """
+    parts = [clean_text(v) for v in values]
+    if pair and len(parts) != 2:
+        raise ValueError(f"a text pair needs exactly 2 text columns, got {len(parts)} values: give two columns "
+                         "(e.g. ['premise', 'hypothesis']), or text_pair=False to join the columns.")
     return PAIR_SEP.join(parts) if pair else JOIN_SEP.join(p for p in parts if p)
 
 
 def split_pair(text: str) -> tuple[str, str] | None:
-    """(first, second) of a text made by ``join_text(..., pair=True)``; None for a single text."""
+    """(first, second) of a text made by ``join_text(..., pair=True)``; None for a single text.
+
+    Unambiguous for data read by this module: join_text drops PAIR_MARK from the texts, so a pair holds it once.
+    """
     if PAIR_SEP not in text:
         return None
     first, second = text.split(PAIR_SEP, 1)

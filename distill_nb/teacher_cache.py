@@ -139,13 +139,28 @@ def teacher_meta(path: str | os.PathLike) -> dict[str, Any] | None:
     return {k: meta.get(k) for k in keep} if isinstance(meta, dict) else None
 
 
+DATA_KEY_FORMAT = 2  # 2: one JSON line per example (1 hashed label, tab, text, newline unescaped: sets collided)
+
+
 def data_key(task: Any) -> str:
-    """A hash of a task's training texts and labels and its label names (its identity, whatever the file)."""
+    """A hash of a task's training texts and labels and its label names (its identity, whatever the file).
+
+    Each example is one JSON line, ``[label, text]`` or ``[label, first, second]`` for a text pair: JSON escapes
+    newlines, tabs and quotes, so no two different training sets hash the same bytes. Since format 2 every
+    cached teacher has a new key once (it is prepared again); the old format let e.g. ``["a\\n1\\tb"]`` and
+    ``["a", "b"]`` share a teacher fine-tuned on the other.
+    """
     h = hashlib.sha256()
-    h.update(json.dumps(list(task.label_names)).encode())
-    for text, label in zip(task.train.texts, task.train.labels):
-        h.update(f"{label}\t{text}\n".encode())
+    h.update(json.dumps({"data_key": DATA_KEY_FORMAT, "label_names": [str(n) for n in task.label_names]}).encode())
+    for text, label in zip(task.train.texts, task.train.labels, strict=True):
+        h.update(b"\n" + _example_json(text, label).encode("ascii"))
     return h.hexdigest()
+
+
+def _example_json(text: Any, label: Any) -> str:
+    """``[label, text]`` (or ``[label, first, second]`` for a text pair) as one line of ASCII JSON."""
+    pair = split_pair(text) if isinstance(text, str) else None
+    return json.dumps([label, *(pair or (text,))], default=str)
 
 
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256: each file read once

@@ -270,3 +270,98 @@ def test_single_texts_and_tokenizers_without_segment_ids_give_plain_ids(tmp_path
     pairs = encode(plain, ["the movie" + PAIR_SEP + "was good", "bad" + PAIR_SEP + "fun"], 32)
     assert all(type(e) is list for e in pairs)
     assert set(collate(pairs, [0, 1], plain.pad_token_id, token_types=True)) == {"input_ids", "attention_mask"}
+
+
+# ---- whether a text is a pair follows text_pair (two columns), never what the text holds ------------------------
+RS = "\x1e"  # the character of tables.PAIR_SEP
+
+
+def _marked_folder(folder, columns):
+    """train/validation .jsonl whose texts hold the pair marker in the middle, at the start and end, repeated."""
+    marked = [f"the movie {RS} was good", f" {RS} bad", f"fun {RS} ", f"a {RS} b {RS} c", "plain text"]
+    folder.mkdir()
+    for split, shift in [("train", 0), ("validation", 2)]:
+        rows = []
+        for i in range(10):
+            cells = {c: marked[(i + shift + k) % len(marked)] for k, c in enumerate(columns)}
+            rows.append(json.dumps({**cells, "label": i % 2}))
+        (folder / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("columns", [["text"], ["title", "body"]])
+def test_single_texts_with_the_marker_are_encoded_as_single_texts_in_train_and_eval(tmp_path, columns):
+    from distill_nb.data import PairIds, encode
+    from distill_nb.tables import split_pair
+
+    bert, _ = _tokenizers(tmp_path)
+    task = load_task(str(_marked_folder(tmp_path / "d", columns)), text_column=columns)
+    for split in (task.train, task.eval):
+        assert not any(RS in t or split_pair(t) for t in split.texts)
+        encoded = encode(bert, split.texts, 32)
+        assert not any(isinstance(e, PairIds) for e in encoded)
+        assert encoded == bert(split.texts, truncation=True, max_length=32)["input_ids"]
+        assert all(e.count(bert.sep_token_id) == 1 for e in encoded)  # [CLS] text [SEP]: never a second [SEP]
+
+
+def test_pairs_with_the_marker_in_either_column_split_at_the_column_boundary(tmp_path):
+    from distill_nb.data import PairIds, encode
+    from distill_nb.tables import split_pair
+
+    bert, _ = _tokenizers(tmp_path)
+    folder = _marked_folder(tmp_path / "d", ["premise", "hypothesis"])
+    task = load_task(str(folder), text_column=["premise", "hypothesis"], text_pair=True)
+    rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
+    expected = [(r["premise"].replace(RS, ""), r["hypothesis"].replace(RS, "")) for r in rows]
+    assert [split_pair(t) for t in task.train.texts] == expected
+    assert all(split_pair(t) for t in task.eval.texts)
+    encoded = encode(bert, task.train.texts, 32)
+    direct = bert([a for a, _ in expected], [b for _, b in expected], truncation=True, max_length=32)
+    assert all(isinstance(e, PairIds) for e in encoded) and [list(e) for e in encoded] == direct["input_ids"]
+
+
+def test_a_pair_among_single_texts_leaves_theirs_alone(tmp_path):
+    from distill_nb.data import PairIds, encode
+    from distill_nb.tables import PAIR_SEP
+
+    bert, _ = _tokenizers(tmp_path)
+    singles = ["the movie was good", "bad film"]
+    mixed = encode(bert, [singles[0], "a" + PAIR_SEP + "b", singles[1]], 32)
+    assert [mixed[0], mixed[2]] == encode(bert, singles, 32) == bert(singles)["input_ids"]
+    assert type(mixed[0]) is list and isinstance(mixed[1], PairIds)
+    assert list(mixed[1]) == bert("a", "b")["input_ids"]
+    assert encode(bert, [], 32) == []
+
+
+def test_in_memory_pairs_are_tuples_and_a_stray_marker_is_refused(tmp_path):
+    from distill_nb.tables import PAIR_SEP, split_pair
+
+    pairs = [("a man sleeps", "a person rests"), (f"a {RS} dog", "a cat")] * 3
+    task = TaskData.from_lists(pairs, [1, 0] * 3, [("x", "y")], [1])
+    assert [split_pair(t) for t in task.train.texts] == [("a man sleeps", "a person rests"), ("a  dog", "a cat")] * 3
+    again = TaskData.from_lists(task.train.texts, task.train.labels, task.eval.texts, task.eval.labels)
+    assert again.train.texts == task.train.texts  # the texts of a loaded pair task stay pairs
+    with pytest.raises(ValueError, match=r"train text 1 \('b\\x1ec'\) holds the control character U\+001E"):
+        TaskData.from_lists(["a", f"b{RS}c", "d"], [0, 1, 0], ["e"], [1])
+    with pytest.raises(ValueError, match="holds the control character U"):  # a second marker: no pair of two texts
+        TaskData.from_lists([f"a{PAIR_SEP}b{PAIR_SEP}c", f"d{PAIR_SEP}e"], [0, 1], [f"f{PAIR_SEP}g"], [1])
+    with pytest.raises(ValueError, match=r"train text 1 \('b \\x1e c'\) is a text pair .* but train text 0 is a "
+                                         "single text"):  # one single text holding " \x1e " among single texts
+        TaskData.from_lists(["a", f"b {RS} c", "d"], [0, 1, 0], ["e"], [1])
+    with pytest.raises(ValueError, match="train text 0 .* is a text pair .* but eval text 0 is a single text"):
+        TaskData.from_lists([("a", "b"), ("c", "d")], [0, 1], ["e"], [1])
+    with pytest.raises(ValueError, match=r"train_texts\[1\] is a tuple of 3 items"):
+        TaskData.from_lists([("a", "b"), ("c", "d", "e")], [0, 1], [("e", "f")], [1])
+
+
+def test_a_pair_task_round_trips_through_jsonl_as_two_columns(tmp_path):
+    from distill_nb.tables import split_pair
+
+    task = TaskData.from_lists([("a man", "a person"), ("a dog", "")] * 3, ["yes", "no"] * 3, [("x", "y")], ["yes"])
+    folder = task.write_jsonl(tmp_path / "d")
+    assert set(json.loads((folder / "train.jsonl").read_text().splitlines()[0])) == {"text_a", "text_b", "label"}
+    back = load_task(str(folder), text_column=["text_a", "text_b"], text_pair=True, label_names=task.label_names)
+    assert back.train.texts == task.train.texts and back.train.labels == task.train.labels
+    assert split_pair(back.eval.texts[0]) == ("x", "y")
+    with pytest.raises(KeyError, match="text_a"):  # read as single texts: refused, not the first text alone
+        load_task(str(folder), text_column="text")

@@ -164,3 +164,56 @@ def test_json_messages_say_what_the_file_holds(tmp_path, name, content, needles)
     message = str(info.value)
     assert name in message and all(n in message for n in needles), message
     assert "header" not in message and "'text,label'" not in message  # no CSV advice for a JSON file
+
+
+# ---- the pair marker (U+001E) in a cell: whether a text is a pair follows text_pair, never the text -----------
+RS = "\x1e"
+MARKED = [f"the {RS} good", f" {RS} the good", f"the good {RS} ", f"a {RS} b {RS} c", f"{RS}{RS}", f"x{RS}y",
+          f"the {RS}  {RS} good"]  # in the middle, at the start, at the end, repeated, alone, without spaces
+
+
+def _clean(text):
+    return text.replace(RS, "")
+
+
+@pytest.mark.parametrize("text", MARKED)
+@pytest.mark.parametrize("ext", ["csv", "jsonl"])
+def test_a_marker_in_a_single_text_never_makes_a_pair(tmp_path, text, ext):
+    from distill_nb.tables import split_pair
+
+    rows = [{"text": text, "label": 1}, {"text": "plain", "label": 0}]
+    body = ("text,label\n" + "".join(f'"{r["text"]}",{r["label"]}\n' for r in rows) if ext == "csv"
+            else "".join(json.dumps(r) + "\n" for r in rows))
+    texts, _, _ = read_table(_file(tmp_path, f"train.{ext}", body), ["text"], "label")
+    assert texts == [_clean(text), "plain"]
+    assert all(split_pair(t) is None for t in texts)
+
+
+@pytest.mark.parametrize("text", MARKED)
+def test_joined_columns_with_a_marker_stay_one_text(tmp_path, text):
+    from distill_nb.tables import split_pair
+
+    path = _file(tmp_path, "train.jsonl", json.dumps({"a": text, "b": f"second {RS} part", "label": 1}) + "\n")
+    (joined,), _, _ = read_table(path, ["a", "b"], "label")
+    assert split_pair(joined) is None and joined == "\n".join(p for p in (_clean(text), "second  part") if p)
+
+
+@pytest.mark.parametrize("text", MARKED)
+@pytest.mark.parametrize("column", [0, 1])
+def test_a_pair_splits_at_the_column_boundary_whatever_its_texts_hold(tmp_path, text, column):
+    from distill_nb.tables import split_pair
+
+    cells = ["the first", "the second"]
+    cells[column] = text
+    row = {"a": cells[0], "b": cells[1], "label": 1}
+    path = _file(tmp_path, "train.jsonl", json.dumps(row) + "\n" + json.dumps({"a": "x", "b": "", "label": 0}))
+    texts, _, _ = read_table(path, ["a", "b"], "label", pair=True)
+    assert split_pair(texts[0]) == (_clean(cells[0]), _clean(cells[1]))
+    assert split_pair(texts[1]) == ("x", "")  # an empty second text is still a pair
+
+
+def test_join_text_refuses_a_pair_of_other_than_two_texts():
+    from distill_nb.tables import join_text
+
+    with pytest.raises(ValueError, match="exactly 2 text columns, got 3"):
+        join_text(["a", "b", "c"], pair=True)

@@ -309,7 +309,7 @@ def test_a_read_only_cache_can_still_be_loaded_from(bare, monkeypatch):
 
 def test_pair_tasks_get_a_new_cache_key_and_single_texts_keep_theirs(tiny_teacher):
     """Teachers are fine-tuned on text pairs with their segment ids since 1 Dec 2026: a pair teacher cached
-    before (every pair read as segment 0) must not be reused; a single-text task's key, and its cache, stay."""
+    before (every pair read as segment 0) must not be reused; a single-text task's identity gains no flag."""
     import hashlib
     import json
 
@@ -326,3 +326,37 @@ def test_pair_tasks_get_a_new_cache_key_and_single_texts_keep_theirs(tiny_teache
     assert _cache_entry(str(tiny_teacher), single, RECIPE, False)[0].name.endswith(old_key(single))
     folder, identity = _cache_entry(str(tiny_teacher), pairs, RECIPE, False)
     assert identity["pair_segments"] is True and not folder.name.endswith(old_key(pairs))
+
+
+# ---- the data key: different training sets never share a teacher ----------------------------------------------
+def _task(texts, labels, names=("0", "1")):
+    return TaskData.from_lists(texts, labels, texts[:1], labels[:1], list(names))
+
+
+@pytest.mark.parametrize("a,b", [  # the old key (label TAB text NEWLINE per example) was equal for the first four
+    ((["the film\n1\tis good", "dull"], [0, 1]), (["the film", "is good", "dull"], [0, 1, 1])),  # the repro
+    ((["a\n1\tb\tc", "d"], [0, 1]), (["a", "b\tc", "d"], [0, 1, 1])),  # a tab inside a text
+    ((["a\n0\tb", "c"], [1, 0]), (["a", "b", "c"], [1, 0, 0])),  # a newline and a label inside a text
+    ((["a\n1\t", "b", "c"], [0, 0, 1]), (["a", "", "b", "c"], [0, 1, 0, 1])),  # an empty text
+    ((["a", '"b"', "c"], [0, 1, 1]), (['a", "b', "c"], [0, 1])),  # quotes and commas
+    ((["a\\", "b"], [0, 1]), (["a\\\n1\tb", "c"], [0, 1])),  # a backslash before the boundary
+    (([("a", "b"), ("c", "d")], [0, 1]), (["a\nb", "c\nd"], [0, 1])),  # a pair vs its columns joined
+    (([("a", "b c"), ("d", "e")], [0, 1]), ([("a b", "c"), ("d", "e")], [0, 1])),  # the same words, split elsewhere
+    (([("a", ""), ("b", "c")], [0, 1]), ([("", "a"), ("b", "c")], [0, 1])),  # an empty first or second text
+])
+def test_different_training_sets_get_different_data_keys(a, b):
+    from distill_nb.teacher_cache import data_key
+
+    first, second = _task(*a), _task(*b)
+    assert first.train.texts != second.train.texts or first.train.labels != second.train.labels
+    assert data_key(first) != data_key(second)
+
+
+def test_the_same_data_gets_the_same_key_and_label_names_count():
+    from distill_nb.teacher_cache import data_key
+
+    texts, labels = ["a\nb", "c\td", ""] * 2, [0, 1, 0] * 2
+    assert data_key(_task(texts, labels)) == data_key(_task(list(texts), list(labels)))
+    assert data_key(_task(texts, labels)) != data_key(_task(texts, labels, ("neg", "pos")))
+    pairs = [("a", "b"), ("c", "")] * 2
+    assert data_key(_task(pairs, [0, 1] * 2)) == data_key(_task(list(pairs), [0, 1] * 2))

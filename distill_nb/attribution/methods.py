@@ -281,6 +281,12 @@ def encode(tokenizer: Any, texts: list[str], max_length: int) -> list[Encoded]:
         raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer: word alignment needs offsets; "
                          "load it with AutoTokenizer.from_pretrained(path, use_fast=True)")
     pairs = [split_pair(t) for t in texts]
+    if any(pairs) and not all(pairs):  # each text on its own terms, as data.encode: a single text stays single
+        out_of: list[Encoded | None] = [None] * len(texts)
+        for idx in ([i for i, p in enumerate(pairs) if p], [i for i, p in enumerate(pairs) if not p]):
+            for i, item in zip(idx, encode(tokenizer, [texts[i] for i in idx], max_length)):
+                out_of[i] = item
+        return out_of
     kwargs = {"truncation": True, "max_length": max_length, "return_offsets_mapping": True,
               "return_special_tokens_mask": True}
     if any(p is not None for p in pairs):  # text_pair data: the tokenizer's pair format, as data.encode feeds it
