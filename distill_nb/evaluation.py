@@ -47,6 +47,28 @@ def nonfinite_rows(logits: torch.Tensor) -> int:
     return int((~torch.isfinite(logits).all(-1)).sum())
 
 
+class BrokenTeacher(ValueError):
+    """The teacher's own outputs are NaN/inf: no student can learn from it, and no metric against it means
+    anything (a run never completes on one)."""
+
+
+def check_teacher_outputs(values: torch.Tensor, where: str, precision: str) -> torch.Tensor:
+    """``values`` (N, ...) as given, or :class:`BrokenTeacher` naming how many rows hold a NaN/inf and the fix.
+
+    ``where``: which texts, e.g. "eval"; ``precision``: the precision the teacher ran in (fp32, bf16, fp16).
+    """
+    bad = ~torch.isfinite(values.reshape(len(values), -1)).all(-1) if len(values) else torch.zeros(0, dtype=bool)
+    if bad.any():
+        rows = bad.nonzero().flatten().tolist()
+        raise BrokenTeacher(
+            f"the teacher's outputs are not finite (NaN or inf) on {len(rows)} of {len(values)} {where} texts "
+            f"(the first: text {rows[0]}), in {precision}: the teacher itself is broken, not the student's "
+            "training. Its weights may hold NaN/inf, or its numbers overflow in this precision. Check the teacher "
+            "(distill_nb.load_teacher(path) and one forward pass), prepare or pick another one"
+            + (", or run with precision='fp32'" if precision != "fp32" else "") + "; nothing was trained on it.")
+    return values
+
+
 def _class_id(value: Any) -> int | None:
     """``value`` as a class id when it is a whole number (an int, or a float like 1.0: Python, numpy, a 0-d
     tensor), else None (also for bools, strings, fractions, NaN and infinities)."""
@@ -138,10 +160,11 @@ def mlm_batch(batch: dict[str, torch.Tensor], tokenizer: Any, prob: float, seed:
 @torch.no_grad()
 def evaluate_mlm(student: nn.Module, teacher: nn.Module,
                   batches: list[tuple[dict[str, torch.Tensor], torch.Tensor]], device: torch.device,
-                  autocast: Callable, step: int) -> dict[str, Any]:
+                  autocast: Callable, step: int, precision: str = "fp32") -> dict[str, Any]:
     """Masked-token accuracy of student and teacher, their agreement and KL (T=1) at the masked positions.
 
-    The teacher runs again at each evaluation: its vocabulary logits are too large to keep between them.
+    The teacher runs again at each evaluation: its vocabulary logits are too large to keep between them. A
+    non-finite teacher logit is :class:`BrokenTeacher` (``precision``: what the teacher ran in, for its message).
     """
     student.eval()
     total = dict.fromkeys(("correct", "teacher_correct", "agreement", "kd", "ce", "nonfinite"), 0.0)
@@ -154,6 +177,7 @@ def evaluate_mlm(student: nn.Module, teacher: nn.Module,
             s_logits = student(**batch).logits[masked].float()  # (M, V)
             t_logits = teacher(**{k: v for k, v in batch.items()  # segment ids only for a teacher that takes them
                                   if t_types or k != "token_type_ids"}).logits[masked].float()
+        check_teacher_outputs(t_logits, "masked eval", precision)
         y, s_pred, t_pred, m = labels[masked], predictions(s_logits), predictions(t_logits), int(masked.sum())
         total["correct"] += ((s_pred == y) & (s_pred != NO_PREDICTION)).sum().item()
         total["teacher_correct"] += ((t_pred == y) & (t_pred != NO_PREDICTION)).sum().item()

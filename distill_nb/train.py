@@ -37,7 +37,14 @@ from .checkpoint import (
 )
 from .config import ConfigError, DistillConfig
 from .data import TaskData, collate, encode, length_batches, steps_per_epoch
-from .evaluation import accuracy_of, evaluate_classifier, evaluate_mlm, mlm_batch, predictions
+from .evaluation import (
+    accuracy_of,
+    check_teacher_outputs,
+    evaluate_classifier,
+    evaluate_mlm,
+    mlm_batch,
+    predictions,
+)
 from .fastdrop import use_fast_dropout
 from .models import (
     NotAClassifierError,
@@ -223,8 +230,10 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             progress = _phase_progress(rec, world == 1, "caching_logits", lambda done, total: (  # minutes on a CPU
                 f"caching the teacher's logits: {done}/{total} texts")) if main_proc else None
             try:
-                cached_logits = cached_tensor(run_dir / "teacher_logits.safetensors", main_proc, lambda: predict_logits(
-                    teacher, t_train, tokenizer.pad_token_id, device, autocast, progress=progress),
+                cached_logits = cached_tensor(  # checked before it is written: a broken teacher is never cached
+                    run_dir / "teacher_logits.safetensors", main_proc, lambda: check_teacher_outputs(predict_logits(
+                        teacher, t_train, tokenizer.pad_token_id, device, autocast, progress=progress),
+                        "training", describe_precision(amp_dtype)),
                     shape=(len(t_train), teacher.config.num_labels), log=log)
             except _StopRequested:
                 rec.stopped(ckpt_step(latest_checkpoint(run_dir)),  # a resume that lost the file keeps its step
@@ -236,10 +245,12 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                                       tokenizer, config.mlm_probability, hash((config.seed, -1, b)), at_least_one=True)
                             for b, idx in enumerate(eval_order)]
             teacher_acc = None  # measured with the student at each evaluation
-            evaluate = partial(evaluate_mlm, model.student, teacher, eval_batches, device, autocast)
+            evaluate = partial(evaluate_mlm, model.student, teacher, eval_batches, device, autocast,
+                               precision=describe_precision(amp_dtype))
         else:
-            teacher_eval = predict_logits(teacher, t_eval, tokenizer.pad_token_id, device, autocast)
-            teacher_acc = accuracy_of(predictions(teacher_eval), eval_labels)  # a NaN/inf row counts as wrong
+            teacher_eval = check_teacher_outputs(predict_logits(teacher, t_eval, tokenizer.pad_token_id, device,
+                                                                autocast), "eval", describe_precision(amp_dtype))
+            teacher_acc = accuracy_of(predictions(teacher_eval), eval_labels)
             evaluate = partial(evaluate_classifier, model.student, s_eval, student_tok.pad_token_id, eval_labels,
                                teacher_eval, teacher_acc, device, autocast)
         # --- reasons (distill_nb.fidelity): probe agreement at each eval; the attribution-alignment loss --------
@@ -368,6 +379,8 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
                                     float(main_proc and rec.stop_requested())])
                 if world > 1:
                     dist.all_reduce(bad)  # every process takes the same branch
+                if (bad[0] or bad[1]) and t_logits is not None:  # the teacher's fault, not the learning rate's
+                    check_teacher_outputs(t_logits.detach(), "training", describe_precision(amp_dtype))
                 if bad[0] or bad[1]:
                     raise Diverged(f"diverged at step {step + 1}: the {'loss' if bad[0] else 'gradient'} is not "
                                    f"finite. Lower learning_rate (now {config.learning_rate:g}) or temperature "
@@ -410,8 +423,13 @@ def train(config: DistillConfig, run_dir: str | os.PathLike, *, data: TaskData |
             rec.phase("evaluating", f"final evaluation on {len(t_eval)} texts", force=True)
             record = evaluate(step)
             rec.metrics(record)
-            if any(number(record.get(k)) is None
-                   for k in ("accuracy", "teacher_accuracy")):  # a run never completes on numbers it lacks
+            if record.get("nonfinite"):  # finite weights can still overflow: a student that outputs NaN/inf
+                raise Diverged(f"the student's logits are not finite (NaN or inf) on {record['nonfinite']} eval "
+                               f"texts at the end (in {describe_precision(amp_dtype)}); nothing was saved, the last "
+                               "checkpoint is kept. Lower learning_rate and run again (run.fork(learning_rate=...))"
+                               + (", or use precision='fp32'" if amp_dtype is not None else "") + ".")
+            if any(number(record.get(k)) is None for k in ("accuracy", "teacher_accuracy", "agreement",
+                                                             "kd_to_teacher")):  # never complete on missing numbers
                 raise ValueError(f"the final evaluation measured nothing (accuracy {record.get('accuracy')}, teacher "
                                  f"{record.get('teacher_accuracy')} on {len(t_eval)} eval texts): give the run eval "
                                  "texts with words in them; the last checkpoint is kept, Resume retries.")

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from distill_nb import DistillConfig
-from distill_nb.runs import read_metrics, read_status
 from distill_nb.checkpoint import latest_checkpoint
+from distill_nb.runs import read_metrics, read_status
 from distill_nb.train import train
 
 
@@ -325,9 +325,8 @@ def test_mlm_with_a_teacher_without_segment_ids_and_a_student_with_them(pair, ti
     """A DistilBERT masked-LM teacher (no token_type_ids in its forward) and a BERT student from a path, same
     vocabulary, on single texts and on text pairs: each model gets only the inputs its forward takes, in training
     and in evaluation."""
-    from transformers import BertTokenizerFast, DistilBertConfig, DistilBertForMaskedLM
-
     from conftest import make_tiny_bert, write_vocab
+    from transformers import BertTokenizerFast, DistilBertConfig, DistilBertForMaskedLM
 
     teacher_dir = tmp_path / "distilbert-mlm"
     tok = BertTokenizerFast(vocab=str(write_vocab(teacher_dir)), do_lower_case=True)
@@ -380,6 +379,91 @@ def test_a_fifo_where_the_run_saves_is_replaced_never_opened(where, tiny_teacher
     assert read_status(run)["state"] == "completed"
     assert (run / "student").is_dir() and latest_checkpoint(run).name == "step_0000002"
     assert not any(p.is_fifo() for p in run.rglob("*"))
+
+
+def _broken_teacher(folder: Path, where: str, mlm: bool = False) -> Path:
+    """A tiny BERT teacher with inf weights: in its last layer (NaN logits on every text), or in the word
+    embedding of "brilliant" or the position embedding 9 (NaN logits only on the texts that reach them)."""
+    from conftest import make_tiny_bert
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    make_tiny_bert(folder, mlm=mlm)
+    model = (AutoModelForMaskedLM if mlm else AutoModelForSequenceClassification).from_pretrained(folder)
+    with torch.no_grad():
+        if where == "everywhere":
+            model.bert.encoder.layer[3].output.dense.weight.fill_(float("inf"))
+        elif where == "training-word":
+            row = AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids("brilliant")
+            model.bert.embeddings.word_embeddings.weight[row] = float("nan")
+        else:  # position 9: only an eval text is that long (a word's row would reach every text through a tied
+            model.bert.embeddings.position_embeddings.weight[9] = float("nan")  # masked-LM decoder)
+    model.save_pretrained(folder)
+    return folder
+
+
+BROKEN_TEACHER_CASES = {  # name: (where the teacher is broken, config changes, the texts the error names)
+    "hard-labels-only": ("everywhere", {"alpha_kd": 0.0, "alpha_ce": 1.0}, "eval"),
+    "kd-cached-logits": ("everywhere", {}, "training"),
+    "kd-cached-on-training-texts-only": ("training-word", {"student_init": "random"}, "training"),
+    "teacher-every-step": ("training-word", {"alpha_hidden": 1.0, "student_init": "random"}, "training"),
+    "mlm": ("everywhere", {"objective": "mlm", "label_column": "no-such-column"}, "training"),  # runs every step
+    "kd-nan-on-eval-texts-only": ("eval-position", {"student_init": "random"}, "eval"),
+    "mlm-nan-on-eval-texts-only": ("eval-position", {"objective": "mlm", "label_column": "no-such-column",
+                                                 "student_init": "random"}, "masked eval"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_TEACHER_CASES))
+def test_a_teacher_with_nan_outputs_fails_the_run_and_says_so(case, tmp_path, one_thread):
+    """A run against a teacher whose logits are NaN completed (teacher accuracy 0, kd_to_teacher NaN), or blamed
+    the learning rate and cached the NaN logits. It must fail, name the teacher, and leave no student or cache."""
+    from conftest import HINT
+
+    from distill_nb.evaluation import BrokenTeacher
+
+    where, changes, texts = BROKEN_TEACHER_CASES[case]
+    teacher = _broken_teacher(tmp_path / "teacher", where, mlm=changes.get("objective") == "mlm")
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n in [("train", 32), ("validation", 16)]:  # "brilliant" only in training texts, 10 tokens in eval
+        odd = "brilliant" if split == "train" else "very " * 5 + "good"
+        rows = ["text,label"] + [f"the movie was {odd if i % 4 == 1 else 'good'},1" if i % 2
+                                 else f"the movie was {'bad' if i % 3 else 'dull'},0" for i in range(n)]
+        (data / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    cfg = tiny_config(teacher, data, max_steps=4, batch_size=32, eval_every=2, checkpoint_every=100,
+                      num_threads=one_thread, **changes)
+    with pytest.raises(BrokenTeacher) as err:
+        train(cfg, run, log=lambda *_: None)
+    message = str(err.value)
+    assert "not finite (NaN or inf) on" in message and f" {texts} texts" in message and HINT.search(message)
+    status = read_status(run)
+    assert status["state"] == "failed" and "the teacher itself is broken" in status["error"]
+    assert not (run / "student").exists()
+    assert texts != "training" or not (run / "teacher_logits.safetensors").exists()  # never a broken cache
+    assert not any(m.get("split") == "eval" for m in read_metrics(run))  # no metric against a broken teacher
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_a_student_whose_final_logits_are_not_finite_is_never_completed(bad, tiny_teacher, tiny_dataset, tmp_path,
+                                                                        one_thread, monkeypatch):
+    """Finite weights can still give NaN/inf logits (an overflow): such a student is not saved as completed."""
+    from distill_nb import evaluation
+    from distill_nb.checkpoint import Diverged
+
+    real = evaluation.predict_logits
+
+    def overflowing(*args, **kwargs):  # the student's eval logits, one row broken
+        logits = real(*args, **kwargs)
+        logits[0, 0] = bad
+        return logits
+
+    monkeypatch.setattr(evaluation, "predict_logits", overflowing)
+    run = tmp_path / "run"
+    with pytest.raises(Diverged, match=r"student's logits are not finite \(NaN or inf\) on 1 eval texts"):
+        train(tiny_config(tiny_teacher, tiny_dataset, num_threads=one_thread), run, log=lambda *_: None)
+    assert read_status(run)["state"] == "failed" and not (run / "student").exists()
+    assert latest_checkpoint(run).name == "step_0000002"  # the last checkpoint is kept for a resume
 
 
 def test_hard_label_run_never_runs_the_teacher_during_training(tiny_teacher, tiny_dataset, tmp_path):
