@@ -16,7 +16,10 @@ measured check picks it, and ``fp32``).
 Roofline: the loop's achieved GFLOP/s (the student's forward+backward FLOPs on train()'s own length-bucketed
 batches, counted by torch's FlopCounterMode on a sample of them, times its measured steps/s; the naive loop's
 count adds the teacher's forward at max_length padding) against this device's measured fp32 and bf16 matmul
-rates (the practical peak: a 1024x1024 matmul, best of 8, measured between the rounds).
+rates (the practical peak: a 1024x1024 matmul, best of 8, measured between the rounds). ``--breakdown`` also
+times a step on one example of each batch (the per-step work that does not grow with the batch: weight casts,
+dispatch, clipping, AdamW over every parameter) and prints the ceiling it sets: the fraction of the peak a step
+would reach if its matmuls ran at the peak and only that fixed part remained.
 
     python bench/bench_train_throughput.py --small [--precisions auto fp32] [--out artifacts/train_throughput.json]
 """
@@ -149,10 +152,11 @@ def loop_breakdown(teacher_folder: str, texts: list[str], labels: list[int], *, 
         t_logits = {i: teacher(**collate(enc, b, tok.pad_token_id)).logits for i, b in enumerate(batches)}
     opt = adamw(student.parameters(), device, lr=1e-4, weight_decay=0.01)
 
-    def step(i: int) -> None:
+    def step(i: int, rows: slice = slice(None)) -> None:
         with autocast():
-            out = student(**collate(enc, batches[i], tok.pad_token_id)).logits
-            loss = losses.kd_loss(out, t_logits[i], 2.0) + 0.5 * losses.ce_loss(out, y[batches[i]])
+            out = student(**collate(enc, batches[i][rows], tok.pad_token_id)).logits
+            loss = (losses.kd_loss(out, t_logits[i][rows], 2.0)
+                    + 0.5 * losses.ce_loss(out, y[batches[i][rows]]))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
@@ -172,6 +176,15 @@ def loop_breakdown(teacher_folder: str, texts: list[str], labels: list[int], *, 
         total += ev.self_cpu_time_total
         kind = OP_KINDS.get(ev.key, "other")
         kinds[kind] = kinds.get(kind, 0.0) + ev.self_cpu_time_total
+    # the step's fixed part: a step on one example of each batch still casts every weight, runs every op once,
+    # clips and updates all parameters. Unprofiled, alternated with whole steps on the same batches (medians).
+    whole, fixed = [], []
+    for _ in range(5):
+        for timed, rows in ((whole, slice(None)), (fixed, slice(0, 1))):
+            start = time.perf_counter()
+            for i in order[3:]:
+                step(i, rows)
+            timed.append((time.perf_counter() - start) / profiled)
     flops = 0
     with FlopCounterMode(display=False) as counter:  # the matmul FLOPs of the same profiled steps
         for i in order[3:]:
@@ -183,6 +196,8 @@ def loop_breakdown(teacher_folder: str, texts: list[str], labels: list[int], *, 
     matmul_s = kinds.get("matmul", 0.0) / 1e6
     return {"shares": {k: v / total for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
             "matmul_gflop_per_s": flops / matmul_s / 1e9 if matmul_s else float("nan"),
+            "step_s": statistics.median(whole), "one_example_step_s": statistics.median(fixed),
+            "flops_per_step": flops / profiled,
             "profiled_steps_per_s": profiled / wall, "profiled_steps": profiled}
 
 
@@ -309,6 +324,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  the matmuls run at {b['matmul_gflop_per_s']:.0f} GFLOP/s while they run = "
               f"{100 * b['matmul_gflop_per_s'] / peak['bf16' if fastest != 'fp32' else 'fp32']:.0f}% of the "
               f"{'bf16' if fastest != 'fp32' else 'fp32'} peak", flush=True)
+        # the ceiling: matmuls at the peak and nothing else growing with the batch, the fixed part unchanged
+        at_peak = b["flops_per_step"] / (peak["bf16" if fastest != "fp32" else "fp32"] * 1e9)
+        b["ceiling_fraction"] = at_peak / (at_peak + b["one_example_step_s"])
+        print(f"  fixed part of a step: {1e3 * b['one_example_step_s']:.1f} ms on one example vs "
+              f"{1e3 * b['step_s']:.1f} ms on the whole batch (unprofiled); its matmuls at the peak would take "
+              f"{1e3 * at_peak:.1f} ms, so even then this step reaches at most {100 * b['ceiling_fraction']:.0f}% "
+              f"of the peak at batch {prof.batch_size}", flush=True)
     best = max(summary["train"].values(), key=lambda r: r["end_to_end_ratio"])
     summary["goal_4x"] = bool(best["end_to_end_ratio"] >= 4)
     summary["goal_60pct_bf16_peak"] = bool(best["fraction_bf16_peak"] >= 0.6)
