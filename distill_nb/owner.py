@@ -13,6 +13,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from .safeio import open_regular_for_writing
+
 
 class RunBusy(RuntimeError):
     """Another worker (or launcher) owns the run right now."""
@@ -64,14 +66,24 @@ def alive(pid: int, start: int | None = None) -> bool:
 _HELD: dict[str, int] = {}  # run dir -> fd of the worker lock this process holds (flock is per open file)
 
 
-def open_lock_file(path: Path) -> int:
-    """Open (create) a lock file, never through a symbolic link; OSError(ELOOP) names the link."""
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise OSError(errno.ELOOP, f"{path} is a symbolic link; remove it (distill_nb does not follow links)")
-        raise
+def open_lock_file(path: Path, dir_fd: int | None = None) -> int:
+    """Open (create) a lock file, never through a symbolic link and never blocking on a FIFO; with ``dir_fd``,
+    ``path.name`` inside that folder (``path`` then only names it in messages).
+
+    Raises:
+        UnsafeEntry (an OSError): ``path`` is a link, a folder, a FIFO or a device; the message names it and says to
+        remove it (a lock file holds nothing: distill_nb makes it again). OSError: anything else.
+    """
+    return open_regular_for_writing(Path(path), os.O_RDWR | os.O_CREAT, dir_fd=dir_fd)
+
+
+def check_worker_lock(path: Path) -> None:
+    """Make sure the run's worker lock can be opened (created); a worker could not start otherwise.
+
+    Raises:
+        UnsafeEntry: ``<run>/.worker.lock`` is a link, a folder or a FIFO (the message names it and the fix).
+    """
+    os.close(open_lock_file(Path(path) / ".worker.lock"))
 
 
 def acquire_worker_lock(path: Path) -> bool:
@@ -89,8 +101,9 @@ def acquire_worker_lock(path: Path) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        holder = _holder(fd)
         os.close(fd)
-        raise RunBusy(f"run {Path(path).name!r} is already running ({_holder(path)}); a run has exactly one "
+        raise RunBusy(f"run {Path(path).name!r} is already running ({holder}); a run has exactly one "
                       "worker: wait for it or stop it first.") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())  # who holds it, for the message above
@@ -98,10 +111,10 @@ def acquire_worker_lock(path: Path) -> bool:
     return True
 
 
-def _holder(path: Path) -> str:
+def _holder(fd: int) -> str:
+    """Who holds the lock open as ``fd``, as its holder wrote it (read from that same file: never a path again)."""
     try:
-        with open(Path(path) / ".worker.lock", encoding="utf-8", errors="replace") as f:
-            return f.read(200) or "another process"
+        return os.pread(fd, 200, 0).decode("utf-8", errors="replace") or "another process"
     except OSError:
         return "another process"
 
@@ -117,7 +130,7 @@ def worker_lock_free(path: Path) -> bool:
     if str(Path(path).resolve()) in _HELD:
         return False
     try:
-        fd = os.open(Path(path) / ".worker.lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(Path(path) / ".worker.lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return True
     except OSError as e:  # a link or a directory there can never be locked, so nobody holds it

@@ -12,9 +12,10 @@ The one owner of these formats (the server, the CLI, the widgets and the worker 
         .worker.lock     held by the worker for its whole life (exactly one worker per run)
 
 Writers are strict (``allow_nan=False``: a NaN becomes ``null``, an unknown state is refused); readers are
-tolerant (a corrupt file makes that run ``unreadable`` with the reason, never breaks a listing). Files are
-opened with ``O_NOFOLLOW`` and run directories that are symbolic links are refused, so nothing is read or
-written outside the runs root.
+tolerant (a corrupt file makes that run ``unreadable`` with the reason, never breaks a listing; a record larger
+than ``MAX_RECORD_BYTES`` is corrupt, and never read whole). Files are opened with ``O_NOFOLLOW`` (and never
+block on a FIFO), and run directories that are symbolic links are refused, so nothing is read or written outside
+the runs root.
 """
 
 from __future__ import annotations
@@ -48,15 +49,21 @@ from .owner import (
     worker_lock_free,
 )
 from .safeio import (
+    MAX_RECORD_BYTES,
     CorruptRecord,
+    UnsafeEntry,
     dumps,
     finite,
+    kind,
     loads,
     not_utf8,
     number,
+    open_folder,
+    open_regular_for_writing,
     read_json,
     read_tail,
     read_text,
+    too_big,
     write_all,
     write_in_place,
 )
@@ -176,7 +183,7 @@ def status_path(path: Path) -> Path:
 
 def _read_raw_status(path: Path) -> dict[str, Any]:
     """The validated status.json; FileNotFoundError or CorruptRecord otherwise."""
-    return validate_status(read_json(status_path(path)))
+    return validate_status(read_json(status_path(path), max_bytes=MAX_RECORD_BYTES))
 
 
 @contextmanager
@@ -336,11 +343,29 @@ def _last_logged_step(path: Path) -> int | float | None:
 def _last_checkpoint_step(path: Path) -> int | None:
     """The newest complete checkpoint's step (the file layout is checkpoint.py's; read here without torch)."""
     try:
-        steps = [int(p.name[5:]) for p in (path / "checkpoints").iterdir()
-                 if p.name.startswith("step_") and p.name[5:].isdigit() and _is_file(p / "trainer_state.json")]
+        folder = open_folder(Path(path) / "checkpoints")  # a link there is not followed (checkpoint.py refuses it)
     except OSError:
         return None
+    try:
+        steps = [int(name[5:]) for name in os.listdir(folder)
+                 if name.startswith("step_") and name[5:].isdigit() and _is_file_in(folder, name, "trainer_state.json")]
+    finally:
+        os.close(folder)
     return max(steps, default=None)
+
+
+def _is_file_in(folder: int, name: str, file: str) -> bool:
+    """Whether ``<folder>/<name>`` is a real folder (not a link) holding the regular file ``file``."""
+    try:
+        sub = open_folder(Path(name), dir_fd=folder)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.stat(file, dir_fd=sub, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+    finally:
+        os.close(sub)
 
 
 def _liveness(status: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -385,7 +410,7 @@ def append_metrics(path: Path, record: dict[str, Any]) -> None:
     """Append one record (strict JSON, one line) and flush it, so readers see whole lines as they come."""
     line = (dumps(record) + "\n").encode("utf-8")
     file = Path(path) / "metrics.jsonl"
-    fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    fd = open_regular_for_writing(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never a link, folder or FIFO
     try:
         end = os.fstat(fd).st_size
         try:
@@ -464,7 +489,17 @@ def request_stop(path: Path) -> None:
 
 
 def clear_stop(path: Path) -> None:
-    (Path(path) / "STOP").unlink(missing_ok=True)
+    """Withdraw a stop request. A folder named STOP (not ours: :func:`request_stop` writes a file) is left alone.
+
+    Raises:
+        UnsafeEntry: ``STOP`` is a folder; the message names it and says to remove it.
+    """
+    stop = Path(path) / "STOP"
+    try:
+        stop.unlink(missing_ok=True)  # a link or a FIFO goes as the entry itself: unlink never follows or opens it
+    except IsADirectoryError:
+        raise UnsafeEntry(f"{stop} is a folder: distill_nb only ever writes a file there, to ask the run to stop, "
+                          "and a folder reads as a standing stop request; remove it and try again") from None
 
 
 def stop_requested(path: Path) -> bool:
@@ -486,22 +521,36 @@ def write_peer_error(path: Path, rank: int, error: str, traceback: str | None = 
 
 def peer_error(path: Path) -> dict[str, Any] | None:
     """The first recorded failure of a process other than 0 (``rank``, ``error``, ``traceback``, ``time``), or
-    None; a corrupt or linked file is passed over."""
+    None; a corrupt, oversized or linked file is passed over, and so is one whose ``rank`` is not its file name's N
+    (a copied or hand-edited file: it would name another process, or none)."""
     found = []
     for file in _peer_error_files(path):
         try:
-            record = read_json(file)
+            record = read_json(file, max_bytes=MAX_RECORD_BYTES)
         except (OSError, CorruptRecord):
             continue
-        if isinstance(record, dict) and isinstance(record.get("error"), str) and isinstance(record.get("rank"), int):
+        rank = int(_PEER_ERROR.fullmatch(file.name).group(1))
+        if isinstance(record, dict) and isinstance(record.get("error"), str) and _same_rank(record.get("rank"), rank):
             found.append(record)
     return min(found, key=lambda r: number(r.get("time")) or math.inf, default=None)
 
 
+def _same_rank(written: Any, rank: int) -> bool:
+    """Whether a record's ``rank`` is the integer ``rank`` (not a bool: ``True == 1`` in Python)."""
+    return isinstance(written, int) and not isinstance(written, bool) and written == rank
+
+
 def clear_peer_errors(path: Path) -> None:
-    """Forget the other processes' errors of an earlier attempt (a new worker claims the run)."""
+    """Forget the other processes' errors of an earlier attempt (a new worker claims the run).
+
+    A folder with such a name is left (distill_nb never makes one, and :func:`peer_error` never reads it as an
+    error); anything else goes as the entry itself (unlink never follows a link or opens a FIFO).
+    """
     for file in _peer_error_files(path):
-        file.unlink(missing_ok=True)
+        try:
+            file.unlink()
+        except (FileNotFoundError, IsADirectoryError):
+            pass
 
 
 def _peer_error_files(path: Path) -> list[Path]:
@@ -554,13 +603,27 @@ def create_run(config: DistillConfig, root: str | os.PathLike | None = None, run
 def _summary(path: Path) -> tuple[dict[str, Any] | None, bool]:
     """(teacher → student summary, trust_remote_code) from config.json, read without validation side effects."""
     try:
-        config = read_json(path / "config.json")
+        config = read_json(path / "config.json", max_bytes=MAX_RECORD_BYTES)
     except (FileNotFoundError, CorruptRecord):
         return None, False
     if not isinstance(config, dict):
         return None, False
     keys = ("teacher", "dataset", "student_layers", "objective")
     return {k: config.get(k) for k in keys}, config.get("trust_remote_code") is True
+
+
+def config_problem(path: Path) -> str | None:
+    """Why the run's config.json cannot be a config distill_nb wrote (not a regular file, oversized), or None: the
+    listing shows the run unreadable with this reason, and a worker refuses to start on it."""
+    try:
+        info = os.lstat(path / "config.json")
+    except FileNotFoundError:
+        return None  # no run folder at all (the caller says so)
+    except OSError as e:
+        return f"config.json cannot be read ({e.strerror})"
+    if not stat.S_ISREG(info.st_mode):
+        return f"config.json is not a regular file (it is {kind(info.st_mode)})"
+    return too_big("config.json", info.st_size, MAX_RECORD_BYTES)
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
@@ -585,8 +648,8 @@ def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
         if not os.path.lexists(path / "config.json"):
             continue  # not a run directory
         status = read_status(path)
-        if not _is_file(path / "config.json"):
-            status = {"state": Status.UNREADABLE.value, "error": "config.json is not a regular file"}
+        if problem := config_problem(path):
+            status = {"state": Status.UNREADABLE.value, "error": problem}
         status["run_id"] = path.name
         status["last_eval"] = last_eval(path)
         status["summary"], status["trust_remote_code"] = _summary(path)

@@ -1,7 +1,9 @@
 """Strict JSON out, tolerant JSON in, and file reads that never follow a symbolic link. Standard library only.
 
 Writers use :func:`dumps` (``allow_nan=False``; NaN/Infinity become ``null``); readers use :func:`read_json`,
-which refuses links, directories, FIFOs and non-UTF-8 bytes with a :class:`CorruptRecord` saying which.
+which refuses links, directories, FIFOs, non-UTF-8 bytes and (given ``max_bytes``) oversized files with a
+:class:`CorruptRecord` saying which. :func:`open_folder` opens a folder of the runs root without following a link,
+for code that then works relative to it (``dir_fd``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,32 @@ from typing import Any
 
 class CorruptRecord(ValueError):
     """A run file exists but cannot be used; the message says which and why."""
+
+
+class UnsafeEntry(OSError):
+    """A path distill_nb writes to (a lock file, a folder of the device queue) is a symbolic link or the wrong kind
+    of file; it is refused, never followed or replaced. The message names the path and the fix."""
+
+
+MAX_RECORD_BYTES = 4 << 20  # status.json, config.json, rankN_error.json: a few KB when distill_nb writes them
+
+
+def kind(mode: int) -> str:
+    """What an ``lstat`` mode is, in words ("a symbolic link", "a folder", "a FIFO", ...)."""
+    for test, words in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                        (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+                        (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return words
+    return "an unknown kind of file"
+
+
+def too_big(name: str, size: int, max_bytes: int) -> str | None:
+    """Why a record of ``size`` bytes is not read (more than ``max_bytes``), or None."""
+    if size <= max_bytes:
+        return None
+    return (f"{name} is {size / 2**20:.1f} MB, more than the {max_bytes / 2**20:g} MB cap for a run record (distill_nb "
+            f"writes a few KB): it was not written by distill_nb; move it out of the run folder (or delete the run)")
 
 
 def finite(value: Any) -> Any:
@@ -112,19 +140,32 @@ def _open_regular(path: Path) -> tuple[int, os.stat_result]:
     return fd, info
 
 
-def read_text(path: Path, errors: str = "strict") -> str:
-    """A regular file's text, never through a symbolic link.
+def read_text(path: Path, errors: str = "strict", max_bytes: int | None = None) -> str:
+    """A regular file's text, never through a symbolic link, and (with ``max_bytes``) never more than that.
 
     Raises:
-        FileNotFoundError: missing. CorruptRecord: a link, a directory, or (``errors="strict"``) not UTF-8.
+        FileNotFoundError: missing. CorruptRecord: a link, a directory, larger than ``max_bytes`` (it is not read),
+        or (``errors="strict"``) not UTF-8.
     """
-    fd, _ = _open_regular(path)
+    fd, info = _open_regular(path)
     with os.fdopen(fd, "rb") as f:
-        data = f.read()
+        data = f.read() if max_bytes is None else _read_at_most(f, path.name, info.st_size, max_bytes)
     try:
         return data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
         raise CorruptRecord(f"{path.name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _read_at_most(f: Any, name: str, size: int, max_bytes: int) -> bytes:
+    """All of ``f`` (``size`` bytes by its stat), or CorruptRecord if that is more than ``max_bytes``: checked before
+    reading, and the read is bounded too (the file may grow meanwhile)."""
+    why = too_big(name, size, max_bytes)
+    if why is None:
+        data = f.read(max_bytes + 1)
+        why = too_big(name, len(data), max_bytes)
+    if why:
+        raise CorruptRecord(why)
+    return data
 
 
 def read_tail(path: Path, max_bytes: int) -> tuple[str, bool]:
@@ -138,9 +179,10 @@ def read_tail(path: Path, max_bytes: int) -> tuple[str, bool]:
     return data.decode("utf-8", errors="replace"), start == 0
 
 
-def read_json(path: Path) -> Any:
-    """Parse a JSON file; NaN/Infinity literals read as None. Raises FileNotFoundError or CorruptRecord."""
-    text = read_text(path)
+def read_json(path: Path, max_bytes: int | None = None) -> Any:
+    """Parse a JSON file (of at most ``max_bytes``); NaN/Infinity literals read as None. Raises FileNotFoundError or
+    CorruptRecord."""
+    text = read_text(path, max_bytes=max_bytes)
     try:
         return loads(text)
     except json.JSONDecodeError as e:
@@ -184,8 +226,12 @@ def write_all(fd: int, data: bytes) -> None:
 
 def write_in_place(path: Path, text: str) -> None:
     """Overwrite ``path`` with ``text`` in place (truncate, then write): needs no room for a second copy, so it
-    works on a full disk where a temp file + rename cannot. Not atomic: only for a last, small record."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    works on a full disk where a temp file + rename cannot. Not atomic: only for a last, small record.
+
+    Raises:
+        OSError: no room; UnsafeEntry (an OSError): ``path`` is a link, a folder or a FIFO.
+    """
+    fd = open_regular_for_writing(path, os.O_WRONLY | os.O_CREAT)
     try:
         os.ftruncate(fd, 0)  # frees the old blocks first, so the new (smaller) record finds room
         write_all(fd, text.encode("utf-8"))
@@ -194,6 +240,64 @@ def write_in_place(path: Path, text: str) -> None:
         raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
         os.close(fd)
+
+
+def open_regular_for_writing(path: Path, flags: int, dir_fd: int | None = None) -> int:
+    """``os.open(path, flags)`` of a regular file, never through a symbolic link and never blocking on a FIFO
+    (``O_NONBLOCK``, then ``fstat``); with ``dir_fd``, ``path.name`` is opened in that folder.
+
+    Raises:
+        UnsafeEntry: ``path`` is a link, a folder, a FIFO or a device (the message names it and says to remove it).
+        OSError: anything else (no room, no permission).
+    """
+    try:
+        fd = os.open(path.name if dir_fd is not None else path,
+                     flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # ENXIO: a FIFO nobody reads, opened to write
+            raise UnsafeEntry(_not_regular(path, "a symbolic link" if e.errno == errno.ELOOP else
+                                           "a folder" if e.errno == errno.EISDIR else "a FIFO")) from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise UnsafeEntry(_not_regular(path, kind(mode)))
+    return fd
+
+
+def _not_regular(path: Path, what: str) -> str:
+    return (f"{path} is {what}, not a regular file: distill_nb never writes through links or into other kinds of "
+            "file there; remove it (distill_nb makes the file again) and try again (e.g. Resume the run)")
+
+
+def open_folder(path: Path, create: bool = False, dir_fd: int | None = None) -> int:
+    """A file descriptor of the real folder ``path`` (made first if ``create``), never through a symbolic link; with
+    ``dir_fd``, ``path.name`` inside that folder. Work inside it relative to the descriptor (``dir_fd=``), so that
+    nothing is ever reached through a link, even one put there after this call.
+
+    Raises:
+        FileNotFoundError: missing (``create=False``). UnsafeEntry: a link, a file, a FIFO (the message names it and
+        says to remove it). OSError: anything else (no permission).
+    """
+    name = path.name if dir_fd is not None else path
+    if create:
+        try:
+            os.mkdir(name, 0o755, dir_fd=dir_fd)  # never follows a link: one there raises FileExistsError
+        except FileExistsError:
+            pass
+    try:  # O_DIRECTORY fails before a FIFO's open could block; O_NONBLOCK in case it did not
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                       dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        try:
+            what = kind(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            what = "something else"
+        raise UnsafeEntry(f"{path} is {what}, not a folder: distill_nb never follows links or replaces other files "
+                          "there; remove it (distill_nb makes the folder again) and try again (e.g. Resume the "
+                          "run)") from None
 
 
 def not_utf8(path: str | os.PathLike) -> str | None:

@@ -12,9 +12,12 @@ touching nothing); a completed run is never trained again; runs wait for their d
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import re
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -24,8 +27,9 @@ from typing import Any
 
 from . import rundir
 from .config import DistillConfig, env_folders
-from .owner import open_lock_file
+from .owner import check_worker_lock, open_lock_file
 from .rundir import Status
+from .safeio import UnsafeEntry, open_folder, open_regular_for_writing
 
 BACKENDS = ("auto", "kernel", "subprocess", "torchrun")
 EXIT_BUSY = 3  # another worker holds the run
@@ -62,7 +66,8 @@ def _in_kernel() -> bool:
 
 
 def _open_log(path: Path) -> int:
-    return os.open(path / "log.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    """``<run>/log.txt`` for appending; UnsafeEntry (naming it and the fix) if it is a link, a folder or a FIFO."""
+    return open_regular_for_writing(path / "log.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
 
 def check_backend(backend: Any, nproc: Any) -> None:
@@ -79,8 +84,12 @@ def start(path: Path, backend: str = "auto", nproc: int = 2) -> str:
 
     Returns:
         the backend used ("kernel", "subprocess" or "torchrun").
+    Raises:
+        UnsafeEntry (an OSError): the run's worker lock or log.txt is a link, a folder or a FIFO: no worker could
+        use it (the run is marked failed with the same message, which names the path and the fix).
     """
     check_backend(backend, nproc)
+    _check_run_files(path)
     if backend == "auto":
         backend = "kernel" if _in_kernel() else "subprocess"
     rundir.update_unclaimed(path, backend=backend)
@@ -101,6 +110,19 @@ def start(path: Path, backend: str = "auto", nproc: int = 2) -> str:
     # over the identity of a process that already claimed the run (it, not this one, owns it now)
     rundir.update_unclaimed(path, pid=proc.pid, pid_start=rundir.process_start(proc.pid), host=socket.gethostname())
     return backend
+
+
+def _check_run_files(path: Path) -> None:
+    """Raise (and record in status.json) what would stop a worker at once: a worker lock or log.txt it cannot open."""
+    try:
+        check_worker_lock(path)
+        os.close(_open_log(path))
+    except UnsafeEntry as e:
+        try:
+            rundir.update_unclaimed(path, state=Status.FAILED, error=str(e), finished_at=time.time())
+        except (OSError, ValueError):
+            pass  # status.json cannot be written either (its lock is as odd): the caller gets the reason
+        raise
 
 
 def _start_kernel(path: Path) -> None:
@@ -153,11 +175,19 @@ def _start_kernel(path: Path) -> None:
 
 
 # --- the device queue: first come, first served ----------------------------------------------------------------
-def _ticket_alive(ticket: Path) -> bool:
+# <root>/.queue/<device>/<ticket> and <root>/.queue/<device>.lock. Everything is reached through descriptors of the
+# two folders, opened without following links: a link (or a file) where a folder belongs is refused with a message
+# naming it, never followed nor replaced (someone put it there, maybe to share a queue between runs folders: only
+# they know whether removing it is right), and only regular files named like tickets are ever deleted.
+_TICKET = re.compile(r"[0-9]{20}-[0-9]+-(?:[0-9]+|x)-.+", re.DOTALL)  # any run folder's name (a worker may be
+# started on a folder whose name is no valid run id: its ticket must still count, or it would wait forever)
+
+
+def _ticket_alive(folder: int, name: str) -> bool:
     """A waiter holds its ticket file locked while it waits (the OS drops the lock when it dies, however it
     dies): a ticket nobody holds is a dead waiter's, whatever process has its pid now."""
     try:
-        fd = os.open(ticket, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder)
     except OSError:
         return False
     try:
@@ -169,46 +199,102 @@ def _ticket_alive(ticket: Path) -> bool:
         os.close(fd)
 
 
+def _tickets(folder: int) -> list[str]:
+    """The tickets in the queue folder, oldest first: regular files named like tickets (anything else is not one)."""
+    names = []
+    for name in sorted(os.listdir(folder)):
+        if not _TICKET.fullmatch(name):
+            continue
+        try:
+            mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
+        except FileNotFoundError:  # its waiter just left
+            continue
+        if stat.S_ISREG(mode):
+            names.append(name)
+    return names
+
+
+def _take_ticket(folder: int, name: str) -> int:
+    """Make ticket ``name`` and return its fd, locked: it is made under a name that is no ticket, locked, then
+    renamed, so that no other waiter ever sees it unlocked (and deletes it as a dead waiter's)."""
+    draft = f".draft-{name}"
+    held = open_lock_file(Path(draft), dir_fd=folder)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        os.rename(draft, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        os.close(held)
+        with contextlib.suppress(OSError):
+            os.unlink(draft, dir_fd=folder)
+        raise
+    return held
+
+
+def _first_in_line(folder: int, ticket: str) -> str | None:
+    """The oldest living ticket (``ticket`` is this waiter's own); the dead ones before it are deleted (a waiter that
+    died gives up its place)."""
+    waiting = _tickets(folder)
+    first = next((n for n in waiting if n == ticket or _ticket_alive(folder, n)), None)
+    for dead in waiting[:waiting.index(first)] if first in waiting else []:
+        try:
+            os.unlink(dead, dir_fd=folder)  # a regular file, named as a ticket, in our own queue folder
+        except FileNotFoundError:
+            pass
+    return first
+
+
 def wait_for_device(device: str, path: Path, poll: float = 0.2, beat: float = 30.0) -> Any:
     """Wait in line for ``device``; return the held lock file, or None if STOP came first.
 
     Each waiting worker holds a ticket named by its arrival time; only the oldest living ticket may take the
     device lock (the OS releases it when its holder dies), so runs start in the order they were queued.
+
+    Raises:
+        UnsafeEntry (an OSError): ``.queue``, ``.queue/<device>`` or ``.queue/<device>.lock`` in the runs folder is
+        a link or the wrong kind of file (the message names it and says to remove it).
     """
-    root = path.parent
-    queue = root / ".queue" / device
-    queue.mkdir(parents=True, exist_ok=True)
-    me = rundir.identity()
-    ticket = queue / f"{time.time_ns():020d}-{me['pid']}-{me['pid_start'] or 'x'}-{path.name}"
-    held = open_lock_file(ticket)  # locked while this worker waits: how the others know it is alive
-    fcntl.flock(held, fcntl.LOCK_EX)
-    lock = open(root / ".queue" / f"{device}.lock", "w")  # noqa: SIM115 — held past this function
-    last_beat = time.time()
+    queue = open_folder(path.parent / ".queue", create=True)
+    folder = held = lock = None
     try:
-        while True:
-            if rundir.stop_requested(path):
-                lock.close()
-                return None
-            waiting = sorted(p.name for p in queue.iterdir())
-            first = next((n for n in waiting if n == ticket.name or _ticket_alive(queue / n)), None)
-            for dead in waiting[:waiting.index(first)] if first in waiting else []:
-                (queue / dead).unlink(missing_ok=True)  # a waiter that died gives up its place
-            if first == ticket.name:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return lock
-                except BlockingIOError:
-                    pass
-            if time.time() - last_beat > beat:
-                rundir.write_status(path)  # a heartbeat, so readers on other hosts do not call it dead
-                last_beat = time.time()
-            time.sleep(poll)
+        folder = open_folder(path.parent / ".queue" / device, create=True, dir_fd=queue)
+        me = rundir.identity()
+        ticket = f"{time.time_ns():020d}-{me['pid']}-{me['pid_start'] or 'x'}-{path.name}"
+        held = _take_ticket(folder, ticket)  # locked while this worker waits: how the others know it is alive
+        lock = os.fdopen(open_lock_file(path.parent / ".queue" / f"{device}.lock", dir_fd=queue), "rb")
+        return _wait_in_line(path, folder, ticket, lock, poll, beat)
     except BaseException:
-        lock.close()
+        if lock is not None:
+            lock.close()
         raise
     finally:
-        ticket.unlink(missing_ok=True)
-        os.close(held)
+        if held is not None:
+            try:
+                os.unlink(ticket, dir_fd=folder)
+            except FileNotFoundError:
+                pass
+            os.close(held)
+        for fd in (folder, queue):
+            if fd is not None:
+                os.close(fd)
+
+
+def _wait_in_line(path: Path, folder: int, ticket: str, lock: Any, poll: float, beat: float) -> Any:
+    """:func:`wait_for_device`'s loop: ``lock`` (taken) once ``ticket`` is first, or None (``lock`` closed) on STOP."""
+    last_beat = time.time()
+    while True:
+        if rundir.stop_requested(path):
+            lock.close()
+            return None
+        if _first_in_line(folder, ticket) == ticket:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return lock
+            except BlockingIOError:
+                pass
+        if time.time() - last_beat > beat:
+            rundir.write_status(path)  # a heartbeat, so readers on other hosts do not call it dead
+            last_beat = time.time()
+        time.sleep(poll)
 
 
 def _device_name(config: DistillConfig) -> str:
@@ -236,6 +322,8 @@ def main(run_dir: str | os.PathLike) -> int:
     except rundir.RunBusy as e:
         print(f"distill_nb.worker: {e} This worker exits without touching the run.", file=sys.stderr)
         return _no_go(EXIT_BUSY)
+    except OSError as e:  # a link, a folder or a FIFO at .worker.lock: no worker can own the run until it goes
+        return _ended_early(path, f"the run's worker lock cannot be taken: {e}", claimed=False)
     try:
         done = rundir.never_train_again(path)
         if done:
@@ -248,12 +336,9 @@ def main(run_dir: str | os.PathLike) -> int:
             print(f"distill_nb.worker: run {path.name!r} was stopped before this worker started; Resume (the "
                   f"sidebar, or Run.attach({path.name!r}).resume()) starts it again.", file=sys.stderr)
             return _no_go(0)
-        try:
-            config = DistillConfig.from_json(path / "config.json")
-        except Exception as e:  # noqa: BLE001 — whatever it is, status.json must say why the worker stopped
-            rundir.write_status(path, state=Status.FAILED, error=f"config.json cannot be used: {e}",
-                                finished_at=time.time(), **rundir.identity())
-            return _no_go(1)
+        config = _read_config(path)
+        if isinstance(config, str):
+            return _ended_early(path, f"config.json cannot be used: {config}")
         device = _device_name(config)
         rundir.clear_peer_errors(path)  # an earlier attempt's; the other processes join only after this one
         # launch() and Resume queue the run unclaimed, with the backend that sends this worker's output to log.txt;
@@ -262,7 +347,10 @@ def main(run_dir: str | os.PathLike) -> int:
         rundir.write_status(path, state=Status.QUEUED, **rundir.identity(), claimed=True, phase="queued",
                             error=None, stale=None, message=f"waiting for device {device}",
                             backend=before.get("backend") if launched else None)
-        lock = wait_for_device(device, path)
+        try:
+            lock = wait_for_device(device, path)
+        except UnsafeEntry as e:
+            return _ended_early(path, f"the device queue cannot be used: {e}")
         if lock is None:
             rundir.write_status(path, state=Status.STOPPED, finished_at=time.time(), message="stopped while queued")
             return _no_go(0)
@@ -271,6 +359,36 @@ def main(run_dir: str | os.PathLike) -> int:
             return _train(path, config)
     finally:
         rundir.release_worker_lock(path)
+
+
+def _read_config(path: Path) -> DistillConfig | str:
+    """The run's config, or why it cannot be used; one the run list calls unreadable (not a regular file, too big
+    to be one distill_nb wrote) is refused unread."""
+    problem = rundir.config_problem(path)
+    if problem:
+        return problem
+    try:
+        return DistillConfig.from_json(path / "config.json")
+    except Exception as e:  # noqa: BLE001 — whatever it is, status.json must say why the worker stopped
+        return str(e)
+
+
+def _ended_early(path: Path, why: str, claimed: bool = True) -> int:
+    """Record why this worker ends before training (status.json and stderr); returns main()'s exit code 1.
+
+    ``claimed``: this worker holds the run's lock and writes as its owner; otherwise the status is written only
+    while no worker has claimed the run (another one may own it).
+    """
+    print(f"distill_nb.worker: {why}", file=sys.stderr)
+    fields = {"state": Status.FAILED, "error": why, "finished_at": time.time()}
+    try:
+        if claimed:
+            rundir.write_status(path, **fields, **rundir.identity())
+        else:
+            rundir.update_unclaimed(path, **fields)
+    except (OSError, ValueError):  # status.json (or its lock) cannot be written either: the reason is in the log
+        pass
+    return _no_go(1)
 
 
 def _no_go(code: int) -> int:

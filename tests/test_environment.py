@@ -380,7 +380,11 @@ def test_a_ghost_ticket_naming_a_live_unrelated_pid_does_not_block_the_queue(tmp
     queue.mkdir(parents=True)
     ghost = queue / f"{1:020d}-{stranger.pid}-x-ghost"
     ghost.touch()
-    assert not worker._ticket_alive(ghost)
+    folder = os.open(queue, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert not worker._ticket_alive(folder, ghost.name)
+    finally:
+        os.close(folder)
     t0 = time.time()
     lock = worker.wait_for_device("cpu", path, poll=0.01)
     try:

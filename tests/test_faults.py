@@ -484,3 +484,26 @@ def test_a_damaged_teacher_logit_cache_is_computed_again(stopped_at_5, resumed_c
     assert torch.equal(load_file(cache)["logits"], good)  # computed again, the same numbers
     final = load_file(run / "student" / "model.safetensors")
     assert all(torch.equal(final[k], resumed_clean[k]) for k in final)  # trained exactly as with a good cache
+
+
+# --- a device queue planted with links: the launched worker fails with the reason, nothing outside is touched ---------
+@pytest.mark.parametrize("link", ["cpu", "cpu.lock"])
+def test_a_launched_run_whose_device_queue_links_elsewhere_fails_with_the_reason(tiny_teacher, tiny_dataset, tmp_path,
+                                                                                 link):
+    root = tmp_path / "runs"
+    (root / ".queue").mkdir(parents=True)
+    victim = tmp_path / "elsewhere"
+    victim.mkdir()
+    for name in [".config", "-todo.txt", "0001-notes.md", "notes.md"]:
+        (victim / name).write_text("precious")
+    (tmp_path / "important.txt").write_text("precious")
+    (root / ".queue" / link).symlink_to(victim if link == "cpu" else tmp_path / "important.txt")
+    run = runs.launch(tiny_config(tiny_teacher, tiny_dataset, max_steps=2, device="cpu"), root=root,
+                      backend="subprocess")
+    assert run.wait(120) is Status.FAILED
+    error = run.status()["error"]
+    assert error.startswith("the device queue cannot be used") and str(root / ".queue" / link) in error, error
+    assert "remove it" in error and not run.status().get("stale")  # its own reason, not "the worker died"
+    assert sorted(p.name for p in victim.iterdir()) == ["-todo.txt", ".config", "0001-notes.md", "notes.md"]
+    assert all(p.read_text() == "precious" for p in victim.iterdir())
+    assert (tmp_path / "important.txt").read_text() == "precious"

@@ -415,3 +415,162 @@ def test_last_eval_of_a_metrics_file_that_is_not_a_regular_file_is_none(tmp_path
     path = tmp_path / "metrics.jsonl"
     {"link": lambda: path.symlink_to(target), "directory": path.mkdir, "fifo": lambda: os.mkfifo(path)}[kind]()
     assert rundir.last_eval(tmp_path) is None
+
+
+# --- the rank of a peer error is its file name's -------------------------------------------------------------------
+def dead_worker_run(root: Path, run_id: str) -> Path:
+    """A run whose (claimed) worker is gone: readers call it failed and say why."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return make(root, run_id, state="running", pid=dead.pid, pid_start=None, claimed=True,
+                host=__import__("socket").gethostname())
+
+
+@pytest.mark.parametrize("written", [True, False, 0, -5, 7, 2, "1", 1.0, None, "missing"])
+def test_a_peer_error_whose_rank_is_not_its_file_names_is_passed_over(tmp_path, written):
+    path = dead_worker_run(tmp_path, "r")
+    record = {"error": "ValueError: bad row 7", "time": 1.0}
+    if written != "missing":
+        record["rank"] = written
+    (path / "rank1_error.json").write_text(json.dumps(record))
+    assert rundir.peer_error(path) is None
+    error = read_status(path)["error"]
+    assert error.startswith("the worker process died") and "failed:" not in error and "bad row" not in error, error
+
+
+def test_a_peer_error_is_reported_with_its_file_names_rank(tmp_path):
+    path = dead_worker_run(tmp_path, "r")
+    (path / "rank3_error.json").write_text(json.dumps({"rank": 3, "error": "ValueError: bad row 7", "time": 1.0}))
+    assert rundir.peer_error(path)["rank"] == 3
+    assert read_status(path)["error"].startswith("process 3 failed: ValueError: bad row 7; then")
+
+
+# --- records larger than any distill_nb writes are never read whole ------------------------------------------------
+def huge(file: Path, size: int = 1 << 30) -> None:
+    """``file`` as a sparse file of ``size`` bytes (zeros): costs no disk, but reading it whole costs its size."""
+    with open(file, "wb") as f:
+        f.truncate(size)
+
+
+@pytest.mark.parametrize("name", ["status.json", "config.json"])
+def test_an_oversized_record_is_listed_unreadable_with_its_size_and_never_read(tmp_path, name):
+    import tracemalloc
+
+    make(tmp_path, "good", state="completed", step=10, total_steps=10)
+    bad = make(tmp_path, "bad")
+    huge(bad / name, 64 << 20)
+    tracemalloc.start()
+    try:
+        listed = {r["run_id"]: r for r in list_runs(tmp_path)}
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"list_runs held {peak >> 20} MB: it read the 64 MB {name}"
+    assert listed["good"]["state"] == "completed" and listed["good"]["summary"]["teacher"] == "tiny"
+    assert listed["bad"]["state"] == "unreadable", listed["bad"]
+    assert f"{name} is 64.0 MB, more than the 4 MB cap" in listed["bad"]["error"], listed["bad"]["error"]
+    strict(rundir.dumps(list(listed.values())))
+
+
+def test_a_record_at_the_cap_is_read_and_one_byte_more_is_not(tmp_path):
+    path = make(tmp_path, "r", state="completed")
+    text = json.dumps({"state": "completed", "run_id": "r"})
+    (path / "status.json").write_text(text + " " * (rundir.MAX_RECORD_BYTES - len(text)))
+    assert read_status(path)["state"] == "completed"
+    (path / "status.json").write_text(text + " " * (rundir.MAX_RECORD_BYTES - len(text) + 1))
+    got = read_status(path)
+    assert got["state"] == "unreadable" and "more than the 4 MB cap" in got["error"], got
+
+
+def test_an_oversized_peer_error_is_passed_over(tmp_path):
+    path = dead_worker_run(tmp_path, "r")
+    huge(path / "rank1_error.json")
+    assert rundir.peer_error(path) is None
+    assert read_status(path)["error"].startswith("the worker process died")
+
+
+# --- the run's own files of the wrong kind: refused with the path and the fix, never followed, never blocking --------
+def finishes(call, fifo: Path | None = None, timeout: float = 20):
+    """``call()``'s result (or the exception it raised), failing the test if it blocks (on a FIFO: then released)."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = call()
+        except BaseException as e:  # noqa: BLE001 — handed to the test
+            out["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        if fifo is not None:  # let the blocked open() go, so that the test run itself ends
+            os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
+        raise AssertionError(f"blocked for more than {timeout} s")
+    return out
+
+
+WRITES = {
+    ".lock": lambda path: rundir.write_status(path, state="stopped"),
+    ".worker.lock": lambda path: rundir.acquire_worker_lock(path),
+    "metrics.jsonl": lambda path: rundir.append_metrics(path, {"step": 1, "split": "train"}),
+    "status.json": lambda path: rundir.write_status_in_place(path, state="failed", error="disk full"),
+}
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "link"])
+@pytest.mark.parametrize("name", sorted(WRITES))
+def test_a_run_file_of_the_wrong_kind_is_refused_with_its_path_and_never_blocks(tmp_path, name, kind):
+    path = make(tmp_path / "runs", "r")
+    target = tmp_path / "victim.txt"
+    target.write_text("precious")
+    (path / name).unlink(missing_ok=True)
+    if kind == "folder":
+        (path / name).mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path / name)
+    else:
+        (path / name).symlink_to(target)
+    error = finishes(lambda: WRITES[name](path), fifo=path / name).get("error")
+    assert isinstance(error, OSError) and str(path / name) in str(error) and "remove it" in str(error), error
+    assert target.read_text() == "precious"
+    rundir.release_worker_lock(path)
+
+
+def test_a_folder_named_stop_is_named_when_resume_clears_it(tmp_path):
+    path = make(tmp_path, "r", state="stopped")
+    (path / "STOP").mkdir()
+    with pytest.raises(OSError, match=f"{path / 'STOP'} is a folder.*remove it"):
+        rundir.clear_stop(path)
+    (path / "STOP").rmdir()
+    (path / "STOP").symlink_to(tmp_path / "elsewhere")  # a link (or a FIFO) goes as the entry itself
+    rundir.clear_stop(path)
+    assert not os.path.lexists(path / "STOP")
+
+
+def test_clearing_peer_errors_never_follows_a_link_and_survives_a_folder(tmp_path):
+    path = make(tmp_path / "runs", "r")
+    outside = tmp_path / "rank1_error.json"
+    outside.write_text('{"rank": 1, "error": "elsewhere"}')
+    (path / "rank1_error.json").symlink_to(outside)
+    (path / "rank2_error.json").mkdir()
+    os.mkfifo(path / "rank3_error.json")
+    rundir.write_peer_error(path, 4, "ValueError: bad row 7")
+    finishes(lambda: rundir.clear_peer_errors(path))
+    assert sorted(p.name for p in path.glob("rank*")) == ["rank2_error.json"]  # a folder is never an error record
+    assert outside.read_text() == '{"rank": 1, "error": "elsewhere"}' and rundir.peer_error(path) is None
+
+
+def test_a_linked_checkpoints_folder_is_not_read_for_the_resume_hint(tmp_path):
+    path = dead_worker_run(tmp_path / "runs", "r")
+    outside = tmp_path / "outside"
+    (outside / "step_0000005").mkdir(parents=True)
+    (outside / "step_0000005" / "trainer_state.json").write_text('{"step": 5}')
+    (path / "checkpoints").symlink_to(outside)
+    assert "Resume continues from the start" in read_status(path)["error"]
+    (path / "checkpoints").unlink()
+    (path / "checkpoints").mkdir()
+    (path / "checkpoints" / "step_0000003").symlink_to(outside / "step_0000005")  # nor a linked step
+    (path / "checkpoints" / "step_0000002").mkdir()
+    (path / "checkpoints" / "step_0000002" / "trainer_state.json").write_text('{"step": 2}')
+    assert "from its checkpoint at step 2" in read_status(path)["error"]

@@ -510,3 +510,168 @@ def test_a_stop_left_from_before_does_not_stop_the_resumed_run(tiny_teacher, tin
     monkeypatch.setattr(worker, "start", lambda run_path, backend, nproc: str(worker.main(run_path)))
     Run(path).resume()
     assert read_status(path)["state"] == "completed"
+
+
+# --- the device queue and the run's own files never follow a link, never block on a FIFO ----------------------------
+def finishes(call, fifo: Path | None = None, timeout: float = 20):
+    """``call()``'s result (or the exception it raised), failing the test if it blocks (on a FIFO: then released)."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = call()
+        except BaseException as e:  # noqa: BLE001 — handed to the test
+            out["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        if fifo is not None:  # let the blocked open() go, so that the test run itself ends
+            os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
+        raise AssertionError(f"blocked for more than {timeout} s")
+    return out
+
+
+def plant(where: Path, kind: str, outside: Path) -> None:
+    """Put a ``kind`` ("link", "dangling", "folder", "file", "fifo") at ``where``; a link points to ``outside``."""
+    where.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "link":
+        where.symlink_to(outside)
+    elif kind == "dangling":
+        where.symlink_to(outside.parent / "nowhere")
+    elif kind == "folder":
+        where.mkdir()
+    elif kind == "file":
+        where.write_text("x")
+    else:
+        os.mkfifo(where)
+
+
+def victims(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder whose entries sort like tickets and around them, and a file: what a link may point to."""
+    folder, file = tmp_path / "victim_home", tmp_path / "victim.txt"
+    folder.mkdir()
+    for name in [".bashrc", "-notes.txt", "0-important.txt", f"{1:020d}-1-x-r", "zz-later.txt"]:
+        (folder / name).write_text("precious")
+    file.write_text("precious")
+    return folder, file
+
+
+def untouched(folder: Path, file: Path) -> bool:
+    return ({p.name for p in folder.iterdir()} == {f"{1:020d}-1-x-r", "-notes.txt", ".bashrc", "0-important.txt",
+                                                  "zz-later.txt"}
+            and all(p.read_text() == "precious" for p in folder.iterdir()) and file.read_text() == "precious")
+
+
+QUEUE_DAMAGE = [(".queue", "link"), (".queue", "file"), (".queue", "fifo"), (".queue/cpu", "link"),
+                (".queue/cpu", "dangling"), (".queue/cpu", "file"), (".queue/cpu", "fifo"), (".queue/cpu.lock", "link"),
+                (".queue/cpu.lock", "dangling"), (".queue/cpu.lock", "folder"), (".queue/cpu.lock", "fifo")]
+
+
+@pytest.mark.parametrize("where, kind", QUEUE_DAMAGE)
+def test_the_device_queue_refuses_links_and_odd_kinds_and_touches_nothing_outside(tmp_path, where, kind):
+    folder, file = victims(tmp_path)
+    root = tmp_path / "runs"
+    path = create_run(DistillConfig(teacher="t", max_steps=5, device="cpu"), root, "r")
+    plant(root / where, kind, file if where.endswith(".lock") else folder)
+    got = finishes(lambda: worker.wait_for_device("cpu", path), fifo=root / where)
+    error = got.get("error")
+    assert isinstance(error, OSError) and str(root / where) in str(error) and "remove it" in str(error), got
+    assert untouched(folder, file)
+    if (root / ".queue" / "cpu").is_dir() and not (root / ".queue" / "cpu").is_symlink():
+        assert list((root / ".queue" / "cpu").iterdir()) == []  # its own ticket is taken back
+
+
+def test_the_device_queue_deletes_only_dead_tickets_that_are_regular_files(tmp_path):
+    folder, file = victims(tmp_path)
+    root = tmp_path / "runs"
+    path = create_run(DistillConfig(teacher="t", max_steps=5, device="cpu"), root, "r")
+    queue = root / ".queue" / "cpu"
+    queue.mkdir(parents=True)
+    (queue / f"{1:020d}-1-x-dead").write_text("")  # a dead waiter's ticket: nobody holds it
+    (queue / f"{2:020d}-2-x-link").symlink_to(file)
+    (queue / f"{3:020d}-3-x-folder").mkdir()
+    os.mkfifo(queue / f"{4:020d}-4-x-fifo")
+    (queue / "0-notes.txt").write_text("not a ticket")
+    lock = finishes(lambda: worker.wait_for_device("cpu", path), fifo=queue / f"{4:020d}-4-x-fifo")["value"]
+    lock.close()
+    assert sorted(p.name for p in queue.iterdir()) == ["0-notes.txt", f"{2:020d}-2-x-link", f"{3:020d}-3-x-folder",
+                                                       f"{4:020d}-4-x-fifo"]
+    assert untouched(folder, file)
+
+
+@pytest.mark.parametrize("name", ["my run", "ünïcode-run", ".hidden", "run\nwith-newline"])
+def test_a_run_folder_whose_name_is_no_run_id_still_gets_its_turn(name, tmp_path):
+    """A worker started on any folder (train() and the CLI take one): its ticket counts as one, or it would wait
+    behind nobody for ever."""
+    path = tmp_path / "runs" / name
+    path.mkdir(parents=True)
+    lock = finishes(lambda: worker.wait_for_device("cpu", path))["value"]
+    lock.close()
+    assert list((tmp_path / "runs" / ".queue" / "cpu").iterdir()) == []  # its ticket is taken back
+
+
+def test_a_worker_whose_device_queue_is_a_link_fails_with_the_reason(tmp_path):
+    folder, file = victims(tmp_path)
+    root = tmp_path / "runs"
+    path = create_run(DistillConfig(teacher="t", max_steps=5, device="cpu"), root, "r")
+    (root / ".queue").mkdir()
+    (root / ".queue" / "cpu").symlink_to(folder)
+    (root / ".queue" / "cpu.lock").symlink_to(file)
+    assert worker.main(path) == 1
+    status = read_status(path)
+    assert status["state"] == "failed" and "device queue" in status["error"], status
+    assert str(root / ".queue" / "cpu") in status["error"] and "remove it" in status["error"]
+    assert untouched(folder, file) and rundir.worker_lock_free(path)
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "link", "dangling"])
+def test_an_odd_worker_lock_ends_the_run_with_the_reason_and_resume_names_it(tmp_path, kind):
+    folder, file = victims(tmp_path)
+    path = create_run(DistillConfig(teacher="t", max_steps=5, device="cpu"), tmp_path / "runs", "r")
+    lock = path / ".worker.lock"
+    plant(lock, kind, file)
+    assert finishes(lambda: worker.main(path), fifo=lock) == {"value": 1}  # a worker started by hand
+    status = read_status(path)
+    assert status["state"] == "failed" and str(lock) in status["error"] and "remove it" in status["error"], status
+    error = finishes(lambda: Run(path).resume(backend="subprocess"), fifo=lock).get("error")
+    assert isinstance(error, OSError) and str(lock) in str(error) and "remove it" in str(error), error  # no worker
+    assert read_status(path)["state"] == "failed" and str(lock) in read_status(path)["error"]
+    assert untouched(folder, file) and not (path / "log.txt").exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "link"])
+def test_an_odd_log_file_is_refused_before_a_worker_starts(tmp_path, kind):
+    folder, file = victims(tmp_path)
+    path = create_run(DistillConfig(teacher="t", max_steps=5, device="cpu"), tmp_path / "runs", "r")
+    plant(path / "log.txt", kind, file)
+    error = finishes(lambda: worker.start(path, "subprocess"), fifo=path / "log.txt").get("error")
+    assert isinstance(error, OSError) and str(path / "log.txt") in str(error) and "remove it" in str(error), error
+    status = read_status(path)
+    assert status["state"] == "failed" and str(path / "log.txt") in status["error"] and status.get("pid") is None
+    assert untouched(folder, file)
+
+
+@pytest.mark.parametrize("kind", ["oversized", "folder"])
+def test_a_worker_refuses_a_config_the_run_list_calls_unreadable_without_reading_it(tmp_path, kind):
+    import tracemalloc
+
+    path = create_run(DistillConfig(teacher="t", max_steps=5, device="cpu"), tmp_path, "r")
+    (path / "config.json").unlink()
+    if kind == "folder":
+        (path / "config.json").mkdir()
+    else:
+        with open(path / "config.json", "wb") as f:
+            f.truncate(64 << 20)  # sparse: reading it would cost 64 MB
+    tracemalloc.start()
+    try:
+        assert worker.main(path) == 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"the worker held {peak >> 20} MB: it read config.json"
+    error = read_status(path)["error"]
+    expected = "config.json is 64.0 MB, more than the 4 MB cap" if kind == "oversized" else "it is a folder"
+    assert error.startswith("config.json cannot be used: ") and expected in error, error
+    assert rundir.list_runs(tmp_path)[0]["error"] in error  # the same reason as the run list's
