@@ -45,7 +45,7 @@ from .rundir import (
     validate_run_id,
 )
 from .runs import Run
-from .safeio import number
+from .safeio import loads, number
 
 _PKG = Path(__file__).resolve().parent
 # an installed package carries no notebooks/; a source checkout has them beside the package
@@ -172,8 +172,8 @@ class StopHandler(_Handler):
 class ResumeHandler(_Handler):
     @tornado.web.authenticated
     async def post(self, run_id: str) -> None:
-        try:
-            body = json.loads(self.request.body or b"{}")
+        try:  # any body that is not a JSON object with "trust_remote_code": true is no consent
+            body = loads(self.request.body or b"{}")  # also nesting too deep for json (a 500 before)
         except ValueError:
             body = None
         confirmed = isinstance(body, dict) and body.get("trust_remote_code") is True

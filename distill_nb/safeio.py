@@ -103,9 +103,15 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def loads(text: str) -> Any:
+def loads(text: str | bytes) -> Any:
     """``json.loads`` with NaN/Infinity literals read as None, long integers as floats, and anything json cannot
-    take (nesting past Python's recursion limit, past ``MAX_DEPTH``) raised as ``json.JSONDecodeError``."""
+    take (nesting past Python's recursion limit, past ``MAX_DEPTH``; bytes that are not UTF-8) raised as
+    ``json.JSONDecodeError`` (a ValueError)."""
+    if isinstance(text, bytes | bytearray):  # a request body: the error below needs text to say where it failed
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise json.JSONDecodeError(f"not UTF-8 ({e.reason} at byte {e.start})", "", 0) from None
     try:
         value = json.loads(text, parse_constant=_no_constants, parse_int=_int)
     except RecursionError:

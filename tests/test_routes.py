@@ -210,7 +210,9 @@ async def test_resume_with_remote_code_needs_an_explicit_yes(api, runs_root, jp_
     write_status(path, state="stopped", step=5, total_steps=10)
     code, runs = await api("runs")
     assert runs[0]["trust_remote_code"] is True and runs[0]["summary"]["teacher"] == "tiny"
-    for body in (b"", b"{}", b'{"trust_remote_code": "yes"}', b'{"trust_remote_code": 1}', b"not json"):
+    deep = b'{"trust_remote_code": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_000 + b"}"
+    for body in (b"", b"{}", b'{"trust_remote_code": "yes"}', b'{"trust_remote_code": 1}', b"not json", deep,
+                 b'{"trust_remote_code": NaN}', b"[true]", b"\xff\xfe", b"true", b"[" * 100_000):
         resp = await jp_fetch("distill-nb", "runs", "remote", "resume", method="POST", body=body, raise_error=False)
         assert resp.code == 403 and "trust_remote_code" in json.loads(resp.body)["message"], body
         assert Run(path).state == "stopped"  # refused without touching the run
@@ -412,3 +414,23 @@ async def test_a_runs_folder_the_server_may_not_read_is_a_500_not_a_403(api, run
     monkeypatch.setattr(routes, "list_runs", denied)
     code, err = await api("runs")
     assert code == 500 and "Permission denied" in err["message"] and "access" in err["message"]
+
+
+@pytest.mark.parametrize("raw", [b'{"a": 1}', '{"a": 1}', bytearray(b'{"a": 1}')], ids=["bytes", "str", "bytearray"])
+def test_tolerant_json_reads_text_and_bytes_alike(raw):
+    from distill_nb.safeio import loads
+
+    assert loads(raw) == {"a": 1}
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe", b'{"a": ' * 100_000 + b"1" + b"}" * 100_000,
+                                 '{"a": ' * 100_000 + "1" + "}" * 100_000, b"[" * 100_000, b"{", b""],
+                         ids=["not-utf8", "deep-bytes", "deep-str", "deep-unclosed", "cut", "empty"])
+def test_tolerant_json_refuses_what_json_cannot_take_as_a_value_error(raw):
+    """A request body or a run file: whatever it holds, a ValueError (a 400 or 'unreadable'), never a 500."""
+    import json
+
+    from distill_nb.safeio import loads
+
+    with pytest.raises(json.JSONDecodeError):
+        loads(raw)
