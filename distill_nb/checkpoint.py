@@ -17,7 +17,6 @@ import json
 import os
 import resource
 import shutil
-import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from torch import nn
 from .config import ConfigError, DistillConfig, atomic_write_text
 from .rundir import CorruptRecord, read_json
 from .safeio import NO_ROOM, no_room_errno
+from .safeio import remove_entry as _remove
 
 
 class Diverged(FloatingPointError):
@@ -275,19 +275,6 @@ def _replacing(target: Path, *, folder: bool) -> Iterator[Path]:
         raise
     finally:
         _remove(tmp)
-
-
-def _remove(path: Path) -> None:
-    """Remove whatever is at ``path`` without following a link or opening it: ``shutil.rmtree`` opens its
-    argument, and opening a FIFO blocks until a writer comes (a worker stuck for good)."""
-    try:
-        is_folder = stat.S_ISDIR(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return
-    if is_folder:
-        shutil.rmtree(path, ignore_errors=True)  # inside a folder, rmtree unlinks entries without opening them
-    else:
-        Path(path).unlink(missing_ok=True)
 
 
 def _raise_no_room(tmp: Path, target: Path, error: BaseException) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .config import ConfigError, DistillConfig
 from .data import TaskData, TextSplit
+from .safeio import remove_entry
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def rank_by_proxy_runs(config: DistillConfig, candidates: Sequence[Sequence[int]
                 if logits is None and (run / "teacher_logits.safetensors").is_file():
                     logits = root / "teacher_logits.safetensors"
                     shutil.copy(run / "teacher_logits.safetensors", logits)
-                shutil.rmtree(run / "student", ignore_errors=True)
+                remove_entry(run / "student")
             if stopped:
                 break
             ranked = sorted(scores, key=lambda s: (-s[1], s[2], cands.index(s[0])))

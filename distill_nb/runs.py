@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from .rundir import (  # re-exported for callers of runs (see __all__)
     validate_run_id,
     write_status,
 )
+from .safeio import kind, remove_entry
 
 RESUMABLE = {Status.STOPPED, Status.FAILED}
 
@@ -70,7 +70,7 @@ def launch(config: DistillConfig, *, backend: str = "auto", root: str | os.PathL
     try:
         worker.start(path, backend, nproc)
     except BaseException:
-        shutil.rmtree(path, ignore_errors=True)  # no worker ever ran: leave no run behind
+        remove_entry(path)  # no worker ever ran: leave no run behind
         raise
     return Run(path)
 
@@ -175,12 +175,15 @@ class Run:
             raise RunBusy(f"run {self.id!r} is still active; stop it before deleting it.")
         if self.path.is_symlink():
             raise ValueError(f"{self.path} is a symbolic link; remove the link yourself.")
+        if self.path.exists() and not self.path.is_dir():  # never opened: a FIFO's open blocks
+            raise ValueError(f"{self.path} is {kind(os.lstat(self.path).st_mode)}, not a run folder: distill_nb deletes "
+                             "only run folders; remove it yourself.")
         trash = self.path.with_name(f".deleting-{self.id}-{os.getpid()}-{secrets.token_hex(4)}")
         try:
             os.rename(self.path, trash)  # atomic: listings never see half a run
         except FileNotFoundError:  # deleted meanwhile (a second click)
             raise RunNotFound(f"run {self.id!r} does not exist (already deleted?)") from None
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_entry(trash)  # never opened: a FIFO swapped in for the run would block rmtree for good
 
     def kill(self) -> None:
         """SIGKILL the worker (for tests and emergencies); the run becomes failed and resumable.

@@ -8,10 +8,12 @@ for code that then works relative to it (``dir_fd``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import os
+import shutil
 import stat
 from enum import Enum
 from pathlib import Path
@@ -304,6 +306,21 @@ def open_folder(path: Path, create: bool = False, dir_fd: int | None = None) -> 
         raise UnsafeEntry(f"{path} is {what}, not a folder: distill_nb never follows links or replaces other files "
                           "there; remove it (distill_nb makes the folder again) and try again (e.g. Resume the "
                           "run)") from None
+
+
+def remove_entry(path: str | os.PathLike) -> None:
+    """Remove whatever is at ``path`` (nothing if missing), never following a link and never opening it:
+    ``shutil.rmtree`` opens its argument, and opening a FIFO blocks until a writer comes. A folder goes with its
+    contents (inside it, rmtree unlinks entries without opening them); a link goes as the link."""
+    try:
+        is_folder = stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if is_folder:
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def not_utf8(path: str | os.PathLike) -> str | None:

@@ -161,6 +161,39 @@ def test_delete_with_a_leftover_trash_folder_of_the_same_name(tmp_path):
         assert not path.exists()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "file", "link"])
+def test_delete_of_a_handle_on_something_that_is_no_folder_never_blocks_or_follows(kind, tmp_path):
+    """Run(path) takes any path: a FIFO there blocked rmtree for good. Only a run folder is deleted: a FIFO, a
+    file or a link is refused, untouched, and what a link points to is never reached."""
+    import threading
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("x")
+    path = tmp_path / "runs" / "r"
+    path.parent.mkdir()
+    {"fifo": lambda: os.mkfifo(path), "file": lambda: path.write_text("x"),
+     "link": lambda: path.symlink_to(outside)}[kind]()
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(error=_error_of(Run(path).delete)), daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():
+        os.close(os.open(path.parent / next(p.name for p in path.parent.iterdir()), os.O_RDWR | os.O_NONBLOCK))
+        pytest.fail("Run.delete() blocked")
+    assert isinstance(out["error"], ValueError) and "yourself" in str(out["error"])
+    assert (outside / "keep.txt").read_text() == "x" and os.path.lexists(path)  # refused, nothing touched
+    assert [p.name for p in path.parent.iterdir()] == ["r"]  # no trash left behind
+
+
+def _error_of(call):
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001 — handed to the test
+        return e
+    return None
+
+
 def test_resume_of_a_run_deleted_meanwhile_says_so(tmp_path, monkeypatch):
     import shutil
 
