@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .safeio import MAX_RECORD_BYTES as MAX_CONFIG_BYTES
 from .safeio import not_utf8
 
 # distill_nb.attribution.METHODS, repeated here: this module imports the standard library only
@@ -307,6 +308,10 @@ class DistillConfig:
                                   "file written by DistillConfig.to_json() or the Launcher's export.")
             if not path.is_file():
                 raise ConfigError(f"{source} does not exist: give the path of a JSON file written by "
+                                  "DistillConfig.to_json() or the Launcher's export.")
+            if path.stat().st_size > MAX_CONFIG_BYTES:  # a config is a few KB: never read a huge file whole
+                raise ConfigError(f"{source} is {path.stat().st_size / 2**20:.1f} MB, more than the "
+                                  f"{MAX_CONFIG_BYTES >> 20} MB a config may be: give the JSON file written by "
                                   "DistillConfig.to_json() or the Launcher's export.")
             try:
                 text = path.read_text(encoding="utf-8-sig")  # an editor's BOM is fine

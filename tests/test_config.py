@@ -43,6 +43,20 @@ def test_unknown_keys_and_wrong_types_in_json():
         DistillConfig.from_json('{"teacher": "x",}')
 
 
+def test_a_config_file_larger_than_a_config_can_be_is_refused_unread(tmp_path):
+    from distill_nb.config import MAX_CONFIG_BYTES
+
+    huge = tmp_path / "config.json"
+    with open(huge, "wb") as f:  # sparse: the size of a huge file without writing it
+        f.truncate(MAX_CONFIG_BYTES + 1)
+    with pytest.raises(ConfigError, match=r"config\.json.* is 4\.0 MB, more than the 4 MB a config may be: give"):
+        DistillConfig.from_json(huge)
+    at_cap = tmp_path / "at_cap.json"
+    at_cap.write_text(DistillConfig().to_json().rstrip("}") + " " * (MAX_CONFIG_BYTES - len(DistillConfig().to_json()))
+                      + "}")
+    assert at_cap.stat().st_size == MAX_CONFIG_BYTES and DistillConfig.from_json(at_cap) == DistillConfig()
+
+
 @pytest.mark.parametrize("field", ["teacher", "dataset", "student_init"])
 @pytest.mark.parametrize("value", ["", "   ", "\n"])
 def test_an_empty_name_is_refused_by_name(field, value):
