@@ -214,14 +214,61 @@ def heads_per_layer(model: nn.Module) -> list[int]:
     return [_attention_parts(layer)[1][0].out_features // d for layer in layer_list(model)]
 
 
-def pruned_heads(model_or_config: Any) -> dict[int, list[int]]:
+def pruned_heads(model_or_config: Any, source: str = "config.pruned_heads") -> dict[int, list[int]]:
     """``config.pruned_heads`` as ``{layer: [head, ...]}`` in the original head numbering ({} when none).
 
-    JSON turns the layer keys into strings; they come back as ints here.
+    JSON turns the layer keys into strings; they come back as ints here. ``source`` names where the value came
+    from (e.g. the config.json it was read from) in the error.
+
+    Raises:
+        ValueError: a value that is not such a dict, a layer or head that is not a whole number or outside the
+            config's layers/heads, or every head of a layer (a layer without attention cannot be rebuilt).
     """
     config = getattr(model_or_config, "config", model_or_config)
-    raw = getattr(config, "pruned_heads", None) or {}
-    return {int(k): sorted(int(h) for h in v) for k, v in raw.items() if v}
+    raw = getattr(config, "pruned_heads", None)
+    if raw is None:
+        return {}
+    fix = (f"fix or remove pruned_heads in {source}: it must be {{layer: [head, ...]}} in the original head "
+           'numbering, as remove_heads writes it (e.g. {"0": [1, 3]})')
+    if not isinstance(raw, Mapping):  # a bad value in a file: a ValueError like every other pruned_heads error
+        raise ValueError(f"pruned_heads={raw!r} ({type(raw).__name__}) is not a dict: {fix}.")  # noqa: TRY004
+    n_layers = _config_count(config, "num_hidden_layers")
+    n_heads = _config_count(config, "num_attention_heads")
+    out: dict[int, list[int]] = {}
+    for key, value in raw.items():
+        layer = _whole(key, strings=True)
+        if layer is None or not 0 <= layer < (n_layers if n_layers is not None else layer + 1):
+            span = f"the model has {n_layers} layers (0..{n_layers - 1})" if n_layers else "layers are numbered 0.."
+            raise ValueError(f"pruned_heads names layer {key!r}, but {span}: {fix}.")
+        heads = [_whole(h) for h in value] if isinstance(value, (list, tuple, set, frozenset)) else [None]
+        top = n_heads if n_heads is not None else math.inf
+        if any(h is None or not 0 <= h < top for h in heads):
+            span = f"heads 0..{n_heads - 1}" if n_heads else "whole head numbers"
+            raise ValueError(f"pruned_heads[{key!r}]={value!r} is not a list of heads of layer {layer} "
+                             f"({span}): {fix}.")
+        chosen = sorted(set(out.get(layer, [])) | set(heads))
+        if n_heads is not None and len(chosen) >= n_heads:
+            raise ValueError(f"pruned_heads[{key!r}]={value!r} removes all {n_heads} heads of layer {layer}: a layer "
+                             f"keeps at least one; {fix}.")
+        if chosen:
+            out[layer] = chosen
+    return out
+
+
+def _whole(value: Any, strings: bool = False) -> int | None:
+    """``value`` as an int when it is one (or, with ``strings``, a string of digits, as JSON keys are), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if strings and isinstance(value, str) and value.strip().lstrip("-").isdigit() and value.isascii():
+        return int(value)
+    return None
+
+
+def _config_count(config: Any, name: str) -> int | None:
+    value = getattr(config, name, None)
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0 else None
 
 
 def _library_prunes() -> bool:
@@ -256,11 +303,14 @@ def head_importance(model: nn.Module, tokenizer: Any, texts: Sequence[str], labe
 
     Raises:
         ValueError: empty ``texts``, ``labels`` of another length or not class ids of the model, a quantized
-            model, a tokenizer that does not fit a vocabulary-trimmed model.
+            model, a tokenizer that does not fit a vocabulary-trimmed model, a ``batch_size`` that is not a
+            positive int, a ``max_length`` outside what the model reads, and importance that is not finite (the
+            model's loss is NaN/inf on these texts: nothing was measured).
     """
     from .evaluation import check_labels
     from .vocab import check_tokenizer
 
+    _check_sizes(model, batch_size, max_length)
     texts = _check_texts(texts, "head importance")
     if labels is not None:
         labels = check_labels(labels, len(texts), getattr(model.config, "num_labels", None))
@@ -284,12 +334,14 @@ def head_importance(model: nn.Module, tokenizer: Any, texts: Sequence[str], labe
     was_training = model.training
     model.eval()
     scores = [torch.zeros(h, device=device) for h in n_heads]
+    nonfinite = 0  # texts whose logits hold a NaN/inf: their gradients poison every head's score
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = texts_batch(tokenizer, [texts[i] for i in idx], max_length, device, model)
             logits = model(**batch).logits.float()
+            nonfinite += int((~torch.isfinite(logits).all(-1)).sum())
             target = (torch.tensor([labels[i] for i in idx], device=device) if labels is not None
                       else logits.argmax(-1).detach())
             loss = nn.functional.cross_entropy(logits, target, reduction="sum")
@@ -304,7 +356,34 @@ def head_importance(model: nn.Module, tokenizer: Any, texts: Sequence[str], labe
     for i, s in enumerate(scores):
         s = s / len(texts)
         out[i, :len(s)] = (s / s.norm().clamp_min(1e-12)).cpu()
+    _check_finite_importance(model, out, nonfinite, len(texts))
     return out
+
+
+def _check_sizes(model: nn.Module, batch_size: Any, max_length: Any) -> None:
+    """``batch_size`` a positive int, ``max_length`` what the model can read: the attribution checks and words
+    (a batch_size of 0 or less measured nothing: all-zero scores, or a bare range() error)."""
+    from .attribution.methods import check_max_length, check_positive
+
+    if batch_size is None:
+        raise ValueError("batch_size=None is invalid: give a positive int, e.g. batch_size=32")
+    check_positive(batch_size=batch_size)
+    check_max_length(max_length, model)
+
+
+def _check_finite_importance(model: nn.Module, scores: torch.Tensor, nonfinite: int, n_texts: int) -> None:
+    """A ValueError when a head's importance is NaN/inf, or a text's logits were (a -inf logit can leave the loss
+    finite, but such a row is no prediction: evaluation.predictions): nothing was measured to rank heads by."""
+    bad = int((~torch.isfinite(scores)).sum())
+    if not bad and not nonfinite:
+        return
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    why = (f"its logits are NaN/inf on {nonfinite} of {n_texts} texts" if nonfinite
+           else "its gradients overflow to NaN/inf")
+    low = "" if dtype == "float32" else f", or its numbers overflow in {dtype} (prune model.float() instead)"
+    raise ValueError(f"head importance is not finite (NaN/inf) for {bad} of {scores.numel()} heads, or not "
+                     f"measured, so it cannot rank them: {why}. Its weights may hold NaN/inf{low}; check the model (one forward pass on a "
+                     "few texts) or prune another one. No head was removed.")
 
 
 def _heads_plan(model: nn.Module, heads: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
@@ -409,13 +488,17 @@ def load_pruned(folder: str | os.PathLike, model_class: Any = None) -> nn.Module
     Args:
         folder: the saved model (config.json + *.safetensors).
         model_class: e.g. ``AutoModelForMaskedLM``; default ``AutoModelForSequenceClassification``.
+
+    Raises:
+        ValueError: a ``pruned_heads`` in config.json that is not ``{layer: [head, ...]}`` of the model's layers
+            and heads (see :func:`pruned_heads`), or weights that do not fit the pruned model.
     """
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     cls = model_class or AutoModelForSequenceClassification
     config = AutoConfig.from_pretrained(folder)
-    plan = pruned_heads(config)
+    plan = pruned_heads(config, str(Path(folder) / "config.json"))  # checked before anything is built
     if not plan or _library_prunes():
         return cls.from_pretrained(folder).eval()
     files = sorted(Path(folder).glob("*.safetensors"))
@@ -452,13 +535,22 @@ def prune_heads(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: 
     Every layer keeps at least its most important head. Returns a copy; ``model`` is not changed. The copy
     saves with ``save_pretrained`` and loads back with :func:`load_pruned` (``config.pruned_heads`` records the
     removed heads).
+
+    Raises:
+        ValueError: as :func:`head_importance` (importance that is NaN/inf was not measured: nothing is pruned
+            on it), and importance that is 0 for every head (nothing to rank them by).
     """
     fraction = _fraction(fraction, "fraction", "heads to remove")
+    _check_sizes(model, batch_size, max_length)
     texts = _check_texts(texts, "head importance")
     _refuse_quantized(model, "prune heads")
     pruned = copy.deepcopy(model).eval()
     before = heads_per_layer(pruned)
     scores = head_importance(pruned, tokenizer, texts, labels, batch_size=batch_size, max_length=max_length)
+    if not scores.any():  # ties everywhere: the "ranking" would be the heads' order
+        raise ValueError(f"every head's importance is 0 on these {len(texts)} texts: the loss does not change with "
+                         "any head, so they cannot be ranked (the model may be saturated on them). Pass more or "
+                         "other texts, or their labels; no head was removed.")
     total = sum(before)
     target = round(fraction * total)
     ranked = sorted(((scores[li, h].item(), li, h) for li, n in enumerate(before) for h in range(n)))

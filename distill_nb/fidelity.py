@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from . import losses
-from .attribution.methods import Attribution, attribute, encode
+from .attribution.methods import Attribution, attribute, encode, is_blank
 from .attribution.metrics import agreement, align
 from .config import atomic_write_text
 from .families import cache_dir, save_cache_file
@@ -124,6 +124,7 @@ def teacher_attributions(teacher: nn.Module, tokenizer: Any, texts: Sequence[str
                                max_length=max_length, device=device)
     finally:
         teacher.train(was_training)
+    _check_teacher_finite(attrs)
     width = max(len(a.scores) for a in attrs)
     scores = torch.zeros(len(attrs), width)
     for i, a in enumerate(attrs):
@@ -135,6 +136,15 @@ def teacher_attributions(teacher: nn.Module, tokenizer: Any, texts: Sequence[str
         save_cache_file(path, lambda tmp: save_file({"scores": scores.contiguous(), "lengths": lengths,
                                                      "targets": targets}, tmp), log)
     return scores, lengths, targets, False
+
+
+def _check_teacher_finite(attrs: Sequence[Attribution]) -> None:
+    """:class:`~distill_nb.evaluation.BrokenTeacher` when the teacher's logits are NaN/inf on a text: it made no
+    prediction there, so it has no reasons to cache, track or align to (nothing is cached)."""
+    from .evaluation import check_teacher_outputs
+
+    marks = torch.tensor([[math.nan if a.nonfinite else 0.0] for a in attrs])  # (N, 1): NaN where no prediction
+    check_teacher_outputs(marks, "attributed", "fp32")
 
 
 ATTRIBUTION_CHUNK = 256  # texts between two progress calls (a Stop is heard within one chunk)
@@ -160,6 +170,20 @@ def _cache_problem(scores: torch.Tensor, lengths: torch.Tensor, targets: torch.T
 
 
 # --- live tracking on a probe set ---------------------------------------------------------------------------------
+def probe_candidates(tokenizer: Any, eval_texts: Sequence[str], max_length: int) -> list[int]:
+    """Indices of the eval texts a probe can explain: not blank (spaces, control or zero-width characters only,
+    which ``attribute`` refuses) and with a word the tokenizer keeps; a ValueError when there is none."""
+    texts = [t if isinstance(t, str) else "" for t in eval_texts]
+    filled = [i for i, t in enumerate(texts) if not is_blank(t)]  # a blank text has no reasons to compare
+    items = encode(tokenizer, [texts[i] for i in filled], max_length) if filled else []
+    usable = [i for i, e in zip(filled, items) if any(w is not None for w in e.word_ids)]
+    if not usable:
+        raise ValueError(f"no eval text can be probed for reasons: all {len(texts)} are blank (only spaces, control "
+                         "or zero-width characters) or hold no word the tokenizer keeps. Fix the eval texts (is "
+                         "text_column the right column?), or set reason_probe=0 to train without reason tracking.")
+    return usable
+
+
 def probe_indices(n_eval: int, size: int, seed: int) -> list[int]:
     """A seeded, sorted subset of ``size`` eval indices (all of them when the eval set is smaller)."""
     if size >= n_eval:
@@ -191,7 +215,7 @@ class ReasonTracker:
                              "then Resume; the probe is rebuilt from the run's eval texts.")
         probe = _read_probe(path, eval_texts)
         if probe is None or probe.get("method") != method or probe.get("n_steps") != n_steps:
-            usable = [i for i, t in enumerate(eval_texts) if t.strip()]  # a blank text has no reasons to compare
+            usable = probe_candidates(tokenizer, eval_texts, max_length)
             idx = [usable[j] for j in probe_indices(len(usable), size, seed)]
             probe = {"indices": idx, "texts": [eval_texts[i] for i in idx], "method": method,
                      "n_steps": n_steps, "top_k": top_k, "seed": seed}
@@ -250,7 +274,7 @@ def _read_probe(path: Path, eval_texts: Sequence[str]) -> dict[str, Any] | None:
         return None
     if not all(type(i) is int and 0 <= i < len(eval_texts) for i in idx) or len(set(idx)) != len(idx):
         return None
-    if any(not isinstance(t, str) or not t.strip() or t != eval_texts[i] for i, t in zip(idx, texts)):
+    if any(not isinstance(t, str) or is_blank(t) or t != eval_texts[i] for i, t in zip(idx, texts)):
         return None
     return probe
 
@@ -378,8 +402,8 @@ def compare_students(runs: dict[str, Any] | Sequence[Any], *, max_eval: int | No
         teacher, t_tok, student, s_tok = load_run_models(folder)
         texts, labels = task.eval.texts, task.eval.labels
         t_attr = attribute(teacher, t_tok, texts, method, n_steps=n_steps, max_length=config.max_length)
-        s_attr = attribute(student, s_tok, texts, method, [a.target for a in t_attr], n_steps=n_steps,
-                           max_length=config.max_length)
+        s_targets = [None if a.nonfinite else a.target for a in t_attr]  # a NaN/inf teacher row: the student's own
+        s_attr = attribute(student, s_tok, texts, method, s_targets, n_steps=n_steps, max_length=config.max_length)
         agree = [agreement(*align(t, s)[2:], top_k) for t, s in zip(t_attr, s_attr)]
         faith = faithfulness(student, s_tok, s_attr, top_k=top_k)
         rows.append({"run": name, "alpha_attr": config.alpha_attr,

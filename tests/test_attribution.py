@@ -524,3 +524,159 @@ def test_a_model_without_token_type_ids_attributes_a_pair_without_them(pair_mode
             enc = _pair_inputs(tok, texts[0])
             probs = distil(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.softmax(-1)[0]
         np.testing.assert_allclose(attrs[0].probs, probs.numpy(), atol=1e-5)
+
+
+# --- a model with NaN/inf logits makes no prediction: never class 0, never a perfect agreement ------------------------
+BAD_VALUES = [math.nan, math.inf, -math.inf]
+
+
+class PoisonOn(torch.nn.Module):
+    """``model`` whose logit 0 is ``value`` (NaN, +inf, -inf) for texts containing ``token_id`` (None: every text):
+    finite and non-finite rows side by side, as a partly broken (overflowing) model gives them."""
+
+    def __init__(self, model, token_id: int | None, value: float):
+        super().__init__()
+        self.model, self.token_id, self.value = model, token_id, value
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def forward(self, input_ids, attention_mask):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        logits = getattr(out, "logits", out)
+        hit = (torch.ones_like(input_ids, dtype=torch.bool) if self.token_id is None
+               else (input_ids == self.token_id) & attention_mask.bool()).any(1)  # (B,)
+        column = torch.zeros_like(logits, dtype=torch.bool)
+        column[:, 0] = True
+        return torch.where(hit[:, None] & column, torch.full_like(logits, self.value), logits)
+
+
+def _awful(tok) -> int:
+    return tok.convert_tokens_to_ids("awful")
+
+
+@pytest.mark.parametrize("value", BAD_VALUES)
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "leave_one_out"])
+def test_a_nonfinite_logit_row_is_no_prediction_and_has_nan_scores(teacher, value, method):
+    model, tok = teacher
+    broken = TEXTS.index("the acting was awful")
+    clean = attribute(model, tok, TEXTS, method, n_steps=4)
+    got = attribute(PoisonOn(model, _awful(tok), value), tok, TEXTS, method, n_steps=4)
+    bad = got[broken]
+    assert bad.nonfinite and bad.label == -1 and bad.target == -1  # not class 0, which argmax over NaN picks
+    assert np.isnan(bad.scores).all() and np.isnan(bad.probs).all()
+    assert bad.delta is None or math.isnan(bad.delta)
+    for i, (a, c) in enumerate(zip(got, clean)):  # the finite rows of the same batches are untouched
+        if i != broken:
+            assert not a.nonfinite and a.label == c.label and a.target == c.target
+            np.testing.assert_allclose(a.scores, c.scores, rtol=1e-4, atol=1e-6)
+    given = attribute(PoisonOn(model, _awful(tok), value), tok, TEXTS[broken], method, target=1, n_steps=4)[0]
+    assert given.target == 1 and given.label == -1 and np.isnan(given.scores).all()  # a target: still NaN-marked
+
+
+@pytest.mark.parametrize("t_value, s_value", [(None, math.nan), (None, math.inf), (None, -math.inf),
+                                              (math.nan, None), (math.inf, math.nan), (-math.inf, -math.inf)])
+def test_compare_counts_a_nonfinite_model_as_disagreeing_with_nan_metrics(teacher, t_value, s_value):
+    model, tok = teacher
+    poisoned = lambda value: model if value is None else PoisonOn(model, _awful(tok), value)
+    broken = TEXTS.index("the acting was awful")
+    comps = compare(poisoned(t_value), poisoned(s_value), TEXTS, teacher_tokenizer=tok, method="saliency", top_k=2,
+                    faithfulness_steps=4)
+    c = comps[broken]
+    expected = tuple(name for name, v in (("teacher", t_value), ("student", s_value)) if v is not None)
+    assert c.nonfinite == expected
+    assert c.metrics["prediction_agree"] == 0.0  # two NaN models do not "agree" on class 0
+    for name in ("spearman", "kendall", "topk_jaccard", "sign_agreement", "l1_distance", "prob_diff"):
+        assert math.isnan(c.metrics[name]), (name, c.metrics[name])  # never a perfect 1.0 / 0.0 from NaN
+    for who in expected:
+        assert all(math.isnan(c.metrics[f"{who}_{m}"]) for m in ("comprehensiveness", "sufficiency", "deletion_auc"))
+    for i, other in enumerate(comps):  # the finite texts compare the model with itself: perfect
+        if i != broken:
+            assert other.nonfinite == () and other.metrics["prediction_agree"] == 1.0
+            assert other.metrics["l1_distance"] == pytest.approx(0.0, abs=1e-9)
+    assert "no prediction" in c.to_html()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    c.plot()
+    c.teacher.plot()
+
+
+@pytest.mark.parametrize("value", BAD_VALUES)
+@pytest.mark.parametrize("both", [False, True])
+def test_sweep_summary_of_an_all_nonfinite_student_is_no_good_verdict(teacher, value, both):
+    model, tok = teacher
+    texts = TEXTS[:3]
+    student = PoisonOn(model, None, value)
+    result = sweep(student if both else model, student, texts, [0, 0, 0], teacher_tokenizer=tok, method="saliency",
+                   n_steps=2)
+    s = result.summary()
+    assert s["prediction_agree"] == 0.0 and s["student_accuracy"] == 0.0  # gold 0 is not "predicted" by NaN
+    assert s["student_nonfinite"] == 3 and s["teacher_nonfinite"] == (3 if both else 0)
+    assert math.isnan(s["l1_distance"]) and math.isnan(s["sign_agreement"]) and math.isnan(s["spearman"])
+    frame = result.to_frame()
+    assert (frame["student_pred"] == -1).all() and frame["student_prob"].isna().all()
+    assert frame["student_nonfinite"].all() and frame["teacher_nonfinite"].all() == both
+    if both:
+        assert s["teacher_accuracy"] == 0.0 and frame["teacher_prob"].isna().all()
+
+
+def test_sweep_ranks_examples_with_nonfinite_outputs_first(teacher):
+    model, tok = teacher
+    broken = TEXTS.index("the acting was awful")
+    flipped = TEXTS.index("what a wonderful film")
+    student = PoisonOn(FlipOn(model, tok.convert_tokens_to_ids("wonderful")), _awful(tok), math.nan)
+    result = sweep(model, student, TEXTS, [1, 0, 1, 1, 0], teacher_tokenizer=tok, method="saliency",
+                   faithfulness_steps=None)
+    assert result.order[:2] == (broken, flipped)  # no prediction, then a real disagreement
+    s = result.summary()
+    assert s["student_nonfinite"] == 1 and s["prediction_agree"] == pytest.approx(3 / 5)
+
+
+@pytest.mark.parametrize("value", BAD_VALUES)
+@pytest.mark.parametrize("side", ["teacher", "student", "both"])
+def test_agreement_of_a_nonfinite_score_vector_is_nan_everywhere(value, side):
+    t = np.array([0.5, -0.2, 0.1, 0.9, 0.3, 0.0])
+    s = t.copy()
+    if side in ("teacher", "both"):
+        t[2] = value
+    if side in ("student", "both"):
+        s[2] = value
+    assert all(math.isnan(v) for v in agreement(t, s, 2).values())
+    full = np.full(6, value)  # two all-NaN (or all-inf) vectors are not identical explanations
+    assert all(math.isnan(v) for v in agreement(full, full, 2).values())
+
+
+def test_faithfulness_of_a_text_without_prediction_is_nan(teacher):
+    model, tok = teacher
+    poisoned = PoisonOn(model, _awful(tok), math.nan)
+    attrs = attribute(poisoned, tok, ["the acting was awful", "the movie was good"], "saliency")
+    bad, good = faithfulness(poisoned, tok, attrs, top_k=2, steps=4)
+    assert math.isnan(bad.comprehensiveness) and math.isnan(bad.sufficiency) and np.isnan(bad.deletion).all()
+    assert not math.isnan(good.comprehensiveness) and np.isfinite(good.deletion).all()
+
+
+# --- a student whose vocabulary the teacher's tokenizer does not fit ---------------------------------------------------
+def _small_vocab_student(n_words: int = 9):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=n_words, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64, num_labels=2)
+    return BertForSequenceClassification(cfg).eval()
+
+
+@pytest.mark.parametrize("call", ["compare", "sweep", "sweep with labels"])
+def test_a_student_vocabulary_the_teachers_tokenizer_does_not_fit_is_named_before_any_forward(teacher, call,
+                                                                                              monkeypatch):
+    from conftest import clear_error
+
+    model, tok = teacher
+    student = _small_vocab_student()
+    student.forward = lambda *a, **k: pytest.fail("a forward pass ran before the vocabulary check")
+    run = {"compare": lambda: compare(model, student, TEXTS, teacher_tokenizer=tok, n_steps=2, max_length=64),
+           "sweep": lambda: sweep(model, student, TEXTS, teacher_tokenizer=tok, n_steps=2, max_length=64),
+           "sweep with labels": lambda: sweep(model, student, TEXTS, [0, 1, 0, 1, 0], teacher_tokenizer=tok,
+                                              n_steps=2, max_length=64)}[call]
+    clear_error(run, ValueError, ["9 word embeddings", "no student_tokenizer was given", "student_tokenizer="])
+    clear_error(lambda: compare(student, model, TEXTS, teacher_tokenizer=tok, student_tokenizer=tok, n_steps=2,
+                                max_length=64), ValueError, ["9 word embeddings", "teacher_tokenizer"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -208,3 +209,92 @@ def test_head_importance_and_latency_batches_read_a_pair_with_its_segment_ids(pa
                         or real(self, *a, **k))
     compress.head_importance(model, tok, pairs, [0, 1])
     assert seen and all(seen)
+
+
+# --- head pruning only on importance it measured ---------------------------------------------------------------
+@pytest.mark.parametrize("call", ["head_importance", "prune_heads"])
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "4", None])
+def test_a_batch_size_that_measures_nothing_is_refused(model_and_tok, call, batch_size):
+    model, tok = model_and_tok
+    fn = getattr(compress, call)
+    clear_error(lambda: fn(model, tok, TEXTS[:4], batch_size=batch_size), ValueError, [f"batch_size={batch_size!r}"])
+
+
+@pytest.mark.parametrize("call", ["head_importance", "prune_heads"])
+@pytest.mark.parametrize("max_length", [0, 7, -3, 10**6, 8.0, "64"])
+def test_a_max_length_the_model_cannot_read_is_refused(model_and_tok, call, max_length):
+    model, tok = model_and_tok
+    fn = getattr(compress, call)
+    clear_error(lambda: fn(model, tok, TEXTS[:4], max_length=max_length), ValueError, ["max_length"])
+
+
+def _poisoned(model: nn.Module, value: float, rows: str) -> nn.Module:
+    """A copy whose classifier outputs ``value`` at logit 0 on every row, or on the first row of each batch."""
+    bad = copy.deepcopy(model)
+
+    def hook(module, args, out):
+        out = out.clone()
+        out[:, 0] = torch.where(torch.arange(len(out)) == 0, value, out[:, 0]) if rows == "some" else value
+        return out
+    bad.classifier.register_forward_hook(hook)
+    return bad
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("rows", ["all", "some"])
+@pytest.mark.parametrize("call", ["head_importance", "prune_heads"])
+def test_nonfinite_importance_is_refused_not_pruned_on(model_and_tok, value, rows, call):
+    model, tok = model_and_tok
+    bad = _poisoned(model, value, rows)
+    before = compress.heads_per_layer(bad)
+    fn = getattr(compress, call)
+    message = clear_error(lambda: fn(bad, tok, TEXTS[:8], batch_size=4), ValueError,
+                          ["not finite", "NaN/inf", "No head was removed"])
+    assert "of 8 texts" in message
+    assert compress.heads_per_layer(bad) == before and not compress.pruned_heads(bad)
+
+
+def test_nan_weights_are_refused_by_prune_heads(model_and_tok):
+    model, tok = model_and_tok
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        bad.classifier.weight.fill_(math.nan)
+    clear_error(lambda: compress.prune_heads(bad, tok, TEXTS[:4], fraction=0.5), ValueError, ["not finite"])
+
+
+def test_all_zero_importance_prunes_nothing(model_and_tok, monkeypatch):
+    model, tok = model_and_tok
+    monkeypatch.setattr(compress, "head_importance", lambda m, *a, **k: torch.zeros(4, 4))
+    clear_error(lambda: compress.prune_heads(model, tok, TEXTS[:4], fraction=0.5), ValueError,
+                ["importance is 0", "no head was removed"])
+
+
+# --- a pruned_heads in config.json is checked before anything is built ---------------------------------------------
+@pytest.mark.parametrize("value, needle", [
+    ({"7": [0]}, "layer '7'"), ({"4": [0]}, "layer '4'"), ({"-1": [0]}, "layer '-1'"), ({"a": [1]}, "layer 'a'"),
+    ({"": [1]}, "layer ''"), ({"1.0": [1]}, "layer '1.0'"), ({"0": ["x"]}, "['x']"), ({"0": [99]}, "[99]"),
+    ({"0": [-1]}, "[-1]"), ({"0": [4]}, "[4]"), ({"0": [True]}, "[True]"), ({"0": [1.5]}, "[1.5]"),
+    ({"0": [None]}, "[None]"), ({"0": 1}, "=1"), ({"0": "1"}, "='1'"), ({"0": None}, "=None"),
+    ({"0": [0, 1, 2, 3]}, "all 4 heads"), ({"1": [3, 2, 1, 0, 0]}, "all 4 heads"), ([1, 2], "[1, 2] (list)"),
+    ("x", "'x' (str)"), (5, "5 (int)"), (True, "True (bool)"),
+])
+def test_load_pruned_names_a_bad_pruned_heads_in_config_json(model_and_tok, tmp_path, value, needle):
+    import json
+
+    model, _ = model_and_tok
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["pruned_heads"] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    message = clear_error(lambda: compress.load_pruned(tmp_path), ValueError,
+                          ["pruned_heads", str(tmp_path / "config.json"), needle])
+    assert "{layer: [head, ...]}" in message
+
+
+@pytest.mark.parametrize("value, expected", [({}, {}), ({"0": []}, {}), ({"1": [2, 0, 2]}, {1: [0, 2]}),
+                                             ({0: [1], "0": [3]}, {0: [1, 3]})])
+def test_pruned_heads_reads_what_remove_heads_and_json_write(model_and_tok, value, expected):
+    model, _ = model_and_tok
+    config = copy.deepcopy(model.config)
+    config.pruned_heads = value
+    assert compress.pruned_heads(config) == expected

@@ -506,3 +506,73 @@ def test_an_attribution_cache_that_cannot_be_written_is_only_logged(tiny_teacher
     assert not cached and scores.shape[0] == 2 and lengths.tolist() == [6, 5]
     assert any("goes on without this cache" in m and "DISTILL_NB_CACHE" in m for m in logs), logs
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # no half-written file left
+
+
+# --- eval texts a probe cannot explain; a teacher without predictions ------------------------------------------------
+def _tracker(tiny_teacher, run, evals, teacher=None):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = teacher or AutoModelForSequenceClassification.from_pretrained(tiny_teacher)
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    run.mkdir(exist_ok=True)
+    return fidelity.ReasonTracker(run, model, tok, tok, evals, size=4, seed=0, method="saliency", n_steps=1,
+                                  top_k=2, max_length=32, device=torch.device("cpu"), log=lambda *_: None)
+
+
+@pytest.mark.parametrize("evals", [[""], ["", "  ", "\n"], ["\u200b\u200b"], ["\x00\x01", "\ufeff"],
+                                   ["", "\u200b", " \t", "\u2028"], [None, 5]])
+def test_eval_texts_that_no_probe_can_explain_are_refused_clearly(tiny_teacher, tmp_path, evals):
+    from conftest import clear_error
+
+    clear_error(lambda: _tracker(tiny_teacher, tmp_path / "run", evals), ValueError,
+                ["no eval text can be probed", f"all {len(evals)}", "reason_probe=0"])
+    assert not (tmp_path / "run" / fidelity.PROBE_FILE).exists()
+
+
+def test_zero_width_and_control_texts_are_left_out_of_the_probe(tiny_teacher, tmp_path):
+    evals = ["\u200b", "the movie was good", "\x00", "bad film", "\ufeff\u200b", "great fun"]
+    tracker = _tracker(tiny_teacher, tmp_path / "run", evals)
+    assert tracker.texts == ["the movie was good", "bad film", "great fun"]
+    probe = json.loads((tmp_path / "run" / fidelity.PROBE_FILE).read_text())
+    assert probe["indices"] == [1, 3, 5]
+    probe["indices"], probe["texts"] = [0, 1], ["\u200b", "the movie was good"]  # an edited probe with a blank
+    (tmp_path / "run" / fidelity.PROBE_FILE).write_text(json.dumps(probe))
+    assert _tracker(tiny_teacher, tmp_path / "run", evals).texts == ["the movie was good", "bad film", "great fun"]
+
+
+def test_a_run_whose_eval_texts_are_all_zero_width_fails_with_the_probe_message(tiny_teacher, tmp_path):
+    """train() reaches the probe with such data (the loader's blank check strips spaces only): a clear failure."""
+    data = tmp_path / "data"
+    data.mkdir()
+    words = ["good", "bad", "fine", "awful", "great", "dull"]
+    (data / "train.csv").write_text("text,label\n" + "".join(f"the film was {words[i % 6]},{i % 2}\n" for i in range(24)))
+    (data / "validation.csv").write_text("text,label\n" + "".join(f"\u200b\u200b,{i % 2}\n" for i in range(6)))
+    config = DistillConfig(teacher=str(tiny_teacher), dataset=str(data), text_column="text", student_layers=2,
+                           max_steps=2, batch_size=8, reason_probe=4)
+    with pytest.raises(ValueError, match="no eval text can be probed.*reason_probe=0"):
+        train(config, tmp_path / "run", log=lambda *_: None)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("rows", ["all", "one"])
+def test_teacher_attributions_refuse_a_teacher_without_predictions(tiny_teacher, tmp_path, value, rows):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distill_nb.evaluation import BrokenTeacher
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    bad_id = tok.convert_tokens_to_ids("awful")
+
+    def hook(module, args, out):  # logit 0 := value on every row, or on rows of texts with "awful"
+        hit = torch.ones(len(out), dtype=torch.bool) if rows == "all" else (module.ids == bad_id).any(1)
+        return torch.where(hit[:, None] & (torch.arange(out.shape[1]) == 0), torch.full_like(out, value), out)
+    teacher.classifier.register_forward_hook(hook)
+    teacher.register_forward_pre_hook(lambda m, a, kw: setattr(teacher.classifier, "ids", kw["input_ids"]),
+                                      with_kwargs=True)
+    texts = ["the movie was good", "the acting was awful"]
+    with pytest.raises(BrokenTeacher, match="not finite.*fp32"):
+        fidelity.teacher_attributions(teacher, tok, texts, method="saliency", n_steps=1, max_length=32,
+                                      device=torch.device("cpu"), log=lambda *_: None)
+    with pytest.raises(BrokenTeacher):  # nothing was cached: it is refused again
+        _tracker(tiny_teacher, tmp_path / "run", texts, teacher=teacher)

@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 
 pytest.importorskip("ipywidgets")
 
@@ -597,3 +598,57 @@ def test_waiting_on_a_monitor_without_a_run_says_what_to_do():
     for call in (mon.wait, lambda: asyncio.run(mon.wait_async())):
         with pytest.raises(RuntimeError, match="shows no run.*run the launch cell first.*RunMonitor.attach"):
             call()
+
+
+class _NonFinite(torch.nn.Module):
+    """``model`` whose logit 0 is ``value`` on every text (``every=True``) or on texts with ``word`` only."""
+
+    def __init__(self, model, value: float, token_id: int | None = None):
+        super().__init__()
+        self.model, self.value, self.token_id = model, value, token_id
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def forward(self, input_ids, attention_mask):
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        hit = torch.ones(len(logits), dtype=torch.bool) if self.token_id is None else (input_ids == self.token_id).any(1)
+        first = torch.zeros_like(logits, dtype=torch.bool)
+        first[:, 0] = True
+        return torch.where(hit[:, None] & first, torch.full_like(logits, self.value), logits)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("who", ["student", "both", "some student rows"])
+def test_errors_tab_never_calls_a_nonfinite_model_good(tiny_pair, value, who):
+    """NaN/inf logits are no prediction: no ✓ row, no "agree on 100%", the count said, never label_names[-1]."""
+    teacher, tok, _ = tiny_pair
+    texts = ["the movie was good", "bad film", "a great story", "it was awful"]
+    bad_id = tok.convert_tokens_to_ids("awful") if who == "some student rows" else None
+    student = _NonFinite(teacher, value, bad_id)
+
+    class Explorer:
+        method = "saliency"
+
+        def models(self):
+            return (student if who == "both" else teacher), tok, student, tok
+
+        def show(self, comparison):
+            pass
+
+    ea = ErrorAnalysis(Explorer(), texts=texts, labels=[0, 0, 0, 0], label_names=["neg", "pos"], n_examples=4,
+                       n_steps=2)
+    ea.run_sweep()
+    assert ea.error == ""
+    n_bad = 1 if bad_id is not None else 4
+    assert f"student's outputs are NaN/inf on {n_bad} of 4 examples" in ea.summary.value
+    assert ("teacher's outputs are NaN/inf on 4 of 4" in ea.summary.value) == (who == "both")
+    if bad_id is None:
+        assert "agree on 0%" in ea.summary.value and "student 0.00" in ea.summary.value
+        assert not any("✓" in label for label, _ in ea.rows.options)
+    rows = {i: label for label, i in ea.rows.options}
+    assert len(rows) == 4  # a NaN teacher (no confidence) is not filtered out by the full confidence range
+    broken = [i for i in range(4) if bad_id is None or i == 3]
+    assert all("⚠" in rows[i] and "S:none (NaN/inf)" in rows[i] and "S:pos" not in rows[i] for i in broken)
+    assert ea.result.order[0] in broken
+    assert "NaN/inf" in repr(ea)

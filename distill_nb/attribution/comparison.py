@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..evaluation import NO_PREDICTION
 from .methods import (
     Attribution,
     attribute,
     check_gradients,
+    check_ids,
     check_max_length,
     check_method,
     check_positive,
@@ -36,13 +39,18 @@ if TYPE_CHECKING:
 class Comparison:
     """Teacher and student attributions of one text, aligned, with agreement metrics.
 
+    A model whose logits on the text hold a NaN or inf made no prediction there (``nonfinite`` names it): the
+    predictions disagree (prediction_agree 0.0), its scores and every attribution metric are NaN.
+
     Attributes:
-        teacher, student: the two attributions (same target class).
+        teacher, student: the two attributions (same target class; where the teacher made no prediction and no
+            target was given, the student explains its own prediction).
         alignment: "token" (identical tokenisation) or "word" (token scores summed per common word).
         units: the aligned tokens or words, length U.
         teacher_scores, student_scores: float arrays (U,).
-        metrics: spearman, kendall, topk_jaccard, sign_agreement, l1_distance, prediction_agree (1.0/0.0),
-            prob_diff (|teacher - student| probability of the target) and, when computed,
+        metrics: spearman, kendall, topk_jaccard, sign_agreement, l1_distance, prediction_agree (1.0/0.0; 0.0
+            when either model made no prediction), prob_diff (|teacher - student| probability of the target; NaN
+            without one) and, when computed,
             {teacher,student}_{comprehensiveness,sufficiency,deletion_auc}.
         top_k: k used for the top-k overlap and faithfulness.
         teacher_faithfulness, student_faithfulness: per-model faithfulness, or None.
@@ -65,6 +73,11 @@ class Comparison:
     @property
     def text(self) -> str:
         return self.teacher.text
+
+    @property
+    def nonfinite(self) -> tuple[str, ...]:
+        """The models ("teacher", "student") whose logits on this text held a NaN or inf; () when both are finite."""
+        return tuple(name for name, a in (("teacher", self.teacher), ("student", self.student)) if a.nonfinite)
 
     def plot(self) -> Figure:
         """Side-by-side heatmaps: teacher row, student row, teacher - student row. Returns the Figure."""
@@ -90,6 +103,19 @@ class Comparison:
 
 def _same_vocab(a: Any, b: Any) -> bool:
     return a is b or (type(a) is type(b) and a.get_vocab() == b.get_vocab())
+
+
+def _check_vocabularies(teacher: Any, student: Any, t_tok: Any, s_tok: Any, texts: list[str], max_length: int,
+                        student_tokenizer_given: bool) -> None:
+    """Every text has tokens for both tokenizers, and their ids fit each model's word embeddings: a ValueError
+    naming the tokenizer and the fix, before any forward pass (a misfit id fails as a bare IndexError in it)."""
+    t_items, s_items = encode(t_tok, texts, max_length), encode(s_tok, texts, max_length)
+    check_readable(t_items, texts, "the teacher's tokenizer")
+    check_readable(s_items, texts, "the student's tokenizer")
+    check_ids(teacher, t_items, "teacher_tokenizer", "pass teacher_tokenizer=, the tokenizer saved with the teacher")
+    who = ("student_tokenizer" if student_tokenizer_given
+           else "the teacher's, used for the student because no student_tokenizer was given")
+    check_ids(student, s_items, who, "pass student_tokenizer=, the tokenizer saved with the student")
 
 
 def _n_classes(model: Any, tokenizer: Any, text: str, max_length: int, device: Any) -> int:
@@ -167,17 +193,19 @@ def compare(teacher: Any, student: Any, texts: Sequence[str] | str, *, teacher_t
     check_gradients(teacher, method, "the teacher")
     check_gradients(student, method, "the student")
     check_tokenizer(teacher, teacher_tokenizer, "the teacher")
+    given = student_tokenizer is not None
     student_tokenizer = _student_tokenizer(student, teacher_tokenizer, student_tokenizer)
     targets = check_targets(target, len(texts))
-    check_readable(encode(teacher_tokenizer, texts, max_length), texts, "the teacher's tokenizer")
-    check_readable(encode(student_tokenizer, texts, max_length), texts, "the student's tokenizer")
+    _check_vocabularies(teacher, student, teacher_tokenizer, student_tokenizer, texts, max_length, given)
     n_classes = _checked_classes(teacher, student, teacher_tokenizer, student_tokenizer, texts[0], max_length,
                                  device)
     _check_target_range(targets, n_classes)
     kw = {"n_steps": n_steps, "internal_batch_size": internal_batch_size, "batch_size": batch_size,
           "device": device, "max_length": max_length, "precision": precision}
     t_attr = attribute(teacher, teacher_tokenizer, texts, method, targets, **kw)
-    s_attr = attribute(student, student_tokenizer, texts, method, [a.target for a in t_attr], **kw)
+    # the teacher's class for both; where it made no prediction (NaN/inf logits), the student explains its own
+    s_targets = [None if a.target == NO_PREDICTION else a.target for a in t_attr]
+    s_attr = attribute(student, student_tokenizer, texts, method, s_targets, **kw)
     t_faith: list[Faithfulness | None] = [None] * len(texts)
     s_faith: list[Faithfulness | None] = [None] * len(texts)
     if faithfulness_steps is not None:
@@ -193,9 +221,9 @@ def compare(teacher: Any, student: Any, texts: Sequence[str] | str, *, teacher_t
         else:
             sa_aligned = sa
         alignment, units, ts, ss = align(ta, sa_aligned)
-        metrics = agreement(ts, ss, top_k)
-        metrics["prediction_agree"] = float(ta.label == sa.label)
-        metrics["prob_diff"] = float(abs(ta.probs[ta.target] - sa.probs[ta.target]))
+        metrics = agreement(ts, ss, top_k)  # NaN throughout when either side's scores are NaN (no prediction)
+        metrics["prediction_agree"] = float(ta.label == sa.label != NO_PREDICTION)  # no prediction never agrees
+        metrics["prob_diff"] = abs(target_prob(ta, ta.target) - target_prob(sa, ta.target))
         for name, f in (("teacher", tf), ("student", sf)):
             if f is not None:
                 metrics.update({f"{name}_comprehensiveness": f.comprehensiveness,
@@ -203,6 +231,11 @@ def compare(teacher: Any, student: Any, texts: Sequence[str] | str, *, teacher_t
         out.append(Comparison(ta, sa, alignment, tuple(units), ts, ss, metrics, top_k, tf, sf,
                               unread_units(ta, sa_aligned)))
     return out
+
+
+def target_prob(a: Attribution, target: int) -> float:
+    """``a``'s probability of class ``target``; NaN without a target or a prediction (NaN/inf logits)."""
+    return float(a.probs[target]) if target != NO_PREDICTION and not a.nonfinite else math.nan
 
 
 def _renumbered(a: Attribution) -> Attribution:
@@ -222,8 +255,9 @@ class SweepResult:
     Attributes:
         comparisons: one ``Comparison`` per text, in input order.
         labels: gold labels (or None).
-        order: input indices, most divergent first: prediction disagreements first, then the lowest
-            attribution rank correlation (1 - spearman), then the largest probability difference.
+        order: input indices, most divergent first: examples where a model gave NaN/inf logits (no prediction)
+            first, then prediction disagreements, then the lowest attribution rank correlation (1 - spearman),
+            then the largest probability difference.
         method: attribution method used.
     """
 
@@ -248,7 +282,9 @@ class SweepResult:
     def to_frame(self) -> pd.DataFrame:
         """One row per example (input order): text, label, predictions, probabilities, metrics, rank.
 
-        ``divergence_rank`` is 1 for the most divergent example; sort by it to review.
+        ``divergence_rank`` is 1 for the most divergent example; sort by it to review. A model that made no
+        prediction (NaN/inf logits) has ``*_pred`` ``NO_PREDICTION`` (-1), ``*_prob`` NaN and ``*_nonfinite``
+        True.
         """
         import pandas as pd
 
@@ -259,17 +295,23 @@ class SweepResult:
             rows.append({
                 "text": c.text, "label": None if self.labels is None else self.labels[i], "target": c.teacher.target,
                 "teacher_pred": c.teacher.label, "student_pred": c.student.label,
-                "teacher_prob": float(c.teacher.probs[c.teacher.target]),
-                "student_prob": float(c.student.probs[c.teacher.target]), "alignment": c.alignment,
+                "teacher_prob": target_prob(c.teacher, c.teacher.target),
+                "student_prob": target_prob(c.student, c.teacher.target), "alignment": c.alignment,
+                "teacher_nonfinite": c.teacher.nonfinite, "student_nonfinite": c.student.nonfinite,
                 **c.metrics, "divergence_rank": int(rank[i]),
             })
         return pd.DataFrame(rows)
 
     def summary(self) -> dict[str, float]:
-        """Mean of each metric (NaN ignored) plus accuracies when labels are known."""
+        """Mean of each metric (NaN ignored) plus accuracies when labels are known, and ``teacher_nonfinite`` /
+        ``student_nonfinite``: on how many examples each model gave NaN/inf logits. Such an example is no
+        prediction: wrong for accuracy, a disagreement for prediction_agree, left out of the attribution means
+        (its metrics are NaN) -- so a broken model never reads as a good one."""
         frame = self.to_frame()
         out = {k: float(frame[k].mean()) for k in self.comparisons[0].metrics}
-        if self.labels is not None:
+        out["teacher_nonfinite"] = int(frame["teacher_nonfinite"].sum())
+        out["student_nonfinite"] = int(frame["student_nonfinite"].sum())
+        if self.labels is not None:  # NO_PREDICTION (-1) equals no label: wrong
             out["teacher_accuracy"] = float((frame["teacher_pred"] == frame["label"]).mean())
             out["student_accuracy"] = float((frame["student_pred"] == frame["label"]).mean())
         return out
@@ -296,12 +338,13 @@ class SweepResult:
 
 
 def divergence_order(comparisons: Sequence[Comparison]) -> list[int]:
-    """Indices sorted most divergent first (disagreement, then 1 - spearman, then prob_diff)."""
+    """Indices sorted most divergent first (NaN/inf outputs, disagreement, then 1 - spearman, then prob_diff)."""
+    finite = np.array([not c.nonfinite for c in comparisons])  # False (no prediction) sorts first
     agree = np.array([c.metrics["prediction_agree"] for c in comparisons])
     rho = np.array([c.metrics["spearman"] for c in comparisons])
     rho = np.where(np.isnan(rho), 0.0, rho)  # undefined correlation counts as "no agreement"
     diff = np.array([c.metrics["prob_diff"] for c in comparisons])
-    return np.lexsort((-diff, rho, agree)).tolist()  # last key sorts first
+    return np.lexsort((-diff, rho, agree, finite)).tolist()  # last key sorts first
 
 
 def sweep(teacher: Any, student: Any, texts: Sequence[str], labels: Sequence[int] | None = None, *,
@@ -330,7 +373,10 @@ def sweep(teacher: Any, student: Any, texts: Sequence[str], labels: Sequence[int
     check_positive(batch_size=batch_size)
     targets = check_targets(target, len(texts))
     check_max_length(max_length, teacher, student)
+    given = student_tokenizer is not None
     student_tokenizer = _student_tokenizer(student, teacher_tokenizer, student_tokenizer)  # once, not per chunk
+    # every text, before the first (long) chunk runs: a misfit in the last chunk would waste the sweep
+    _check_vocabularies(teacher, student, teacher_tokenizer, student_tokenizer, texts, max_length, given)
     if labels is not None:  # class ids of the models' head, checked before the (long) sweep starts
         labels = check_labels(labels, len(texts), _n_classes(teacher, teacher_tokenizer, texts[0], max_length,
                                                               device))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..evaluation import NO_PREDICTION, predictions
 from ..tables import PAIR_SEP, split_pair
 
 if TYPE_CHECKING:
@@ -35,14 +36,18 @@ class Attribution:
         word_ids: word index of each token (None for specials), from the fast tokenizer's ``word_ids()``.
         offsets: ``(start, end)`` character span of each token in ``text`` (``(0, 0)`` for specials).
         scores: float array (T,), contribution of each token to the target logit (0 for specials).
-        label: the model's predicted class.
-        probs: float array (C,), the model's class probabilities.
-        target: the class whose logit was attributed.
+        label: the model's predicted class; ``NO_PREDICTION`` (-1) when its logits held a NaN or inf.
+        probs: float array (C,), the model's class probabilities (NaN when ``nonfinite``).
+        target: the class whose logit was attributed; ``NO_PREDICTION`` (-1) when none was given and the model
+            made no prediction (``nonfinite``): there was nothing to explain.
         delta: integrated-gradients convergence delta (sum of scores minus logit difference to the
             baseline); None for other methods.
         method: one of ``METHODS``.
         token_type_ids: segment id of each token (0 first text, 1 second) of a text pair, when the tokenizer
             gives them (the model got them if its forward takes ``token_type_ids``); None for a single text.
+        nonfinite: True when the model's logits for this text held a NaN or inf (a broken model, or an overflow
+            in bf16/fp16): no prediction, and ``scores``, ``probs`` and ``delta`` are NaN, never numbers that
+            look like an explanation.
     """
 
     text: str
@@ -57,6 +62,7 @@ class Attribution:
     delta: float | None
     method: str
     token_type_ids: tuple[int, ...] | None = None
+    nonfinite: bool = False
 
     @property
     def special(self) -> np.ndarray:
@@ -105,7 +111,7 @@ class Attribution:
 # --------------------------------------------------------------------------- input checks
 
 
-def _blank(text: str) -> bool:
+def is_blank(text: str) -> bool:
     """True when ``text`` has nothing a tokenizer reads: only whitespace, control and format characters
     (zero-width spaces, NULs), which ``str.strip`` keeps but tokenizers drop."""
     import unicodedata
@@ -126,7 +132,7 @@ def check_texts(texts: Sequence[str] | str) -> list[str]:
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected str: pass strings only")
-    empty = [i for i, t in enumerate(texts) if _blank(t)]
+    empty = [i for i, t in enumerate(texts) if is_blank(t)]
     if empty:
         raise ValueError(f"texts[{empty[0]}]={texts[empty[0]][:40]!r} is blank (only spaces, control or zero-width "
                          "characters): every text needs at least one word; drop or fix it")
@@ -311,14 +317,19 @@ def encode(tokenizer: Any, texts: list[str], max_length: int) -> list[Encoded]:
     return out
 
 
-def check_ids(model: Any, items: Sequence[Encoded]) -> None:
-    """Raise a ValueError when the tokenizer gives ids past the model's word embeddings (another vocabulary)."""
+def check_ids(model: Any, items: Sequence[Encoded], who: str = "",
+              fix: str = "pass the tokenizer saved with this model") -> None:
+    """Raise a ValueError when the tokenizer gives ids past the model's word embeddings (another vocabulary).
+
+    ``who``: e.g. "the student's tokenizer (the teacher's: no student_tokenizer was given)"; ``fix``: what to pass.
+    """
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     rows = getattr(emb, "num_embeddings", None)
     top = max((max(e.ids) for e in items if e.ids), default=-1)
     if isinstance(rows, int) and top >= rows:
-        raise ValueError(f"the tokenizer gives token id {top}, but {type(model).__name__} has {rows} word embeddings: "
-                         "they have different vocabularies; pass the tokenizer saved with this model.")
+        raise ValueError(f"the tokenizer{' (' + who + ')' if who else ''} gives token id {top}, but "
+                         f"{type(model).__name__} has {rows} word embeddings: they have different vocabularies; "
+                         f"{fix}.")
 
 
 def pad_id(tokenizer: Any) -> int:
@@ -570,7 +581,8 @@ def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: st
             :mod:`distill_nb.precision` picks it for training on this device); scores are returned in fp32.
 
     Returns:
-        N ``Attribution`` in the order of ``texts``.
+        N ``Attribution`` in the order of ``texts``. A text whose logits hold a NaN or inf is no prediction, not
+        class 0: it comes back with ``nonfinite=True``, label ``NO_PREDICTION`` and NaN scores.
 
     Raises:
         ValueError: empty or blank texts (no token the tokenizer keeps), unknown method, bad target (not an int
@@ -610,23 +622,39 @@ def attribute(model: Any, tokenizer: Any, texts: Sequence[str] | str, method: st
             ids, mask, words, special = collate([items[i] for i in idx], pad, dev)
             types = segment_ids(model, [items[i] for i in idx], dev)  # a text pair's, where the model takes them
             with autocast():
-                probs = forward_rows(fn, ids, mask, internal_batch_size, types).float().softmax(-1)  # (B, C)
-            tgt = [targets[i] if targets[i] is not None else int(p.argmax()) for i, p in zip(idx, probs)]
-            bad = [t for t in tgt if not 0 <= t < probs.shape[1]]
-            if bad:
-                raise ValueError(f"target {bad[0]} is out of range: the model has {probs.shape[1]} classes")
-            tgt_t = torch.tensor(tgt, device=dev)
+                logits = forward_rows(fn, ids, mask, internal_batch_size, types).float()  # (B, C)
+            pred = predictions(logits).tolist()  # NO_PREDICTION for a row with a NaN/inf logit, never argmax 0
+            tgt = _batch_targets([targets[i] for i in idx], pred, logits.shape[1])
+            # a row without a prediction has nothing to explain: class 0 only fills the batch, its scores are NaN'd
+            tgt_t = torch.tensor([max(t, 0) for t in tgt], device=dev)
             with autocast():
                 scores, delta = _IMPL[method](fn, layer, ids, mask, types, words, special, tgt_t, pad, n_steps,
                                               internal_batch_size)
             scores = torch.where(words >= 0, scores, torch.zeros_like(scores)).detach().float().cpu().numpy()
-            probs_np = probs.cpu().numpy()
+            probs = logits.softmax(-1).cpu().numpy()
             for b, i in enumerate(idx):
-                e, n = items[i], len(items[i].ids)
-                results[i] = Attribution(
-                    text=texts[i], tokens=tuple(tokenizer.convert_ids_to_tokens(e.ids)), token_ids=tuple(e.ids),
-                    word_ids=tuple(e.word_ids), offsets=tuple(e.offsets), scores=scores[b, :n].copy(),
-                    label=int(probs_np[b].argmax()), probs=probs_np[b].copy(), target=tgt[b],
-                    delta=None if delta is None else float(delta[b]), method=method,
-                    token_type_ids=None if e.token_type_ids is None else tuple(e.token_type_ids))
+                results[i] = _result(texts[i], items[i], tokenizer, scores[b], probs[b], pred[b], tgt[b],
+                                     None if delta is None else float(delta[b]), method)
     return results  # type: ignore[return-value]
+
+
+def _batch_targets(given: list[int | None], pred: list[int], n_classes: int) -> list[int]:
+    """The class to explain per row: the given target, else the prediction (``NO_PREDICTION`` for a row whose
+    logits hold a NaN/inf); a ValueError for a given target outside the model's classes."""
+    bad = [t for t in given if t is not None and not 0 <= t < n_classes]
+    if bad:
+        raise ValueError(f"target {bad[0]} is out of range: the model has {n_classes} classes")
+    return [p if t is None else t for t, p in zip(given, pred)]
+
+
+def _result(text: str, e: Encoded, tokenizer: Any, scores: np.ndarray, probs: np.ndarray, pred: int, target: int,
+            delta: float | None, method: str) -> Attribution:
+    """One text's ``Attribution``; a row without a prediction (NaN/inf logits) gets NaN scores, probs and delta."""
+    n, broken = len(e.ids), pred == NO_PREDICTION
+    nan = lambda a: np.full_like(a, np.nan) if broken else a.copy()  # numbers from NaN/inf mean nothing
+    return Attribution(
+        text=text, tokens=tuple(tokenizer.convert_ids_to_tokens(e.ids)), token_ids=tuple(e.ids),
+        word_ids=tuple(e.word_ids), offsets=tuple(e.offsets), scores=nan(scores[:n]), label=pred,
+        probs=nan(probs), target=target, delta=None if delta is None else (float("nan") if broken else delta),
+        method=method, token_type_ids=None if e.token_type_ids is None else tuple(e.token_type_ids),
+        nonfinite=broken)

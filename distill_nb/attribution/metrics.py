@@ -123,12 +123,16 @@ def top_indices(scores: np.ndarray, k: int) -> set[int]:
     return set(np.argsort(-np.asarray(scores), kind="stable")[:k].tolist())
 
 
+AGREEMENT_METRICS = ("spearman", "kendall", "topk_jaccard", "sign_agreement", "l1_distance")
+
+
 def agreement(t: np.ndarray, s: np.ndarray, top_k: int) -> dict[str, float]:
     """Agreement between two aligned score vectors (U,).
 
     A metric is NaN where it would not measure agreement (so means over examples, which skip NaN, are not
     inflated by it); identical vectors count as perfect agreement (1.0, l1_distance 0.0) wherever the metric
-    is defined.
+    is defined. Every metric is NaN when either vector holds a NaN or inf (a model with non-finite outputs):
+    two NaN vectors are not "identical", and NaN is no sign.
 
     Returns:
         spearman, kendall and topk_jaccard (of the ``top_k`` highest scores): NaN with fewer than 2 units or
@@ -141,6 +145,8 @@ def agreement(t: np.ndarray, s: np.ndarray, top_k: int) -> dict[str, float]:
     from scipy import stats
 
     t, s = np.asarray(t, dtype=float), np.asarray(s, dtype=float)
+    if not (np.isfinite(t).all() and np.isfinite(s).all()):
+        return dict.fromkeys(AGREEMENT_METRICS, math.nan)
     n = len(t)
     same = n >= 1 and np.array_equal(t, s)
     ranked = n >= 2 and np.ptp(t) > 0 and np.ptp(s) > 0
@@ -194,6 +200,11 @@ class Faithfulness:
         return float(np.trapezoid(self.deletion, self.fractions))
 
 
+def _finite_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax of (N, C) logits; NaN for a row holding a NaN or inf (softmax would turn a -inf into a clean 0)."""
+    return logits.softmax(-1).masked_fill(~torch.isfinite(logits).all(-1, keepdim=True), math.nan)
+
+
 def faithfulness(model: Any, tokenizer: Any, attributions: Sequence[Attribution], *, top_k: int = 5,
                  steps: int = 10, batch_size: int | None = None, internal_batch_size: int | None = None,
                  device: Any = None) -> list[Faithfulness]:
@@ -211,7 +222,8 @@ def faithfulness(model: Any, tokenizer: Any, attributions: Sequence[Attribution]
         steps: deletion-curve steps; fractions ``0, 1/steps, ..., 1`` of the tokens removed, best first.
 
     Returns:
-        N ``Faithfulness`` in the order of ``attributions``.
+        N ``Faithfulness`` in the order of ``attributions``; NaN scores and curve for an attribution of a text
+        the model made no prediction on (``nonfinite``), or whose perturbed texts give NaN/inf logits.
     """
     check_positive(top_k=top_k, steps=steps, batch_size=batch_size, internal_batch_size=internal_batch_size)
     if not attributions:
@@ -248,11 +260,14 @@ def faithfulness(model: Any, tokenizer: Any, attributions: Sequence[Attribution]
             var_ids = torch.where(remove, torch.full_like(remove, pad, dtype=ids.dtype), ids[:, None, :])
             var_mask = mask[:, None, :].expand(n_b, n_v, n_t)
             var_types = None if types is None else types[:, None, :].expand(n_b, n_v, n_t).reshape(-1, n_t)
-            probs = forward_rows(fn, var_ids.reshape(-1, n_t), var_mask.reshape(-1, n_t), internal_batch_size,
-                                 var_types).float().softmax(-1).reshape(n_b, n_v, -1)
-            target = torch.tensor([a.target for a in chunk], device=dev)
+            logits = forward_rows(fn, var_ids.reshape(-1, n_t), var_mask.reshape(-1, n_t), internal_batch_size,
+                                  var_types).float()  # (B * V, C)
+            probs = _finite_softmax(logits).reshape(n_b, n_v, -1)
+            target = torch.tensor([max(a.target, 0) for a in chunk], device=dev)  # no target: NaN'd below
             p = probs.gather(2, target[:, None, None].expand(n_b, n_v, 1))[..., 0].cpu().numpy()  # (B, V)
             for b, a in enumerate(chunk):
+                if a.nonfinite or a.target < 0:  # no prediction to remove tokens from: no faithfulness either
+                    p[b] = np.nan
                 full = p[b, 2]  # deletion step 0 = the unchanged text
                 out.append(Faithfulness(comprehensiveness=float(full - p[b, 0]),
                                         sufficiency=float(full - p[b, 1]), fractions=fractions,

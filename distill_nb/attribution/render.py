@@ -37,6 +37,17 @@ def _heat_row(ax: Any, values: np.ndarray, labels: Sequence[str], name: str, vma
     return image
 
 
+def prediction_text(attr: Attribution) -> str:
+    """"pred 1 (p=0.83)", or for a model whose logits held a NaN/inf "no prediction (NaN/inf outputs)"."""
+    if getattr(attr, "nonfinite", False) or attr.label < 0:  # duck-typed results have no flag
+        return "no prediction (NaN/inf outputs)"
+    return f"pred {attr.label} (p={float(attr.probs[attr.label]):.2f})"
+
+
+def _label(attr: Attribution) -> str:
+    return "no prediction: NaN/inf" if getattr(attr, "nonfinite", False) or attr.label < 0 else str(attr.label)
+
+
 def plot_attribution(attr: Attribution, ax: Any = None) -> Figure:
     """One-row token heatmap of ``attr`` (scaled to its largest |score|)."""
     import matplotlib.pyplot as plt
@@ -46,7 +57,7 @@ def plot_attribution(attr: Attribution, ax: Any = None) -> Figure:
     else:
         fig = ax.figure
     _heat_row(ax, _unit_scale(attr.scores), attr.tokens, f"{attr.method}\ntarget {attr.target}", 1.0, True)
-    ax.set_title(f"pred {attr.label} (p={attr.probs[attr.label]:.2f})", fontsize=9)
+    ax.set_title(prediction_text(attr), fontsize=9)
     return fig
 
 
@@ -59,7 +70,7 @@ def plot_comparison(comp: Comparison) -> Figure:
     fig, axes = plt.subplots(3, 1, figsize=(max(5.0, 0.5 * len(comp.units)), 3.2), sharex=True,
                              layout="constrained")
     m = comp.metrics
-    rows = [(t, f"teacher ({comp.teacher.label})"), (s, f"student ({comp.student.label})"), (t - s, "diff")]
+    rows = [(t, f"teacher ({_label(comp.teacher)})"), (s, f"student ({_label(comp.student)})"), (t - s, "diff")]
     for i, (ax, (values, name)) in enumerate(zip(axes, rows)):
         image = _heat_row(ax, values, comp.units, name, peak, show_x=i == 2)
     fig.colorbar(image, ax=axes, shrink=0.8, label="share of |attribution|")
@@ -135,8 +146,9 @@ def attribution_html(attr: Attribution) -> str:
     """Tokens of one attribution coloured by score (scaled to the largest |score|)."""
     keep = ~attr.special
     tokens = [t for t, k in zip(attr.tokens, keep) if k]
-    head = (f"<div style='font-size:0.85em;color:#555'>{_esc(attr.method)}: pred {_esc(attr.label)} "
-            f"(p={float(attr.probs[attr.label]):.2f}), target {_esc(attr.target)}</div>")
+    target = "none" if attr.target < 0 else attr.target
+    head = (f"<div style='font-size:0.85em;color:#555'>{_esc(attr.method)}: {_esc(prediction_text(attr))}, "
+            f"target {_esc(target)}</div>")
     return f"<div class='distill-nb-attribution'>{head}<div>{_cells(tokens, _unit_scale(attr.scores[keep]), attr.scores[keep])}</div></div>"
 
 
@@ -146,8 +158,8 @@ def comparison_html(comp: Comparison) -> str:
     peak = max(float(np.abs(np.concatenate([t, s])).max(initial=0.0)), 1e-12)
     td = "td"
     rows = []
-    for name, values, raw in ((f"teacher ({comp.teacher.label})", t, comp.teacher_scores),
-                              (f"student ({comp.student.label})", s, comp.student_scores),
+    for name, values, raw in ((f"teacher ({_label(comp.teacher)})", t, comp.teacher_scores),
+                              (f"student ({_label(comp.student)})", s, comp.student_scores),
                               ("diff", t - s, t - s)):
         label = f"<th style='text-align:right;padding-right:6px;font-weight:normal'>{_esc(name)}</th>"
         rows.append(f"<tr>{label}{_cells(comp.units, values / peak, raw, tag=td)}</tr>")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +14,7 @@ import traitlets as T
 from ._util import Panel, esc, guarded, note_html
 
 ALL = -1  # label filter value meaning "all labels"
+NO_PREDICTION = -1  # evaluation.NO_PREDICTION: a model whose logits held a NaN/inf predicted nothing
 HEADERS = {"divergence_rank": "rank", "text": "text", "label": "gold label", "teacher_pred": "teacher says",
            "student_pred": "student says", "teacher_prob": "teacher p", "student_prob": "student p",
            "spearman": "rank correlation", "topk_jaccard": "top-k overlap"}
@@ -100,6 +102,8 @@ class ErrorAnalysis(Panel):
         if i is None:
             return "-"
         i = int(i)
+        if i == NO_PREDICTION:  # not label_names[-1]: the model gave NaN/inf, no class at all
+            return "none (NaN/inf)"
         return f"{self.label_names[i]}" if i < len(self.label_names) else str(i)
 
     @guarded
@@ -127,13 +131,7 @@ class ErrorAnalysis(Panel):
             raise
         self.result = result
         self.progress.value = n
-        s = result.summary()
-        parts = [f"{len(result)} examples", f"predictions agree on {100 * s['prediction_agree']:.0f}%",
-                 f"mean rank correlation {s['spearman']:.2f}", f"top-k overlap {s['topk_jaccard']:.2f}"]
-        if "student_accuracy" in s:
-            parts.append(f"accuracy on these {len(result)} examples: teacher {s['teacher_accuracy']:.2f} / "
-                         f"student {s['student_accuracy']:.2f}")
-        self.summary.value = note_html(" · ".join(parts), "#222")
+        self.summary.value = summary_html(result.summary(), len(result))
         self._filter(None)
         return result
 
@@ -145,7 +143,9 @@ class ErrorAnalysis(Panel):
         if self.label_filter.value != ALL:
             frame = frame[frame["label"] == self.label_filter.value]
         low, high = self.confidence.value
-        return frame[(frame["teacher_prob"] >= low - 1e-9) & (frame["teacher_prob"] <= high + 1e-9)]
+        inside = (frame["teacher_prob"] >= low - 1e-9) & (frame["teacher_prob"] <= high + 1e-9)
+        # a teacher without a prediction (NaN/inf) has no confidence: shown unless the range was narrowed
+        return frame[inside | (frame["teacher_prob"].isna() & (low <= 0.0) & (high >= 1.0))]
 
     @guarded
     def _filter(self, change: Any) -> None:
@@ -155,7 +155,7 @@ class ErrorAnalysis(Panel):
         self.visible = [int(i) for i in frame.index]
         options = []
         for i, r in frame.iterrows():
-            mark = "✓" if r["prediction_agree"] else "✗"
+            mark = "⚠" if r["teacher_nonfinite"] or r["student_nonfinite"] else "✓" if r["prediction_agree"] else "✗"
             text = r["text"] if len(r["text"]) < 70 else r["text"][:67] + "…"
             options.append(((f"#{r['divergence_rank']:<3} {mark} T:{self._name(r['teacher_pred'])} "
                             f"S:{self._name(r['student_pred'])} gold:{self._name(r['label'])} "
@@ -201,8 +201,31 @@ class ErrorAnalysis(Panel):
         if self.result is None:
             return f"ErrorAnalysis({len(self.texts)} examples, no sweep yet)"
         s = self.result.summary()
+        broken = "".join(f", {s[f'{who}_nonfinite']} with {who} NaN/inf" for who in ("teacher", "student")
+                         if s[f"{who}_nonfinite"])
         return (f"ErrorAnalysis({len(self.result)} examples swept, predictions agree on "
-                f"{100 * s['prediction_agree']:.0f}%, {len(self.visible)} shown after filters)")
+                f"{100 * s['prediction_agree']:.0f}%{broken}, {len(self.visible)} shown after filters)")
+
+
+def _two(value: float) -> str:
+    """0.83, or "n/a" for NaN (no example gave a value: e.g. every one had NaN/inf outputs)."""
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
+
+
+def summary_html(s: dict[str, Any], n: int) -> str:
+    """The sweep's one-line summary; a model with NaN/inf outputs is named first, in red, with its count."""
+    parts = [f"{n} examples", f"predictions agree on {100 * s['prediction_agree']:.0f}%",
+             f"mean rank correlation {_two(s['spearman'])}", f"top-k overlap {_two(s['topk_jaccard'])}"]
+    if "student_accuracy" in s:
+        parts.append(f"accuracy on these {n} examples: teacher {s['teacher_accuracy']:.2f} / "
+                     f"student {s['student_accuracy']:.2f}")
+    broken = [f"the {who}'s outputs are NaN/inf on {s[f'{who}_nonfinite']} of {n} examples"
+              for who in ("teacher", "student") if s.get(f"{who}_nonfinite")]
+    if not broken:
+        return note_html(" · ".join(parts), "#222")
+    warning = ("⚠ " + "; ".join(broken) + ": no prediction there (counted as wrong and as a disagreement; "
+               "left out of the attribution means). Check that model (its weights, or its precision).")
+    return note_html(warning, "#b00") + note_html(" · ".join(parts), "#222")
 
 
 __all__ = ["ErrorAnalysis"]
