@@ -652,3 +652,19 @@ def test_errors_tab_never_calls_a_nonfinite_model_good(tiny_pair, value, who):
     assert all("⚠" in rows[i] and "S:none (NaN/inf)" in rows[i] and "S:pos" not in rows[i] for i in broken)
     assert ea.result.order[0] in broken
     assert "NaN/inf" in repr(ea)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("who", ["student", "both"])
+def test_attribution_explorer_says_a_nonfinite_model_made_no_prediction(tiny_pair, value, who):
+    """Not "→ class -1 (p=nan)" nor the last label's name: the model made no prediction."""
+    teacher, tok, _ = tiny_pair
+    student = _NonFinite(teacher, value)
+    ex = AttributionExplorer(student if who == "both" else teacher, student, teacher_tokenizer=tok,
+                             label_names=["negative", "positive"], method="saliency")
+    ex.explain("the movie was good")
+    assert "student → no prediction (NaN/inf outputs)" in ex.student_view.value
+    assert ("teacher → no prediction" in ex.teacher_view.value) == (who == "both")
+    assert "-1" not in ex.student_view.value.split("</div>")[0] and "p=nan" not in ex.student_view.value
+    if who == "both":
+        assert "no class (NaN/inf outputs)" in ex.legend.value

@@ -213,11 +213,11 @@ class AttributionExplorer(Panel):
         if self.text != comparison.text:
             self.text = comparison.text
         t, s = comparison.teacher, comparison.student
-        self.teacher_view.value = (f"<div style='font-weight:600'>teacher → {esc(self._label(t.label))} "
-                                   f"(p={t.probs[t.label]:.2f})</div>{token_strip_html(t)}")
-        self.student_view.value = (f"<div style='font-weight:600'>student → {esc(self._label(s.label))} "
-                                   f"(p={s.probs[s.label]:.2f})</div>{token_strip_html(s)}")
-        self.legend.value = legend_html(self._label(t.target))
+        self.teacher_view.value = (f"<div style='font-weight:600'>teacher → {esc(self._prediction(t))}</div>"
+                                   f"{token_strip_html(t)}")
+        self.student_view.value = (f"<div style='font-weight:600'>student → {esc(self._prediction(s))}</div>"
+                                   f"{token_strip_html(s)}")
+        self.legend.value = legend_html(self._label(t.target) if t.target >= 0 else "no class (NaN/inf outputs)")
         self.diff_view.value = ("<div style='font-weight:600;margin-top:6px'>aligned "
                                 f"{esc(comparison.alignment)}s: teacher, student and teacher − student</div>"
                                 + aligned_html(comparison))
@@ -225,6 +225,12 @@ class AttributionExplorer(Panel):
         self.metrics_view.value = table_html(rows)
         self.status.value = note_html(f"{esc(comparison.teacher.method)}, explaining class "
                                       f"<b>{esc(self._label(t.target))}</b> for both models")
+
+    def _prediction(self, attr: Any) -> str:
+        """"positive (p=0.93)", or that the model made no prediction (its logits held a NaN or inf)."""
+        if getattr(attr, "nonfinite", False) or attr.label < 0:
+            return "no prediction (NaN/inf outputs)"
+        return f"{self._label(attr.label)} (p={float(attr.probs[attr.label]):.2f})"
 
     def _label(self, i: int) -> str:
         name = str(self.label_names[i]) if 0 <= i < len(self.label_names) else str(i)
