@@ -453,8 +453,12 @@ def env_folder(name: str, default: Path | None = None) -> Path | None:
     raw = os.environ.get(name)
     if not raw:
         return default
-    path = Path(os.path.abspath(Path(raw).expanduser()))
     hint = f"set {name} to a folder (or unset it for the default)"
+    try:
+        path = Path(os.path.abspath(Path(raw).expanduser()))
+    except RuntimeError:  # ~user of an unknown user, or no home folder at all
+        raise ValueError(f"${name}={raw!r} cannot be used: its '~' names no home folder on this machine; give an "
+                         f"absolute path, or {hint}.") from None
     if why := not_utf8(path):
         raise ValueError(f"${name}={raw!r} cannot be used: {why}; rename the folder or {hint}.")
     for part in [path, *path.parents]:

@@ -31,9 +31,22 @@ def cache_dir() -> Path:
     always an absolute path (``~`` expanded, a relative value taken against the current directory).
 
     Raises:
-        ValueError: ``$DISTILL_NB_CACHE`` is a file or inside one (the message says so and how to fix it).
+        ValueError: ``$DISTILL_NB_CACHE`` is a file or inside one, or starts with ``~user`` of an unknown user, or
+            it is unset and there is no home folder (the message says so and how to fix it).
     """
-    return env_folder("DISTILL_NB_CACHE") or Path.home() / ".cache" / "distill_nb"
+    hint = "set DISTILL_NB_CACHE to a folder path (e.g. /tmp/distill_nb_cache)"
+    try:
+        folder = env_folder("DISTILL_NB_CACHE")
+    except RuntimeError as e:  # expanduser: "~nouser/x" names a user this system does not know
+        raise ValueError(f"$DISTILL_NB_CACHE={os.environ.get('DISTILL_NB_CACHE')!r} cannot be used: its '~' part "
+                         f"names no home folder ({e}); {hint}, or unset it for the default.") from None
+    if folder is not None:
+        return folder
+    try:
+        return Path.home() / ".cache" / "distill_nb"
+    except RuntimeError as e:  # no $HOME and no entry for this user
+        raise ValueError(f"the default cache folder ~/.cache/distill_nb cannot be used: there is no home folder "
+                         f"($HOME is {os.environ.get('HOME')!r}; {e}); {hint}, or set HOME.") from None
 
 
 def in_cache(path: str | os.PathLike) -> bool:

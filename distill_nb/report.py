@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import statistics
 import time
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ from torch import nn
 from .compress import state_size_bytes, texts_batch
 from .evaluation import accuracy_of, check_labels, nonfinite_rows, predictions
 from .models import count_params, predict_logits
+from .safeio import kind
 
 
 @dataclass(frozen=True)
@@ -320,8 +322,6 @@ def load_run_models(run_dir: str | os.PathLike, *, final_only: bool = True) -> t
     that teacher was saved. The student is ``student/``; without ``final_only``, an unfinished run's latest
     checkpoint stands in for it.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     from .checkpoint import latest_checkpoint
     from .config import DistillConfig
     from .models import load_teacher
@@ -334,6 +334,7 @@ def load_run_models(run_dir: str | os.PathLike, *, final_only: bool = True) -> t
     state = status.get("state")
     gone = ("its student/ folder is missing (moved or deleted?); a completed run is never trained again: put the "
             "folder back, or train it anew with Run.attach(run_id).fork()")
+    _check_student_folder(run_dir, folder)
     if not (folder / "config.json").is_file() and (final_only or state == "completed"):
         if state == "completed":
             raise FileNotFoundError(f"run {run_dir.name!r} is completed but {gone}.")
@@ -349,8 +350,72 @@ def load_run_models(run_dir: str | os.PathLike, *, final_only: bool = True) -> t
         if folder is None:
             raise FileNotFoundError(f"run {run_dir.name!r} has no student yet (no student/ and no checkpoint): "
                                     "wait for its first checkpoint or for it to finish.")
-    student = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    return teacher, t_tok, student, AutoTokenizer.from_pretrained(folder)
+        _check_student_folder(run_dir, folder)
+    return (teacher, t_tok, *_load_student(run_dir, folder))
+
+
+def _check_student_folder(run_dir: Path, folder: Path) -> None:
+    """Refuse a student folder that is, or holds, a symbolic link or anything but files and folders: a model is
+    never loaded from outside the run folder (as :func:`~distill_nb.rundir.run_dir` refuses a linked run), and a
+    FIFO would block the load forever.
+
+    Raises:
+        ValueError: the message names the run, the entry, what it is and the fix.
+    """
+    fix = ("remove it and copy the real files into the run folder in its place, or compare the models yourself "
+           "with distill_nb.report.compare(...)")
+    entries = [folder]
+    if not folder.is_symlink() and folder.is_dir():
+        entries += sorted(folder.iterdir())
+    for entry in entries:
+        try:
+            mode = os.lstat(entry).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            where = str(entry.relative_to(run_dir)) + ("/" if entry == folder else "")
+            target = f" to {os.readlink(entry)!r}" if stat.S_ISLNK(mode) else ""
+            raise ValueError(f"run {run_dir.name!r}: {where} is {kind(mode)}{target}; distill_nb never loads a "
+                             f"student through a link out of its run folder, nor from a FIFO or device: {fix}.")
+
+
+def _load_student(run_dir: Path, folder: Path) -> tuple[Any, Any]:
+    """(student in eval mode, its tokenizer) from ``folder`` of the run.
+
+    Raises:
+        ValueError: a damaged file (garbage or truncated weights, a broken config): the message names the run, the
+            file and the fix.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        student = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        return student, AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # safetensors, transformers and json each raise their own types
+        what = f"{(_damaged_file(folder) or folder).relative_to(run_dir)} is damaged"
+        raise ValueError(f"run {run_dir.name!r}: the student cannot be loaded: {what} ({type(e).__name__}: "
+                         f"{str(e)[:300]}); check whether a full disk truncated it, then put an intact copy of "
+                         f"{folder.name}/ back, or train the run anew with Run.attach({run_dir.name!r}).fork().") from e
+
+
+def _damaged_file(folder: Path) -> Path | None:
+    """The first file of a saved model in ``folder`` that cannot be read (a safetensors file whose header or size
+    is wrong, a config.json that is not JSON), or None when each looks intact on its own."""
+    from safetensors import safe_open
+
+    from .safeio import read_json
+
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass  # opening checks the header and that the file covers every tensor it lists (not truncated)
+        except Exception:  # noqa: BLE001 -- SafetensorError (garbage, truncated, empty), OSError
+            return weights
+    try:
+        read_json(folder / "config.json")
+    except (OSError, ValueError):
+        return folder / "config.json"
+    return None
 
 
 def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repeats: int = 5) -> Report:
@@ -372,9 +437,7 @@ def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repe
     prep = teacher_meta(t_folder) if t_folder else None
     t_note = config.teacher
     if prep:  # how the teacher was prepared: is it at its plateau?
-        t_note += (f" + head fine-tuned to {'its plateau' if prep.get('stopped_by') == 'plateau' else 'a cap'} "
-                   f"({prep.get('steps')} steps, {(prep.get('seconds') or 0) / 60:.1f} min, dev accuracy "
-                   f"{prep.get('dev_accuracy'):.4f}, stopped by {prep.get('stopped_by')}): {t_folder}")
+        t_note += f" + {prepared_note(prep)}: {t_folder}"
     elif t_folder:
         t_note += f" (fine-tuned: {t_folder})"
     run_notes = [(f"the run trained in {status.get('precision') or '?'} on {status.get('device') or '?'}; "
@@ -393,6 +456,27 @@ def compare_run(run_dir: str | os.PathLike, *, max_eval: int | None = None, repe
                                    f"{config.max_steps or config.epochs} {'steps' if config.max_steps else 'epochs'}")],
                    task.eval.texts, task.eval.labels, data=task.source, repeats=repeats,
                    max_length=config.max_length, notes=run_notes + notes)
+
+
+STOPS = ("plateau", "max_steps", "time")  # what teacher_cache writes as stopped_by
+
+
+def prepared_note(meta: dict[str, Any]) -> str:
+    """How a prepared teacher was fine-tuned, from its ``teacher.json`` summary: only what is known (a missing,
+    NaN or odd value, e.g. ``"seconds": "10"``, is said to be unknown, never formatted as a number)."""
+    from .safeio import number
+
+    stop = meta.get("stopped_by") if meta.get("stopped_by") in STOPS else None
+    steps, seconds, acc = (number(meta.get(k)) for k in ("steps", "seconds", "dev_accuracy"))
+    known = [f"{int(steps)} steps" if steps is not None and 0 <= steps < 1e12 else None,
+             f"{seconds / 60:.1f} min" if seconds is not None and seconds >= 0 else None,
+             f"dev accuracy {acc:.4f}" if acc is not None and 0 <= acc <= 1 else None,
+             f"stopped by {stop}" if stop else None]
+    names = ["steps", "time", "dev accuracy", "what stopped it"]
+    unknown = [n for n, k in zip(names, known) if k is None]
+    parts = [k for k in known if k] + ([f"not recorded: {', '.join(unknown)}"] if unknown else [])
+    to = {"plateau": "its plateau", None: "an unknown point"}.get(stop, "a cap")
+    return f"head fine-tuned to {to} ({'; '.join(parts)})"
 
 
 def last_reason_agreement(run_dir: str | os.PathLike) -> tuple[float, int] | None:

@@ -27,7 +27,6 @@ import os
 import random
 import re
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -43,7 +42,7 @@ from .families import cache_dir, cache_problem
 from .models import accepts_token_types, load_config, predict_logits
 from .owner import RunBusy, open_lock_file
 from .precision import adamw
-from .safeio import no_room_errno, number
+from .safeio import MAX_RECORD_BYTES, CorruptRecord, kind, no_room_errno, number, read_json, remove_entry
 from .tables import split_pair
 
 # The preparation recipe. Anything here changes the teacher, so it is part of the cache key; bump the version
@@ -69,17 +68,19 @@ class PreparedTeacher:
     stopped_by: str  # "plateau", "max_steps" or "time"
     created_at: float
     meta: dict[str, Any]
+    problem: str | None = None  # why its config.json or teacher.json cannot be read (None: both are fine)
 
     @property
     def label(self) -> str:
-        """A readable name: task, base, dev accuracy, steps and date."""
+        """A readable name: task, base, dev accuracy, steps and date (and why it is unreadable, if it is)."""
         acc = f"dev {self.dev_accuracy:.3f}" if self.dev_accuracy is not None else "dev ?"
         try:
             day = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created_at)) if self.created_at else "?"
         except (OverflowError, OSError, ValueError):
             day = "?"
         stop = "" if self.stopped_by == "plateau" else f", stopped by {self.stopped_by.replace('_', ' ')}"
-        return f"{self.task} · {self.base} · {acc} · {self.steps} steps{stop} · {day}"
+        why = f" · unreadable: {self.problem}" if self.problem else ""
+        return f"{self.task} · {self.base} · {acc} · {self.steps} steps{stop} · {day}{why}"
 
 
 def teachers_dir() -> Path:
@@ -87,14 +88,47 @@ def teachers_dir() -> Path:
 
 
 def teachers() -> list[PreparedTeacher]:
-    """The prepared teachers in the cache, newest first (folders without a readable ``teacher.json`` are
-    listed with what is known, never skipped silently)."""
+    """The prepared teachers in the cache, newest first. A folder whose ``config.json`` or ``teacher.json`` cannot
+    be read is listed with what is known and why (``problem``), never skipped silently; a symbolic link is not a
+    teacher (never followed, not listed: :func:`remove_teacher` refuses it too)."""
     root = teachers_dir()
     out = []
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        if (folder / "config.json").is_file() and not folder.name.startswith("."):
+        if _is_entry(folder):
             out.append(_read(folder))
     return sorted(out, key=lambda t: -t.created_at)
+
+
+def _lkind(path: Path) -> str | None:
+    """What ``path`` itself is ("a folder", "a symbolic link", ...; links not followed), or None when missing."""
+    try:
+        return kind(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return None
+    except OSError as e:  # a name too long, no permission: not a teacher this process can use
+        return f"unreachable ({e.strerror})"
+
+
+def _is_entry(folder: Path) -> bool:
+    """Whether ``folder`` is listed as a teacher: a real folder (not a link), not hidden, holding a
+    ``config.json`` (of any kind: one that is not a regular file is listed as unreadable, see :func:`_read`)."""
+    return (not folder.name.startswith(".") and _lkind(folder) == "a folder"
+            and _lkind(folder / "config.json") is not None)
+
+
+def _is_teacher(folder: Path) -> bool:
+    """Whether ``folder`` is a usable prepared teacher: a real folder with a regular ``config.json``, no links."""
+    return _lkind(folder) == "a folder" and _lkind(folder / "config.json") == "a regular file"
+
+
+def _config_problem(folder: Path) -> str | None:
+    """Why the ``config.json`` of a listed folder cannot be used (a link, a FIFO, a folder, gone), or None."""
+    what = _lkind(folder / "config.json")
+    if what == "a regular file":
+        return None
+    if what is None:
+        return "config.json is missing"
+    return f"config.json is {what}" + (" (not followed)" if what == "a symbolic link" else ", not a regular file")
 
 
 def remove_teacher(teacher: str | os.PathLike | PreparedTeacher) -> Path:
@@ -104,39 +138,82 @@ def remove_teacher(teacher: str | os.PathLike | PreparedTeacher) -> Path:
         teacher: a :class:`PreparedTeacher`, its folder, or its folder name.
     Raises:
         FileNotFoundError: no such teacher in the cache (the message lists those there are).
-        ValueError: the path is not inside the teachers cache (nothing outside it is ever deleted).
+        ValueError: the path is not inside the teachers cache (nothing outside it is ever deleted), the name cannot
+            be a folder's (a NUL, too long), or the entry is a symbolic link (never followed: refused, so deleting
+            one name never deletes another entry or anything outside; :func:`teachers` does not list links).
+        TypeError: ``teacher`` is not a name, a path or a :class:`PreparedTeacher`.
         RunBusy: a run is preparing or loading this teacher right now.
     """
-    path = teacher.path if isinstance(teacher, PreparedTeacher) else Path(teacher)
-    if not path.is_absolute():
-        path = teachers_dir() / path
-    path = path.resolve()
-    if path.parent != teachers_dir().resolve():
-        raise ValueError(f"{str(path)!r} is not a prepared teacher in {teachers_dir()}: remove_teacher() only "
-                         "deletes folders of that cache.")
-    if not (path / "config.json").is_file():
+    path = _entry_path(teacher)
+    what = _lkind(path)
+    if what == "a symbolic link":  # never followed: deleting "alias" must not delete what it points to
+        raise ValueError(f"{path.name!r} in {teachers_dir()} is a symbolic link (to {os.readlink(path)!r}), not a "
+                         "prepared teacher: distill_nb never follows links in its cache, so it neither lists nor "
+                         f"deletes it; remove the link itself if you no longer want it (os.unlink({str(path)!r})).")
+    if not _is_entry(path):
         names = [t.path.name for t in teachers()]
-        raise FileNotFoundError(f"no prepared teacher {path.name!r} in {teachers_dir()}; there are: {names}")
+        found = "" if what is None or what == "a folder" else f" ({path.name!r} there is {what}, not a teacher folder)"
+        raise FileNotFoundError(f"no prepared teacher {path.name!r} in {teachers_dir()}{found}; pass one of "
+                                f"the teachers there: {names}")
     try:
         with _key_lock(path, block=False):
             trash = path.with_name(f".removing-{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
-            os.replace(path, trash)  # atomic: a concurrent lister sees the teacher or nothing, never half of it
-            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(path, trash)  # atomic, and renames a link itself: a lister sees the teacher or nothing
+            remove_entry(trash)
     except BlockingIOError:
         raise RunBusy(f"the prepared teacher {path.name!r} is being prepared or loaded by a run right now; remove it "
                       "when that run has started training.") from None
     return path
 
 
+def _entry_path(teacher: str | os.PathLike | PreparedTeacher) -> Path:
+    """The cache entry ``teacher`` names (a name, a path in the cache or a listed teacher), not resolved: a link
+    stays the link.
+
+    Raises:
+        TypeError: not a name, path or PreparedTeacher. ValueError: an impossible name, or a path outside the
+            teachers cache (nothing outside it is ever deleted).
+    """
+    given = teacher.path if isinstance(teacher, PreparedTeacher) else teacher
+    if not isinstance(given, (str, os.PathLike)) or isinstance(os.fspath(given), bytes):
+        raise TypeError(f"remove_teacher() got {type(given).__name__} {given!r}: pass a teacher's folder name, its "
+                        "path or a teachers() entry, e.g. remove_teacher(distill_nb.teachers()[0]).")
+    text = os.fspath(given)
+    if "\0" in text or len(os.fsencode(Path(text).name)) > 255:
+        raise ValueError(f"{text[:80]!r}{'...' if len(text) > 80 else ''} cannot be a prepared teacher's name (it "
+                         f"{'holds a NUL character' if chr(0) in text else 'is longer than a file name can be'}): "
+                         "pass a name as distill_nb.teachers() or `distill-nb teachers` lists it.")
+    root = teachers_dir()
+    path = Path(os.path.abspath(root / text))  # ".." is applied to the name as written, never through a link
+    if path.name in ("", ".", "..") or path.parent.resolve() != root.resolve():
+        raise ValueError(f"{text!r} is not a prepared teacher in {root}: remove_teacher() only deletes folders of "
+                         "that cache; pass a name as distill_nb.teachers() lists it.")
+    return root / path.name
+
+
 def teacher_meta(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``teacher.json`` summary of a prepared teacher (dev accuracy, steps, seconds, ...), or None."""
-    try:
-        meta = json.loads((Path(path) / META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    """The ``teacher.json`` summary of a prepared teacher (dev accuracy, steps, seconds, ...), or None when it is
+    missing or unreadable (see :func:`_read_meta` for why); values are as written: check them before use."""
+    meta, _ = _read_meta(Path(path))
     keep = ("task", "base", "dev_accuracy", "dev_examples", "holdout_accuracy", "steps", "best_step", "seconds",
             "stopped_by", "created_at", "precision", "max_steps", "max_minutes")
-    return {k: meta.get(k) for k in keep} if isinstance(meta, dict) else None
+    return {k: meta.get(k) for k in keep} if meta is not None else None
+
+
+def _read_meta(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(the ``teacher.json`` of ``folder``, None) or (None, why it cannot be used): never through a link, never a
+    FIFO or a folder, at most ``MAX_RECORD_BYTES``, nesting bounded (safeio's reader)."""
+    try:
+        meta = read_json(folder / META, max_bytes=MAX_RECORD_BYTES)
+    except FileNotFoundError:
+        return None, f"no {META}"
+    except CorruptRecord as e:
+        return None, str(e)
+    except (OSError, ValueError) as e:  # no permission, a name the system refuses
+        return None, f"{META} cannot be read ({e})"
+    if not isinstance(meta, dict):
+        return None, f"{META} is not a JSON object"
+    return meta, None
 
 
 DATA_KEY_FORMAT = 2  # 2: one JSON line per example (1 hashed label, tab, text, newline unescaped: sets collided)
@@ -226,7 +303,7 @@ def prepare_teacher(name: str, task: Any, *, max_steps: int = 2000, max_minutes:
     # one preparer per teacher (processes and threads): a second one waits, then finds the first one's teacher
     with _key_lock(out, wait=(lambda: progress(0, max_steps)) if progress else None, log=log):
         _sweep(out)
-        if not refresh and (out / "config.json").is_file():
+        if not refresh and _is_teacher(out):
             meta = teacher_meta(out) or {}
             if _covers(meta, max_steps, max_minutes):
                 log(f"prepared teacher found in the cache: {_read(out).label} ({out})")
@@ -255,15 +332,15 @@ def _save(model: Any, tok: Any, meta: dict[str, Any], out: Path) -> None:
         model.eval().save_pretrained(tmp)
         tok.save_pretrained(tmp)
         atomic_write_text(tmp / META, json.dumps(meta, indent=1, allow_nan=False) + "\n")
-        if out.exists():  # refresh: the old one is set aside only now that the new one is complete
+        if os.path.lexists(out):  # refresh (or a link there): set aside only now that the new one is complete
             old = out.with_name(f".removing-{out.name}-{os.getpid()}-{secrets.token_hex(4)}")
             os.replace(out, old)
             os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
+            remove_entry(old)
         else:
             os.replace(tmp, out)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back; nothing half-made stays
+        remove_entry(tmp)  # a full disk gets its space back; nothing half-made stays
         code = no_room_errno(e)
         if code is not None:
             raise OSError(code, cache_problem(out, os.strerror(code).lower()), str(out)) from e
@@ -312,9 +389,9 @@ def _key_lock(out: Path, *, shared: bool = False, wait: Callable[[], Any] | None
 def _sweep(out: Path) -> None:
     """Remove what an interrupted prepare or removal of this teacher left (the caller holds its lock)."""
     for junk in out.parent.glob(f".tmp-{out.name}-*"):
-        shutil.rmtree(junk, ignore_errors=True)
+        remove_entry(junk)
     for junk in out.parent.glob(f".removing-{out.name}-*"):
-        shutil.rmtree(junk, ignore_errors=True)
+        remove_entry(junk)
 
 
 def load_prepared(folder: str | os.PathLike, **kwargs: Any) -> tuple[Any, Any, dict[str, Any] | None]:
@@ -353,7 +430,7 @@ def cached_teacher(name: str, task: Any, *, trust_remote_code: bool = False,
     What a run with this teacher and data would use, without fine-tuning anything: None when nothing is cached.
     """
     out, _ = _cache_entry(name, task, {**RECIPE, **(recipe or {})}, trust_remote_code)
-    return out if (out / "config.json").is_file() else None
+    return out if _is_teacher(out) else None
 
 
 def classifier_teacher(name: str, task: Any, *, trust_remote_code: bool = False) -> tuple[Any, Any, str]:
@@ -377,14 +454,15 @@ def classifier_teacher(name: str, task: Any, *, trust_remote_code: bool = False)
 
 
 def _covers(meta: dict[str, Any], max_steps: int, max_minutes: float | None) -> bool:
-    """Whether a cached teacher is what these caps would give: it plateaued, or stopped at a cap >= these."""
+    """Whether a cached teacher is what these caps would give: it plateaued, or stopped at a cap >= these (an odd
+    or missing value in its ``teacher.json`` reads as unknown: not covered, so it is prepared again)."""
     stop = meta.get("stopped_by")
     if stop == "plateau":
         return True
     if stop == "max_steps":
-        return (meta.get("steps") or 0) >= max_steps
+        return (number(meta.get("steps")) or 0) >= max_steps
     if stop == "time":
-        return max_minutes is not None and (meta.get("max_minutes") or 0) >= max_minutes
+        return max_minutes is not None and (number(meta.get("max_minutes")) or 0) >= max_minutes
     return False
 
 
@@ -500,13 +578,11 @@ def _precision_name(autocast: Callable[[], Any]) -> str:
 
 def _read(folder: Path) -> PreparedTeacher:
     """An entry as listed: every field of ``teacher.json`` is checked (type and range); a missing, damaged or
-    odd value reads as unknown, so one bad file never hides the other teachers."""
-    try:
-        meta = json.loads((folder / META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        meta = {}
-    if not isinstance(meta, dict):
-        meta = {}
+    odd value reads as unknown, and a file that cannot be read is said in ``problem``, so one bad file never
+    hides the other teachers."""
+    meta, problem = _read_meta(folder)
+    meta = meta or {}
+    problem = _config_problem(folder) or problem
     text = lambda key, default: meta[key] if isinstance(meta.get(key), str) and meta[key].strip() else default
     steps, seconds, created = (number(meta.get(k)) for k in ("steps", "seconds", "created_at"))
     try:
@@ -520,7 +596,7 @@ def _read(folder: Path) -> PreparedTeacher:
                            seconds=seconds if seconds is not None and seconds >= 0 else 0.0,
                            stopped_by=text("stopped_by", "unknown"),
                            created_at=created if created is not None and 0 < created < _LATEST_DATE else mtime,
-                           meta=meta)
+                           meta=meta, problem=problem)
 
 
 # --- is the teacher the bottleneck? ---------------------------------------------------------------------------

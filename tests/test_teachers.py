@@ -110,6 +110,59 @@ def test_teacher_tab_lists_refreshes_and_removes_prepared_teachers(bare):
     assert str(path) not in [v for _, v in picker.dropdown.options] and not Path(path).exists()
 
 
+@pytest.mark.parametrize("how", ["deep", "fifo", "link-out"])
+def test_teacher_tab_and_app_show_an_unreadable_teacher_with_why(tmp_path, monkeypatch, how):
+    import os
+
+    import distill_nb
+    from distill_nb.teacher_cache import teachers_dir
+    from distill_nb.widgets.teacher import TeacherPicker, teacher_options
+
+    monkeypatch.setenv("DISTILL_NB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DISTILL_NB_RUNS", str(tmp_path / "runs"))
+    for name in ("good-bert-aaaa", "sst2-bad-1111"):
+        (teachers_dir() / name).mkdir(parents=True)
+        (teachers_dir() / name / "config.json").write_text("{}")
+    (teachers_dir() / "good-bert-aaaa" / "teacher.json").write_text('{"task": "good", "dev_accuracy": 0.9}')
+    meta = teachers_dir() / "sst2-bad-1111" / "teacher.json"
+    if how == "deep":
+        meta.write_text("[" * 100_000 + "]" * 100_000)
+    elif how == "fifo":
+        os.mkfifo(meta)
+    else:
+        (tmp_path / "secret.json").write_text('{"task": "SECRET"}')
+        meta.symlink_to(tmp_path / "secret.json")
+    labels = [label for label, _ in teacher_options() if label.startswith("prepared: ")]
+    assert len(labels) == 2 and any(" · unreadable: teacher.json " in lab for lab in labels), labels
+    assert not any("SECRET" in lab for lab in labels)
+    picker = TeacherPicker(str(teachers_dir() / "good-bert-aaaa"))
+    assert "2 prepared teachers" in picker.cache_note.value
+    assert "Teacher" in repr(distill_nb.app())
+
+
+@pytest.mark.parametrize("target", ["outside", "dangling"])
+def test_a_link_where_a_teacher_belongs_is_never_used_and_is_replaced(bare, tmp_path, target):
+    import os
+
+    from distill_nb.teacher_cache import RECIPE, _cache_entry, cached_teacher
+
+    out, _ = _cache_entry(bare, toy(), dict(RECIPE), False)
+    outside = tmp_path / "outside"
+    if target == "outside":
+        outside.mkdir()
+        (outside / "config.json").write_text("{}")
+        (outside / "teacher.json").write_text('{"stopped_by": "plateau", "task": "OUTSIDE"}')
+    out.parent.mkdir(parents=True)
+    out.symlink_to(outside)
+    assert cached_teacher(bare, toy()) is None and teachers() == []
+    logs = []
+    assert prepare_teacher(bare, toy(), max_steps=3, log=logs.append) == out
+    assert not any("found in the cache" in m for m in logs)
+    assert not out.is_symlink() and teacher_meta(out)["steps"] == 3 and cached_teacher(bare, toy()) == out
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".removing-")] == []
+    assert target == "dangling" or sorted(os.listdir(outside)) == ["config.json", "teacher.json"]
+
+
 def _has_minilm() -> bool:
     try:
         from distill_nb.families import packaged_folder
@@ -149,7 +202,8 @@ BAD_META = {"steps-inf": '{"steps": 1e400}', "steps-str": '{"steps": "ten"}', "s
             "seconds-str": '{"seconds": "5"}', "dev-str": '{"dev_accuracy": "0.9"}', "dev-big": '{"dev_accuracy": 7}',
             "dev-bool": '{"dev_accuracy": true}', "task-obj": '{"task": {"a": 1}}', "base-num": '{"base": 3}',
             "stopped-list": '{"stopped_by": ["plateau"]}', "bad-json": "{x", "list": "[1, 2]", "nan": '{"steps": NaN}',
-            "binary": b"\xff\xfe\x00garbage", "empty": "", "meta-is-dir": None}
+            "binary": b"\xff\xfe\x00garbage", "empty": "", "meta-is-dir": None,
+            "deep-list": "[" * 100_000 + "]" * 100_000, "deep-dict": '{"a":' * 50_000 + "1" + "}" * 50_000}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_META))
