@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -76,6 +77,26 @@ def make_tiny_bert(folder: Path, *, layers: int = 4, hidden: int = 32, heads: in
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def finishes(call, fifo: Path | None = None, timeout: float = 20):
+    """``call()``'s result (or the exception it raised), failing the test if it blocks (on a FIFO: then released)."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = call()
+        except BaseException as e:  # noqa: BLE001 — handed to the test
+            out["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        if fifo is not None:  # let the blocked open() go, so that the test run itself ends
+            os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
+        raise AssertionError(f"blocked for more than {timeout} s")
+    return out
 
 
 @pytest.fixture(scope="session")

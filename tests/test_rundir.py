@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import finishes
 
 from distill_nb import rundir
 from distill_nb.cli import main as cli
@@ -490,26 +491,6 @@ def test_an_oversized_peer_error_is_passed_over(tmp_path):
 
 
 # --- the run's own files of the wrong kind: refused with the path and the fix, never followed, never blocking --------
-def finishes(call, fifo: Path | None = None, timeout: float = 20):
-    """``call()``'s result (or the exception it raised), failing the test if it blocks (on a FIFO: then released)."""
-    out = {}
-
-    def run():
-        try:
-            out["value"] = call()
-        except BaseException as e:  # noqa: BLE001 — handed to the test
-            out["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        if fifo is not None:  # let the blocked open() go, so that the test run itself ends
-            os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
-        raise AssertionError(f"blocked for more than {timeout} s")
-    return out
-
-
 WRITES = {
     ".lock": lambda path: rundir.write_status(path, state="stopped"),
     ".worker.lock": lambda path: rundir.acquire_worker_lock(path),

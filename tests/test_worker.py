@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import finishes
 from safetensors.torch import load_file
 
 from distill_nb import DistillConfig, rundir, worker
@@ -513,26 +514,6 @@ def test_a_stop_left_from_before_does_not_stop_the_resumed_run(tiny_teacher, tin
 
 
 # --- the device queue and the run's own files never follow a link, never block on a FIFO ----------------------------
-def finishes(call, fifo: Path | None = None, timeout: float = 20):
-    """``call()``'s result (or the exception it raised), failing the test if it blocks (on a FIFO: then released)."""
-    out = {}
-
-    def run():
-        try:
-            out["value"] = call()
-        except BaseException as e:  # noqa: BLE001 — handed to the test
-            out["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        if fifo is not None:  # let the blocked open() go, so that the test run itself ends
-            os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
-        raise AssertionError(f"blocked for more than {timeout} s")
-    return out
-
-
 def plant(where: Path, kind: str, outside: Path) -> None:
     """Put a ``kind`` ("link", "dangling", "folder", "file", "fifo") at ``where``; a link points to ``outside``."""
     where.parent.mkdir(parents=True, exist_ok=True)
