@@ -483,9 +483,14 @@ def _claim(config: DistillConfig, run_dir: Path) -> bool:
         RunBusy: another worker owns the run. ValueError/ConfigError: the run is completed, or its
         config.json differs from ``config`` (a different config means a new run).
     """
+    _check_run_folder(run_dir)
     held = rundir.acquire_worker_lock(run_dir)
     try:
         path = run_dir / "config.json"
+        done = rundir.never_train_again(run_dir)
+        if done:
+            raise ValueError(f"{done}; it is never trained again (that would overwrite its student and metrics): "
+                             "start a new run, e.g. Run.fork(max_steps=...).")
         if os.path.lexists(path):
             saved = DistillConfig.from_json(path)
             if saved.to_dict() != config.to_dict():
@@ -494,10 +499,6 @@ def _claim(config: DistillConfig, run_dir: Path) -> bool:
                                   "config means a new run: use a new run directory, or Run.fork(**changes).")
         else:
             config.to_json(path)
-        done = rundir.never_train_again(run_dir)
-        if done:
-            raise ValueError(f"{done}; it is never trained again (that would overwrite its student and metrics): "
-                             "start a new run, e.g. Run.fork(max_steps=...).")
         if held:  # a new attempt (no worker claimed it for us); the other processes join only after this
             rundir.clear_peer_errors(run_dir)
     except BaseException:
@@ -505,6 +506,31 @@ def _claim(config: DistillConfig, run_dir: Path) -> bool:
             rundir.release_worker_lock(run_dir)
         raise
     return held
+
+
+_OURS_BEFORE_CONFIG = {".worker.lock", ".lock"}  # what an attempt that stopped before writing config.json leaves
+
+
+def _check_run_folder(run_dir: Path) -> None:
+    """A run is trained in a new or empty folder, or in a run's own (one with a config.json); never in a folder of
+    other files, whose metrics.jsonl, status.json, checkpoints/ and student/ it would overwrite or prune.
+
+    Raises:
+        ValueError: ``run_dir`` holds other files and no config.json (the message names a few and the fix).
+    """
+    try:
+        names = sorted(os.listdir(run_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return  # a new folder (a file there is refused where the folder is made)
+    if "config.json" in names:
+        return
+    other = [n for n in names if n not in _OURS_BEFORE_CONFIG]
+    if other:
+        shown = ", ".join(repr(n) for n in other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        raise ValueError(f"{run_dir} is not a run folder: it holds {shown} but no config.json, and a run writes "
+                         "metrics.jsonl, status.json, checkpoints/ and student/ there (overwriting or pruning what "
+                         "is there). Give a new or empty folder for the run, e.g. "
+                         f"{run_dir / 'distill-run'}.")
 
 
 def _percent(value: float | None) -> str:

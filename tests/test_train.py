@@ -466,6 +466,53 @@ def test_a_student_whose_final_logits_are_not_finite_is_never_completed(bad, tin
     assert latest_checkpoint(run).name == "step_0000002"  # the last checkpoint is kept for a resume
 
 
+NOT_RUN_FOLDERS = {  # what a careless --run-dir (or train(config, folder)) may point at; relative path -> content
+    "a-readme": {"README.txt": "mine"},
+    "metrics-of-its-own": {"metrics.jsonl": '{"step": 1}\n', "status.json": '{"state": "mine"}'},
+    "a-checkpoints-folder": {"checkpoints/step_0000001/notes.txt": "mine"},
+    "a-student-folder": {"student/notes.txt": "mine"},
+    "a-hidden-file": {".env": "SECRET=1"},
+    "a-subfolder": {"data/train.csv": "text,label"},
+}
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() if p.is_file() else "<dir>" for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("case", list(NOT_RUN_FOLDERS))
+def test_a_folder_of_other_files_is_never_trained_in(case, tiny_teacher, tiny_dataset, tmp_path, capsys):
+    """`distill-nb run --run-dir <a folder of the user's files>` (even `/`) trained there: it overwrote their
+    metrics.jsonl and status.json and pruned their checkpoints/. Refused, naming the folder; nothing written."""
+    from distill_nb.cli import main as cli
+
+    folder = tmp_path / "mine"
+    for rel, text in NOT_RUN_FOLDERS[case].items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    before = _snapshot(folder)
+    cfg = tiny_config(tiny_teacher, tiny_dataset, max_steps=2, checkpoint_every=1, keep_checkpoints=1)
+    with pytest.raises(ValueError, match="is not a run folder: it holds .* but no config.json") as err:
+        train(cfg, folder, log=lambda *_: None)
+    assert str(folder) in str(err.value) and "Give a new or empty folder" in str(err.value)
+    config_file = tmp_path / "c.json"
+    config_file.write_text(cfg.to_json())
+    assert cli(["run", str(config_file), "--run-dir", str(folder)]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    assert _snapshot(folder) == before  # not one file added, changed or removed
+
+
+@pytest.mark.parametrize("left", [[], [".worker.lock"], [".worker.lock", ".lock"]])
+def test_an_empty_folder_or_one_left_by_an_attempt_before_its_config_is_trained_in(left, tiny_teacher, tiny_dataset,
+                                                                                  tmp_path, one_thread):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in left:
+        (folder / name).write_text("")
+    train(tiny_config(tiny_teacher, tiny_dataset, num_threads=one_thread), folder, log=lambda *_: None)
+    assert read_status(folder)["state"] == "completed"
+
+
 def test_hard_label_run_never_runs_the_teacher_during_training(tiny_teacher, tiny_dataset, tmp_path):
     cfg = tiny_config(tiny_teacher, tiny_dataset, alpha_kd=0.0, alpha_ce=1.0)
     train(cfg, tmp_path / "run", log=lambda *_: None)
