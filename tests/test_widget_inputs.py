@@ -356,6 +356,24 @@ def test_launcher_epochs_without_max_steps_and_rounding_after_an_edit(tiny_datas
     assert launcher.build_config().learning_rate == 5e-05
 
 
+@pytest.mark.parametrize("dataset", ["", "   ", "x" * 300, "a\x00b"], ids=["empty", "spaces", "name-too-long", "nul"])
+@pytest.mark.parametrize("field", ["dataset", "train_split"])
+def test_launcher_keeps_showing_a_bad_dataset_and_never_previews_a_stale_config(dataset, field, tiny_dataset):
+    """The data fields had two observers: the second (columns) cleared the error the first showed, and the
+    preview kept the last good config; a long name showed a raw OSError with the whole path."""
+    launcher = Launcher(DistillConfig(teacher="tiny", dataset=str(tiny_dataset), text_column="text"))
+    assert launcher.error == "" and str(tiny_dataset) in launcher.preview.value
+    launcher.fields["dataset"].value = dataset
+    if field == "train_split":  # another data field changed while the dataset is bad: still said
+        launcher.fields["train_split"].value = "validation"
+    assert launcher.error.startswith("ConfigError: dataset=") and "Errno" not in launcher.error, launcher.error
+    assert str(tiny_dataset) not in launcher.preview.value  # no config Start would not run
+    with pytest.raises(Exception, match="dataset="):
+        launcher.build_config()
+    launcher.fields["dataset"].value = str(tiny_dataset)  # fixed: the error goes, the preview is back
+    assert launcher.error == "" and str(tiny_dataset) in launcher.preview.value
+
+
 def test_buttons_say_leaves_code_the_person_may_copy_as_code():
     from distill_nb.widgets._util import buttons_say
 

@@ -54,8 +54,12 @@ def data_columns(dataset: str, train_split: str = "train") -> tuple[list[str], l
     if key in LABEL_NAMES:
         columns, splits = ALIAS_COLUMNS.get(key, ([], []))
         return list(columns), list(splits), True
-    path = Path(dataset.strip()).expanduser()
-    if not dataset.strip() or not path.exists():
+    try:
+        path = Path(dataset.strip()).expanduser()
+        exists = bool(dataset.strip()) and path.exists()
+    except (OSError, RuntimeError):  # a name too long for a path, '~' of an unknown user: DistillConfig says why
+        exists = False
+    if not exists:
         return [], [], False
     if path.is_dir():
         files = {p.stem: p for p in sorted(path.iterdir()) if p.suffix.lower() in FILE_FORMATS}

@@ -136,8 +136,9 @@ class Launcher(Panel):
         self.message = W.HTML()
         self.config = c
         self.backend = backend
-        for w in self.fields.values():
-            w.observe(self._changed, names=["value"])
+        for key, w in self.fields.items():  # the data fields rebuild the config themselves, after their columns:
+            if key not in ("dataset", "train_split"):  # a second observer would clear the error the first showed
+                w.observe(self._changed, names=["value"])
         self.fields["dataset"].observe(self._dataset_changed, names=["value"])
         self.fields["train_split"].observe(self._dataset_changed, names=["value"])
         self.estimate_button.on_click(lambda _: self.measure())
@@ -213,9 +214,17 @@ class Launcher(Panel):
 
     @guarded
     def _changed(self, change: Any) -> None:
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Build the config from the fields and show it (preview, estimate); a bad value raises."""
         if self._loading:
             return  # set_config: the config is built once, when every field shows it
-        config = self.build_config()
+        try:
+            config = self.build_config()
+        except Exception:  # never show a config that Start would not run
+            self.preview.value = "(no valid config: see the error above)"
+            raise
         self.config_json = config.to_json()
         self.preview.value = self.config_json
         self.show_estimate(config)
@@ -265,6 +274,12 @@ class Launcher(Panel):
     # --- data columns -----------------------------------------------------------------------------------------
     @guarded
     def _dataset_changed(self, change: Any) -> None:
+        """The config with the new data (its error, if any, stays shown), then the file's columns and splits."""
+        if change is not None:
+            self._rebuild()
+        self._offer_columns()
+
+    def _offer_columns(self) -> None:
         """Offer the file's columns and splits; pick likely ones when the current ones are not there."""
         dataset = self.fields["dataset"].value.strip()
         columns, splits, fixed = data_columns(dataset, self.fields["train_split"].value.strip() or "train")
