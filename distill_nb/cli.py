@@ -124,6 +124,15 @@ def _run_dir_arg(value: str) -> Path:
     if why := not_utf8(run_dir.absolute()):
         raise ValueError(f"--run-dir {value!r} cannot be used: {why}, and a run saves its tokenizer and records "
                          "under it: rename the folder or give another --run-dir.")
+    long = [part for part in run_dir.parts if len(os.fsencode(part)) > 255 - len(".tmp-") - 16]
+    if long:  # the run's own files go under it with temp names: room for those too
+        raise ValueError(f"--run-dir {value[:80]!r}... has a folder name of {len(long[0])} characters, more than a "
+                         "file system takes (255 bytes, less the run's temp names): give a shorter --run-dir.")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)  # the folder the run is about to use: can it be made here?
+    except OSError as e:
+        raise ValueError(f"--run-dir {value!r} cannot be made ({e.strerror}): give a folder you can write to, "
+                         "e.g. --run-dir runs/my-run.") from None
     return run_dir
 
 

@@ -250,6 +250,12 @@ CLI_CASES: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
     ("column-missing", lambda c: ["run", _json_file(c, _cfg_dict(c, text_column="review"))], ["'review'"]),
     ("heads-not-dividing", lambda c: ["run", _json_file(c, _cfg_dict(c, student_heads=3))], ["student_heads=3"]),
     ("temperature-zero", lambda c: ["run", _json_file(c, _cfg_dict(c, temperature=0))], ["temperature=0"]),
+    ("run-dir-name-too-long", lambda c: ["run", _json_file(c, _cfg_dict(c)), "--run-dir", str(c.tmp / ("r" * 300))],
+     ["folder name of 300 characters"]),
+    ("run-dir-cannot-be-made", lambda c: ["run", _json_file(c, _cfg_dict(c)), "--run-dir", "/proc/distill-nb-run"],
+     ["'/proc/distill-nb-run' cannot be made"]),
+    ("run-dir-a-folder-of-other-files", lambda c: ["run", _json_file(c, _cfg_dict(c)), "--run-dir",
+                                                   str(c.data)], ["is not a run folder"]),  # the data's folder
 ]
 
 
