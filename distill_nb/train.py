@@ -508,7 +508,9 @@ def _claim(config: DistillConfig, run_dir: Path) -> bool:
     return held
 
 
-_OURS_BEFORE_CONFIG = {".worker.lock", ".lock"}  # what an attempt that stopped before writing config.json leaves
+# what may be in a run folder before its config.json: an attempt's locks, and teacher logits seeded into it (layer
+# search and the shape bench copy one run's cache into the next run's folder)
+_OURS_BEFORE_CONFIG = {".worker.lock", ".lock", "teacher_logits.safetensors"}
 
 
 def _check_run_folder(run_dir: Path) -> None:

@@ -502,7 +502,7 @@ def test_a_folder_of_other_files_is_never_trained_in(case, tiny_teacher, tiny_da
     assert _snapshot(folder) == before  # not one file added, changed or removed
 
 
-@pytest.mark.parametrize("left", [[], [".worker.lock"], [".worker.lock", ".lock"]])
+@pytest.mark.parametrize("left", [[], [".worker.lock"], [".worker.lock", ".lock"], ["teacher_logits.safetensors"]])
 def test_an_empty_folder_or_one_left_by_an_attempt_before_its_config_is_trained_in(left, tiny_teacher, tiny_dataset,
                                                                                   tmp_path, one_thread):
     folder = tmp_path / "run"
