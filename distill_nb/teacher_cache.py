@@ -121,7 +121,7 @@ def _is_teacher(folder: Path) -> bool:
     return _lkind(folder) == "a folder" and _lkind(folder / "config.json") == "a regular file"
 
 
-def _config_problem(folder: Path) -> str | None:
+def config_problem(folder: Path) -> str | None:
     """Why the ``config.json`` of a listed folder cannot be used (a link, a FIFO, a folder, gone), or None."""
     what = _lkind(folder / "config.json")
     if what == "a regular file":
@@ -582,7 +582,7 @@ def _read(folder: Path) -> PreparedTeacher:
     hides the other teachers."""
     meta, problem = _read_meta(folder)
     meta = meta or {}
-    problem = _config_problem(folder) or problem
+    problem = config_problem(folder) or problem
     text = lambda key, default: meta[key] if isinstance(meta.get(key), str) and meta[key].strip() else default
     steps, seconds, created = (number(meta.get(k)) for k in ("steps", "seconds", "created_at"))
     try:

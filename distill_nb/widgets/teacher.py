@@ -33,12 +33,13 @@ def teacher_info(name: str) -> tuple[Any, dict[str, Any]]:
         is_classifier, path).
     """
     from ..models import describe, is_classifier, load_config
-    from ..teacher_cache import teacher_meta, teachers
+    from ..teacher_cache import config_problem, teacher_meta, teachers_dir
 
-    damaged = next((t for t in teachers() if t.problem and str(t.path) == str(name)), None)
-    if damaged is not None and "config.json" in damaged.problem:  # never loaded through a link or a FIFO
-        raise ValueError(f"the prepared teacher {damaged.path.name!r} cannot be used: {damaged.problem}. Remove it "
-                         "(the Remove button, or distill_nb.remove_teacher) and prepare it again by launching a run.")
+    entry = Path(name)
+    problem = config_problem(entry) if entry.parent == teachers_dir() else None  # a listed cache entry
+    if problem:  # never loaded through a link or a FIFO
+        raise ValueError(f"the prepared teacher {entry.name!r} cannot be used: {problem}. Remove it (the Remove "
+                         "button, or distill_nb.remove_teacher) and prepare it again by launching a run.")
     path, config = load_config(name, False)
     info = describe(config)
     info.update(name=name, path=str(path), architecture=", ".join(config.architectures or [config.model_type]),
